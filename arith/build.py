@@ -1,0 +1,180 @@
+"""Building bundles: base → heads → evaluation splits → task vectors per (mode, task) → precomputed results.
+
+One pipeline serves the tests' tiny bundles, ``build-default`` and ``build-bundle`` for real CLIP.  It resumes:
+a (mode, task) whose vector file is already in the manifest with a matching hash is not trained again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .bundle import BundleWriter, load_bundle
+from .data import Split, get_task
+from .disentangle import GRID, xi_grid
+from .finetune import finetune
+from .heads import Head, prototype_head, zeroshot_head
+from .kernel import kernel_report
+from .models import Base
+from .protocols import task_addition, task_negation
+from .specs import Files, FinetuneConfig, Provenance, TaskInfo, _JsonRecord
+from .taskvec import cosine_matrix, library_versions
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class BuildPlan(_JsonRecord):
+    """What a bundle holds and how it is made.
+
+    ``finetune`` maps mode -> FinetuneConfig fields (the mode name is filled in); ``eval_n``/``train_n`` cap the
+    images per task; ``xi_pairs`` is the number of task pairs with precomputed ξ grids (per mode).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    modes: tuple[str, ...]
+    finetune: dict = field(default_factory=dict)
+    eval_n: int | None = 256
+    train_n: int | None = None
+    head: str = "auto"  # "zeroshot" (text tower), "prototype" or "auto"
+    seed: int = 0
+    xi_pairs: int = 6
+    xi_grid: int = 15
+    kernel: bool = True
+    negation: bool = True
+    data_root: str | None = None
+    description: str = ""
+
+    def config(self, mode: str) -> FinetuneConfig:
+        return FinetuneConfig.from_dict({**self.finetune.get(mode, self.finetune.get("*", {})), "mode": mode})
+
+
+def make_heads(base: Base, tasks: Sequence[TaskInfo], train: dict[str, Split] | None, kind: str,
+               clip=None, tokenizer=None) -> dict[str, Head]:
+    """Zero-shot heads from a text tower when one is given (``kind`` zeroshot/auto), else prototype heads."""
+    if kind == "zeroshot" and clip is None:
+        raise ValueError("zero-shot heads need a CLIP model with a text tower")
+    heads = {}
+    for t in tasks:
+        if clip is not None and kind in ("zeroshot", "auto"):
+            heads[t.name] = zeroshot_head(clip, tokenizer, t.classnames, t.templates, device=base.device)
+        else:
+            split = train[t.name]
+            heads[t.name] = prototype_head(base.encode(split.images), split.labels, t.num_classes)
+    return heads
+
+
+def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr) -> dict:
+    """Compute the results the app shows first and store them in the bundle (results/*.json, linear caches)."""
+    bundle = load_bundle(bundle_dir)
+    writer = BundleWriter(bundle.root, bundle.name, bundle.base.spec, bundle.base.id, list(bundle.tasks.values()),
+                          bundle.manifest.get("description", ""))
+    ev = bundle.evaluator()  # every stored image: the Explorer serves these results when it evaluates on all
+    tasks = [t for t in bundle.task_names if t in ev.tasks]
+    out: dict = {}
+    log("precompute: zero-shot and single-task accuracies")
+    out["accuracy"] = {"zeroshot": {s: ev.zeroshot(s) for s in ("val", "test")},
+                       "finetuned": {m: {s: ev.finetuned(vs, s) for s in ("val", "test")}
+                                     for m, vs in bundle.vectors.items()}}
+    writer.put_result("accuracy", out["accuracy"])
+    out["addition"] = {}
+    for mode, vs in bundle.vectors.items():
+        log(f"precompute: task addition ({mode})")
+        out["addition"][mode] = task_addition(ev, {t: vs[t] for t in tasks if t in vs},
+                                              finetuned=out["accuracy"]["finetuned"][mode])
+    writer.put_result("addition", out["addition"])
+    if plan.negation and len(tasks) > 1:
+        out["negation"] = {}
+        for mode, vs in bundle.vectors.items():
+            log(f"precompute: task negation ({mode})")
+            out["negation"][mode] = {t: task_negation(ev, vs[t], t, [c for c in tasks if c != t]) for t in vs}
+        writer.put_result("negation", out["negation"])
+    pairs = list(itertools.combinations(tasks, 2))[: plan.xi_pairs]
+    if pairs:
+        grid = [float(a) for a in torch.linspace(GRID[0], GRID[-1], plan.xi_grid)]
+        out["disentanglement"] = {}
+        for mode, vs in bundle.vectors.items():
+            t0 = time.perf_counter()
+            out["disentanglement"][mode] = {f"{a}|{b}": xi_grid(ev, vs[a], vs[b], a, b, grid) for a, b in pairs}
+            log(f"precompute: ξ grids ({mode}, {len(pairs)} pairs, {time.perf_counter() - t0:.0f}s)")
+        writer.put_result("disentanglement", out["disentanglement"])
+    if plan.kernel:
+        out["kernel"] = {}
+        for mode, vs in bundle.vectors.items():
+            log(f"precompute: kernel diagnostics ({mode})")
+            out["kernel"][mode] = {t: kernel_report(ev, vs[t], t) for t in vs}
+        writer.put_result("kernel", out["kernel"])
+    out["similarity"] = similarity_table(bundle.vectors)
+    writer.put_result("similarity", out["similarity"])
+    linear = [m for m, vs in bundle.vectors.items() if vs and next(iter(vs.values())).linearized]
+    if linear:
+        vecs = [tv for m in linear for tv in bundle.vectors[m].values()]
+        for split in ("val", "test"):  # covers every stored image; an evaluator on a smaller subset slices it
+            writer.put_tensors(Files.linear_cache(split), ev.export_linear_cache(vecs, split))
+    return out
+
+
+def similarity_table(vectors: dict[str, dict]) -> dict:
+    """Cosine similarities of task vectors: within each mode, and across all modes (labels ``mode/task``)."""
+    out = {"by_mode": {}}
+    for mode, vs in vectors.items():
+        names = list(vs)
+        out["by_mode"][mode] = {"labels": names, "cosine": cosine_matrix([vs[n] for n in names]).tolist(),
+                                "norms": {n: vs[n].norm() for n in names}}
+    labels = [f"{m}/{t}" for m, vs in vectors.items() for t in vs]
+    flat = [vs[t] for vs in vectors.values() for t in vs]
+    out["all"] = {"labels": labels, "cosine": cosine_matrix(flat).tolist()}
+    return out
+
+
+def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,
+                 log: Log = _stderr, progress_factory=None, command: str = "") -> Path:
+    """Build (or resume) the bundle of ``plan`` for ``base`` in ``out``; returns the directory."""
+    start = time.perf_counter()
+    sources = [get_task(t) for t in plan.tasks]
+    infos = [s.info() for s in sources]
+    writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+    if not writer.has(Files.BASE):
+        writer.put_base(base)
+    size, root = base.image_size, plan.data_root
+    log(f"build: loading {len(sources)} task(s)")
+    train = {s.name: s.load("train", size=size, n=plan.train_n, seed=plan.seed, root=root) for s in sources}
+    for s in sources:
+        if not writer.has(Files.data(s.name)):
+            writer.put_data(s.name, {sp: s.load(sp, size=size, n=plan.eval_n, seed=plan.seed, root=root)
+                                     for sp in ("val", "test")})
+    if not writer.has(Files.HEADS):
+        writer.put_heads(make_heads(base, infos, train, plan.head, clip, tokenizer))
+    heads = load_bundle(out, verify=False).heads
+    timing = json.loads((Path(out) / Files.result("training")).read_text()) if writer.has(Files.result("training")) else {}
+    for mode in plan.modes:
+        cfg = plan.config(mode)
+        for s in sources:
+            if writer.has(Files.vector(mode, s.name)):
+                continue
+            bar = progress_factory(f"{mode}/{s.name}", cfg.steps) if progress_factory else None
+            res = finetune(base, heads[s.name], train[s.name], cfg, task=s.name, progress=bar)
+            writer.put_vector(res.vector, cfg)
+            timing.setdefault(mode, {})[s.name] = {"seconds": res.seconds, "seconds_per_step": res.seconds_per_step,
+                                                   "final_loss": res.losses[-1], "peak_memory_bytes": res.peak_memory_bytes}
+            writer.put_result("training", timing)
+            log(f"build: {mode}/{s.name}: {cfg.steps} steps in {res.seconds:.1f}s, loss {res.losses[-1]:.3f}")
+    precompute(out, plan, log)
+    writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+    writer.manifest["plan"] = plan.to_dict()
+    writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(),
+                                     minutes=round((time.perf_counter() - start) / 60, 2),
+                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    return Path(out)

@@ -1,0 +1,318 @@
+"""Bundles: a directory with everything the app and the CLI need for one base model (design.md "Bundle").
+
+    manifest.json                     format version, base spec and id, tasks, modes, sha256 of every file,
+                                      provenance, fine-tuning configs
+    base.safetensors                  θ0 (``visual.*`` keys)
+    text.safetensors                  optional: the text tower, to make zero-shot heads for new class names
+    heads.safetensors                 frozen heads, ``<task>.weight`` / ``<task>.scale``
+    data/<task>.safetensors           evaluation splits: ``<split>.images`` uint8, ``<split>.labels`` int64
+    vectors/<mode>/<task>.safetensors task vectors (the same files ``arith validate`` reads)
+    results/<name>.json               precomputed results (addition, negation, ξ grids, kernel, ...)
+    cache/linear-<split>.safetensors  f(θ0; x) and J τ_t per linear-mode vector: instant linearized sliders
+
+Loading verifies every listed file's size and sha256 and refuses a damaged bundle naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import Split
+from .heads import Head, heads_from_tensors, heads_to_tensors
+from .models import Base, fingerprint
+from .safefile import SafetensorsError, load_safetensors
+from .specs import FORMAT_VERSION, Files, FinetuneConfig, ModelSpec, Provenance, TaskInfo
+from .taskvec import TaskVector, TaskVectorError, validate
+
+BUNDLE_FORMAT = "arith-bundle"
+EVAL_SPLITS = ("val", "test")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, damaged or inconsistent; the message names the file."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle.  Treat every tensor in it as read-only: it is shared by all sessions of the app."""
+
+    root: Path
+    manifest: dict
+    base: Base
+    tasks: dict[str, TaskInfo]
+    heads: dict[str, Head]
+    data: dict[str, dict[str, Split]]
+    vectors: dict[str, dict[str, TaskVector]]
+    results: dict[str, Any] = field(default_factory=dict)
+    linear_cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.root.name)
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.vectors)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def finetune_config(self, mode: str) -> FinetuneConfig | None:
+        cfg = self.manifest.get("finetune", {}).get(mode)
+        return FinetuneConfig.from_dict(cfg) if cfg else None
+
+    def evaluator(self, max_per_task: int | None = None, **kw):
+        """An :class:`arith.evaluate.Evaluator` on this bundle's evaluation splits, linear caches installed."""
+        from .evaluate import Evaluator
+
+        ev = Evaluator(self.base, self.heads, self.data, max_per_task=max_per_task, **kw)
+        for split, cache in self.linear_cache.items():
+            idx = _cache_index(ev, split, cache)
+            if idx is not None:
+                ev.seed_linear_cache(split, cache["f0"][idx],
+                                     {k: v[idx] for k, v in cache.items() if k not in ("f0", ROWS_KEY)})
+        return ev
+
+
+ROWS_KEY = "__rows__"  # in a linear cache: images per task, in the evaluator's task order, when it was computed
+
+
+def _cache_index(ev, split: str, cache: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """Rows of a cached split that correspond to ``ev``'s evaluation set (which may keep fewer images per task),
+    or None when the cache was computed on a different layout."""
+    rows = cache.get(ROWS_KEY)
+    es = ev.eval_set(split)
+    if rows is None or len(rows) != len(es.tasks):
+        return None
+    offsets = torch.cumsum(rows, 0) - rows
+    idx = []
+    for i, t in enumerate(es.tasks):
+        n = es.slices[t].stop - es.slices[t].start
+        if n > int(rows[i]):
+            return None
+        idx.append(torch.arange(int(offsets[i]), int(offsets[i]) + n))
+    return torch.cat(idx)
+
+
+# -- writing ------------------------------------------------------------------------------------------------------
+class BundleWriter:
+    """Writes a bundle file by file, keeping the manifest's file table current (so an interrupted build resumes:
+    files already listed with a matching hash are kept)."""
+
+    def __init__(self, root: str | Path, name: str, spec: ModelSpec, base_id: str, tasks: list[TaskInfo],
+                 description: str = ""):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        old = _read_manifest(self.root) if (self.root / Files.MANIFEST).exists() else {}
+        if old.get("base", {}).get("id") != base_id:  # a different base: nothing old can be kept
+            old = {}
+        self.manifest = {
+            "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "name": name, "description": description,
+            "base": {"spec": spec.to_dict(), "id": base_id},
+            "tasks": [t.to_dict() for t in tasks], "splits": list(EVAL_SPLITS),
+            "modes": old.get("modes", []), "finetune": old.get("finetune", {}), "files": old.get("files", {}),
+            "provenance": old.get("provenance", {}), **({"plan": old["plan"]} if "plan" in old else {}),
+        }
+
+    def has(self, rel: str) -> bool:
+        """Whether ``rel`` is already written and intact (used to resume a build)."""
+        entry, path = self.manifest["files"].get(rel), self.root / rel
+        return bool(entry) and path.exists() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+
+    def _record(self, rel: str) -> None:
+        path = self.root / rel
+        self.manifest["files"][rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        self.save_manifest()
+
+    def put_tensors(self, rel: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None):
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+        self._record(rel)
+
+    def put_json(self, rel: str, obj: Any) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        self._record(rel)
+
+    def put_base(self, base: Base) -> None:
+        self.put_tensors(Files.BASE, base.params)
+
+    def put_heads(self, heads: Mapping[str, Head]) -> None:
+        self.put_tensors(Files.HEADS, heads_to_tensors(heads))
+
+    def put_data(self, task: str, splits: Mapping[str, Split]) -> None:
+        tensors = {}
+        for split, s in splits.items():
+            tensors[f"{split}.images"], tensors[f"{split}.labels"] = s.images, s.labels
+        self.put_tensors(Files.data(task), tensors)
+
+    def put_vector(self, tv: TaskVector, config: FinetuneConfig | None = None) -> None:
+        rel = Files.vector(tv.mode, tv.task)
+        path = self.root / rel
+        tv.save(path)
+        self._record(rel)
+        if tv.mode not in self.manifest["modes"]:
+            self.manifest["modes"].append(tv.mode)
+        if config is not None:
+            self.manifest["finetune"][tv.mode] = config.to_dict()
+        self.save_manifest()
+
+    def put_result(self, name: str, obj: Any) -> None:
+        self.put_json(Files.result(name), obj)
+
+    def set_provenance(self, prov: Provenance) -> None:
+        self.manifest["provenance"] = prov.to_dict()
+        self.save_manifest()
+
+    def save_manifest(self) -> None:
+        path = self.root / Files.MANIFEST
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+def _read_manifest(root: Path) -> dict:
+    path = root / Files.MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path}: no manifest; not a bundle directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{Files.MANIFEST}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{Files.MANIFEST}: not an {BUNDLE_FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{Files.MANIFEST}: format version {manifest.get('format_version')!r}, "
+                          f"this version reads {FORMAT_VERSION!r}")
+    for key in ("base", "tasks", "files"):
+        if key not in manifest:
+            raise BundleError(f"{Files.MANIFEST}: missing {key!r}")
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists with its recorded size and sha256; refuses naming the file."""
+    for rel, entry in sorted(manifest["files"].items()):
+        path = root / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise BundleError(f"{rel}: file path escapes the bundle directory")
+        if not path.is_file():
+            raise BundleError(f"{rel}: listed in the manifest but missing")
+        if path.stat().st_size != entry.get("bytes"):
+            raise BundleError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} (damaged?)")
+        if sha256_file(path) != entry.get("sha256"):
+            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited)")
+
+
+def _tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(root / rel))
+    except Exception as e:
+        raise BundleError(f"{rel}: cannot be read as safetensors ({e})") from None
+
+
+def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+    """Load and check a bundle directory; :class:`BundleError` names the file at fault."""
+    root = Path(root)
+    manifest = _read_manifest(root)
+    if verify:
+        verify_files(root, manifest)
+    files = manifest["files"]
+    try:
+        spec = ModelSpec.from_dict(manifest["base"]["spec"])
+        tasks = {t["name"]: TaskInfo.from_dict(t) for t in manifest["tasks"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{Files.MANIFEST}: bad base spec or task list ({e})") from None
+    if Files.BASE not in files:
+        raise BundleError(f"{Files.BASE}: not listed in the manifest")
+    base_state = _tensors(root, Files.BASE)
+    base_id = manifest["base"].get("id")
+    try:
+        base = Base.from_state_dict(spec, base_state, base_id=base_id)
+    except ValueError as e:
+        raise BundleError(f"{Files.BASE}: {e}") from None
+    if base_id and "#" in base_id and base_id.rsplit("#", 1)[1] != fingerprint(base.params):
+        raise BundleError(f"{Files.BASE}: weights do not match the base id {base_id!r}")
+
+    try:
+        heads = heads_from_tensors(_tensors(root, Files.HEADS), list(tasks), base.embed_dim)
+    except ValueError as e:
+        raise BundleError(f"{Files.HEADS}: {e}") from None
+    for t, h in heads.items():
+        if h.num_classes != tasks[t].num_classes:
+            raise BundleError(f"{Files.HEADS}: head of {t!r} has {h.num_classes} classes, the task {tasks[t].num_classes}")
+
+    data: dict[str, dict[str, Split]] = {}
+    for t in tasks:
+        rel = Files.data(t)
+        if rel not in files:
+            continue
+        raw = _tensors(root, rel)
+        data[t] = {}
+        for split in EVAL_SPLITS:
+            if f"{split}.images" in raw:
+                try:
+                    s = Split(raw[f"{split}.images"], raw[f"{split}.labels"].long())
+                except (KeyError, ValueError) as e:
+                    raise BundleError(f"{rel}: {split} split: {e}") from None
+                if len(s) and (int(s.labels.max()) >= tasks[t].num_classes or int(s.labels.min()) < 0):
+                    raise BundleError(f"{rel}: {split} labels outside 0..{tasks[t].num_classes - 1}")
+                data[t][split] = s
+
+    vectors: dict[str, dict[str, TaskVector]] = {}
+    for rel in sorted(files):
+        parts = Path(rel).parts
+        if len(parts) == 3 and parts[0] == Files.VECTORS_DIR:
+            try:
+                tensors, meta = load_safetensors(root / rel)
+                tv = validate(tensors, meta, base)
+            except (SafetensorsError, TaskVectorError) as e:
+                raise BundleError(f"{rel}: {e}") from None
+            if (tv.mode, tv.task) != (parts[1], Path(parts[2]).stem):
+                raise BundleError(f"{rel}: holds mode {tv.mode!r} task {tv.task!r}, its path says otherwise")
+            vectors.setdefault(tv.mode, {})[tv.task] = tv
+
+    order = {m: i for i, m in enumerate(manifest.get("modes", []))}
+    vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))
+    results = {}
+    for rel in files:
+        if rel.startswith(Files.RESULTS_DIR + "/") and rel.endswith(".json"):
+            try:
+                results[Path(rel).stem] = json.loads((root / rel).read_text())
+            except json.JSONDecodeError as e:
+                raise BundleError(f"{rel}: not valid JSON ({e})") from None
+
+    linear_cache = {}
+    for split in EVAL_SPLITS:
+        rel = Files.linear_cache(split)
+        if rel in files:
+            linear_cache[split] = _tensors(root, rel)
+    return Bundle(root, manifest, base, tasks, heads, data, vectors, results, linear_cache)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,443 @@
+"""``python -m arith <command>``: every number the app shows, scriptable.
+
+Each command takes ``--json`` (machine-readable output on stdout; field names are documented in the README) and
+most take ``--bundle DIR`` (default: ``$ARITH_BUNDLE`` or the embedded ``precomputed/default``).  Progress goes
+to stderr as tqdm bars.  Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "precomputed" / "default"
+COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}  # name -> (add_arguments, run, help)
+
+
+def command(name: str, help: str):
+    def wrap(fn):
+        COMMANDS[name] = (getattr(fn, "arguments", lambda p: None), fn, help)
+        return fn
+    return wrap
+
+
+def arguments(adder: Callable[[argparse.ArgumentParser], None]):
+    def wrap(fn):
+        fn.arguments = adder
+        return fn
+    return wrap
+
+
+# -- shared helpers ---------------------------------------------------------------------------------------------------
+def _bundle_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=os.environ.get("ARITH_BUNDLE", str(DEFAULT_BUNDLE)),
+                   help="bundle directory (default: $ARITH_BUNDLE or precomputed/default)")
+
+
+def _mode_arg(p: argparse.ArgumentParser, default: str = "attn") -> None:
+    p.add_argument("--mode", default=default, help=f"fine-tuning mode (default {default})")
+
+
+def _explorer(args, max_per_task=None):
+    from .bundle import load_bundle
+    from .explore import Explorer
+
+    return Explorer(load_bundle(args.bundle), max_per_task=max_per_task)
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    state = {}
+
+    def update(done: int, total: int, *_):
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+        state["bar"].n = done
+        state["bar"].refresh()
+        if done >= total:
+            state["bar"].close()
+    return update
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def _emit(args, result: dict, text: Callable[[dict], str]) -> None:
+    print(json.dumps(result, indent=1, sort_keys=True) if args.json else text(result))
+
+
+def _parse_coefs(items: list[str]) -> dict[str, float]:
+    coefs = {}
+    for item in items or []:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"--coef expects task=value, got {item!r}")
+        try:
+            coefs[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--coef {item!r}: {value!r} is not a number") from None
+    return coefs
+
+
+# -- commands -----------------------------------------------------------------------------------------------------
+def _info_args(p):
+    p.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 (no weights are downloaded)")
+    p.add_argument("--config", help="inline open_clip model config: a JSON file or string")
+    p.add_argument("--mode", help="one mode (default: all modes)")
+    p.add_argument("--bundle", help="report on a bundle instead: its base, tasks, modes and files")
+
+
+@command("info", "trainable / total parameter counts per mode (no download), or a bundle's contents")
+@arguments(_info_args)
+def cmd_info(args):
+    from .models import count_parameters
+    from .modes import MODES, get_mode
+    from .specs import ModelSpec
+
+    if args.bundle and not (args.model or args.config):
+        from .bundle import load_bundle
+
+        b = load_bundle(args.bundle)
+        res = {"bundle": str(b.root), "name": b.name, "base": b.base.spec.to_dict(), "base_id": b.base.id,
+               "tasks": b.task_names, "classnames": {t: list(i.classnames) for t, i in b.tasks.items()}, "modes": b.modes,
+               "results": sorted(b.results), "provenance": b.manifest.get("provenance", {})}
+        _emit(args, res, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
+        return
+    if args.config:
+        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
+        spec = ModelSpec(config=cfg)
+    else:
+        spec = ModelSpec(name=args.model or "ViT-B-32")
+    modes = [get_mode(args.mode).name] if args.mode else list(MODES)
+    rows = [{"mode": m, **count_parameters(spec, m)} for m in modes]
+    for r in rows:
+        r["fraction"] = r["trainable"] / r["total"]
+    res = {"model": spec.label, **rows[0]} if args.mode else {"model": spec.label, "modes": rows}
+    _emit(args, res, lambda r: f"{spec.label}\n" + _table(rows))
+
+
+def _finetune_args(p):
+    _bundle_arg(p)
+    p.add_argument("--task", required=True)
+    _mode_arg(p)
+    p.add_argument("--attn-bias", action="store_true", help="with --mode attn: also train the two attention biases")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root", help="where the task's training data lives (real data sets)")
+    p.add_argument("--train-n", type=int, help="use at most this many training images")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--out", required=True, help="where to write the task vector (.safetensors)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@command("finetune", "fine-tune one task in one mode and write its task vector")
+@arguments(_finetune_args)
+def cmd_finetune(args):
+    from .bundle import load_bundle
+    from .data import get_task
+    from .finetune import finetune
+    from .specs import FinetuneConfig
+
+    b = load_bundle(args.bundle)
+    mode = "attn_bias" if args.mode == "attn" and args.attn_bias else args.mode
+    if args.task not in b.tasks:
+        raise ValueError(f"task {args.task!r} is not in the bundle; it has {b.task_names}")
+    base_cfg = (b.finetune_config(mode) or b.finetune_config(args.mode) or FinetuneConfig()).to_dict()
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+                 "warmup_steps": args.warmup_steps, "grad_clip": args.grad_clip, "seed": args.seed}
+    cfg = FinetuneConfig.from_dict({**base_cfg, **{k: v for k, v in overrides.items() if v is not None}, "mode": mode})
+    if cfg.warmup_steps >= cfg.steps:
+        cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "warmup_steps": max(0, cfg.steps // 10)})
+    base = b.base if args.device == "cpu" else b.base.to(args.device)
+    train = get_task(args.task).load("train", size=base.image_size, n=args.train_n, seed=cfg.seed, root=args.data_root)
+    res = finetune(base, b.heads[args.task], train, cfg, task=args.task, progress=_bar(f"{mode}/{args.task}"))
+    res.vector.save(args.out)
+    ev = b.evaluator()
+    acc = {s: ev.evaluate([res.vector], [1.0], s, [args.task])[args.task] for s in ("val", "test")}
+    out = {"task": args.task, "mode": mode, "out": args.out, "steps": cfg.steps, "lr": cfg.lr, "seconds": res.seconds,
+           "seconds_per_step": res.seconds_per_step, "final_loss": res.losses[-1], "norm": res.vector.norm(),
+           "accuracy": acc, "zeroshot": {s: ev.zeroshot(s, [args.task])[args.task] for s in ("val", "test")}}
+    _emit(args, out, lambda r: f"{mode}/{args.task}: {cfg.steps} steps in {r['seconds']:.1f}s; "
+                               f"test accuracy {_pct(acc['test'])} (zero-shot {_pct(r['zeroshot']['test'])}); {args.out}")
+
+
+def _vectors_arg(p):
+    p.add_argument("--vector", action="append", default=[], metavar="FILE",
+                   help="extra task-vector file (validated; joins under its task name, replacing the bundle's)")
+
+
+def _load_extra(b, files: list[str]) -> dict:
+    from .taskvec import load_task_vector
+
+    return {tv.task: tv for tv in (load_task_vector(f, b.base) for f in files)}
+
+
+def _evaluate_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--method", default="task_arithmetic")
+    p.add_argument("--max-per-task", type=int, help="evaluate on the first N images of each task")
+    _vectors_arg(p)
+
+
+@command("evaluate", "per-task accuracy of θ0 + Σ λ_t τ_t for given coefficients")
+@arguments(_evaluate_args)
+def cmd_evaluate(args):
+    ex = _explorer(args, args.max_per_task)
+    extra = _load_extra(ex.bundle, args.vector)
+    res = ex.evaluate(args.mode, _parse_coefs(args.coef), args.split, extra=extra, method=args.method)
+    _emit(args, res, lambda r: _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
+          + f"\nabsolute {_pct(r['absolute'])}  normalized {_pct(r.get('normalized'))}")
+
+
+def _addition_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--tasks", nargs="+", help="tasks to add (default: all)")
+
+
+@command("addition", "task addition: shared α chosen on validation, test absolute / normalized accuracy")
+@arguments(_addition_args)
+def cmd_addition(args):
+    ex = _explorer(args)
+    res = ex.addition(args.mode, args.tasks, progress=_bar(f"addition {args.mode}"))
+    _emit(args, res, lambda r: f"{args.mode}: α={r['alpha']:.2f}  absolute {_pct(r['absolute'])}  "
+                               f"normalized {_pct(r['normalized'])}\n"
+                               + _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()]))
+
+
+def _negation_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--task", required=True, help="the task to forget")
+    p.add_argument("--control", nargs="+", help="control tasks (default: every other task)")
+
+
+@command("negation", "task negation: λ chosen on validation with control ≥ 0.95 × zero-shot")
+@arguments(_negation_args)
+def cmd_negation(args):
+    ex = _explorer(args)
+    res = ex.negation(args.mode, args.task, args.control, progress=_bar(f"negation {args.mode}/{args.task}"))
+    _emit(args, res, lambda r: f"{args.mode}: negate {args.task} with λ={r['alpha']:.2f}: target {_pct(r['target'])} "
+                               f"(zero-shot {_pct(r['zeroshot_target'])}), control {_pct(r['control'])} "
+                               f"(zero-shot {_pct(r['zeroshot_control'])})")
+
+
+def _disentangle_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--tasks", nargs=2, required=True, metavar=("TASK1", "TASK2"))
+    p.add_argument("--grid", type=int, default=15, help="grid points per axis (default 15)")
+    p.add_argument("--range", type=float, default=2.0, help="α from -R to R (default 2)")
+    p.add_argument("--max-per-task", type=int)
+    _vectors_arg(p)
+
+
+@command("disentangle", "weight disentanglement error ξ(α1, α2) on a grid")
+@arguments(_disentangle_args)
+def cmd_disentangle(args):
+    import numpy as np
+
+    ex = _explorer(args, args.max_per_task)
+    grid = [float(a) for a in np.linspace(-args.range, args.range, args.grid)]
+    res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex.bundle, args.vector),
+                progress=_bar(f"ξ {args.mode}"))
+    _emit(args, res, lambda r: f"{args.mode} {r['tasks'][0]} × {r['tasks'][1]}: mean ξ {r['mean']['prediction']:.3f} "
+                               f"(representation {r['mean']['representation']:.3f})\n"
+                               + "\n".join(" ".join(f"{v:.2f}" for v in row) for row in r["prediction"]))
+
+
+def _kernel_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--task", required=True)
+    _vectors_arg(p)
+
+
+@command("kernel", "kernel diagnostics: non-linear vs linearized model, restricted linearization")
+@arguments(_kernel_args)
+def cmd_kernel(args):
+    from .kernel import summary_row
+
+    ex = _explorer(args)
+    res = ex.kernel(args.mode, args.task, extra=_load_extra(ex.bundle, args.vector), progress=_bar("kernel"))
+    _emit(args, res, lambda r: _table([summary_row(r)]) + "\n" + _table(r["path"]))
+
+
+def _validate_args(p):
+    p.add_argument("file")
+    _bundle_arg(p)
+    p.add_argument("--task", help="task name, for files without our metadata")
+    p.add_argument("--mode", help="mode, for files without our metadata")
+
+
+@command("validate", "check a task-vector file against a bundle's base model")
+@arguments(_validate_args)
+def cmd_validate(args):
+    from .bundle import load_bundle
+    from .taskvec import load_task_vector
+
+    b = load_bundle(args.bundle)
+    try:
+        tv = load_task_vector(args.file, b.base, task=args.task, mode=args.mode)
+    except ValueError as e:
+        _emit(args, {"ok": False, "file": args.file, "error": str(e)}, lambda r: f"invalid: {r['error']}")
+        return 2
+    res = {"ok": True, "file": args.file, "task": tv.task, "mode": tv.mode, "base_model": tv.base_id,
+           "keys": len(tv.tensors), "parameters": tv.numel, "norm": tv.norm()}
+    _emit(args, res, lambda r: f"ok: {r['task']} ({r['mode']}), {r['keys']} tensors, ‖τ‖ = {r['norm']:.4g}")
+
+
+def _similarity_args(p):
+    _bundle_arg(p)
+    p.add_argument("--modes", nargs="+", help="modes to include (default: all)")
+    _vectors_arg(p)
+
+
+@command("similarity", "cosine similarity between task vectors, within and across modes")
+@arguments(_similarity_args)
+def cmd_similarity(args):
+    from .build import similarity_table
+
+    ex = _explorer(args)
+    extra = _load_extra(ex.bundle, args.vector)
+    modes = args.modes or ex.modes + sorted({tv.mode for tv in extra.values()} - set(ex.modes))
+    res = similarity_table({m: ex.vectors(m, extra) for m in modes})
+
+    def text(r):
+        import pandas as pd
+
+        a = r["all"]
+        return pd.DataFrame(a["cosine"], index=a["labels"], columns=a["labels"]).round(3).to_string()
+    _emit(args, res, text)
+
+
+def _build_args(p):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="open_clip model name, e.g. ViT-B-32")
+    g.add_argument("--config", help="inline open_clip model config (JSON file or string): random-init tiny models")
+    p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (e.g. openai)")
+    p.add_argument("--tasks", nargs="+", required=True, help="registered task names (see arith.data / arith.datasets)")
+    p.add_argument("--modes", nargs="+", default=["full", "attn", "linear"])
+    p.add_argument("--data-root", help="root folder of the data sets")
+    p.add_argument("--out", required=True, help="bundle directory to write (resumes if it exists)")
+    p.add_argument("--name", help="bundle name (default: the directory name)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--eval-n", type=int, default=256, help="validation/test images stored per task")
+    p.add_argument("--train-n", type=int, help="training images per task (default: all)")
+    p.add_argument("--xi-pairs", type=int, default=6)
+    p.add_argument("--xi-grid", type=int, default=15)
+    p.add_argument("--head", default="auto", choices=["auto", "zeroshot", "prototype"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+
+
+@command("build-bundle", "fine-tune every (task, mode) and write a bundle the app loads (resumable)")
+@arguments(_build_args)
+def cmd_build_bundle(args):
+    import shlex
+
+    import open_clip
+    import torch
+
+    from .build import BuildPlan, build_bundle
+    from .models import Base, ImageEncoder, build_clip
+    from .specs import ModelSpec
+
+    torch.manual_seed(args.seed)
+    if args.config:
+        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
+        spec = ModelSpec(config=cfg)
+    else:
+        spec = ModelSpec(name=args.model, pretrained=args.pretrained)
+    clip = tokenizer = None
+    has_text = "text_cfg" in (spec.config or {"text_cfg": 1})
+    if args.head != "prototype" and has_text and (args.pretrained or args.head == "zeroshot"):
+        clip = build_clip(spec, load_weights=True, device=args.device)
+        tokenizer = open_clip.get_tokenizer(spec.name) if spec.name else open_clip.tokenizer.SimpleTokenizer()
+        base = Base(spec, ImageEncoder(clip.visual))
+    else:
+        base = Base.from_spec(spec, device=args.device)
+    ft = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+          "warmup_steps": min(args.warmup_steps, args.steps // 2), "seed": args.seed}
+    plan = BuildPlan(name=args.name or Path(args.out).name, tasks=tuple(args.tasks), modes=tuple(args.modes),
+                     finetune={"*": ft}, eval_n=args.eval_n, train_n=args.train_n, head=args.head, seed=args.seed,
+                     xi_pairs=args.xi_pairs, xi_grid=args.xi_grid, data_root=args.data_root)
+
+    def bars(desc, total):
+        return _bar(desc)
+    out = build_bundle(args.out, base, plan, clip=clip, tokenizer=tokenizer, progress_factory=bars,
+                       command="python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    from .bundle import load_bundle
+
+    b = load_bundle(out)
+    res = {"out": str(out), "base_id": b.base.id, "tasks": b.task_names, "modes": b.modes, "results": sorted(b.results)}
+    _emit(args, res, lambda r: f"bundle written to {r['out']} ({len(r['tasks'])} tasks × {len(r['modes'])} modes)")
+
+
+# -- entry point ------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="python -m arith", description="Task Arithmetic Explorer engine")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _load_plugins()
+    for name, (add, _, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    return parser
+
+
+def _load_plugins() -> None:
+    """Commands defined next to what they drive (bundle builders, importers) register themselves on import."""
+    import importlib
+
+    for mod in ("arith.default.build", "arith.realbuild", "arith.convert"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if not (e.name and mod.startswith(e.name)):
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _, run, _ = COMMANDS[args.command]
+    try:
+        return int(run(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": msg}))
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

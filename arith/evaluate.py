@@ -1,0 +1,240 @@
+"""Evaluating merged models with frozen heads (method.md §3), fast enough for a slider.
+
+An :class:`Evaluator` owns the evaluation images of a set of tasks, preprocessed once and concatenated so that a
+merged model is evaluated on every task in one batched pass; each task's slice then goes through that task's
+head.  Linearized models never run the network at request time: f(x; θ0) and J(θ0)τ_t are cached per split
+(and may be seeded from a bundle), so f_lin(x; θ0 + Σ λ_t τ_t) = f(x; θ0) + Σ λ_t J τ_t is a weighted sum.
+All caches are bounded LRUs keyed by content hashes; none of them is ever modified in place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .data import Split
+from .heads import Head
+from .linearize import jvp_features
+from .merge import apply_delta, combine, get_merge_method
+from .models import Base
+from .modes import get_mode
+from .taskvec import TaskVector
+
+
+class LRU:
+    """A small thread-safe LRU cache with a fixed number of entries."""
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize, self._d, self._lock = maxsize, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        return None
+
+    def put(self, key, value):
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One split of every task: preprocessed images concatenated in task order, with each task's slice."""
+
+    tasks: tuple[str, ...]
+    x: torch.Tensor
+    labels: torch.Tensor
+    slices: Mapping[str, slice]
+
+    def rows(self, tasks: Sequence[str]) -> torch.Tensor:
+        return torch.cat([torch.arange(self.slices[t].start, self.slices[t].stop) for t in tasks])
+
+
+class Evaluator:
+    """Per-task top-1 accuracy of merged models on fixed evaluation sets.
+
+    ``data[task][split]`` are uint8 splits; ``max_per_task`` keeps the first n images of each (the fixed
+    interactive subset); ``batch_size`` bounds memory of a forward pass.
+    """
+
+    def __init__(self, base: Base, heads: Mapping[str, Head], data: Mapping[str, Mapping[str, Split]],
+                 max_per_task: int | None = None, batch_size: int = 1024, cache_size: int = 256):
+        self.base, self.heads = base, dict(heads)
+        self.tasks = tuple(t for t in data if t in self.heads)
+        self._data = {t: dict(data[t]) for t in self.tasks}
+        self.max_per_task, self.batch_size = max_per_task, batch_size
+        self._sets: dict[str, EvalSet] = {}
+        self._lock = threading.Lock()
+        self._f0: dict[str, torch.Tensor] = {}
+        self._jvp = LRU(cache_size)
+
+    # -- evaluation sets ------------------------------------------------------------------------------------------
+    def eval_set(self, split: str) -> EvalSet:
+        with self._lock:
+            if split not in self._sets:
+                xs, ys, slices, pos = [], [], {}, 0
+                for t in self.tasks:
+                    if split not in self._data[t]:
+                        raise KeyError(f"task {t!r} has no {split!r} split")
+                    s = self._data[t][split].head(self.max_per_task)
+                    xs.append(self.base.preprocess(s.images))
+                    ys.append(s.labels.to(self.base.device))
+                    slices[t] = slice(pos, pos + len(s))
+                    pos += len(s)
+                self._sets[split] = EvalSet(self.tasks, torch.cat(xs), torch.cat(ys), slices)
+            return self._sets[split]
+
+    def _select(self, split: str, tasks: Sequence[str] | None) -> tuple[EvalSet, list[str], torch.Tensor | None]:
+        es = self.eval_set(split)
+        tasks = list(self.tasks if tasks is None else tasks)
+        unknown = [t for t in tasks if t not in es.slices]
+        if unknown:
+            raise KeyError(f"no evaluation data for task(s) {unknown}")
+        rows = None if tasks == list(self.tasks) else es.rows(tasks)
+        return es, tasks, rows
+
+    # -- features -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, params, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.base.features(params, x[i:i + self.batch_size])
+                          for i in range(0, len(x), self.batch_size)])
+
+    def features(self, params: Mapping[str, torch.Tensor] | None, split: str,
+                 tasks: Sequence[str] | None = None) -> torch.Tensor:
+        """Non-linear encoder outputs f(x; params) on the split's images of ``tasks`` (all by default)."""
+        es, tasks, rows = self._select(split, tasks)
+        x = es.x if rows is None else es.x[rows]
+        return self._forward(params, x)
+
+    def f0(self, split: str) -> torch.Tensor:
+        """f(x; θ0) on every image of ``split`` (cached)."""
+        if split not in self._f0:
+            self._f0[split] = self._forward(None, self.eval_set(split).x)
+        return self._f0[split]
+
+    def jvp(self, vector: TaskVector, split: str, keys: Sequence[str] | None = None,
+            tasks: Sequence[str] | None = None) -> torch.Tensor:
+        """J(θ0) τ on the split's images of ``tasks`` (all by default); ``keys`` restricts the tangent to a subset
+        of τ's tensors (restricted linearization, method.md §5).  Cached by content."""
+        es, tasks, rows = self._select(split, tasks)
+        sel = tuple(sorted(vector.tensors if keys is None else set(keys) & set(vector.tensors)))
+        ck = (vector.uid, split, None if keys is None else sel, None if rows is None else tuple(tasks))
+        hit = self._jvp.get(ck)
+        if hit is not None:
+            return hit
+        x = es.x if rows is None else es.x[rows]
+        tangent = {k: vector.tensors[k].to(self.base.device) for k in sel}
+        out = [jvp_features(self.base, tangent, x[i:i + self.batch_size])[1].detach()
+               for i in range(0, len(x), self.batch_size)]
+        return self._jvp.put(ck, torch.cat(out))
+
+    def seed_linear_cache(self, split: str, f0: torch.Tensor, jvps: Mapping[str, torch.Tensor]) -> None:
+        """Install precomputed f(x; θ0) and J τ (keyed by vector uid) for ``split`` (a bundle's cache file)."""
+        n = len(self.eval_set(split).x)
+        for name, t in [("f0", f0), *jvps.items()]:
+            if t.shape[0] < n:
+                raise ValueError(f"linear cache {name}: {t.shape[0]} rows for {n} evaluation images")
+        self._f0[split] = f0[:n].to(self.base.device)
+        for uid, t in jvps.items():
+            self._jvp.put((uid, split, None, None), t[:n].to(self.base.device))
+
+    def export_linear_cache(self, vectors: Sequence[TaskVector], split: str) -> dict[str, torch.Tensor]:
+        """f(x; θ0), J τ per vector (keyed by uid) and the per-task row counts, for a bundle's cache file."""
+        es = self.eval_set(split)
+        out = {"f0": self.f0(split).cpu(), "__rows__": torch.tensor([es.slices[t].stop - es.slices[t].start
+                                                                     for t in es.tasks])}
+        for tv in vectors:
+            out[tv.uid] = self.jvp(tv, split).cpu()
+        return out
+
+    def linear_features(self, vectors: Sequence[TaskVector], coefs: Sequence[float], split: str,
+                        tasks: Sequence[str] | None = None) -> torch.Tensor:
+        """f_lin = f(x; θ0) + Σ λ_t J τ_t: a weighted sum of cached tensors, no network pass."""
+        es, tasks, rows = self._select(split, tasks)
+        out = self.f0(split)
+        for tv, lam in zip(vectors, coefs):
+            if float(lam) != 0.0:
+                out = out + float(lam) * self.jvp(tv, split)
+        return out if rows is None else out[rows]
+
+    def merged_features(self, vectors: Sequence[TaskVector], coefs: Sequence[float], split: str,
+                        tasks: Sequence[str] | None = None, method: str = "task_arithmetic",
+                        linearized: bool | None = None) -> torch.Tensor:
+        """Features of the merged model θ0 + δ(vectors, coefs); a linearized mode's merge is the linear model."""
+        if linearized is None:
+            linearized = bool(vectors) and all(v.linearized for v in vectors)
+        if linearized and get_merge_method(method).linear:
+            return self.linear_features(vectors, coefs, split, tasks)
+        delta = combine(vectors, coefs, method)
+        if linearized:
+            es, tasks, rows = self._select(split, tasks)
+            x = es.x if rows is None else es.x[rows]
+            d = {k: v.to(self.base.device) for k, v in delta.items()}
+            with torch.no_grad():
+                return torch.cat([sum(jvp_features(self.base, d, x[i:i + self.batch_size]))
+                                  for i in range(0, len(x), self.batch_size)])
+        return self.features(apply_delta(self.base.params, delta), split, tasks)
+
+    # -- predictions and accuracy ---------------------------------------------------------------------------------
+    def predictions(self, features: torch.Tensor, split: str, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each task's predicted labels, using its own frozen head on its own slice of ``features``."""
+        es, tasks, _ = self._select(split, tasks)
+        out, pos = {}, 0
+        for t in tasks:
+            n = es.slices[t].stop - es.slices[t].start
+            out[t] = self.heads[t].predict(features[pos:pos + n])
+            pos += n
+        return out
+
+    def labels(self, split: str, task: str) -> torch.Tensor:
+        es = self.eval_set(split)
+        return es.labels[es.slices[task]]
+
+    def accuracy(self, features: torch.Tensor, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        preds = self.predictions(features, split, tasks)
+        return {t: float((p == self.labels(split, t)).float().mean()) for t, p in preds.items()}
+
+    def evaluate(self, vectors: Sequence[TaskVector], coefs: Sequence[float], split: str = "test",
+                 tasks: Sequence[str] | None = None, method: str = "task_arithmetic") -> dict[str, float]:
+        """Per-task top-1 accuracy (fraction) of the merged model θ0 + δ(vectors, coefs)."""
+        return self.accuracy(self.merged_features(vectors, coefs, split, tasks, method), split, tasks)
+
+    def zeroshot(self, split: str = "test", tasks: Sequence[str] | None = None) -> dict[str, float]:
+        es, tasks, rows = self._select(split, tasks)
+        f = self.f0(split)
+        return self.accuracy(f if rows is None else f[rows], split, tasks)
+
+    def finetuned(self, vectors: Mapping[str, TaskVector], split: str = "test") -> dict[str, float]:
+        """Single-task accuracy: θ0 + τ_t (its linearization in a linearized mode) on task t alone."""
+        return {t: self.evaluate([tv], [1.0], split, [t])[t] for t, tv in vectors.items()}
+
+
+def summarize(acc: Mapping[str, float], normalizers: Mapping[str, float] | None = None) -> dict:
+    """``absolute``: mean accuracy; ``normalized``: mean of acc_t / acc_t(fine-tuned alone, same mode)."""
+    out = {"accuracy": dict(acc), "absolute": sum(acc.values()) / max(1, len(acc))}
+    if normalizers is not None:
+        ratios = [acc[t] / normalizers[t] if normalizers[t] > 0 else 0.0 for t in acc]
+        out["normalized"] = sum(ratios) / max(1, len(ratios))
+    return out
+
+
+def mode_of(vectors: Mapping[str, TaskVector]) -> str:
+    modes = {v.mode for v in vectors.values()}
+    if len(modes) != 1:
+        raise ValueError(f"expected task vectors of one mode, got {sorted(modes)}")
+    mode = modes.pop()
+    get_mode(mode)
+    return mode

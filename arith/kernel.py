@@ -1,0 +1,98 @@
+"""Kernel-behaviour diagnostics (method.md §5): how close a fine-tuned model is to its linearization at θ0.
+
+For a task vector τ and task t, compares the non-linear model f(x; θ0 + sτ) with the post-hoc linearized model
+f(x; θ0) + s J(θ0)τ:
+
+* accuracy of each, prediction agreement, relative error ‖f − f_lin‖ / ‖f − f(θ0)‖ of logits and of features;
+* Ortiz-Jimenez et al.'s non-linear advantage (acc_nonlinear − acc_linear) / (1 − 1/C);
+* the same along the path s ∈ [0, 1.5];
+* restricted linearization: τ kept only on attention weights, only on MLP weights, or whole, each compared with
+  its own linearization — the explicit form of the claim that attention modules behave like kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .evaluate import Evaluator
+from .merge import merge
+from .modes import get_mode
+from .taskvec import TaskVector
+
+PATH = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+SUBSETS = {"attention": "attn", "mlp": "mlp", "all": "full"}  # subset name -> the mode whose tensors it keeps
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> float:
+    den = float((a - ref).norm())
+    return float((a - b).norm()) / den if den > 0 else 0.0
+
+
+def compare(ev: Evaluator, task: str, split: str, f_nl: torch.Tensor, f_lin: torch.Tensor, f0: torch.Tensor) -> dict:
+    """Accuracy, agreement and relative errors of a non-linear vs a linearized output on one task."""
+    head, labels = ev.heads[task], ev.labels(split, task)
+    l_nl, l_lin, l0 = head.logits(f_nl), head.logits(f_lin), head.logits(f0)
+    p_nl, p_lin = l_nl.argmax(-1), l_lin.argmax(-1)
+    acc_nl, acc_lin = float((p_nl == labels).float().mean()), float((p_lin == labels).float().mean())
+    c = head.num_classes
+    return {"acc_nonlinear": acc_nl, "acc_linear": acc_lin, "agreement": float((p_nl == p_lin).float().mean()),
+            "rel_error_logits": _rel(l_nl, l_lin, l0), "rel_error_features": _rel(f_nl, f_lin, f0),
+            "nonlinear_advantage": (acc_nl - acc_lin) / (1.0 - 1.0 / c)}
+
+
+def _restrict(tv: TaskVector, mode: str) -> TaskVector | None:
+    m = get_mode(mode)
+    kept = {k: t for k, t in tv.tensors.items() if m.trains(k)}
+    return TaskVector(kept, tv.task, tv.mode, tv.base_id) if kept else None
+
+
+def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test", path: Sequence[float] = PATH,
+                  subsets: Sequence[str] = tuple(SUBSETS), progress: Callable[[int, int], None] | None = None) -> dict:
+    """Kernel diagnostics of ``tv`` on ``task``: the non-linear model θ0 + sτ against f(θ0) + s Jτ.
+
+    Returns ``{"task", "mode", "at_1": compare(...) at s = 1, "path": [{"s", ...compare}], "restricted":
+    {subset: {"norm_fraction", "path": [...]} or None}}``.
+    """
+    tasks = [task]
+    f0 = ev.merged_features([], [], split, tasks)
+    steps = len(path) * (1 + len(subsets))
+    done = 0
+
+    def along(vec: TaskVector) -> list[dict]:
+        nonlocal done
+        jt = ev.jvp(vec, split, tasks=tasks)
+        rows = []
+        for s in path:
+            f_nl = ev.features(merge(ev.base.params, [vec], [s]), split, tasks)  # non-linear, any mode
+            rows.append({"s": float(s), **compare(ev, task, split, f_nl, f0 + s * jt, f0)})
+            done += 1
+            if progress:
+                progress(done, steps)
+        return rows
+
+    whole = along(tv)
+    at_1 = min(whole, key=lambda r: abs(r["s"] - 1.0))
+    norm = tv.norm()
+    restricted = {}
+    for name in subsets:
+        sub = _restrict(tv, SUBSETS[name])
+        if sub is None:
+            restricted[name] = None
+            done += len(path)
+            continue
+        restricted[name] = {"norm_fraction": sub.norm() / norm if norm > 0 else 0.0, "path": along(sub)}
+    return {"task": task, "mode": tv.mode, "split": split, "at_1": at_1, "path": whole, "restricted": restricted}
+
+
+def summary_row(report: dict) -> dict:
+    """One flat row per (task, mode) for tables: agreement and errors at s = 1 and the restricted errors."""
+    row = {"task": report["task"], "mode": report["mode"], **report["at_1"]}
+    for name, r in report["restricted"].items():
+        if r is not None:
+            at1 = min(r["path"], key=lambda p: abs(p["s"] - 1.0))
+            row[f"{name}_agreement"] = at1["agreement"]
+            row[f"{name}_rel_error_logits"] = at1["rel_error_logits"]
+    return row
+

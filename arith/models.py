@@ -1,0 +1,220 @@
+"""Image encoders: open_clip models by name or inline config, with parameters passed in from outside.
+
+The engine never edits a module's weights.  A :class:`Base` holds θ0 as a read-only dict of tensors and runs the
+encoder with ``torch.func.functional_call``, so a merged model is just another dict of tensors (method.md §1).
+Keys are open_clip state-dict names of the full CLIP model (``visual.transformer.resblocks.0.attn.in_proj_weight``)
+so task vectors apply to an open_clip checkpoint unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import _build_vision_tower
+from open_clip.pretrained import get_pretrained_cfg
+from torch import nn
+from torch.func import functional_call
+
+from .specs import ModelSpec
+
+PREFIX = "visual."
+
+
+def _is_tag(spec: ModelSpec) -> bool:
+    return bool(spec.name and spec.pretrained and get_pretrained_cfg(spec.name, spec.pretrained))
+
+
+def model_config(spec: ModelSpec) -> dict:
+    """The open_clip model config for ``spec`` (a deep copy), with ``quick_gelu`` resolved.
+
+    OpenAI weights were trained with QuickGELU; open_clip only *warns* when a plain ``ViT-B-32`` config is paired
+    with them, which silently degrades accuracy.  Here the tag decides unless ``spec.quick_gelu`` overrides it.
+    """
+    if spec.config is not None:
+        cfg = copy.deepcopy(dict(spec.config))
+    else:
+        cfg = open_clip.get_model_config(spec.name)
+        if cfg is None:
+            raise ValueError(f"unknown open_clip model {spec.name!r}; see open_clip.list_models()")
+        cfg = copy.deepcopy(cfg)
+    if "vision_cfg" not in cfg or "embed_dim" not in cfg:
+        raise ValueError("model config needs 'embed_dim' and 'vision_cfg' (open_clip model-config format)")
+    quick = spec.quick_gelu
+    if quick is None and _is_tag(spec):
+        quick = bool(get_pretrained_cfg(spec.name, spec.pretrained).get("quick_gelu", False))
+    if quick is not None:
+        cfg["quick_gelu"] = quick
+    return cfg
+
+
+def preprocess_stats(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std used to normalise images for this encoder (open_clip's, OpenAI's by default)."""
+    if _is_tag(spec):
+        pcfg = get_pretrained_cfg(spec.name, spec.pretrained)
+        return tuple(pcfg.get("mean", OPENAI_DATASET_MEAN)), tuple(pcfg.get("std", OPENAI_DATASET_STD))
+    pp = (spec.config or {}).get("preprocess_cfg", {})
+    return tuple(pp.get("mean", OPENAI_DATASET_MEAN)), tuple(pp.get("std", OPENAI_DATASET_STD))
+
+
+class ImageEncoder(nn.Module):
+    """Wraps an open_clip visual tower so parameter names carry CLIP's ``visual.`` prefix."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
+def build_visual(spec: ModelSpec, device: str | torch.device = "cpu") -> ImageEncoder:
+    """Build the image encoder architecture with random weights (``device="meta"`` allocates nothing)."""
+    cfg = model_config(spec)
+    with torch.device(device):
+        visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+    return ImageEncoder(visual).eval()
+
+
+def build_clip(spec: ModelSpec, load_weights: bool = True, device: str = "cpu", cache_dir: str | None = None):
+    """The whole open_clip CLIP model (text tower included) for ``spec``.
+
+    Named models go through ``open_clip.create_model`` (which downloads tagged weights into open_clip's cache, or
+    reads a checkpoint path); inline configs are instantiated directly (random weights).
+    """
+    cfg = model_config(spec)
+    if spec.name is not None:
+        model = open_clip.create_model(
+            spec.name,
+            pretrained=spec.pretrained if load_weights else None,
+            force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+            device=device,
+            cache_dir=cache_dir,
+        )
+    else:
+        if "text_cfg" not in cfg:
+            raise ValueError("this inline config has no text tower ('text_cfg'); use build_visual")
+        cfg.pop("preprocess_cfg", None)
+        with torch.device(device):
+            model = open_clip.model.CLIP(**cfg)
+    return model.eval()
+
+
+def count_parameters(spec: ModelSpec, mode: str) -> dict[str, int]:
+    """Trainable and total image-encoder parameter counts of ``mode``, computed on the meta device (no weights)."""
+    from .modes import get_mode
+
+    enc = build_visual(spec, device="meta")
+    m = get_mode(mode)
+    total = trainable = 0
+    for key, p in enc.named_parameters():
+        total += p.numel()
+        trainable += p.numel() if m.trains(key) else 0
+    return {"trainable": trainable, "total": total}
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor], length: int = 16) -> str:
+    """sha256 over key names, shapes, dtypes and bytes: identifies a set of base weights."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]
+
+
+class Base:
+    """θ0: a frozen image encoder plus how to feed it images.
+
+    ``params`` is a read-only mapping of detached fp32 tensors; nothing in the engine writes to it.  Call
+    :meth:`features` with any parameter dict of the same keys (θ0, a merged model, a fine-tuning step).
+    """
+
+    def __init__(self, spec: ModelSpec, encoder: ImageEncoder, base_id: str | None = None):
+        self.spec = spec
+        self.module = encoder.eval().requires_grad_(False)
+        self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in self.module.named_parameters()}
+        self.buffers: dict[str, torch.Tensor] = {k: b for k, b in self.module.named_buffers()}
+        mean, std = preprocess_stats(spec)
+        device = next(iter(self.params.values())).device
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.image_size = model_config(spec)["vision_cfg"].get("image_size", 224)
+        self.id = base_id or self.default_id()
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, load_weights: bool = True, device: str = "cpu",
+                  cache_dir: str | None = None) -> Base:
+        """Build θ0 from a spec: downloads/loads tagged weights for named models, random init otherwise."""
+        if spec.name is not None and spec.pretrained and load_weights:
+            clip = build_clip(spec, load_weights=True, device=device, cache_dir=cache_dir)
+            return cls(spec, ImageEncoder(clip.visual))
+        return cls(spec, build_visual(spec, device=device))
+
+    @classmethod
+    def from_state_dict(cls, spec: ModelSpec, state: Mapping[str, torch.Tensor], base_id: str | None = None,
+                        device: str = "cpu") -> Base:
+        """θ0 from ``visual.*`` tensors (a bundle's base file); every architecture key must be present."""
+        enc = build_visual(spec, device="meta")
+        expected = dict(enc.named_parameters())
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(k for k in set(state) - set(expected) if k.startswith(PREFIX))
+        if missing or extra:
+            raise ValueError(f"base weights do not match {spec.label}: missing {missing[:5]}, unexpected {extra[:5]}")
+        for key, p in expected.items():
+            if tuple(state[key].shape) != tuple(p.shape):
+                raise ValueError(f"base weight {key}: shape {tuple(state[key].shape)}, model expects {tuple(p.shape)}")
+        enc = enc.to_empty(device=device)
+        enc.load_state_dict({k: state[k] for k in expected}, strict=True)
+        return cls(spec, enc, base_id=base_id)
+
+    def default_id(self) -> str:
+        """``open_clip:<name>:<tag>`` for tagged weights, else the spec label plus a fingerprint of θ0."""
+        if _is_tag(self.spec):
+            return f"open_clip:{self.spec.name}:{self.spec.pretrained}"
+        return f"{self.spec.label}#{fingerprint(self.params)}"
+
+    # -- shapes and keys ------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.params.items()}
+
+    @property
+    def embed_dim(self) -> int:
+        return int(model_config(self.spec)["embed_dim"])
+
+    def to(self, device: str | torch.device) -> Base:
+        """A copy of θ0 on ``device`` (the original is untouched)."""
+        enc = copy.deepcopy(self.module).to(device)
+        return Base(self.spec, enc, base_id=self.id)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,3,H,W] (or float in [0,1]) -> normalised float on the encoder's device."""
+        x = images.to(self.device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
+               batch_size: int = 512) -> torch.Tensor:
+        """Features of uint8 images in batches (no gradients): preprocessing plus :meth:`features`."""
+        return torch.cat([self.features(params, self.preprocess(images[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
+
+    def features(self, params: Mapping[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor:
+        """Encoder output (CLIP image embedding, unnormalised) for preprocessed images under ``params``."""
+        p = self.params if params is None else params
+        return functional_call(self.module, ({**p, **self.buffers} if self.buffers else p), (x,))

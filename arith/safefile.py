@@ -1,0 +1,152 @@
+"""A strict reader for untrusted safetensors files.
+
+The ``safetensors`` library parses the format safely, but its errors are terse and it reads whatever size it is
+given.  This module checks the container first — size cap before reading, the 8-byte header length, the JSON
+header, dtypes, shapes and byte ranges — and says exactly what is wrong, then hands the bytes to
+``safetensors.torch.load``.  Nothing here unpickles anything: a pickle or a zip (``torch.save``) renamed
+``.safetensors`` is recognised and refused.
+
+Format (huggingface/safetensors): u64 little-endian N, N bytes of UTF-8 JSON
+``{"name": {"dtype", "shape", "data_offsets": [begin, end]}, ..., "__metadata__": {str: str}}``, then the data
+section; offsets are relative to it, tensors are contiguous, non-overlapping and cover it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from safetensors.torch import load as st_load
+
+DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: a ViT-L/14 image-encoder task vector is ~1.2 GB in fp32
+MAX_HEADER_BYTES = 100 * 1024**2  # the safetensors library's own cap
+
+DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+class SafetensorsError(ValueError):
+    """A file is not a well-formed safetensors file; the message says what and where."""
+
+
+def _sniff(prefix: bytes) -> str | None:
+    if prefix.startswith(b"PK\x03\x04"):
+        return "a zip archive (what torch.save writes), not safetensors; it is never unpickled here"
+    if prefix[:1] == b"\x80" and prefix[1:2] in {b"\x02", b"\x03", b"\x04", b"\x05"}:
+        return "a Python pickle, not safetensors; it is never unpickled here"
+    if prefix.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data, not safetensors"
+    return None
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise SafetensorsError(f"header lists {k!r} twice")
+        seen[k] = v
+    return seen
+
+
+def parse_header(data: bytes, file_size: int | None = None) -> tuple[dict, dict[str, str]]:
+    """Validate the container of ``data`` (the whole file) and return (tensor entries, metadata)."""
+    size = len(data) if file_size is None else file_size
+    if size == 0:
+        raise SafetensorsError("the file is empty")
+    kind = _sniff(data[:8])
+    if kind:
+        raise SafetensorsError(f"the file is {kind}")
+    if size < 8:
+        raise SafetensorsError(f"the file is {size} bytes: too short for the 8-byte header length of safetensors")
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise SafetensorsError(f"header length {n} bytes is over the {MAX_HEADER_BYTES}-byte cap")
+    if 8 + n > size:
+        raise SafetensorsError(f"header length {n} runs past the end of the file ({size} bytes): truncated or not safetensors")
+    raw = data[8:8 + n]
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except SafetensorsError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise SafetensorsError("__metadata__ must map strings to strings")
+
+    data_len = size - 8 - n
+    spans = []
+    for key, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise SafetensorsError(f"{key}: entry must have exactly dtype, shape and data_offsets")
+        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPE_SIZES:
+            raise SafetensorsError(f"{key}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise SafetensorsError(f"{key}: shape {shape!r} is not a list of non-negative integers")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise SafetensorsError(f"{key}: data_offsets {offs!r} is not a pair of integers")
+        begin, end = offs
+        if not 0 <= begin <= end <= data_len:
+            raise SafetensorsError(f"{key}: data_offsets {offs} fall outside the {data_len}-byte data section")
+        expected = math.prod(shape) * DTYPE_SIZES[dtype]
+        if end - begin != expected:
+            raise SafetensorsError(f"{key}: {end - begin} bytes of data for shape {shape} {dtype} (expected {expected})")
+        spans.append((begin, end, key))
+    spans.sort()
+    pos, prev = 0, None
+    for begin, end, key in spans:
+        if begin < pos:
+            raise SafetensorsError(f"{key}: data overlaps {prev}")
+        if begin > pos:
+            raise SafetensorsError(f"{key}: gap of {begin - pos} bytes before its data")
+        pos, prev = end, key
+    if pos != data_len:
+        raise SafetensorsError(f"{data_len - pos} trailing bytes after the last tensor")
+    return header, metadata
+
+
+def read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of ``source`` (a path, bytes or a file object), refusing anything over ``max_bytes`` before
+    reading it whole."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > max_bytes:
+            raise SafetensorsError(f"file is {len(data)} bytes, over the {max_bytes}-byte limit")
+        return data
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise SafetensorsError(f"{path.name} is {size} bytes, over the {max_bytes}-byte limit")
+        with open(path, "rb") as fh:
+            return fh.read(max_bytes + 1)
+    size = getattr(source, "size", None)  # e.g. Streamlit's UploadedFile
+    if isinstance(size, int) and size > max_bytes:
+        raise SafetensorsError(f"file is {size} bytes, over the {max_bytes}-byte limit")
+    data = source.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SafetensorsError(f"file is over the {max_bytes}-byte limit")
+    return data
+
+
+def load_safetensors(source, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read an untrusted safetensors file: (tensors, metadata), or a :class:`SafetensorsError` saying why not."""
+    data = read_bytes(source, max_bytes)
+    _, metadata = parse_header(data)
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # the library's own checks, should ours have missed something
+        raise SafetensorsError(f"safetensors could not read the file: {e}") from None
+    return tensors, metadata

@@ -1,0 +1,179 @@
+"""Typed, frozen configuration records and the names the on-disk formats use.
+
+Every record here round-trips through JSON (``to_json`` / ``from_json``), so a bundle manifest, a task-vector
+file's metadata and a CLI invocation all describe a model or a fine-tuning run the same way.  File names and
+metadata keys are defined once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = "1"
+
+
+class Meta:
+    """Metadata keys of task-vector files (safetensors ``__metadata__``; every value is a string)."""
+
+    FORMAT = "arith.format"
+    KIND = "arith.kind"  # always "task_vector"
+    BASE = "arith.base_model"
+    MODE = "arith.mode"
+    TASK = "arith.task"
+    STEPS = "arith.steps"
+    LR = "arith.lr"
+    SEED = "arith.seed"
+    CONFIG = "arith.finetune_config"  # JSON of FinetuneConfig
+    VERSIONS = "arith.versions"  # JSON {"torch": ..., "open_clip": ..., "arith": ...}
+    CREATED = "arith.created"
+
+    REQUIRED = (FORMAT, BASE, MODE, TASK)
+
+
+class Files:
+    """File names inside a bundle directory (see ``arith.bundle``)."""
+
+    MANIFEST = "manifest.json"
+    BASE = "base.safetensors"  # θ0: the image encoder, open_clip key names ("visual.…")
+    TEXT = "text.safetensors"  # optional: the rest of the CLIP model (text tower), for new zero-shot heads
+    HEADS = "heads.safetensors"  # one frozen head per task: "<task>.weight" [C, D], "<task>.scale" []
+    DATA_DIR = "data"  # data/<task>.safetensors: "<split>.images" uint8 [N,3,H,W], "<split>.labels" int64 [N]
+    VECTORS_DIR = "vectors"  # vectors/<mode>/<task>.safetensors
+    RESULTS_DIR = "results"  # results/<name>.json
+    CACHE_DIR = "cache"  # cache/linear-<split>.safetensors: f(θ0; x) and J(θ0)τ_t for instant linear sliders
+
+    @staticmethod
+    def data(task: str) -> str:
+        return f"{Files.DATA_DIR}/{task}.safetensors"
+
+    @staticmethod
+    def vector(mode: str, task: str) -> str:
+        return f"{Files.VECTORS_DIR}/{mode}/{task}.safetensors"
+
+    @staticmethod
+    def result(name: str) -> str:
+        return f"{Files.RESULTS_DIR}/{name}.json"
+
+    @staticmethod
+    def linear_cache(split: str) -> str:
+        return f"{Files.CACHE_DIR}/linear-{split}.safetensors"
+
+
+class _JsonRecord:
+    """Mixin: dataclass <-> plain JSON dict, refusing unknown fields so typos do not pass silently."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; expected a subset of {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ModelSpec(_JsonRecord):
+    """Which image encoder: an open_clip model name (+ pretrained tag or checkpoint path) or an inline config.
+
+    ``config`` is an open_clip model config (``{"embed_dim", "vision_cfg", "text_cfg"?, "quick_gelu"?}``), the
+    same format as open_clip's ``model_configs/*.json``; it is how the tiny encoders of the tests and the
+    embedded default are described.  ``quick_gelu=None`` means "what the pretrained tag was trained with"
+    (True for OpenAI weights), so ``ViT-B-32`` + ``openai`` gets QuickGELU without the caller knowing.
+    """
+
+    name: str | None = None
+    pretrained: str | None = None
+    config: dict | None = None
+    quick_gelu: bool | None = None
+
+    def __post_init__(self):
+        if (self.name is None) == (self.config is None):
+            raise ValueError("ModelSpec needs exactly one of `name` (an open_clip model) or `config` (inline)")
+
+    def __hash__(self) -> int:  # config is a dict; hash its canonical JSON
+        return hash(self.to_json())
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``ViT-B-32/openai`` or ``inline ViT w128 L4``."""
+        if self.name:
+            return f"{self.name}/{self.pretrained}" if self.pretrained else self.name
+        v = self.config["vision_cfg"]
+        return f"inline ViT w{v.get('width')} L{v.get('layers')} p{v.get('patch_size')}"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_JsonRecord):
+    """One fine-tuning run (method.md §2). The paper's recipe for real CLIP is ``FinetuneConfig.paper()``."""
+
+    mode: str = "attn"
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    augment: bool = False  # random crop / flip jitter of the uint8 batch (cheap; off for digits/letters)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive")
+        if not self.lr > 0:
+            raise ValueError("lr must be positive")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps, grad_clip and weight_decay must be non-negative")
+
+    @classmethod
+    def paper(cls, mode: str = "attn", **overrides) -> FinetuneConfig:
+        """AdamW lr 1e-5, wd 0.1, batch 128, 500 warm-up steps then cosine, clip 1.0, 2000 steps (method.md §2)."""
+        return cls(mode=mode, **overrides)
+
+
+@dataclass(frozen=True)
+class TaskInfo(_JsonRecord):
+    """A task as a bundle records it: its class names and the prompt templates of its zero-shot head."""
+
+    name: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        data = dict(data)
+        for key in ("classnames", "templates"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return super().from_dict(data)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+@dataclass(frozen=True)
+class Provenance(_JsonRecord):
+    """How a bundle or file was made: enough to rebuild it."""
+
+    command: str = ""
+    seed: int = 0
+    versions: dict = field(default_factory=dict)
+    minutes: float | None = None
+    created: str = ""
+    notes: str = ""

@@ -1,0 +1,232 @@
+"""Task vectors τ_t = θ_t − θ0 (method.md §1): files, validation, arithmetic, norms and similarities.
+
+A task vector holds only the tensors its mode trains (zero elsewhere), keyed by open_clip state-dict names, in
+fp32.  Files are safetensors with string metadata (keys in :class:`arith.specs.Meta`).  Loading an untrusted file
+checks it against the base model and refuses it with a message naming the key at fault; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
+
+from .modes import MODES, get_mode
+from .safefile import DEFAULT_MAX_BYTES, FLOAT_DTYPES, SafetensorsError, load_safetensors
+from .specs import FORMAT_VERSION, Meta
+
+
+class TaskVectorError(ValueError):
+    """A task vector does not fit the base model or is malformed; the message names the key or field."""
+
+
+def library_versions() -> dict[str, str]:
+    import open_clip
+
+    from . import __version__
+
+    return {"torch": torch.__version__, "open_clip": open_clip.__version__, "arith": __version__}
+
+
+@dataclass(frozen=True, eq=False)
+class TaskVector:
+    """An immutable task vector. Arithmetic returns new vectors; stored tensors are never written to."""
+
+    tensors: Mapping[str, torch.Tensor]
+    task: str
+    mode: str
+    base_id: str
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    # -- identity -------------------------------------------------------------------------------------------------
+    @cached_property
+    def uid(self) -> str:
+        """Content hash (keys, shapes, values): the cache key of anything computed from this vector."""
+        h = hashlib.sha256(f"{self.mode}|{self.base_id}".encode())
+        for k in sorted(self.tensors):
+            t = self.tensors[k].detach().to("cpu", torch.float32).contiguous()
+            h.update(f"{k}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:20]
+
+    @property
+    def linearized(self) -> bool:
+        return self.mode in MODES and get_mode(self.mode).linearized
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    # -- arithmetic (method.md §3) -------------------------------------------------------------------------------
+    def _combine(self, other: TaskVector, sign: float) -> TaskVector:
+        if other.base_id != self.base_id:
+            raise TaskVectorError(f"cannot combine vectors of different bases ({self.base_id} vs {other.base_id})")
+        if other.linearized != self.linearized:
+            raise TaskVectorError("cannot combine a linearized-mode vector with a non-linear one")
+        out = dict(self.tensors)
+        for k, t in other.tensors.items():
+            out[k] = out[k] + sign * t if k in out else sign * t
+        mode = self.mode if self.mode == other.mode else f"{self.mode}+{other.mode}"
+        op = "+" if sign > 0 else "-"
+        return TaskVector(out, f"{self.task}{op}{other.task}", mode, self.base_id)
+
+    def __add__(self, other: TaskVector) -> TaskVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: TaskVector) -> TaskVector:
+        return self._combine(other, -1.0)
+
+    def scale(self, coef: float) -> TaskVector:
+        return TaskVector({k: coef * t for k, t in self.tensors.items()}, self.task, self.mode, self.base_id,
+                          dict(self.meta))
+
+    def __mul__(self, coef: float) -> TaskVector:
+        return self.scale(float(coef))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> TaskVector:
+        return self.scale(-1.0)
+
+    # -- norms ------------------------------------------------------------------------------------------------------
+    def norm(self) -> float:
+        return math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.tensors.values()))
+
+    def layer_norms(self) -> dict[str, float]:
+        """L2 norm per key (the per-layer profile the app plots)."""
+        return {k: float(t.double().norm()) for k, t in self.tensors.items()}
+
+    def block_norms(self) -> dict[str, float]:
+        """L2 norm grouped by transformer block (``resblocks.<i>``) or top-level module (``conv1``, ``proj``, …)."""
+        groups: dict[str, float] = {}
+        for k, t in self.tensors.items():
+            m = re.search(r"resblocks\.(\d+)\.", k)
+            g = f"block {int(m.group(1)):02d}" if m else k.removeprefix("visual.").split(".")[0]
+            groups[g] = groups.get(g, 0.0) + float(t.double().pow(2).sum())
+        return {g: math.sqrt(v) for g, v in sorted(groups.items())}
+
+    # -- files --------------------------------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        meta = {Meta.VERSIONS: json.dumps(library_versions(), sort_keys=True),
+                Meta.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"), **self.meta}
+        meta.update({Meta.FORMAT: FORMAT_VERSION, Meta.KIND: "task_vector", Meta.BASE: self.base_id,
+                     Meta.MODE: self.mode, Meta.TASK: self.task})
+        return meta
+
+    def to_bytes(self) -> bytes:
+        tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in self.tensors.items()}
+        return st_save(tensors, metadata=self.metadata())
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(self.to_bytes())
+        tmp.replace(path)
+        return path
+
+
+def cosine_matrix(vectors: Sequence[TaskVector]) -> torch.Tensor:
+    """Cosine similarity between flattened task vectors (keys missing from one count as zeros)."""
+    n = len(vectors)
+    out = torch.eye(n, dtype=torch.float64)
+    norms = [v.norm() for v in vectors]
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = vectors[i].tensors, vectors[j].tensors
+            dot = sum(float((a[k].double() * b[k].double()).sum()) for k in a.keys() & b.keys())
+            denom = norms[i] * norms[j]
+            out[i, j] = out[j, i] = dot / denom if denom > 0 else 0.0
+    return out
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+_TORCH_FLOAT = {torch.float64, torch.float32, torch.float16, torch.bfloat16}
+
+
+def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
+             *, task: str | None = None, mode: str | None = None, allow_other_base: bool = False) -> TaskVector:
+    """Check tensors + metadata against ``base`` (an :class:`arith.models.Base`) and build a fp32 TaskVector.
+
+    Refuses, naming the key or field: missing metadata, an unknown format version or mode, a base-model id that is
+    not ``base.id``, keys the base does not have, keys the mode does not train (metadata that lies), keys the mode
+    trains but the file lacks, wrong shapes, non-float dtypes and NaN/Inf values.  ``task``/``mode`` fill in for
+    files written by other tools without our metadata.
+    """
+    meta = dict(meta)
+    if task is not None:
+        meta[Meta.TASK] = task
+    if mode is not None:
+        meta[Meta.MODE] = mode
+    meta.setdefault(Meta.FORMAT, FORMAT_VERSION)
+    missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
+    if missing:
+        raise TaskVectorError(f"metadata lacks {', '.join(missing)} (give the task and mode when uploading)")
+    if meta[Meta.FORMAT] != FORMAT_VERSION:
+        raise TaskVectorError(f"metadata {Meta.FORMAT}={meta[Meta.FORMAT]!r}: this version reads format {FORMAT_VERSION!r}")
+    kind = meta.get(Meta.KIND, "task_vector")
+    if kind != "task_vector":
+        raise TaskVectorError(f"metadata {Meta.KIND}={kind!r}: not a task vector")
+    if meta.get(Meta.MODE) not in MODES:
+        raise TaskVectorError(f"metadata {Meta.MODE}={meta.get(Meta.MODE)!r}: unknown mode; known: {', '.join(MODES)}")
+    claimed = meta.get(Meta.BASE)
+    if claimed and claimed != base.id and not allow_other_base:
+        raise TaskVectorError(f"metadata {Meta.BASE}={claimed!r}: this vector was made for another base model "
+                              f"(this one is {base.id!r})")
+    if not claimed:
+        raise TaskVectorError(f"metadata lacks {Meta.BASE}: cannot tell which base model this vector is for")
+    for key in (Meta.STEPS, Meta.SEED):
+        if key in meta and not re.fullmatch(r"\d+", meta[key]):
+            raise TaskVectorError(f"metadata {key}={meta[key]!r} is not a non-negative integer")
+    if Meta.LR in meta:
+        try:
+            float(meta[Meta.LR])
+        except ValueError:
+            raise TaskVectorError(f"metadata {Meta.LR}={meta[Meta.LR]!r} is not a number") from None
+    if not tensors:
+        raise TaskVectorError("the file holds no tensors")
+
+    m = get_mode(meta[Meta.MODE])
+    shapes = base.shapes
+    for key in sorted(tensors):
+        t = tensors[key]
+        if key not in shapes:
+            raise TaskVectorError(f"{key}: not a parameter of the base model {base.spec.label}")
+        if not m.trains(key):
+            raise TaskVectorError(f"{key}: mode {m.name!r} does not train this tensor (metadata and contents disagree)")
+        if t.dtype not in _TORCH_FLOAT:
+            raise TaskVectorError(f"{key}: dtype {t.dtype} is not floating point")
+        if tuple(t.shape) != shapes[key]:
+            raise TaskVectorError(f"{key}: shape {tuple(t.shape)} but the base model has {shapes[key]}")
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise TaskVectorError(f"{key}: {bad} non-finite value(s) (NaN or Inf)")
+    absent = [k for k in m.trainable_keys(shapes) if k not in tensors]
+    if absent:
+        raise TaskVectorError(f"{absent[0]}: missing, but mode {m.name!r} trains it ({len(absent)} key(s) missing)")
+    clean = {k: t.detach().to(torch.float32).clone() for k, t in tensors.items()}
+    extra = {k: v for k, v in meta.items() if k not in (Meta.BASE, Meta.MODE, Meta.TASK)}
+    return TaskVector(clean, meta[Meta.TASK], m.name, claimed, extra)
+
+
+def load_task_vector(source, base, *, max_bytes: int = DEFAULT_MAX_BYTES, **overrides) -> TaskVector:
+    """Read and validate a task-vector file (path, bytes or file object) against ``base``.
+
+    Raises :class:`SafetensorsError` for a malformed container and :class:`TaskVectorError` for contents that
+    do not fit ``base``; both are ``ValueError`` with a message meant for the user.
+    """
+    tensors, meta = load_safetensors(source, max_bytes=max_bytes)
+    return validate(tensors, meta, base, **overrides)
+
+
+__all__ = ["TaskVector", "TaskVectorError", "SafetensorsError", "validate", "load_task_vector", "cosine_matrix",
+           "FLOAT_DTYPES", "library_versions"]

@@ -1,0 +1,105 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from arith.bundle import BundleError, load_bundle
+from arith.specs import Files
+
+from conftest import MODES, TASKS
+
+
+def test_bundle_has_everything(bundle):
+    assert bundle.task_names == list(TASKS)
+    assert bundle.modes == list(MODES)
+    assert set(bundle.results) >= {"accuracy", "addition", "negation", "disentanglement", "kernel", "similarity",
+                                   "training"}
+    for t in TASKS:
+        assert set(bundle.data[t]) == {"val", "test"}
+        assert bundle.data[t]["test"].images.dtype == torch.uint8
+        assert bundle.heads[t].num_classes == 4
+    assert set(bundle.linear_cache) == {"val", "test"}
+    prov = bundle.manifest["provenance"]
+    assert prov["versions"]["torch"] and prov["minutes"] is not None
+    assert bundle.finetune_config("attn").steps == 24
+
+
+@pytest.fixture
+def copy(bundle_dir, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def test_flipped_byte_is_refused_naming_the_file(copy):
+    rel = Files.vector("attn", TASKS[0])
+    path = copy / rel
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match=rel):
+        load_bundle(copy)
+
+
+def test_missing_file_is_refused(copy):
+    (copy / Files.HEADS).unlink()
+    with pytest.raises(BundleError, match=Files.HEADS):
+        load_bundle(copy)
+
+
+def test_broken_manifest_is_refused(copy):
+    (copy / Files.MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json"):
+        load_bundle(copy)
+    (copy / Files.MANIFEST).write_text(json.dumps({"format": "arith-bundle", "format_version": "0"}))
+    with pytest.raises(BundleError, match="format version"):
+        load_bundle(copy)
+
+
+def test_swapped_base_weights_are_refused_even_with_fresh_hashes(copy):
+    from safetensors.torch import load_file, save_file
+
+    from arith.bundle import sha256_file
+
+    state = load_file(copy / Files.BASE)
+    k = next(iter(state))
+    state[k] = state[k] + 1
+    save_file(state, copy / Files.BASE)
+    m = json.loads((copy / Files.MANIFEST).read_text())
+    m["files"][Files.BASE] = {"sha256": sha256_file(copy / Files.BASE), "bytes": (copy / Files.BASE).stat().st_size}
+    (copy / Files.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="base id"):
+        load_bundle(copy)
+
+
+def test_vector_under_the_wrong_path_is_refused(copy):
+    from arith.bundle import sha256_file
+
+    a, b = Files.vector("attn", TASKS[0]), Files.vector("attn", TASKS[1])
+    shutil.copy(copy / a, copy / b)
+    m = json.loads((copy / Files.MANIFEST).read_text())
+    m["files"][b] = {"sha256": sha256_file(copy / b), "bytes": (copy / b).stat().st_size}
+    (copy / Files.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="path says otherwise"):
+        load_bundle(copy)
+
+
+def test_path_escape_is_refused(copy):
+    m = json.loads((copy / Files.MANIFEST).read_text())
+    m["files"]["../outside"] = {"sha256": "0", "bytes": 1}
+    (copy / Files.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="escapes"):
+        load_bundle(copy)
+
+
+def test_linear_cache_matches_fresh_jvps(bundle):
+    ev = bundle.evaluator()
+    from arith.evaluate import Evaluator
+
+    plain = Evaluator(bundle.base, bundle.heads, bundle.data)
+    tv = bundle.vectors["linear"][TASKS[0]]
+    assert torch.allclose(ev.jvp(tv, "test"), plain.jvp(tv, "test"), atol=1e-5)
+    small = bundle.evaluator(max_per_task=10)
+    assert torch.allclose(small.jvp(tv, "test"), Evaluator(bundle.base, bundle.heads, bundle.data, 10).jvp(tv, "test"),
+                          atol=1e-5)

@@ -1,0 +1,94 @@
+"""End to end through the CLI: build a 2-task bundle in every mode, then every command with --json."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from arith.cli import main
+
+from conftest import TINY
+
+TWO = ["synthetic-stripes", "synthetic-colours"]
+
+
+def run(capsys, *argv) -> dict:
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def cli_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "b"
+    code = main(["build-bundle", "--config", json.dumps(TINY), "--tasks", *TWO, "--modes", "full", "attn", "linear",
+                 "mlp", "--steps", "8", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "2", "--eval-n", "32",
+                 "--xi-grid", "3", "--out", str(out)])
+    assert code == 0
+    return str(out)
+
+
+def test_info_runs_as_a_module_without_weights():
+    proc = subprocess.run([sys.executable, "-m", "arith", "info", "--model", "ViT-B-32", "--mode", "attn", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["trainable"] == 28311552 and res["total"] == 87849216
+
+
+def test_every_command_has_help(capsys):
+    from arith.cli import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "--json" in capsys.readouterr().out
+
+
+def test_end_to_end(cli_bundle, capsys, tmp_path):
+    b = ["--bundle", cli_bundle]
+    info = run(capsys, "info", *b)
+    assert info["modes"] == ["full", "attn", "linear", "mlp"] and list(info["tasks"]) == TWO
+
+    ev = run(capsys, "evaluate", *b, "--mode", "attn", "--coef", f"{TWO[0]}=0.5", "--coef", f"{TWO[1]}=-0.25")
+    assert set(ev["accuracy"]) == set(TWO) and 0 <= ev["absolute"] <= 1 and "normalized" in ev
+    assert ev["coefficients"] == {TWO[0]: 0.5, TWO[1]: -0.25}
+    zero = run(capsys, "evaluate", *b, "--mode", "linear")
+    assert zero["accuracy"] == run(capsys, "evaluate", *b, "--mode", "full")["accuracy"]  # both are θ0
+
+    add = run(capsys, "addition", *b, "--mode", "attn")
+    assert 0 <= add["alpha"] <= 1 and {"absolute", "normalized", "accuracy"} <= set(add)
+
+    neg = run(capsys, "negation", *b, "--mode", "full", "--task", TWO[0])
+    assert {"target", "control", "alpha", "zeroshot_target", "zeroshot_control"} <= set(neg)
+
+    xi = run(capsys, "disentangle", *b, "--mode", "linear", "--tasks", *TWO, "--grid", "3")
+    assert len(xi["prediction"]) == 3 and xi["prediction"][1][1] == 0
+
+    ker = run(capsys, "kernel", *b, "--mode", "attn", "--task", TWO[1])
+    assert 0 <= ker["at_1"]["agreement"] <= 1
+
+    sim = run(capsys, "similarity", *b)
+    assert len(sim["all"]["labels"]) == 8
+
+    out = tmp_path / "tv.safetensors"
+    ft = run(capsys, "finetune", *b, "--task", TWO[0], "--mode", "attn", "--steps", "3", "--out", str(out))
+    assert ft["steps"] == 3 and out.exists() and ft["norm"] > 0
+    ok = run(capsys, "validate", str(out), *b)
+    assert ok["ok"] and ok["mode"] == "attn"
+    ev2 = run(capsys, "evaluate", *b, "--mode", "attn", "--vector", str(out), "--coef", f"{TWO[0]}=1")
+    assert set(ev2["accuracy"]) == set(TWO)
+
+
+def test_errors_are_one_line_json(cli_bundle, capsys, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04junk")
+    assert main(["validate", str(bad), "--bundle", cli_bundle, "--json"]) == 2
+    res = json.loads(capsys.readouterr().out)
+    assert res["ok"] is False and "pickle" in res["error"]
+    assert main(["evaluate", "--bundle", cli_bundle, "--coef", "nope=1", "--json"]) == 2
+    assert "no attn task vector" in json.loads(capsys.readouterr().out)["error"]
+    assert main(["evaluate", "--bundle", cli_bundle, "--coef", "oops", "--json"]) == 2

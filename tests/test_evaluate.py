@@ -1,0 +1,128 @@
+"""Evaluation, protocols and diagnostics on the tiny bundle."""
+
+import numpy as np
+import pytest
+import torch
+
+from arith.disentangle import xi_grid
+from arith.evaluate import Evaluator
+from arith.explore import Explorer, round_coefs
+from arith.kernel import kernel_report, summary_row
+from arith.protocols import ALPHAS, task_addition, task_negation
+
+from conftest import TASKS
+
+
+@pytest.fixture(scope="module")
+def ev(bundle):
+    return bundle.evaluator()
+
+
+def test_zero_coefficients_give_zero_shot(bundle, ev):
+    for mode, vs in bundle.vectors.items():
+        acc = ev.evaluate(list(vs.values()), [0.0] * len(vs), "test")
+        assert acc == ev.zeroshot("test"), mode
+
+
+def test_fine_tuning_beats_zero_shot(bundle, ev):
+    zs = ev.zeroshot("test")
+    for mode, vs in bundle.vectors.items():
+        ft = ev.finetuned(vs, "test")
+        assert np.mean(list(ft.values())) > np.mean(list(zs.values())), mode
+
+
+def test_linear_mode_merge_is_the_linear_model(bundle, ev):
+    vs = list(bundle.vectors["linear"].values())
+    coefs = [0.7, -0.4, 1.1]
+    fast = ev.merged_features(vs, coefs, "test")
+    from arith.linearize import jvp_features
+    from arith.merge import combine
+
+    delta = combine(vs, coefs)
+    f0, jd = jvp_features(bundle.base, delta, ev.eval_set("test").x)
+    assert torch.allclose(fast, f0 + jd, atol=1e-4)
+
+
+def test_evaluation_subset_and_task_selection(bundle):
+    ev = Evaluator(bundle.base, bundle.heads, bundle.data, max_per_task=8)
+    assert len(ev.eval_set("test").x) == 8 * len(TASKS)
+    tv = bundle.vectors["attn"][TASKS[1]]
+    sub = ev.evaluate([tv], [1.0], "test", [TASKS[1]])
+    assert list(sub) == [TASKS[1]]
+    assert sub[TASKS[1]] == ev.evaluate([tv], [1.0], "test")[TASKS[1]]
+
+
+def test_task_addition_protocol(bundle, ev):
+    res = task_addition(ev, bundle.vectors["attn"])
+    assert res["alpha"] in ALPHAS
+    assert len(res["curve"]) == len(ALPHAS)
+    best_val = max(r["val"]["normalized"] for r in res["curve"])
+    assert res["val_normalized"] == best_val
+    row = next(r for r in res["curve"] if r["alpha"] == res["alpha"])
+    assert res["absolute"] == row["test"]["absolute"] == pytest.approx(np.mean(list(res["accuracy"].values())))
+    assert res["curve"][0]["test"]["accuracy"] == ev.zeroshot("test")
+
+
+def test_task_negation_protocol(bundle, ev):
+    t = TASKS[0]
+    res = task_negation(ev, bundle.vectors["full"][t], t, TASKS)
+    assert res["controls"] == list(TASKS[1:])
+    val = {r["alpha"]: r["val"] for r in res["curve"]}
+    assert val[res["alpha"]]["control"] >= 0.95 * np.mean([ev.zeroshot("val")[c] for c in TASKS[1:]]) - 1e-9
+    assert res["zeroshot_target"] == ev.zeroshot("test")[t]
+    with pytest.raises(ValueError, match="control"):
+        task_negation(ev, bundle.vectors["full"][t], t, [t])
+
+
+@pytest.mark.parametrize("mode", ["attn", "linear"])
+def test_xi_grid(bundle, ev, mode):
+    a, b = TASKS[:2]
+    vs = bundle.vectors[mode]
+    res = xi_grid(ev, vs[a], vs[b], a, b, [-1.0, 0.0, 1.0])
+    xi = np.array(res["prediction"])
+    assert xi.shape == (3, 3) and xi[1, 1] == 0.0 and np.array(res["representation"])[1, 1] == pytest.approx(0, abs=1e-6)
+    assert (xi >= 0).all() and (xi <= 2).all()
+    # ξ(α1, 0) compares θ0 + α1τ1 with itself on task 1 and θ0 + α1τ1 with θ0 on task 2
+    f = ev.merged_features([vs[a]], [1.0], "test", [b])
+    expect = float((ev.heads[b].predict(f) != ev.heads[b].predict(ev.merged_features([], [], "test", [b]))).float().mean())
+    assert xi[2, 1] == pytest.approx(expect)
+
+
+def test_kernel_report(bundle, ev):
+    t = TASKS[0]
+    rep = kernel_report(ev, bundle.vectors["full"][t], t)
+    at0 = rep["path"][0]
+    assert at0["s"] == 0 and at0["agreement"] == 1.0 and at0["rel_error_logits"] == 0.0
+    assert set(rep["restricted"]) == {"attention", "mlp", "all"}
+    assert rep["restricted"]["attention"]["norm_fraction"] < 1
+    row = summary_row(rep)
+    assert 0 <= row["agreement"] <= 1 and "attention_agreement" in row
+    attn = kernel_report(ev, bundle.vectors["attn"][t], t)
+    assert attn["restricted"]["mlp"] is None
+
+
+def test_explorer_uses_precomputed_results_and_memoises(bundle):
+    ex = Explorer(bundle)
+    assert ex.addition("attn") is bundle.results["addition"]["attn"]
+    res = ex.evaluate("attn", {TASKS[0]: 0.5, TASKS[1]: 0.25})
+    assert set(res["accuracy"]) == set(TASKS) and 0 <= res["normalized"] <= 2
+    again = ex.evaluate("attn", {TASKS[0]: 0.50001, TASKS[1]: 0.25})
+    assert again["accuracy"] == res["accuracy"]
+    with pytest.raises(KeyError, match="no attn task vector"):
+        ex.evaluate("attn", {"nope": 1.0})
+    flipped = ex.xi("attn", TASKS[1], TASKS[0], alphas=np.linspace(-2, 2, 5))
+    pre = bundle.results["disentanglement"]["attn"][f"{TASKS[0]}|{TASKS[1]}"]
+    assert flipped["prediction"] == [list(r) for r in zip(*pre["prediction"])]
+
+
+def test_explorer_extra_vectors_are_per_call(bundle):
+    ex = Explorer(bundle)
+    tv = bundle.vectors["attn"][TASKS[0]]
+    mine = 2.0 * tv
+    with_extra = ex.evaluate("attn", {"mine": 1.0}, extra={"mine": mine})
+    assert "mine" not in ex.vectors("attn")
+    assert with_extra["accuracy"] == ex.evaluator().evaluate([tv], [2.0], "test")
+
+
+def test_round_coefs():
+    assert round_coefs({"b": 0.123456, "a": 0.0, "c": -1}) == (("b", 0.1235), ("c", -1.0))

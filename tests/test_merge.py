@@ -1,0 +1,105 @@
+"""Merge invariants (DEVELOPERS.md "Correctness first")."""
+
+import pytest
+import torch
+
+from arith.merge import apply_delta, combine, merge
+from arith.taskvec import TaskVector
+
+
+def _vec(base, seed, mode="full", scale=1e-2, task=None):
+    g = torch.Generator().manual_seed(seed)
+    from arith.modes import get_mode
+
+    m = get_mode(mode)
+    t = {k: scale * torch.randn(v.shape, generator=g) for k, v in base.params.items() if m.trains(k)}
+    return TaskVector(t, task or f"t{seed}", mode, base.id)
+
+
+def _x(n=6):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+
+
+def test_zero_coefficients_give_the_base_exactly(base):
+    vs = [_vec(base, 1), _vec(base, 2)]
+    params = merge(base.params, vs, [0.0, 0.0])
+    assert all(params[k] is base.params[k] for k in base.params)
+    x = _x()
+    assert torch.equal(base.features(params, x), base.features(None, x))
+
+
+def test_one_task_at_one_gives_the_finetuned_model(base):
+    tv = _vec(base, 3)
+    theta_t = {k: base.params[k] + tv.tensors[k] for k in base.params}
+    x = _x()
+    assert torch.allclose(base.features(merge(base.params, [tv], [1.0]), x), base.features(theta_t, x), atol=1e-6)
+
+
+def test_merged_parameters_are_linear_in_the_coefficients(base):
+    v1, v2 = _vec(base, 4), _vec(base, 5)
+    a = combine([v1, v2], [0.3, -0.7])
+    b = combine([v1, v2], [0.5, 0.2])
+    ab = combine([v1, v2], [0.8, -0.5])
+    for k in ab:
+        assert torch.allclose(a[k] + b[k], ab[k], atol=1e-7)
+    twice = combine([v1, v2], [0.6, -1.4])
+    for k in twice:
+        assert torch.allclose(2 * a[k], twice[k], atol=1e-7)
+
+
+def test_negation_undoes_addition_and_order_does_not_matter(base):
+    v1, v2 = _vec(base, 6), _vec(base, 7)
+    d = combine([v1, v1], [0.4, -0.4])
+    assert all(torch.allclose(t, torch.zeros_like(t), atol=1e-8) for t in d.values())
+    d12, d21 = combine([v1, v2], [0.3, 0.9]), combine([v2, v1], [0.9, 0.3])
+    assert all(torch.allclose(d12[k], d21[k], atol=1e-7) for k in d12)
+
+
+def test_merging_never_mutates_inputs(base):
+    v1, v2 = _vec(base, 8, "attn"), _vec(base, 9, "mlp")
+    snap = {k: t.clone() for k, t in {**base.params, **{f"1{k}": t for k, t in v1.tensors.items()}}.items()}
+    params = merge(base.params, [v1, v2], [1.5, -2.0])
+    for k, t in base.params.items():
+        assert torch.equal(t, snap[k])
+    for k, t in v1.tensors.items():
+        assert torch.equal(t, snap[f"1{k}"])
+    touched = set(v1.tensors) | set(v2.tensors)
+    assert all(params[k] is base.params[k] for k in base.params if k not in touched)
+
+
+def test_attention_only_merge_touches_only_attention(base):
+    v = _vec(base, 10, "attn")
+    params = merge(base.params, [v], [1.0])
+    changed = {k for k in base.params if not torch.equal(params[k], base.params[k])}
+    assert changed == set(v.tensors)
+    assert all(".attn." in k for k in changed)
+
+
+def test_bad_merges_are_refused(base):
+    v = _vec(base, 11)
+    with pytest.raises(ValueError, match="coefficients"):
+        combine([v], [1.0, 2.0])
+    lin = TaskVector(dict(v.tensors), "x", "linear", base.id)
+    with pytest.raises(ValueError, match="linearized"):
+        combine([v, lin], [1.0, 1.0])
+    with pytest.raises(ValueError, match="unknown merge method"):
+        combine([v], [1.0], "nope")
+
+
+def test_ties_keeps_sign_consensus(base):
+    v1, v2 = _vec(base, 12), _vec(base, 13)
+    d = combine([v1, v2], [1.0, 1.0], "ties")
+    k = next(iter(d))
+    stack = torch.stack([v1.tensors[k], v2.tensors[k]])
+    nz = d[k] != 0
+    # every kept entry has the sign of the elected direction and no larger magnitude than the inputs
+    assert nz.float().mean() <= 0.4 + 1e-6
+    assert (d[k][nz].abs() <= stack.abs().max(0).values[nz] + 1e-7).all()
+    assert combine([v1], [0.0], "ties") == {}
+
+
+def test_apply_delta_builds_new_tensors(base):
+    k = next(iter(base.params))
+    delta = {k: torch.ones_like(base.params[k])}
+    out = apply_delta(base.params, delta)
+    assert out[k] is not base.params[k] and torch.allclose(out[k] - base.params[k], delta[k])
