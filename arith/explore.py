@@ -85,6 +85,8 @@ class Explorer:
         pre = self._precomputed("accuracy", "finetuned", mode, split) if self.uses_all_images else None
         out = {}
         for name, tv in vs.items():
+            if tv.task in out and name != tv.task:  # another vector of an already covered task: not its normaliser
+                continue
             if pre and name in pre and tv is self.bundle.vectors.get(mode, {}).get(name):
                 out[tv.task] = pre[name]
             else:
@@ -161,6 +163,46 @@ class Explorer:
             return pre
         tv = self.vectors(mode, extra)[task]
         return self._memoised(("kernel", tv.uid), lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
+
+    def cached_xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
+                  extra: Mapping[str, TaskVector] | None = None) -> dict | None:
+        """What :meth:`xi` would return if it is available without computing (precomputed or memoised), else None.
+        Lets a caller show ready grids at once and offer to compute the others."""
+        alphas = [float(a) for a in alphas]
+        for a, b, flip in ((task1, task2, False), (task2, task1, True)):
+            pre = self._precomputed("disentanglement", mode, f"{a}|{b}")
+            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self.uses_all_images:
+                return _transpose(pre) if flip else pre
+        vs = self.vectors(mode, extra)
+        if task1 not in vs or task2 not in vs:
+            return None
+        return self._memo.get(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)))
+
+    # -- task-vector statistics -------------------------------------------------------------------------------------
+    def vector_stats(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, dict]:
+        """Per vector of ``mode`` (by name): ``task``, ``norm``, ``parameters`` and the per-block norm profile
+        ``blocks`` (:meth:`TaskVector.block_norms`); memoised by content."""
+        out = {}
+        for name, tv in self.vectors(mode, extra).items():
+            out[name] = {"task": tv.task, **self._memoised(("stats", tv.uid), lambda tv=tv: {
+                "norm": tv.norm(), "parameters": tv.numel, "blocks": tv.block_norms()})}
+        return out
+
+    def similarity(self, modes: Sequence[str] | None = None, extra: Mapping[str, TaskVector] | None = None) -> dict:
+        """Cosine similarities of task vectors within each mode and across modes (labels ``mode/name``), the format
+        of :func:`arith.build.similarity_table`; the bundle's precomputed table when it covers the request."""
+        from .build import similarity_table
+
+        modes = list(modes or self.modes)
+        vectors = {m: self.vectors(m, extra) for m in modes}
+        pre = self._precomputed("similarity")
+        labels = [f"{m}/{n}" for m, vs in vectors.items() for n in vs]
+        if (pre and self.uses_all_images and set(pre.get("by_mode", {})) == set(modes)
+                and pre.get("all", {}).get("labels") == labels
+                and not any(tv.mode in modes for tv in (extra or {}).values())):
+            return pre
+        key = ("sim", tuple((m, tuple((n, tv.uid) for n, tv in vs.items())) for m, vs in vectors.items()))
+        return self._memoised(key, lambda: similarity_table(vectors))
 
 
 def _same_grid(a: Sequence[float], b: Sequence[float]) -> bool:

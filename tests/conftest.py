@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -39,3 +41,44 @@ def bundle_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle(bundle_dir):
     return load_bundle(bundle_dir)
+
+
+# -- the Streamlit app (tests/test_app.py, tests/test_browser.py) ---------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def app_env(bundle_dir, monkeypatch, tmp_path):
+    """Point the app at the tiny bundle only: ``$ARITH_BUNDLE`` set, an empty ``precomputed/`` stand-in, CPU."""
+    monkeypatch.setenv("ARITH_BUNDLE", str(bundle_dir))
+    monkeypatch.setenv("ARITH_PRECOMPUTED_DIR", str(tmp_path / "no-precomputed"))
+    monkeypatch.setenv("ARITH_DEVICE", "cpu")
+    monkeypatch.delenv("ARITH_MAX_PER_TASK", raising=False)
+    return bundle_dir
+
+
+@pytest.fixture
+def new_app(app_env, monkeypatch):
+    """A factory of fresh app sessions (``streamlit.testing.v1.AppTest`` of ``app.py``), each already run once.
+
+    A Streamlit server runs a ``pages/`` directory the legacy way only until its first ``st.navigation`` call (the
+    app then reruns once, see ``ui.state.leave_legacy_pages_mode``); AppTest resets that switch before every run,
+    which would make every test run start with that extra rerun and drop button clicks.  Keep the server's steady
+    state instead.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest, app_test
+
+    class NavigationPagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+
+    def make(query_params: dict | None = None):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        if query_params:
+            at.query_params.update(query_params)
+        return at.run()
+    return make

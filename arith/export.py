@@ -1,0 +1,102 @@
+"""Exporting an edited model: merged weights as safetensors and coefficient sets as JSON.
+
+* :func:`merged_state` / :func:`merged_safetensors`: θ0 + δ(vectors, coefficients) for every image-encoder tensor
+  (open_clip ``visual.*`` names, fp32), built as a new dict per request; θ0 and the vectors are never written to.
+  For a linearized mode the file holds θ = θ0 + δ, the parameters of the *linear* model
+  f(x; θ0) + J(θ0)(θ − θ0): loading them into the ordinary encoder gives the non-linear model at θ, which is not
+  what was evaluated (the metadata says so under ``arith.linearized``).
+* :func:`coefficient_set` / :func:`parse_coefficient_set`: the JSON the app downloads and reads back; it names the
+  base model, the mode, the merge method and one λ per task-vector name, and records the content hash (``uid``)
+  of each vector so a reader can tell whether it still has the same vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+import torch
+from safetensors.torch import save as st_save
+
+from .merge import get_merge_method, merge
+from .modes import MODES, get_mode
+from .specs import FORMAT_VERSION
+from .taskvec import TaskVector, library_versions
+
+COEFFICIENTS_FORMAT = "arith-coefficients"
+MERGED_KIND = "merged_model"
+
+
+def merged_state(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str, TaskVector], coefs: Mapping[str, float],
+                 method: str = "task_arithmetic") -> dict[str, torch.Tensor]:
+    """θ0 + δ for the named ``vectors`` with coefficients ``coefs`` (names missing from ``coefs`` get 0), as fp32 CPU
+    tensors in a new dict (entries δ does not touch are θ0's own read-only tensors when θ0 is fp32 on the CPU).
+    Raises ``KeyError`` for a coefficient whose vector is not given."""
+    unknown = sorted(set(coefs) - set(vectors))
+    if unknown:
+        raise KeyError(f"no task vector named {unknown}; have {sorted(vectors)}")
+    names = [n for n in coefs if float(coefs[n]) != 0.0]
+    merged = merge(theta0, [vectors[n] for n in names], [float(coefs[n]) for n in names], method)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in merged.items()}
+
+
+def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str, TaskVector],
+                       coefs: Mapping[str, float], *, base_id: str, mode: str, method: str = "task_arithmetic") -> bytes:
+    """The merged encoder θ0 + δ as safetensors bytes, with string metadata: ``arith.kind`` (``merged_model``),
+    ``arith.base_model``, ``arith.mode``, ``arith.method``, ``arith.coefficients`` (JSON), ``arith.linearized``."""
+    get_merge_method(method)
+    state = merged_state(theta0, vectors, coefs, method)
+    linearized = mode in MODES and get_mode(mode).linearized
+    meta = {"arith.format": FORMAT_VERSION, "arith.kind": MERGED_KIND, "arith.base_model": base_id, "arith.mode": mode,
+            "arith.method": method, "arith.linearized": "true" if linearized else "false",
+            "arith.coefficients": json.dumps({n: float(c) for n, c in coefs.items()}, sort_keys=True),
+            "arith.versions": json.dumps(library_versions(), sort_keys=True)}
+    return st_save(state, metadata=meta)
+
+
+def coefficient_set(*, bundle: str, base_id: str, mode: str, coefs: Mapping[str, float],
+                    vectors: Mapping[str, TaskVector], method: str = "task_arithmetic") -> dict:
+    """A JSON-ready record of one edit: base, mode, method and λ per vector name (with each vector's task, mode and
+    content hash)."""
+    missing = sorted(set(coefs) - set(vectors))
+    if missing:
+        raise KeyError(f"no task vector named {missing}")
+    return {"format": COEFFICIENTS_FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle, "base_model": base_id,
+            "mode": mode, "method": method, "coefficients": {n: float(c) for n, c in coefs.items()},
+            "vectors": {n: {"task": vectors[n].task, "mode": vectors[n].mode, "uid": vectors[n].uid} for n in coefs}}
+
+
+def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = None) -> dict:
+    """Read a coefficient set back, checking its format, base model, mode, method and coefficient values.
+
+    Returns the record (``coefficients`` as floats).  Raises ``ValueError`` with a message for the user.
+    """
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not a coefficient set: the file is not UTF-8 text") from None
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a coefficient set: invalid JSON ({e})") from None
+    if not isinstance(data, Mapping) or data.get("format") != COEFFICIENTS_FORMAT:
+        raise ValueError(f"not a coefficient set: expected \"format\": \"{COEFFICIENTS_FORMAT}\"")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"coefficient set format version {data.get('format_version')!r}; this version reads "
+                         f"{FORMAT_VERSION!r}")
+    if base_id is not None and data.get("base_model") != base_id:
+        raise ValueError(f"this coefficient set is for base model {data.get('base_model')!r}, not {base_id!r}")
+    get_mode(str(data.get("mode")))
+    get_merge_method(str(data.get("method", "task_arithmetic")))
+    coefs = data.get("coefficients")
+    if not isinstance(coefs, Mapping):
+        raise ValueError("coefficient set: \"coefficients\" must be an object {name: number}")
+    out = {}
+    for name, value in coefs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"coefficient set: {name!r} has a non-numeric or non-finite value {value!r}")
+        out[str(name)] = float(value)
+    return {**dict(data), "coefficients": out}

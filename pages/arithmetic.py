@@ -1,0 +1,94 @@
+"""View 1, task arithmetic: accuracy of θ0 + Σ λ_t τ_t per task, the same coefficients under every mode, and the
+papers' sweep of the shared α."""
+
+import pandas as pd
+import streamlit as st
+
+from arith.evaluate import summarize
+from ui import charts
+from ui.common import Progress, guard, pct
+from ui.state import context, mode_label
+
+ctx = context()
+st.title("Task arithmetic")
+st.caption("θ = θ0 + Σ_t λ_t τ_t, evaluated with each task's frozen head on its test split. Move the coefficients "
+           "in the sidebar; negative λ negates (forgets) a task.")
+ex, mode = ctx.ex, ctx.mode
+tasks = ctx.eval_tasks()
+
+
+def subset_summary(acc: dict, ft: dict | None) -> dict:
+    """The engine's absolute / normalized accuracy over the tasks that were added."""
+    keep = [t for t in tasks if t in acc]
+    return summarize({t: acc[t] for t in keep}, {t: ft[t] for t in keep} if ft and all(t in ft for t in keep) else None)
+
+
+with guard("Evaluating the edited model"):
+    res = ex.evaluate(mode, ctx.coefs, "test", extra=ctx.extra(), method=ctx.method)
+    zs = ex.zeroshot("test")
+    ft = ex.finetuned(mode, "test", extra=ctx.extra())
+    acc = res["accuracy"]
+    here = subset_summary(acc, ft) if tasks else res
+    zs_here = subset_summary(zs, None) if tasks else summarize(zs)
+
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the added tasks")
+    c2.metric("Normalized accuracy", pct(here.get("normalized")),
+              help="Mean over the added tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
+    c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
+    c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
+    st.plotly_chart(charts.accuracy_bars(acc, zs, ft, tasks, mode), key="acc_bars")
+    lam = {ex.vectors(mode, ctx.extra())[n].task: v for n, v in ctx.coefs.items()}
+    table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],
+                          "zero-shot (%)": [100 * zs.get(t, float("nan")) for t in acc],
+                          f"fine-tuned alone, {mode} (%)": [100 * ft[t] if t in ft else float("nan") for t in acc],
+                          "λ": [lam.get(t, 0.0) for t in acc]})
+    st.dataframe(table, hide_index=True, key="acc_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in table.columns[1:4]})
+
+st.subheader("The same coefficients under every mode")
+st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")
+with guard("Comparing modes"):
+    per_mode, rows = {}, []
+    skipped = []
+    for m in ctx.modes:
+        coefs = ctx.coefs_in(m)
+        skipped += [f"{n} ({m})" for n in ctx.coefs if n not in coefs]
+        r = ex.evaluate(m, coefs, "test", extra=ctx.extra(m), method=ctx.method)
+        f = ex.finetuned(m, "test", extra=ctx.extra(m))
+        s = subset_summary(r["accuracy"], f) if tasks else r
+        per_mode[m] = r["accuracy"]
+        rows.append({"mode": mode_label(m), "absolute (%)": 100 * s["absolute"],
+                     "normalized (%)": 100 * s["normalized"] if s.get("normalized") is not None else None,
+                     **{f"{t} (%)": 100 * v for t, v in r["accuracy"].items()}})
+    st.plotly_chart(charts.modes_bars(per_mode), key="modes_bars")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="modes_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in rows[0] if c != "mode"})
+    if skipped:
+        st.caption("Not in every mode (λ = 0 there): " + ", ".join(sorted(set(n.split(" (")[0] for n in skipped))))
+
+st.subheader("Accuracy vs the shared α (task addition)")
+st.caption("The papers' protocol: θ0 + α Σ_t τ_t for α ∈ {0, 0.05, …, 1}; ★ = α chosen on validation by "
+           "normalized accuracy. Test accuracy shown.")
+with guard("Task-addition sweep"):
+    curves = {}
+    for m in ctx.modes:
+        names = [n for n in ctx.tasks if n in ex.vectors(m)]
+        if not names:
+            continue
+        bar = Progress(f"Sweeping α for {mode_label(m)}")
+        try:
+            curves[m] = ex.addition(m, names, progress=bar)
+        finally:
+            bar.done()
+    if not curves:
+        st.info("Select at least one of the bundle's task vectors to see the sweep.")
+    else:
+        metric = st.radio("Metric", ["normalized", "absolute"], horizontal=True, key="sweep_metric")
+        st.plotly_chart(charts.addition_curves(curves, metric, ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks else None),
+                        key="sweep")
+        st.dataframe(pd.DataFrame([{"mode": mode_label(m), "validation-chosen α": c["alpha"],
+                                    "absolute (%)": 100 * c["absolute"], "normalized (%)": 100 * c["normalized"]}
+                                   for m, c in curves.items()]), hide_index=True, key="sweep_table",
+                     column_config={"absolute (%)": st.column_config.NumberColumn(format="%.1f"),
+                                    "normalized (%)": st.column_config.NumberColumn(format="%.1f")})

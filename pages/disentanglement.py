@@ -1,0 +1,97 @@
+"""View 2, weight disentanglement: ξ(α1, α2) heatmaps for a pair of tasks, one per mode, on one colour scale."""
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from arith.disentangle import GRID
+from ui import charts
+from ui.common import Progress, guard
+from ui.state import context, mode_label, set_coefs, xi_click
+
+ctx = context()
+ex = ctx.ex
+st.title("Weight disentanglement")
+st.caption("ξ(α1, α2) = Σ_t E_x∼D_t 1[f_t(x; θ0 + α_t τ_t) ≠ f_t(x; θ0 + α1 τ1 + α2 τ2)]: how often adding the other "
+           "task's vector changes a task's predictions (0 = perfectly disentangled; at most 2). "
+           "Click a cell to set the two coefficients.")
+
+names = ctx.names()
+if len(names) < 2:
+    st.info("Weight disentanglement needs two task vectors in this mode.")
+    st.stop()
+
+# default pair: the first pair the bundle has precomputed, else the first two tasks
+pre = ex.bundle.results.get("disentanglement", {}).get(ctx.mode, {})
+first = next((k.split("|") for k in pre if all(p in names for p in k.split("|"))), names[:2])
+if st.session_state.get("xi_t1") not in names:
+    st.session_state["xi_t1"] = first[0]
+c1, c2, c3 = st.columns([2, 2, 3])
+t1 = c1.selectbox("Task 1 (rows, α1)", names, key="xi_t1")
+others = [n for n in names if n != t1]
+if st.session_state.get("xi_t2") not in others:
+    st.session_state["xi_t2"] = first[1] if first[1] in others else others[0]
+t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2")
+with c3:
+    rep = st.toggle("Representation level (heads dropped: 1 − cos of encoder outputs)", key="xi_rep")
+variant = "representation" if rep else "prediction"
+
+# the grid: the one the bundle precomputed, else the papers' 15 × 15 on [−2, 2]
+pre_pair = next((pre[k] for k in (f"{t1}|{t2}", f"{t2}|{t1}") if k in pre), None)
+grid = [float(a) for a in (pre_pair["alpha1"] if pre_pair else GRID)]
+sizes = sorted({5, 9, 15, len(grid)})
+n = st.select_slider("Grid points per axis (α ∈ [−2, 2])", sizes, value=len(grid), key=f"xi_n_{len(grid)}",
+                     help="Precomputed grids show at once; other grids are computed (n² merged models per mode).")
+if n != len(grid):
+    grid = [float(a) for a in np.linspace(GRID[0], GRID[-1], n)]
+
+modes = [m for m in ctx.modes if t1 in ctx.names(m) and t2 in ctx.names(m)]
+
+
+def extra_for(m):
+    ws = ctx.extra(m)
+    chosen = {k: ws[k] for k in (t1, t2) if k in ws}
+    return chosen or None
+
+
+with guard("ξ grids"):
+    ready = {m: ex.cached_xi(m, t1, t2, grid, extra_for(m)) for m in modes}
+    missing = [m for m in modes if ready[m] is None]
+    if missing:
+        label = ", ".join(mode_label(m) for m in missing)
+        st.info(f"Not precomputed for this pair and grid: {label} ({len(grid) ** 2} merged models each).")
+        if st.button(f"Compute ξ for {label}", type="primary", key="xi_compute"):
+            for m in missing:
+                bar = Progress(f"ξ grid, {mode_label(m)}")
+                try:
+                    ready[m] = ex.xi(m, t1, t2, grid, extra=extra_for(m), progress=bar)
+                finally:
+                    bar.done()
+    shown = {m: r for m, r in ready.items() if r is not None}
+    if shown:
+        zmax = max(max(max(row) for row in r[variant]) for r in shown.values())
+        zmax = max(zmax, 1e-6)
+        current = (ctx.coefs.get(t1, 0.0), ctx.coefs.get(t2, 0.0))
+
+        def on_click(key: str) -> None:
+            event = st.session_state.get(key)
+            points = (event or {}).get("selection", {}).get("points", [])
+            if points:
+                values = xi_click(points[0], t1, t2)
+                if values:
+                    set_coefs(values, select=True, untie=True)
+
+        cols = st.columns(2 if len(shown) == 4 else min(3, len(shown)))
+        for i, (m, r) in enumerate(shown.items()):
+            key = f"xi_{m}_{t1}_{t2}_{variant}_{len(grid)}"
+            with cols[i % len(cols)]:
+                st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current),
+                                key=key, on_select=partial(on_click, key), selection_mode="points")
+        st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2}).")
+        st.dataframe(pd.DataFrame([{"mode": mode_label(m), "mean ξ (prediction)": r["mean"]["prediction"],
+                                    "mean ξ (representation)": r["mean"]["representation"]}
+                                   for m, r in shown.items()]), hide_index=True, key="xi_means",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                    for c in ("mean ξ (prediction)", "mean ξ (representation)")})

@@ -1,0 +1,83 @@
+"""View 7, export and share: the merged weights (safetensors), the coefficient set (JSON), a link and a command."""
+
+import json
+import shlex
+from urllib.parse import urlencode
+
+import pandas as pd
+import streamlit as st
+
+from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
+from arith.modes import MODES
+from ui.common import guard, message
+from ui.state import context, link_params, mode_label, request_view
+
+ctx = context()
+ex = ctx.ex
+b = ex.bundle
+st.title("Export and share")
+vectors = ex.vectors(ctx.mode, ctx.extra())
+st.markdown(f"Bundle **{ctx.ref.label}** · base `{b.base.id}` · mode **{mode_label(ctx.mode)}** · merge "
+            f"`{ctx.method}`")
+if ctx.coefs:
+    st.dataframe(pd.DataFrame([{"vector": n, "task": vectors[n].task, "λ": v,
+                                "source": "workspace" if ctx.is_workspace(n) else "bundle"}
+                               for n, v in ctx.coefs.items()]), hide_index=True, key="export_coefs")
+else:
+    st.info("No task selected: the merged model is θ0 itself.")
+
+st.subheader("Coefficient set (JSON)")
+with guard("Coefficient set"):
+    record = coefficient_set(bundle=ctx.ref.label, base_id=b.base.id, mode=ctx.mode, coefs=ctx.coefs,
+                             vectors=vectors, method=ctx.method)
+    text = json.dumps(record, indent=1, sort_keys=True)
+    st.download_button("Download the coefficient set", text, file_name=f"coefficients-{ctx.mode}.json",
+                       mime="application/json", key="export_json")
+    with st.expander("Show the JSON"):
+        st.code(text, language="json")
+
+with st.expander("Load a coefficient set"):
+    up = st.file_uploader("Coefficient set (.json)", type=["json"], key="export_import")
+    done = st.session_state.setdefault("export_import_seen", set())
+    if up is not None and up.file_id not in done:
+        done.add(up.file_id)
+        try:
+            rec = parse_coefficient_set(up.getvalue(), b.base.id)
+            known = set(ex.vectors(rec["mode"], ctx.extra(rec["mode"]))) if rec["mode"] in ctx.modes else set()
+            missing = sorted(set(rec["coefficients"]) - known)
+            if missing:
+                st.warning(f"Not available in this session (ignored): {', '.join(missing)}")
+            request_view(rec["mode"], {n: v for n, v in rec["coefficients"].items() if n in known})
+            st.rerun()
+        except ValueError as e:
+            st.error(f"{up.name}: {message(e)}", icon="⚠️")
+
+st.subheader("Merged weights (safetensors)")
+n_params = sum(t.numel() for t in b.base.params.values())
+st.markdown(f"θ0 + Σ λ_t τ_t for every image-encoder tensor ({n_params:,} parameters, about "
+            f"{4 * n_params / 2**20:,.1f} MiB in fp32), open_clip `visual.*` key names; built when you click.")
+if ctx.mode in MODES and MODES[ctx.mode].linearized:
+    st.warning("Linearized mode: the file holds θ = θ0 + Σ λ_t τ_t, the parameters of the linear model "
+               "f(x; θ0) + J(θ0)(θ − θ0). Loaded into an ordinary encoder they give the non-linear model at θ, "
+               "which is not what the app evaluated (metadata `arith.linearized` = true).")
+coefs_now, vecs_now = dict(ctx.coefs), {n: vectors[n] for n in ctx.coefs}
+theta0, base_id, mode, method = b.base.params, b.base.id, ctx.mode, ctx.method
+st.download_button("Download the merged weights", lambda: merged_safetensors(theta0, vecs_now, coefs_now, base_id=base_id,
+                                                                              mode=mode, method=method),
+                   file_name=f"merged-{ctx.mode}.safetensors", mime="application/octet-stream", key="export_weights")
+
+st.subheader("Share")
+params = link_params(ctx)
+query = urlencode(params, doseq=True)
+url = st.context.url
+st.markdown("The sidebar's choices are mirrored in the address bar, so this link reproduces the view "
+            "(workspace vectors are private to your session and do not travel with it):")
+st.code(f"{url or ''}?{query}", language=None)
+bundle_arg = shlex.quote(str(ctx.ref.path))
+cmd = [f"python -m arith evaluate --bundle {bundle_arg} --mode {ctx.mode}"]
+cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items() if not ctx.is_workspace(n)]
+st.markdown("The same evaluation from the command line:")
+st.code(" \\\n  ".join(cmd), language="bash")
+if any(ctx.is_workspace(n) for n in ctx.coefs):
+    st.caption("Workspace vectors are not in the command: download them and pass `--vector FILE` (the CLI names a "
+               "file's vector after its task).")

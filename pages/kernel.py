@@ -1,0 +1,68 @@
+"""View 3, kernel behaviour: how close each fine-tuned model is to its linearization at θ0, per mode, and which
+weights (attention vs MLP) behave like a kernel."""
+
+import pandas as pd
+import streamlit as st
+
+from arith.kernel import summary_row
+from ui import charts
+from ui.common import Progress, guard
+from ui.state import context, mode_label
+
+ctx = context()
+ex = ctx.ex
+st.title("Kernel behaviour")
+st.caption("A fine-tuned model is in the kernel regime when f(x; θ0 + τ) ≈ f(x; θ0) + J(θ0)τ. For each mode: the "
+           "non-linear model θ0 + sτ against its post-hoc linearization, and the linearization restricted to the "
+           "attention weights, the MLP weights or the whole model.")
+
+names = ctx.names()
+if not names:
+    st.info("No task vectors in this mode.")
+    st.stop()
+if st.session_state.get("kernel_task") not in names:
+    st.session_state["kernel_task"] = ctx.tasks[0] if ctx.tasks else names[0]
+name = st.selectbox("Task", names, key="kernel_task")
+modes = [m for m in ctx.modes if name in ctx.names(m)]
+
+with guard("Kernel diagnostics"):
+    reports = {}
+    for m in modes:
+        ws = ctx.extra(m)
+        bar = Progress(f"Kernel diagnostics, {mode_label(m)}")
+        try:
+            reports[m] = ex.kernel(m, name, extra={name: ws[name]} if name in ws else None, progress=bar)
+        finally:
+            bar.done()
+    rows = [summary_row(r) for r in reports.values()]
+
+    st.subheader("At s = 1 (the fine-tuned model)")
+    table = pd.DataFrame([{"mode": mode_label(r["mode"]), "accuracy, non-linear (%)": 100 * r["acc_nonlinear"],
+                           "accuracy, linearized (%)": 100 * r["acc_linear"], "agreement (%)": 100 * r["agreement"],
+                           "rel. error, logits": r["rel_error_logits"], "rel. error, features": r["rel_error_features"],
+                           "non-linear advantage": r["nonlinear_advantage"]} for r in rows])
+    fmt = {c: st.column_config.NumberColumn(format="%.1f") for c in table.columns if c.endswith("(%)")}
+    fmt.update({c: st.column_config.NumberColumn(format="%.4f") for c in
+                ("rel. error, logits", "rel. error, features", "non-linear advantage")})
+    st.dataframe(table, hide_index=True, key="kernel_table", column_config=fmt)
+    st.caption("Relative error ‖f − f_lin‖ / ‖f − f(θ0)‖; non-linear advantage (acc_nonlinear − acc_linear) / (1 − 1/C) "
+               "(Ortiz-Jimenez et al. 2023).")
+
+    st.subheader("Along θ0 + sτ")
+    a, b = st.columns(2)
+    a.plotly_chart(charts.kernel_path(reports, "rel_error_logits", "relative error of the logits"), key="kernel_err")
+    b.plotly_chart(charts.kernel_path(reports, "agreement", "prediction agreement"), key="kernel_agree")
+
+    st.subheader("Restricted linearization: attention-only vs MLP-only vs whole model")
+    st.caption("τ kept only on the attention weights (W_q, W_k, W_v, W_o), only on the MLP weights, or whole, each "
+               "compared with its own linearization at s = 1. Low error for the attention part is the claim that "
+               "attention modules behave like kernels. Missing bars: the mode's vector has no such weights.")
+    a, b = st.columns(2)
+    a.plotly_chart(charts.restricted_bars(rows, "rel_error_logits", "relative error of the logits"), key="kernel_r_err")
+    b.plotly_chart(charts.restricted_bars(rows, "agreement", "prediction agreement"), key="kernel_r_agree")
+    frac = pd.DataFrame([{"mode": mode_label(m), **{f"share of ‖τ‖, {s}": (r["restricted"][s] or {}).get("norm_fraction")
+                                                     for s in ("attention", "mlp", "all")}}
+                         for m, r in reports.items()])
+    st.dataframe(frac, hide_index=True, key="kernel_fracs",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frac.columns if c != "mode"})
+    st.caption("Share of ‖τ‖ on each part (blank: the mode's vector has none there).")

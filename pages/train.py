@@ -1,0 +1,122 @@
+"""View 6, train: fine-tune a task vector for a task and mode from the app; it joins the session's workspace."""
+
+import os
+
+import streamlit as st
+
+from arith.data import get_task
+from arith.finetune import Cancelled, finetune
+from arith.modes import MODES
+from arith.specs import FinetuneConfig
+from ui import charts
+from ui.common import Progress, guard, pct
+from ui.state import add_to_workspace, context, mode_label, request_select
+
+ctx = context()
+ex = ctx.ex
+b = ex.bundle
+st.title("Train a task vector")
+st.caption("Fine-tune θ0 on a task in a chosen mode with the frozen head (AdamW, warm-up then cosine), exactly as "
+           "`python -m arith finetune` does. The result joins this session's workspace and can be downloaded.")
+
+
+@st.cache_resource(show_spinner="Loading the training split…", max_entries=8)
+def train_split(task: str, size: int, n: int | None, seed: int, root: str | None):
+    return get_task(task).load("train", size=size, n=n, seed=seed, root=root)
+
+
+def trainable(task: str) -> bool:
+    try:
+        get_task(task)
+        return True
+    except ValueError:
+        return False
+
+
+tasks = [t for t in b.task_names if t in b.heads and trainable(t)]
+if not tasks:
+    st.warning("None of this bundle's tasks has a registered training-data source here, so nothing can be trained.")
+    st.stop()
+modes = list(MODES)
+c1, c2 = st.columns(2)
+if st.session_state.get("train_task") not in tasks:
+    st.session_state["train_task"] = next((ex.vectors(ctx.mode)[n].task for n in ctx.tasks
+                                           if n in ex.vectors(ctx.mode) and ex.vectors(ctx.mode)[n].task in tasks), tasks[0])
+task = c1.selectbox("Task", tasks, key="train_task")
+if st.session_state.get("train_mode") not in modes:
+    st.session_state["train_mode"] = ctx.mode if ctx.mode in modes else "attn"
+mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label)
+cfg0 = b.finetune_config(mode) or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) \
+    or FinetuneConfig(mode=mode)
+plan = b.manifest.get("plan", {})
+
+with st.form("train_form", border=True):
+    c1, c2, c3, c4 = st.columns(4)
+    steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key="train_steps")
+    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), format="%.2e", key="train_lr")
+    batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key="train_batch")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key="train_seed")
+    c1, c2 = st.columns(2)
+    train_n = c1.number_input("Training images (0 = all)", 0, 10_000_000, int(plan.get("train_n") or 0),
+                              key="train_n")
+    name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name")
+    st.caption(f"Bundle recipe for {mode_label(mode)}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
+               f"weight decay {cfg0.weight_decay:g}, warm-up {cfg0.warmup_steps}, gradient clip {cfg0.grad_clip:g}. "
+               f"Runs on {b.base.device}.")
+    go = st.form_submit_button("Train", type="primary")
+
+cancel = st.button("Cancel training", key="train_cancel", help="Stops a running fine-tuning; nothing is added.")
+if cancel:
+    st.warning("Training cancelled; nothing was added to the workspace.")
+
+if go:
+    with guard("Training"):
+        warmup = min(cfg0.warmup_steps, max(0, int(steps) // 10))
+        cfg = FinetuneConfig.from_dict({**cfg0.to_dict(), "mode": mode, "steps": int(steps), "lr": float(lr),
+                                        "batch_size": int(batch), "seed": int(seed), "warmup_steps": warmup})
+        root = plan.get("data_root") or os.environ.get("ARITH_DATA_ROOT")
+        data = train_split(task, b.base.image_size, int(train_n) or None, cfg.seed, root)
+        bar = Progress(f"Fine-tuning {task} ({mode_label(mode)})")
+        try:
+            res = finetune(b.base, b.heads[task], data, cfg, task=task, progress=bar,
+                           should_stop=lambda: bool(st.session_state.get("train_cancel")))
+        except Cancelled as e:
+            st.warning(f"Training cancelled: {e}.")
+            res = None
+        finally:
+            bar.done()
+        if res is not None:
+            label = add_to_workspace(ex, res.vector, name or f"{task} ({mode}, trained)",
+                                     f"trained: {cfg.steps} steps, lr {cfg.lr:g}")
+            request_select([label])
+            result = {"name": label, "task": task, "mode": mode, "steps": cfg.steps, "seconds": res.seconds,
+                      "losses": res.losses, "norm": res.vector.norm(), "base_id": b.base.id}
+            if task in ex.tasks:
+                acc = ex.evaluate(mode, {label: 1.0}, "test", extra={label: res.vector}, tasks=[task])
+                result["accuracy"] = acc["accuracy"][task]
+                result["zeroshot"] = ex.zeroshot("test")[task]
+            st.session_state["train_last"] = result
+            st.rerun()
+
+last = st.session_state.get("train_last")
+if last and last["base_id"] == b.base.id:
+    ws = ctx.workspace
+    st.success(f"Trained {last['name']!r}: {last['steps']} steps in {last['seconds']:.1f} s, final loss "
+               f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and selected in the sidebar"
+               f"{' (switch the mode to ' + mode_label(last['mode']) + ' to see it)' if last['mode'] != ctx.mode else ''}.",
+               icon="✅")
+    if "accuracy" in last:
+        c1, c2 = st.columns(2)
+        c1.metric(f"{last['task']}: test accuracy, θ0 + τ", pct(last["accuracy"]))
+        c2.metric(f"{last['task']}: zero-shot", pct(last["zeroshot"]))
+    st.plotly_chart(charts.loss_curve(last["losses"]), key="train_loss")
+    if last["name"] in ws:
+        with guard("Download"):
+            tv = ws[last["name"]]
+            st.download_button("Download the task vector (.safetensors)", lambda: tv.to_bytes(),
+                               file_name=f"{last['task']}-{last['mode']}.safetensors", key="train_download",
+                               mime="application/octet-stream")
+    else:
+        st.caption(f"{last['name']!r} was removed from the workspace.")
+elif not go:
+    st.info("Set the recipe and press Train. A progress bar shows each step; Cancel stops the run.")

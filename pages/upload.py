@@ -1,0 +1,102 @@
+"""View 5, upload: task vectors (safetensors) for the current base model join this session's workspace."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from arith.modes import MODES
+from arith.safefile import load_safetensors
+from arith.specs import Meta
+from arith.taskvec import load_task_vector, validate
+from ui.common import ROOT, message, readme_section
+from ui.state import add_to_workspace, context, mode_label, remove_from_workspace, request_select, workspace_store
+
+EXAMPLE = ROOT / "assets" / "example-task-vector.safetensors"
+
+ctx = context()
+ex = ctx.ex
+base = ex.bundle.base
+st.title("Upload task vectors")
+st.markdown(f"Task vectors for this bundle's base model **`{base.id}`** ({base.spec.label}), as safetensors files "
+            "keyed by open_clip state-dict names. Each file is checked before it is used; accepted vectors join "
+            "this session's **workspace** and appear in every view (sidebar tasks, ξ, kernel, vectors, export). "
+            "Nothing you upload is visible to other sessions or kept after you leave.")
+with st.expander("File format (README → Task-vector files)"):
+    st.markdown(readme_section("Task-vector files") or "See the README's *Task-vector files* section.")
+    st.markdown("Check a file from the command line with `python -m arith validate FILE --bundle DIR`.")
+
+if EXAMPLE.is_file():
+    data = EXAMPLE.read_bytes()
+    try:
+        load_task_vector(data, base)
+        st.download_button("Download an example task vector", data, file_name=EXAMPLE.name, key="upload_example",
+                           help="A vector for the embedded default bundle; upload it back to try the workflow.")
+    except ValueError:
+        st.caption(f"The example file `{EXAMPLE.relative_to(ROOT)}` is for another base model (the embedded default).")
+
+c1, c2 = st.columns(2)
+FROM_FILE = "(from the file's metadata)"
+task_override = c1.selectbox("Task, for files without metadata", [FROM_FILE, *ex.bundle.task_names], key="upload_task")
+mode_override = c2.selectbox("Mode, for files without metadata", [FROM_FILE, *MODES], key="upload_mode",
+                             format_func=lambda m: m if m == FROM_FILE else mode_label(m))
+assume_base = st.checkbox(f"Files without `arith.base_model` are for this base ({base.id})", key="upload_assume_base",
+                          help="For task vectors written by other tools: their keys and shapes are still checked "
+                               "against this base, but not which checkpoint they were fine-tuned from.")
+files = st.file_uploader("Task-vector files (.safetensors)", accept_multiple_files=True, key="upload_files",
+                         help="One or several files. Pickles (.pt/.pth/.bin) are refused: convert them to safetensors.")
+
+log = st.session_state.setdefault("upload_log", [])
+seen = st.session_state.setdefault("upload_seen", set())
+new_results = []
+for f in files or []:
+    ident = (f.file_id, task_override, mode_override, assume_base)
+    if ident in seen:
+        continue
+    seen.add(ident)
+    overrides = {}
+    if task_override != FROM_FILE:
+        overrides["task"] = task_override
+    if mode_override != FROM_FILE:
+        overrides["mode"] = mode_override
+    try:
+        tensors, meta = load_safetensors(f.getvalue())
+        if assume_base:
+            meta.setdefault(Meta.BASE, base.id)
+        tv = validate(tensors, meta, base, **overrides)
+    except ValueError as e:
+        new_results.append({"file": f.name, "ok": False, "message": message(e)})
+        continue
+    except Exception as e:  # a malformed upload must never show a traceback
+        new_results.append({"file": f.name, "ok": False, "message": f"cannot be read ({type(e).__name__}: {e})"})
+        continue
+    name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
+    request_select([name])
+    new_results.append({"file": f.name, "ok": True, "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, "
+                                                               f"{len(tv.tensors)} tensors, ‖τ‖ = {tv.norm():.4g}"})
+if new_results:
+    log[:0] = new_results
+    if any(r["ok"] for r in new_results):
+        st.rerun()  # the sidebar lists the new vectors on the next run
+
+for r in log:
+    if r["ok"]:
+        st.success(f"{r['file']}: {r['message']}", icon="✅")
+    else:
+        st.error(f"{r['file']}: {r['message']}", icon="⚠️")
+if log and st.button("Clear these messages", key="upload_clear_log"):
+    log.clear()
+    st.rerun()
+
+st.subheader("This session's workspace")
+store = workspace_store(base.id)
+if not store:
+    st.caption("Empty: upload a file above or train a vector on the Train page.")
+else:
+    st.dataframe(pd.DataFrame([{"name": n, "task": e["vector"].task, "mode": e["vector"].mode,
+                                "tensors": len(e["vector"].tensors), "parameters": e["vector"].numel,
+                                "source": e["source"], "added": e["added"]} for n, e in store.items()]),
+                 hide_index=True, key="ws_table")
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    victim = c1.selectbox("Remove a vector", list(store), key="ws_remove_name")
+    c2.button("Remove", key="ws_remove", on_click=remove_from_workspace, args=(base.id, victim))

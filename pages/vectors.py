@@ -1,0 +1,47 @@
+"""View 4, task vectors: norms, per-layer norm profiles and cosine similarities across tasks and modes."""
+
+import pandas as pd
+import streamlit as st
+
+from ui import charts
+from ui.common import guard
+from ui.state import context, mode_label
+
+ctx = context()
+ex = ctx.ex
+st.title("Task vectors")
+st.caption("τ_t = θ_t − θ0 on the tensors each mode trains. Workspace vectors (uploaded or trained in this session) "
+           "are included.")
+
+modes = st.multiselect("Modes", ctx.modes, default=ctx.modes, format_func=mode_label, key="vec_modes")
+if not modes:
+    st.info("Choose at least one mode.")
+    st.stop()
+
+with guard("Norms"):
+    stats = {m: ex.vector_stats(m, ctx.extra(m)) for m in modes}
+    st.subheader("Norms")
+    rows = [{"mode": mode_label(m), "vector": n, "task": s["task"], "‖τ‖": s["norm"], "parameters": s["parameters"],
+             "source": "workspace" if ctx.is_workspace(n) else "bundle"} for m, vs_ in stats.items() for n, s in vs_.items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="vec_norms",
+                 column_config={"‖τ‖": st.column_config.NumberColumn(format="%.4g"),
+                                "parameters": st.column_config.NumberColumn(format="localized")})
+
+    st.subheader("Per-layer norm profile")
+    labels = [f"{m}/{n}" for m, vs_ in stats.items() for n in vs_]
+    # default: the selected tasks of the current mode, and the first of them in every other mode
+    first = ctx.tasks[0] if ctx.tasks else None
+    default = [lab for lab in labels if lab.split("/", 1)[1] in ctx.tasks and lab.startswith(f"{ctx.mode}/")
+               or lab.split("/", 1)[1] == first] or labels[:4]
+    chosen = st.multiselect("Vectors", labels, default=default, key="vec_profile")
+    profiles = {lab: stats[lab.split("/", 1)[0]][lab.split("/", 1)[1]]["blocks"] for lab in chosen}
+    st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
+    st.caption("L2 norm of τ per transformer block (resblocks.i) and per top-level module (conv1, proj, ...). "
+               "Attention-only vectors are zero outside the attention weights.")
+
+with guard("Cosine similarity"):
+    st.subheader("Cosine similarity across tasks and modes")
+    sim = ex.similarity(modes, {n: tv for n, tv in ctx.workspace.items() if tv.mode in modes} or None)
+    st.plotly_chart(charts.cosine_heatmap(sim["all"]["labels"], sim["all"]["cosine"]), key="vec_cosine")
+    st.caption("Low similarity between different tasks of one mode means the vectors occupy different directions; "
+               "compare the same task across modes to see how much the modes agree.")

@@ -1,0 +1,396 @@
+"""The Streamlit app, driven headless with ``streamlit.testing.v1.AppTest`` on the tiny bundle.
+
+Every view renders without an exception or an error message; the numbers shown are the engine's; sliders, presets
+and links change them; uploads and training add to the session's workspace and nothing of one session leaks into
+another.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from arith.bundle import load_bundle
+from arith.explore import Explorer
+from arith.export import parse_coefficient_set
+from arith.models import fingerprint
+from arith.specs import Meta
+
+from conftest import tiny_base
+
+PAGES = {
+    "pages/arithmetic.py": "Task arithmetic",
+    "pages/disentanglement.py": "Weight disentanglement",
+    "pages/kernel.py": "Kernel behaviour",
+    "pages/vectors.py": "Task vectors",
+    "pages/upload.py": "Upload task vectors",
+    "pages/train.py": "Train a task vector",
+    "pages/export.py": "Export and share",
+}
+STRIPES, COLOURS, QUADS = "synthetic-stripes", "synthetic-colours", "synthetic-quadrants"
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def clean(at) -> None:
+    """No exception and no error message anywhere on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def table(at, column: str):
+    """The first table on the page with this column (st.dataframe keys are not visible to AppTest)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def shown_accuracy(at) -> dict[str, float]:
+    t = table(at, "edited (%)")
+    return dict(zip(t["task"], t["edited (%)"]))
+
+
+def coefs_in_url(at) -> dict[str, float]:
+    return {k[2:]: float(v) for k, v in at.query_params.items() if k.startswith("c.")}
+
+
+def charts(at) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def workspace(at) -> dict:
+    ctx = at.session_state["_ctx"]
+    return dict(ctx.workspace)
+
+
+@pytest.fixture(scope="module")
+def engine(bundle_dir):
+    """An independent Explorer on the same bundle: the reference for the numbers the app shows."""
+    return Explorer(load_bundle(bundle_dir))
+
+
+# -- every view ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_view_renders_on_the_bundle(new_app, page):
+    at = new_app()
+    at.switch_page(page).run()
+    clean(at)
+    assert at.title[0].value == PAGES[page]
+    assert len(at.sidebar.slider) == 3  # one λ per task, shared by every page
+    if page.endswith("arithmetic.py"):
+        assert [m.label for m in at.metric][:2] == ["Absolute accuracy", "Normalized accuracy"]
+        assert charts(at) == 3
+    if page.endswith("disentanglement.py"):  # precomputed grids show at once: one heatmap per mode, no compute button
+        assert charts(at) == 4
+        assert not [b for b in at.button if b.key == "xi_compute"]
+    if page.endswith("kernel.py"):
+        assert len(table(at, "accuracy, non-linear (%)")) == 4
+    if page.endswith("vectors.py"):
+        assert len(table(at, "‖τ‖")) == 12
+
+
+def test_shown_accuracies_are_the_engines(new_app, engine):
+    at = new_app()
+    clean(at)
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    ref = engine.evaluate("attn", coefs, "test")
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
+    assert metric(at, "All tasks, absolute") == f"{100 * ref['absolute']:.1f}%"
+    # opens on the bundle's validation-chosen α in the paper's mode
+    assert at.sidebar.selectbox(key="w_mode").value == "attn"
+    assert set(coefs.values()) == {engine.bundle.results["addition"]["attn"]["alpha"]}
+
+
+def test_moving_a_slider_changes_the_shown_accuracies(new_app, engine):
+    at = new_app()
+    before, absolute = shown_accuracy(at), metric(at, "Absolute accuracy")
+    at.sidebar.slider(key=f"w_coef::{STRIPES}").set_value(-1.5).run()
+    clean(at)
+    after = shown_accuracy(at)
+    assert after != before and metric(at, "Absolute accuracy") != absolute
+    assert coefs_in_url(at)[STRIPES] == -1.5  # mirrored in the link
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    assert after == pytest.approx({t: 100 * a for t, a in engine.evaluate("attn", coefs)["accuracy"].items()})
+
+
+def test_mode_switch_and_task_selection(new_app, engine):
+    at = new_app()
+    at.sidebar.selectbox(key="w_mode").set_value("full").run()
+    clean(at)
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in engine.evaluate("full", coefs)["accuracy"].items()})
+    at.sidebar.multiselect(key="w_tasks").set_value([COLOURS]).run()
+    clean(at)
+    assert len(at.sidebar.slider) == 1 and at.query_params["tasks"] == COLOURS
+    only = {COLOURS: float(at.sidebar.slider(key=f"w_coef::{COLOURS}").value)}
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in engine.evaluate("full", only)["accuracy"].items()})
+
+
+def test_tie_switch_and_presets(new_app, engine):
+    at = new_app()
+    at.sidebar.toggle(key="w_tie").set_value(True).run()
+    clean(at)
+    assert [s.key for s in at.sidebar.slider] == ["w_coef_all"]
+    at.sidebar.slider(key="w_coef_all").set_value(0.5).run()
+    assert coefs_in_url(at) == {STRIPES: 0.5, COLOURS: 0.5, QUADS: 0.5} and at.query_params["tie"] == "1"
+
+    at.sidebar.button(key="w_preset_zero").click().run()
+    clean(at)
+    assert coefs_in_url(at) == {STRIPES: 0.0, COLOURS: 0.0, QUADS: 0.0}
+    assert metric(at, "Absolute accuracy") == metric(at, "Zero-shot absolute")  # θ0 itself
+
+    at.sidebar.button(key="w_preset_alpha").click().run()
+    alpha = engine.bundle.results["addition"]["attn"]["alpha"]
+    assert coefs_in_url(at) == {STRIPES: alpha, COLOURS: alpha, QUADS: alpha}
+
+    at.sidebar.selectbox(key="w_only").set_value(COLOURS).run()
+    at.sidebar.button(key="w_preset_only").click().run()
+    clean(at)
+    assert coefs_in_url(at) == {STRIPES: 0.0, COLOURS: 1.0, QUADS: 0.0}
+    assert not at.sidebar.toggle(key="w_tie").value and len(at.sidebar.slider) == 3
+
+
+def test_a_link_reproduces_the_view(new_app):
+    a = new_app()
+    a.sidebar.selectbox(key="w_mode").set_value("linear").run()
+    a.sidebar.slider(key=f"w_coef::{COLOURS}").set_value(-0.75).run()
+    link = dict(a.query_params)
+    b = new_app(link)  # a new session opened on that link
+    clean(b)
+    assert b.sidebar.selectbox(key="w_mode").value == "linear"
+    assert b.sidebar.slider(key=f"w_coef::{COLOURS}").value == -0.75
+    assert shown_accuracy(b) == shown_accuracy(a)
+    bad = new_app({"mode": "attn", "tasks": [STRIPES], "c.synthetic-stripes": "lots"})
+    assert not bad.exception
+    assert any("not a number" in w.value for w in bad.sidebar.warning)
+    assert len(bad.sidebar.slider) == 1
+
+
+def test_two_sessions_do_not_affect_each_other(new_app, bundle):
+    a, b = new_app(), new_app()
+    a.sidebar.slider(key=f"w_coef::{STRIPES}").set_value(-2.0).run()
+    seen_a = (shown_accuracy(a), dict(a.query_params))
+    b.sidebar.slider(key=f"w_coef::{STRIPES}").set_value(2.0).run()
+    b.switch_page("pages/upload.py").run()
+    tv = bundle.vectors["attn"][COLOURS].scale(0.5)
+    b.file_uploader(key="upload_files").set_value(("half.safetensors", tv.to_bytes(), "application/octet-stream")).run()
+    assert len(workspace(b)) == 1
+    a.run()
+    assert (shown_accuracy(a), dict(a.query_params)) == seen_a
+    assert coefs_in_url(a)[STRIPES] == -2.0 and coefs_in_url(b)[STRIPES] == 2.0
+    assert workspace(a) == {} and "half" not in a.sidebar.multiselect(key="w_tasks").options
+    b.switch_page("pages/arithmetic.py").run()
+    assert shown_accuracy(b) != shown_accuracy(a)
+
+
+# -- upload -------------------------------------------------------------------------------------------------------
+def _bad_files(bundle) -> dict[str, tuple[bytes, str]]:
+    """file name -> (bytes, a fragment of the message that file must get)."""
+    tv = bundle.vectors["attn"][STRIPES]
+    good = {k: t.clone() for k, t in tv.tensors.items()}
+    meta = tv.metadata()
+    key = next(iter(good))
+    wrong_shape = dict(good, **{key: torch.zeros(3, 3)})
+    nan = dict(good, **{key: good[key].clone().fill_(float("nan"))})
+    mlp_key = "visual.transformer.resblocks.0.mlp.c_fc.weight"
+    lying = dict(good, **{mlp_key: torch.zeros(bundle.base.shapes[mlp_key])})
+    other = tiny_base(seed=1)
+    other_meta = dict(meta, **{Meta.BASE: other.id})
+    return {
+        "garbage.safetensors": (b"this is not a tensor file, just some text", "header length"),
+        "weights.pt": (pickle.dumps({"a": 1}), "pickle"),
+        "wrong-shape.safetensors": (st_save(wrong_shape, metadata=meta), "shape"),
+        "nan.safetensors": (st_save(nan, metadata=meta), "non-finite"),
+        "lying.safetensors": (st_save(lying, metadata=meta), "does not train"),
+        "no-metadata.safetensors": (st_save(good), "metadata lacks"),
+        "other-base.safetensors": (st_save(good, metadata=other_meta), "another base model"),
+        "empty.safetensors": (b"", "empty"),
+    }
+
+
+def test_upload_accepts_valid_files_and_names_each_problem(new_app, bundle, engine):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    clean(at)
+    valid = bundle.vectors["attn"][STRIPES].scale(0.5)
+    bad = _bad_files(bundle)
+    files = [("stripes-half.safetensors", valid.to_bytes(), "application/octet-stream")]
+    files += [(name, data, "application/octet-stream") for name, (data, _) in bad.items()]
+    at.file_uploader(key="upload_files").set_value(files).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == len(bad)
+    for name, (_, fragment) in bad.items():
+        msg = next(e for e in errors if e.startswith(f"{name}:"))
+        assert fragment in msg, (name, msg)
+    assert len(set(errors)) == len(errors)
+    ws = workspace(at)
+    assert list(ws) == ["stripes-half"] and ws["stripes-half"].task == STRIPES
+    assert torch.equal(ws["stripes-half"].tensors[next(iter(valid.tensors))], next(iter(valid.tensors.values())))
+    # the new vector is selected in the sidebar (λ = 0) and appears in every view
+    assert "stripes-half" in at.sidebar.multiselect(key="w_tasks").value
+    at.sidebar.slider(key="w_coef::stripes-half").set_value(1.0).run()
+    at.switch_page("pages/arithmetic.py").run()
+    clean(at)
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in at.sidebar.multiselect(key="w_tasks").value}
+    ref = engine.evaluate("attn", coefs, extra={"stripes-half": ws["stripes-half"]})
+    assert coefs["stripes-half"] == 1.0
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
+    at.switch_page("pages/vectors.py").run()
+    clean(at)
+    assert "stripes-half" in set(table(at, "‖τ‖")["vector"])
+    at.switch_page("pages/kernel.py").run()
+    at.selectbox(key="kernel_task").set_value("stripes-half").run()
+    clean(at)
+    at.switch_page("pages/disentanglement.py").run()
+    clean(at)
+    assert "stripes-half" in at.selectbox(key="xi_t1").options
+    at.switch_page("pages/export.py").run()
+    clean(at)
+    record = json.loads(at.code[0].value)
+    assert record["coefficients"]["stripes-half"] == 1.0
+
+
+def test_files_without_metadata_take_the_chosen_task_and_mode(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    tv = bundle.vectors["mlp"][COLOURS]
+    at.selectbox(key="upload_task").set_value(COLOURS)
+    at.selectbox(key="upload_mode").set_value("mlp")
+    at.file_uploader(key="upload_files").set_value(("bare.safetensors", st_save(dict(tv.tensors)), "x")).run()
+    assert "lacks arith.base_model" in at.error[0].value and not workspace(at)  # which base: not assumed silently
+    at.checkbox(key="upload_assume_base").check().run()
+    assert [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
+    at.button(key="upload_clear_log").click().run()
+    assert not at.error and [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
+    at.sidebar.selectbox(key="w_mode").set_value("mlp").run()
+    clean(at)
+    assert "bare" in at.sidebar.multiselect(key="w_tasks").options
+
+
+# -- train ----------------------------------------------------------------------------------------------------------
+def test_training_a_few_steps_adds_a_vector(new_app):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    clean(at)
+    at.selectbox(key="train_task").set_value(QUADS)
+    at.number_input(key="train_steps").set_value(3)
+    at.number_input(key="train_batch").set_value(16)
+    at.text_input(key="train_name").set_value("quads-quick")
+    next(b for b in at.button if b.label == "Train").click().run(timeout=300)
+    clean(at)
+    ws = workspace(at)
+    assert list(ws) == ["quads-quick"] and ws["quads-quick"].task == QUADS and ws["quads-quick"].mode == "attn"
+    assert ws["quads-quick"].meta[Meta.STEPS] == "3"
+    assert any("Trained 'quads-quick'" in s.value for s in at.success)
+    assert len(at.get("download_button")) == 1
+    assert "quads-quick" in at.sidebar.multiselect(key="w_tasks").value
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+def test_export_and_load_a_coefficient_set(new_app, bundle):
+    at = new_app()
+    at.sidebar.slider(key=f"w_coef::{QUADS}").set_value(-0.5).run()
+    at.switch_page("pages/export.py").run()
+    clean(at)
+    assert len(at.get("download_button")) == 2  # coefficient set and merged weights
+    record = parse_coefficient_set(at.code[0].value, bundle.base.id)
+    assert record["mode"] == "attn" and record["coefficients"][QUADS] == -0.5
+    assert "c.synthetic-quadrants=-0.5" in at.code[1].value  # the share link
+    assert "--coef synthetic-quadrants=-0.5" in at.code[2].value  # the CLI command
+    # load a coefficient set: switches the mode and sets exactly those coefficients
+    other = dict(record, mode="full", coefficients={STRIPES: 0.25, COLOURS: -1.0})
+    at.file_uploader(key="export_import").set_value(("set.json", json.dumps(other).encode(), "application/json")).run()
+    clean(at)
+    assert at.sidebar.selectbox(key="w_mode").value == "full"
+    assert coefs_in_url(at) == {STRIPES: 0.25, COLOURS: -1.0}
+    at.file_uploader(key="export_import").set_value(("bad.json", b"{\"format\": \"nope\"}", "application/json")).run()
+    assert any("not a coefficient set" in e.value for e in at.error) and not at.exception
+
+
+# -- disentanglement --------------------------------------------------------------------------------------------------
+def test_disentanglement_computes_missing_grids(new_app):
+    at = new_app()
+    at.switch_page("pages/disentanglement.py").run()
+    at.selectbox(key="xi_t1").set_value(COLOURS).run()
+    at.selectbox(key="xi_t2").set_value(QUADS).run()  # not precomputed in the tiny bundle
+    clean(at)
+    assert charts(at) == 0 and [b for b in at.button if b.key == "xi_compute"]
+    at.button(key="xi_compute").click().run(timeout=300)
+    clean(at)
+    assert charts(at) == 4 and len(table(at, "mean ξ (prediction)")) == 4
+    at.toggle(key="xi_rep").set_value(True).run()  # the representation variant: same grids, no recomputation
+    clean(at)
+    assert charts(at) == 4 and not [b for b in at.button if b.key == "xi_compute"]
+
+
+def test_xi_click_maps_rows_to_task1_and_columns_to_task2():
+    from ui.state import xi_click
+
+    assert xi_click({"x": 0.571, "y": -1.43}, "a", "b") == {"a": -1.45, "b": 0.55}
+    assert xi_click({"x": 5.0, "y": 0.0}, "a", "b") == {"a": 0.0, "b": 2.0}  # clipped to the slider range
+    assert xi_click({}, "a", "b") is None
+
+
+# -- bundles ------------------------------------------------------------------------------------------------------
+def test_without_a_bundle_the_app_explains_how_to_build_one(app_env, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    monkeypatch.delenv("ARITH_BUNDLE")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    clean(at)
+    assert at.subheader[0].value == "No bundle to open yet"
+    assert any("build-bundle" in c.value for c in at.code)
+
+
+def test_a_damaged_bundle_gets_a_message_not_a_traceback(new_app, bundle_dir, tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    with open(broken / "heads.safetensors", "ab") as fh:
+        fh.write(b"\0")
+    monkeypatch.setenv("ARITH_BUNDLE", str(broken))
+    at = new_app()
+    assert not at.exception
+    assert any("heads.safetensors" in e.value for e in at.error)
+    assert at.subheader[0].value == "No bundle to open yet"
+
+
+def test_bundle_discovery_order(tmp_path, monkeypatch, bundle_dir):
+    from ui.state import discover_bundles
+
+    root = tmp_path / "precomputed"
+    for name in ("zeta", "default", "alpha", "not-a-bundle"):
+        (root / name).mkdir(parents=True)
+        if name != "not-a-bundle":
+            (root / name / "manifest.json").write_text("{}")
+    monkeypatch.setenv("ARITH_PRECOMPUTED_DIR", str(root))
+    monkeypatch.delenv("ARITH_BUNDLE", raising=False)
+    assert [r.label for r in discover_bundles()] == ["default", "alpha", "zeta"]
+    monkeypatch.setenv("ARITH_BUNDLE", str(bundle_dir))
+    refs = discover_bundles()
+    assert refs[0].path == bundle_dir.resolve() and refs[0].source == "$ARITH_BUNDLE"
+    assert [r.label for r in refs[1:]] == ["default", "alpha", "zeta"]
+
+
+def test_the_app_never_mutates_shared_objects(new_app, bundle_dir):
+    at = new_app()
+    at.sidebar.slider(key=f"w_coef::{STRIPES}").set_value(-1.0).run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        clean(at)
+    ex = at.session_state["_ctx"].ex
+    fresh = load_bundle(bundle_dir)
+    assert fingerprint(ex.bundle.base.params) == fingerprint(fresh.base.params)
+    assert json.dumps(ex.bundle.results, sort_keys=True) == json.dumps(fresh.results, sort_keys=True)
+    for mode, vs in fresh.vectors.items():
+        for task, tv in vs.items():
+            mine = ex.bundle.vectors[mode][task]
+            assert all(torch.equal(mine.tensors[k], t) for k, t in tv.tensors.items())

@@ -1,0 +1,120 @@
+"""arith.export (merged weights, coefficient sets) and the Explorer helpers the app uses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from arith.build import similarity_table
+from arith.explore import Explorer
+from arith.export import coefficient_set, merged_safetensors, merged_state, parse_coefficient_set
+from arith.models import fingerprint
+
+S, C, Q = "synthetic-stripes", "synthetic-colours", "synthetic-quadrants"
+
+
+def test_merged_weights_are_theta0_plus_the_weighted_vectors(bundle, tmp_path):
+    base, vs = bundle.base, bundle.vectors["attn"]
+    before = fingerprint(base.params)
+    coefs = {S: 0.5, C: -1.25, Q: 0.0}
+    data = merged_safetensors(base.params, vs, coefs, base_id=base.id, mode="attn")
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(data)
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+        got = {k: fh.get_tensor(k) for k in fh.keys()}
+    assert set(got) == set(base.params)
+    for k, t0 in base.params.items():
+        want = t0 + 0.5 * vs[S].tensors[k] - 1.25 * vs[C].tensors[k] if k in vs[S].tensors else t0
+        assert torch.allclose(got[k], want, atol=1e-6), k
+    assert meta["arith.kind"] == "merged_model" and meta["arith.base_model"] == base.id
+    assert meta["arith.mode"] == "attn" and meta["arith.linearized"] == "false"
+    assert json.loads(meta["arith.coefficients"]) == coefs
+    assert fingerprint(base.params) == before  # θ0 untouched
+    lin = merged_safetensors(base.params, bundle.vectors["linear"], {S: 1.0}, base_id=base.id, mode="linear")
+    assert b'"arith.linearized":"true"' in lin[:4096]
+
+
+def test_merged_state_refuses_unknown_names_and_zero_is_theta0(bundle):
+    base, vs = bundle.base, bundle.vectors["full"]
+    with pytest.raises(KeyError, match="nope"):
+        merged_state(base.params, vs, {"nope": 1.0})
+    same = merged_state(base.params, vs, {S: 0.0})
+    assert all(torch.equal(same[k], v) for k, v in base.params.items())
+
+
+def test_coefficient_sets_round_trip_and_bad_ones_are_refused(bundle):
+    vs = bundle.vectors["attn"]
+    rec = coefficient_set(bundle="tiny", base_id=bundle.base.id, mode="attn", coefs={S: 0.3, C: -0.7}, vectors=vs)
+    assert rec["vectors"][S]["uid"] == vs[S].uid and rec["vectors"][C]["task"] == C
+    back = parse_coefficient_set(json.dumps(rec).encode(), bundle.base.id)
+    assert back["coefficients"] == {S: 0.3, C: -0.7} and back["mode"] == "attn"
+    cases = {
+        b"\xff\xfe": "UTF-8",
+        "{not json": "invalid JSON",
+        json.dumps({"format": "other"}): "not a coefficient set",
+        json.dumps({**rec, "format_version": "9"}): "format version",
+        json.dumps({**rec, "base_model": "elsewhere"}): "base model",
+        json.dumps({**rec, "mode": "sideways"}): "unknown mode",
+        json.dumps({**rec, "method": "average"}): "unknown merge method",
+        json.dumps({**rec, "coefficients": [1, 2]}): "must be an object",
+        json.dumps({**rec, "coefficients": {S: "1"}}): "non-numeric",
+        json.dumps({**rec, "coefficients": {S: True}}): "non-numeric",
+    }
+    for data, fragment in cases.items():
+        with pytest.raises(ValueError, match=fragment):
+            parse_coefficient_set(data, bundle.base.id)
+    with pytest.raises(ValueError, match="non-finite"):
+        parse_coefficient_set({**rec, "coefficients": {S: math.inf}})
+    with pytest.raises(KeyError):
+        coefficient_set(bundle="tiny", base_id=bundle.base.id, mode="attn", coefs={"nope": 1.0}, vectors=vs)
+
+
+# -- Explorer helpers ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def ex(bundle):
+    return Explorer(bundle)
+
+
+def test_cached_xi_serves_precomputed_and_memoised_grids_only(ex, bundle):
+    pre = bundle.results["disentanglement"]["attn"]
+    pair = next(iter(pre))
+    a, b = pair.split("|")
+    grid = pre[pair]["alpha1"]
+    assert ex.cached_xi("attn", a, b, grid) is pre[pair]
+    flipped = ex.cached_xi("attn", b, a, grid)
+    assert flipped["tasks"] == [b, a] and flipped["prediction"][1][0] == pre[pair]["prediction"][0][1]
+    assert ex.cached_xi("attn", C, Q, grid) is None  # not precomputed, not computed yet
+    computed = ex.xi("attn", C, Q, grid)
+    assert ex.cached_xi("attn", C, Q, grid) is computed
+    half = {"half": bundle.vectors["attn"][C].scale(0.5)}
+    assert ex.cached_xi("attn", "half", Q, grid, extra=half) is None
+    done = ex.xi("attn", "half", Q, grid, extra=half)
+    assert ex.cached_xi("attn", "half", Q, grid, extra=half) is done
+
+
+def test_vector_stats_and_similarity(ex, bundle):
+    stats = ex.vector_stats("attn")
+    tv = bundle.vectors["attn"][S]
+    assert stats[S]["norm"] == pytest.approx(tv.norm()) and stats[S]["parameters"] == tv.numel
+    assert stats[S]["blocks"] == pytest.approx(tv.block_norms())
+    assert ex.similarity() is bundle.results["similarity"]  # precomputed when nothing is added
+    extra = {"neg": -bundle.vectors["attn"][S]}
+    sim = ex.similarity(["attn"], extra)
+    assert sim["all"]["labels"][-1] == "attn/neg"
+    i, j = sim["all"]["labels"].index(f"attn/{S}"), sim["all"]["labels"].index("attn/neg")
+    assert sim["all"]["cosine"][i][j] == pytest.approx(-1.0)
+    assert sim == similarity_table({"attn": ex.vectors("attn", extra)})
+    assert ex.similarity(["attn"], extra) is sim  # memoised
+
+
+def test_an_extra_vector_of_a_bundle_task_does_not_replace_its_normaliser(ex, bundle):
+    ft = ex.finetuned("attn", "test")
+    weak = {"weak": bundle.vectors["attn"][S].scale(0.01)}
+    assert ex.finetuned("attn", "test", extra=weak) == ft
+    same_name = {S: bundle.vectors["attn"][S].scale(0.01)}  # named after the task: it replaces the bundle's
+    assert ex.finetuned("attn", "test", extra=same_name)[S] == ex.evaluate("attn", {S: 0.01}, tasks=[S])["accuracy"][S]

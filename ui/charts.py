@@ -1,0 +1,173 @@
+"""Plotly figures of engine results.  Inputs are the engine's dicts; nothing here computes a result, it only lays
+numbers out (fractions are shown as percentages)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from .state import mode_label
+
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
+MODE_COLOURS = {"full": "#E45756", "attn": "#4C78A8", "attn_bias": "#72B7B2", "linear": "#54A24B", "mlp": "#F58518"}
+
+
+def mode_colour(mode: str, i: int = 0) -> str:
+    return MODE_COLOURS.get(mode, PALETTE[i % len(PALETTE)])
+
+
+def _layout(fig: go.Figure, title: str = "", height: int = 380, **kw) -> go.Figure:
+    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0), **kw)
+    return fig
+
+
+def _p(x):
+    return None if x is None else 100.0 * x
+
+
+def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finetuned: Mapping[str, float],
+                  selected: Sequence[str], mode: str) -> go.Figure:
+    """Per-task accuracy of the edited model (bars), with the zero-shot and single-task fine-tuned accuracies
+    marked; tasks that were not added are drawn lighter."""
+    tasks = list(acc)
+    colours = [mode_colour(mode) if t in selected else "#BFC7D5" for t in tasks]
+    fig = go.Figure()
+    fig.add_bar(x=tasks, y=[_p(acc[t]) for t in tasks], marker_color=colours, name="edited model",
+                text=[f"{100 * acc[t]:.1f}" for t in tasks], textposition="inside", insidetextanchor="middle")
+    fig.add_scatter(x=tasks, y=[_p(zeroshot.get(t)) for t in tasks], mode="markers", name="zero-shot θ0",
+                    marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")))
+    fig.add_scatter(x=[t for t in tasks if t in finetuned], y=[_p(finetuned[t]) for t in tasks if t in finetuned],
+                    mode="markers", name=f"fine-tuned alone ({mode})",
+                    marker=dict(symbol="diamond", size=11, color="#222", line=dict(width=1, color="white")))
+    fig.update_yaxes(title="accuracy (%)", range=[0, 105])
+    return _layout(fig)
+
+
+def modes_bars(per_mode: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Grouped bars: per-task accuracy of the same coefficients under each mode."""
+    fig = go.Figure()
+    for i, (mode, acc) in enumerate(per_mode.items()):
+        fig.add_bar(x=list(acc), y=[_p(v) for v in acc.values()], name=mode_label(mode), marker_color=mode_colour(mode, i))
+    fig.update_yaxes(title="accuracy (%)", range=[0, 105])
+    return _layout(fig, barmode="group")
+
+
+def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", current: float | None = None) -> go.Figure:
+    """Test accuracy along the shared α of task addition, one line per mode; the validation-chosen α is marked."""
+    fig = go.Figure()
+    for i, (mode, res) in enumerate(curves.items()):
+        xs = [r["alpha"] for r in res["curve"]]
+        ys = [_p(r["test"][metric]) for r in res["curve"]]
+        colour = mode_colour(mode, i)
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=mode_label(mode), line=dict(color=colour),
+                        marker=dict(size=5))
+        best = next((r for r in res["curve"] if abs(r["alpha"] - res["alpha"]) < 1e-9), None)
+        if best is not None:
+            fig.add_scatter(x=[best["alpha"]], y=[_p(best["test"][metric])], mode="markers", showlegend=False,
+                            marker=dict(symbol="star", size=15, color=colour, line=dict(width=1, color="#222")),
+                            hovertemplate=f"{mode_label(mode)}: validation-chosen α=%{{x:.2f}}<extra></extra>")
+    if current is not None:
+        fig.add_vline(x=current, line_dash="dot", line_color="#888", annotation_text="tied α", annotation_position="top")
+    fig.update_xaxes(title="shared α")
+    fig.update_yaxes(title=f"{metric} accuracy, test (%)")
+    return _layout(fig)
+
+
+def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tuple[float, float] | None = None,
+               show_scale: bool = True) -> go.Figure:
+    """ξ(α1, α2): rows α1 (y), columns α2 (x), on a fixed colour range [0, zmax].  A transparent marker sits on
+    every cell so that a click selects it (Streamlit's selection events do not fire on heatmap traces)."""
+    a1, a2 = list(res["alpha1"]), list(res["alpha2"])
+    z = res[variant]
+    t1, t2 = res["tasks"]
+    fig = go.Figure()
+    fig.add_heatmap(x=a2, y=a1, z=z, zmin=0.0, zmax=zmax, colorscale="Viridis", showscale=show_scale,
+                    colorbar=dict(title="ξ", thickness=12), hoverinfo="skip")
+    xs = [x for _ in a1 for x in a2]
+    ys = [y for y in a1 for _ in a2]
+    zs = [z[i][j] for i in range(len(a1)) for j in range(len(a2))]
+    fig.add_scatter(x=xs, y=ys, mode="markers", customdata=zs, showlegend=False, name="cell",
+                    marker=dict(symbol="square", size=max(6, int(260 / max(len(a1), len(a2)))), opacity=0.0,
+                                color="white"),
+                    selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
+                    hovertemplate=f"λ {t1}=%{{y:.2f}}<br>λ {t2}=%{{x:.2f}}<br>ξ=%{{customdata:.3f}}<extra></extra>")
+    if current is not None:
+        fig.add_scatter(x=[current[1]], y=[current[0]], mode="markers", showlegend=False, hoverinfo="skip",
+                        marker=dict(symbol="x-thin-open", size=16, line=dict(width=3, color="#FF4B4B")))
+    fig.update_xaxes(title=f"λ {t2}", constrain="domain")
+    fig.update_yaxes(title=f"λ {t1}", scaleanchor="x", constrain="domain")
+    return _layout(fig, title, height=400, clickmode="event+select", dragmode=False)
+
+
+def kernel_path(reports: Mapping[str, dict], field: str, label: str) -> go.Figure:
+    """A kernel diagnostic along θ0 + sτ, one line per mode."""
+    fig = go.Figure()
+    for i, (mode, rep) in enumerate(reports.items()):
+        fig.add_scatter(x=[r["s"] for r in rep["path"]], y=[r[field] for r in rep["path"]], mode="lines+markers",
+                        name=mode_label(mode), line=dict(color=mode_colour(mode, i)))
+    fig.update_xaxes(title="s (θ0 + s·τ)")
+    fig.update_yaxes(title=label)
+    return _layout(fig, height=330)
+
+
+def restricted_bars(rows: Sequence[Mapping], field: str, label: str) -> go.Figure:
+    """Restricted linearization at s = 1: attention-only vs MLP-only vs whole-model tangent, grouped by mode."""
+    fig = go.Figure()
+    subsets = ["attention", "mlp", "all"]
+    names = {"attention": "attention weights only", "mlp": "MLP weights only", "all": "whole model"}
+    colours = {"attention": "#4C78A8", "mlp": "#F58518", "all": "#9D755D"}
+    for s in subsets:
+        fig.add_bar(x=[mode_label(r["mode"]) for r in rows], y=[r.get(f"{s}_{field}") for r in rows], name=names[s],
+                    marker_color=colours[s])
+    fig.update_yaxes(title=label)
+    return _layout(fig, barmode="group", height=330)
+
+
+_FIRST = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
+_LAST = ("ln_post", "proj")
+
+
+def _block_order(name: str) -> tuple:
+    """Input side first (patch embedding, class token, positions, ln_pre), then the blocks, then ln_post, proj."""
+    if name in _FIRST:
+        return (0, _FIRST.index(name), "")
+    if name.startswith("block"):
+        return (1, 0, name)
+    if name in _LAST:
+        return (2, _LAST.index(name), "")
+    return (3, 0, name)
+
+
+def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Per-block L2 norm of each task vector (``label -> {block: norm}``), in the order the input flows."""
+    fig = go.Figure()
+    for i, (label, blocks) in enumerate(profiles.items()):
+        mode = label.split("/", 1)[0]
+        names = sorted(blocks, key=_block_order)
+        fig.add_scatter(x=names, y=[blocks[n] for n in names], mode="lines+markers", name=label,
+                        line=dict(color=PALETTE[i % len(PALETTE)], dash="solid" if mode in ("attn", "attn_bias") else
+                                  "dot" if mode == "linear" else "dash"))
+    order = sorted({n for b in profiles.values() for n in b}, key=_block_order)
+    fig.update_xaxes(title="block / module", categoryorder="array", categoryarray=order)
+    fig.update_yaxes(title="‖τ‖ (L2)")
+    return _layout(fig, height=400)
+
+
+def cosine_heatmap(labels: Sequence[str], cosine: Sequence[Sequence[float]]) -> go.Figure:
+    """Cosine similarity of task vectors (labels ``mode/name``), symmetric colour range [−1, 1]."""
+    fig = go.Figure()
+    fig.add_heatmap(x=list(labels), y=list(labels), z=cosine, zmin=-1.0, zmax=1.0, colorscale="RdBu_r",
+                    text=[[f"{v:.2f}" for v in row] for row in cosine], texttemplate="%{text}" if len(labels) <= 16 else None,
+                    hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>", colorbar=dict(title="cos", thickness=12))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    return _layout(fig, height=max(360, 34 * len(labels) + 120))
+
+
+def loss_curve(losses: Sequence[float]) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=list(range(1, len(losses) + 1)), y=list(losses), mode="lines", name="loss")
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="training loss")
+    return _layout(fig, height=260)

@@ -1,0 +1,83 @@
+"""Small helpers shared by the pages: errors as messages, progress bars, number formatting."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+log = logging.getLogger("arith.app")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_section(title: str) -> str:
+    """The markdown of one ``## title`` section of the README (the app shows the file format from there)."""
+    try:
+        text = (ROOT / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            if inside:
+                break
+            inside = line[3:].strip() == title
+            continue
+        if inside:
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+def message(e: BaseException) -> str:
+    """The user-facing text of an engine error (``KeyError`` keeps its argument unquoted)."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e) or type(e).__name__
+
+
+@contextmanager
+def guard(what: str = ""):
+    """Run a block of a page; an error becomes an ``st.error`` message (never a traceback) and the block stops.
+
+    Engine errors (``ValueError``, ``KeyError``, ``FileNotFoundError``) carry messages meant for the user; anything
+    else is logged with its traceback on the server and shown by type and message.  Streamlit's own control flow
+    (``st.stop``, ``st.rerun``) derives from ``BaseException`` and passes through.
+    """
+    try:
+        yield
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        st.error(f"{what}: {message(e)}" if what else message(e), icon="⚠️")
+    except Exception as e:  # the app must never show a traceback
+        log.exception("error in the app%s", f" ({what})" if what else "")
+        st.error(f"{what + ': ' if what else ''}unexpected {type(e).__name__}: {e}", icon="🛑")
+
+
+class Progress:
+    """An ``st.progress`` bar driven by the engine's ``progress(done, total)`` callbacks; removed by :meth:`done`."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = st.progress(0.0, text=label)
+
+    def __call__(self, done: int, total: int, *extra) -> None:
+        frac = min(1.0, done / total) if total else 1.0
+        text = f"{self.label} ({done}/{total})"
+        if extra and isinstance(extra[0], float):
+            text += f" · loss {extra[0]:.4f}"
+        self.bar.progress(frac, text=text)
+
+    def done(self) -> None:
+        self.bar.empty()
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction in [0, 1] as a percentage string; '—' for None."""
+    return "—" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def as_percent(x: float | None) -> float | None:
+    """A fraction in [0, 1] as a number of percent (for tables and chart axes)."""
+    return None if x is None else 100.0 * x

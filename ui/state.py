@@ -1,0 +1,460 @@
+"""The app's state: which bundle, mode, tasks and coefficients (the sidebar), the session's workspace, the URL.
+
+* A bundle is loaded once per process (``st.cache_resource``) into an :class:`arith.explore.Explorer` and treated as
+  read-only: every session shares it, none writes to it.
+* Everything a session owns lives in ``st.session_state``: its choices, its coefficients and its *workspace*
+  (task vectors it uploaded or trained, per base model).  Nothing of one session is visible to another.
+* The current bundle, mode, tasks and coefficients are mirrored in the URL query parameters
+  (``?bundle=…&mode=attn&tasks=a&tasks=b&c.a=0.3&c.b=0.3``) and read back on a session's first run, so a link
+  reproduces the view.
+
+Bundle discovery: ``$ARITH_BUNDLE`` if set, then ``precomputed/default``, then every other directory with a
+``manifest.json`` under ``precomputed/`` (``$ARITH_PRECOMPUTED_DIR`` overrides that folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from arith.bundle import load_bundle
+from arith.explore import Explorer
+from arith.modes import MODES
+from arith.taskvec import TaskVector
+
+from .common import message
+
+ROOT = Path(__file__).resolve().parent.parent
+COEF_MIN, COEF_MAX, COEF_STEP = -2.0, 2.0, 0.05
+DEFAULT_COEF = 0.3  # when a bundle has no precomputed validation α
+METHOD = "task_arithmetic"
+
+# widget keys
+K_BUNDLE, K_MODE, K_TASKS, K_TIE, K_ALL, K_ONLY = "w_bundle", "w_mode", "w_tasks", "w_tie", "w_coef_all", "w_only"
+COEF_PREFIX = "w_coef::"
+# session keys that are not widgets
+S_COEFS, S_WORKSPACE, S_PENDING, S_NOTES, S_CTX = "coefs", "workspace", "_pending_link", "_link_notes", "_ctx"
+S_SELECT, S_APPLY = "_select_next", "_apply_view"
+OWNED_PARAMS = ("bundle", "mode", "tasks", "tie")  # plus "c.<name>"
+
+
+# -- bundles ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BundleRef:
+    label: str
+    path: Path
+    source: str  # "$ARITH_BUNDLE" or "precomputed"
+
+
+def precomputed_dir() -> Path:
+    return Path(os.environ.get("ARITH_PRECOMPUTED_DIR") or ROOT / "precomputed")
+
+
+def discover_bundles() -> list[BundleRef]:
+    """``$ARITH_BUNDLE`` first (even if broken, so its error is shown), then ``precomputed/default``, then the
+    other bundle directories under ``precomputed/`` in name order."""
+    refs: list[BundleRef] = []
+    seen: set[Path] = set()
+    labels: set[str] = set()
+
+    def add(path: Path, source: str) -> None:
+        path = path.resolve()
+        if path in seen:
+            return
+        label, i = path.name or str(path), 2
+        while label in labels:
+            label, i = f"{path.name} ({i})", i + 1
+        seen.add(path)
+        labels.add(label)
+        refs.append(BundleRef(label, path, source))
+
+    env = os.environ.get("ARITH_BUNDLE")
+    if env:
+        add(Path(env), "$ARITH_BUNDLE")
+    root = precomputed_dir()
+    if root.is_dir():
+        default = root / "default"
+        others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "default")
+        for p in ([default] if default.is_dir() else []) + others:
+            if (p / "manifest.json").is_file():
+                add(p, "precomputed")
+    return refs
+
+
+def preferred_device() -> str:
+    """``$ARITH_DEVICE`` if set, else ``cuda`` when available, else ``cpu``."""
+    dev = os.environ.get("ARITH_DEVICE")
+    if dev:
+        return dev
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@st.cache_resource(show_spinner="Loading the bundle (checking every file's sha256)…", max_entries=4)
+def _load_explorer(path: str, stamp: float, device: str, max_per_task: int | None) -> Explorer:
+    bundle = load_bundle(path)
+    if device != "cpu":
+        bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
+    return Explorer(bundle, max_per_task=max_per_task)
+
+
+def load_explorer(ref: BundleRef) -> Explorer:
+    """The shared, read-only explorer of a bundle (loaded once per process; reloaded if its manifest changes)."""
+    manifest = ref.path / "manifest.json"
+    stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
+    n = os.environ.get("ARITH_MAX_PER_TASK")
+    return _load_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None)
+
+
+# -- the session's view -------------------------------------------------------------------------------------------
+def mode_label(mode: str) -> str:
+    return MODES[mode].label if mode in MODES else mode
+
+
+@dataclass
+class Context:
+    """What the sidebar decided for this run; pages read it with :func:`context`."""
+
+    ref: BundleRef
+    ex: Explorer
+    mode: str
+    tasks: list[str]  # selected vector names (bundle task names or workspace names)
+    coefs: dict[str, float]  # λ per selected name (rounded to the slider step)
+    tie: bool
+    workspace: dict[str, TaskVector] = field(default_factory=dict)  # this session's vectors for this base
+    method: str = METHOD
+
+    @property
+    def bundle(self):
+        return self.ex.bundle
+
+    @property
+    def modes(self) -> list[str]:
+        """The bundle's modes, then any other mode the workspace has vectors of."""
+        extra = sorted({tv.mode for tv in self.workspace.values()} - set(self.ex.modes))
+        return list(self.ex.modes) + extra
+
+    def extra(self, mode: str | None = None) -> dict[str, TaskVector]:
+        """The workspace vectors of ``mode`` (the current one by default), as the engine's ``extra`` argument."""
+        mode = mode or self.mode
+        return {n: tv for n, tv in self.workspace.items() if tv.mode == mode}
+
+    def names(self, mode: str | None = None) -> list[str]:
+        """Vector names available in ``mode``: the bundle's tasks, then the workspace's."""
+        return list(self.ex.vectors(mode or self.mode, self.extra(mode)))
+
+    def coefs_in(self, mode: str) -> dict[str, float]:
+        """The current coefficients restricted to the vectors ``mode`` has (used to compare modes)."""
+        names = set(self.names(mode))
+        return {n: c for n, c in self.coefs.items() if n in names}
+
+    def eval_tasks(self, names: list[str] | None = None, mode: str | None = None) -> list[str]:
+        """Evaluation tasks of the selected vectors (their ``task``, where the bundle has data), in bundle order."""
+        vs = self.ex.vectors(mode or self.mode, self.extra(mode))
+        wanted = {vs[n].task for n in (self.tasks if names is None else names) if n in vs}
+        return [t for t in self.ex.tasks if t in wanted]
+
+    def is_workspace(self, name: str) -> bool:
+        return name in self.workspace
+
+
+def context() -> Context | None:
+    """The context the entry file's sidebar built for this run (None when no bundle could be opened)."""
+    leave_legacy_pages_mode()
+    return st.session_state.get(S_CTX)
+
+
+def leave_legacy_pages_mode() -> None:
+    """Streamlit runs a ``pages/`` directory the legacy way until some run calls ``st.navigation``: the first run
+    on a fresh server (and every ``AppTest`` run) executes ``app.py`` as a legacy page, or a deep-linked page on its
+    own without ``app.py``.  Widgets created in such a run get other identities than in later runs, so they would
+    lose their values on the next interaction.  Switch the process to ``st.navigation`` mode and rerun at once
+    (``app.py`` calls this before any widget; pages call it through :func:`context`): the same URL path then
+    resolves to the same page through ``app.py``."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - a Streamlit without it has no legacy mode to leave
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+# -- workspace ----------------------------------------------------------------------------------------------------
+def workspace_store(base_id: str) -> dict[str, dict]:
+    """This session's workspace entries for a base model: ``name -> {"vector", "source", "added"}``."""
+    return st.session_state.setdefault(S_WORKSPACE, {}).setdefault(base_id, {})
+
+
+def add_to_workspace(ex: Explorer, tv: TaskVector, hint: str, source: str) -> str:
+    """Add ``tv`` to this session's workspace under a new name (never a bundle task's name, so it never silently
+    replaces a bundle vector); returns the name."""
+    store = workspace_store(ex.bundle.base.id)
+    taken = set(store) | set(ex.bundle.task_names) | {n for vs in ex.bundle.vectors.values() for n in vs}
+    base = hint.strip() or f"{tv.task} ({tv.mode})"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base} #{i}", i + 1
+    store[name] = {"vector": tv, "source": source, "added": time.strftime("%H:%M:%S")}
+    return name
+
+
+def request_select(names: list[str]) -> None:
+    """Select these vector names in the sidebar on the next run (when they exist in the current mode), at λ = 0
+    unless they already have a coefficient.  Pages call this after the sidebar has rendered."""
+    st.session_state.setdefault(S_SELECT, []).extend(names)
+
+
+def request_view(mode: str, coefs: Mapping[str, float]) -> None:
+    """Switch to ``mode`` with exactly these tasks and coefficients on the next run (a loaded coefficient set)."""
+    st.session_state[S_APPLY] = {"mode": mode, "coefs": dict(coefs)}
+
+
+def remove_from_workspace(base_id: str, name: str) -> None:
+    workspace_store(base_id).pop(name, None)
+    st.session_state.get(S_COEFS, {}).pop(name, None)
+    if name in st.session_state.get(K_TASKS, []):
+        st.session_state[K_TASKS] = [t for t in st.session_state[K_TASKS] if t != name]
+
+
+# -- coefficients -----------------------------------------------------------------------------------------------------
+def snap(v: float) -> float:
+    """A coefficient clipped to the slider range and rounded to its step (the cache key's rounding)."""
+    v = min(COEF_MAX, max(COEF_MIN, float(v)))
+    return round(round(v / COEF_STEP) * COEF_STEP, 4)
+
+
+def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = False) -> None:
+    """Set coefficients (and their sliders).  Call before the sidebar renders (a callback, or a button handled
+    above the sliders).  ``select`` adds the names to the selected tasks; ``untie`` switches the tie off."""
+    store = st.session_state.setdefault(S_COEFS, {})
+    for name, v in values.items():
+        store[name] = snap(v)
+        st.session_state[COEF_PREFIX + name] = store[name]
+    if select:
+        cur = list(st.session_state.get(K_TASKS, []))
+        st.session_state[K_TASKS] = cur + [n for n in values if n not in cur]
+    if untie:
+        st.session_state[K_TIE] = False
+
+
+def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
+    """The coefficients a click on a ξ heatmap cell means: rows are α1 (``y``), columns α2 (``x``)."""
+    try:
+        return {task1: snap(float(point["y"])), task2: snap(float(point["x"]))}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def default_alpha(ex: Explorer, mode: str) -> float:
+    """The opening coefficient: the bundle's validation-chosen α for ``mode`` when it ships one."""
+    a = ex.bundle.results.get("addition", {}).get(mode, {}).get("alpha")
+    return snap(a) if isinstance(a, (int, float)) else DEFAULT_COEF
+
+
+# -- URL --------------------------------------------------------------------------------------------------------------
+def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
+    """Read the owned query parameters (each a list of values) into choices; returns (choices, notes on what was
+    ignored)."""
+    out: dict = {}
+    notes: list[str] = []
+    for key in ("bundle", "mode"):
+        if params.get(key):
+            out[key] = params[key][-1]
+    if params.get("tasks"):
+        out["tasks"] = [t for v in params["tasks"] for t in v.split(",") if t]
+    if params.get("tie"):
+        out["tie"] = params["tie"][-1] in ("1", "true", "yes")
+    coefs = {}
+    for key, values in params.items():
+        if key.startswith("c.") and values:
+            try:
+                v = float(values[-1])
+                if not math.isfinite(v):
+                    raise ValueError
+            except ValueError:
+                notes.append(f"coefficient {key[2:]!r}={values[-1]!r} is not a number")
+                continue
+            if not COEF_MIN <= v <= COEF_MAX:
+                notes.append(f"coefficient {key[2:]!r}={v:g} clipped to [{COEF_MIN:g}, {COEF_MAX:g}]")
+            coefs[key[2:]] = snap(v)
+    if coefs:
+        out["coefs"] = coefs
+    return out, notes
+
+
+def link_params(ctx: Context, multiple_bundles: bool = True) -> dict[str, str | list[str]]:
+    """The query parameters that reproduce the current view."""
+    out: dict[str, str | list[str]] = {}
+    if multiple_bundles:
+        out["bundle"] = ctx.ref.label
+    out["mode"] = ctx.mode
+    out["tasks"] = list(ctx.tasks)
+    if ctx.tie:
+        out["tie"] = "1"
+    for n, v in ctx.coefs.items():
+        out[f"c.{n}"] = f"{v:g}"
+    return out
+
+
+def _sync_url(desired: Mapping[str, str | list[str]]) -> None:
+    qp = st.query_params
+    for key in list(qp.keys()):
+        if (key in OWNED_PARAMS or key.startswith("c.")) and key not in desired:
+            del qp[key]
+    for key, value in desired.items():
+        want = list(value) if isinstance(value, list) else [value]
+        if qp.get_all(key) != want:
+            qp[key] = value
+
+
+# -- the sidebar ------------------------------------------------------------------------------------------------------
+def _reset_choices() -> None:
+    for key in (K_MODE, K_TASKS, K_TIE, K_ALL, S_COEFS):
+        st.session_state.pop(key, None)
+    for key in [k for k in st.session_state if str(k).startswith(COEF_PREFIX)]:
+        del st.session_state[key]
+
+
+def _on_slider(name: str) -> None:
+    st.session_state.setdefault(S_COEFS, {})[name] = snap(st.session_state[COEF_PREFIX + name])
+
+
+def _on_tie_slider(names: list[str]) -> None:
+    set_coefs({n: st.session_state[K_ALL] for n in names})
+
+
+def _on_tie_toggle(names: list[str]) -> None:
+    if st.session_state.get(K_TIE) and names:
+        store = st.session_state.setdefault(S_COEFS, {})
+        v = snap(store.get(names[0], 0.0))
+        st.session_state[K_ALL] = v
+        set_coefs({n: v for n in names})
+
+
+def sidebar() -> Context | None:
+    """Render the shared widgets in the sidebar and return this run's context (None: no bundle could be opened;
+    the reason is already on the page)."""
+    ss = st.session_state
+    refs = discover_bundles()
+    if not refs:
+        return None
+    if S_PENDING not in ss:  # a session's first run: read the link
+        raw = {k: st.query_params.get_all(k) for k in st.query_params.keys()}
+        ss[S_PENDING], ss[S_NOTES] = parse_link(raw)
+    pending: dict = ss[S_PENDING]
+    sb = st.sidebar
+
+    labels = [r.label for r in refs]
+    if ss.get(K_BUNDLE) not in labels:
+        ss[K_BUNDLE] = pending.get("bundle") if pending.get("bundle") in labels else labels[0]
+    if len(refs) > 1:
+        sb.selectbox("Bundle", labels, key=K_BUNDLE, on_change=_reset_choices,
+                     help="A bundle is a base model with its tasks, task vectors and precomputed results.")
+    ref = refs[labels.index(ss[K_BUNDLE])]
+    try:
+        ex = load_explorer(ref)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        st.error(f"Cannot open the bundle {ref.label!r} ({ref.path}, from {ref.source}): {message(e)}", icon="⚠️")
+        return None
+    store = workspace_store(ex.bundle.base.id)
+    workspace = {n: e["vector"] for n, e in store.items()}
+    probe = Context(ref, ex, "", [], {}, False, workspace)
+
+    modes = probe.modes
+    if not modes:
+        st.error(f"The bundle {ref.label!r} has no task vectors.")
+        return None
+    apply = ss.pop(S_APPLY, None)
+    if apply and apply["mode"] in modes:
+        ss[K_MODE] = apply["mode"]
+    if ss.get(K_MODE) not in modes:
+        ss[K_MODE] = next((m for m in (pending.get("mode"), "attn") if m in modes), modes[0])
+    mode = sb.selectbox("Fine-tuning mode", modes, key=K_MODE, format_func=mode_label,
+                        help="What fine-tuning changed: every weight (full), the attention weights only (attn, "
+                             "the paper's), the first-order Taylor model (linear), ...")
+    probe.mode = mode
+    names = probe.names(mode)
+    if K_TASKS not in ss:
+        wanted = pending.get("tasks")
+        ss[K_TASKS] = [n for n in wanted if n in names] if wanted else [n for n in ex.bundle.task_names if n in names]
+    else:
+        ss[K_TASKS] = [n for n in ss[K_TASKS] if n in names]
+    if apply:
+        ss[K_TASKS] = [n for n in apply["coefs"] if n in names]
+        set_coefs({n: v for n, v in apply["coefs"].items() if n in names}, untie=True)
+    if ss.get(S_SELECT):
+        ss[K_TASKS] = ss[K_TASKS] + [n for n in ss.pop(S_SELECT) if n in names and n not in ss[K_TASKS]]
+    if S_COEFS not in ss:
+        alpha = default_alpha(ex, mode)
+        ss[S_COEFS] = {n: alpha for n in names if n in ex.bundle.task_names}
+        ss[S_COEFS].update(pending.get("coefs", {}))
+        if pending.get("tie"):
+            ss[K_TIE] = True
+    tasks = sb.multiselect("Tasks", names, key=K_TASKS, help="The task vectors to add; the others get λ = 0.")
+
+    # presets (before the sliders, so they may set the sliders' values in this run)
+    sb.caption("Presets")
+    c1, c2 = sb.columns(2)
+    if c1.button("All zero", key="w_preset_zero", width="stretch", help="θ0: the zero-shot model"):
+        set_coefs({n: 0.0 for n in tasks})
+        if ss.get(K_TIE):
+            ss[K_ALL] = 0.0
+    if c2.button("Validation α", key="w_preset_alpha", width="stretch",
+                 help="The shared α chosen on the validation splits by normalized accuracy (task addition)"):
+        in_bundle = [n for n in tasks if n in ex.vectors(mode)]
+        if in_bundle:
+            try:
+                with st.spinner("Choosing α on the validation splits…"):
+                    alpha = ex.addition(mode, in_bundle)["alpha"]
+                set_coefs({n: alpha for n in tasks})
+                if ss.get(K_TIE):
+                    ss[K_ALL] = snap(alpha)
+            except (ValueError, KeyError) as e:
+                sb.error(message(e))
+        else:
+            sb.warning("Validation α needs at least one of the bundle's task vectors selected.")
+    if tasks:
+        if ss.get(K_ONLY) not in tasks:
+            ss[K_ONLY] = tasks[0]
+        c3, c4 = sb.columns([3, 2], vertical_alignment="bottom")
+        only = c3.selectbox("One task only", tasks, key=K_ONLY)
+        if c4.button("Only this", key="w_preset_only", width="stretch", help="λ = 1 for this task, 0 for the others"):
+            set_coefs({n: (1.0 if n == only else 0.0) for n in tasks}, untie=True)
+
+    tie = sb.toggle("Tie all coefficients", key=K_TIE, on_change=_on_tie_toggle, args=(tasks,),
+                    help="One shared α for every selected task (the papers' task addition)")
+    coefs_store = ss[S_COEFS]
+    if tie and tasks:
+        if K_ALL not in ss:
+            ss[K_ALL] = snap(coefs_store.get(tasks[0], 0.0))
+        sb.slider("α (all tasks)", COEF_MIN, COEF_MAX, step=COEF_STEP, key=K_ALL, on_change=_on_tie_slider,
+                  args=(tasks,), format="%.2f")
+        for n in tasks:
+            coefs_store[n] = snap(ss[K_ALL])
+    else:
+        for n in tasks:
+            key = COEF_PREFIX + n
+            if key not in ss:
+                ss[key] = snap(coefs_store.get(n, 0.0))
+            label = f"λ {n}" + (" (workspace)" if n in workspace else "")
+            sb.slider(label, COEF_MIN, COEF_MAX, step=COEF_STEP, key=key, on_change=_on_slider, args=(n,),
+                      format="%.2f", help="Negative values negate the task (forgetting).")
+            coefs_store[n] = snap(ss[key])
+    if not tasks:
+        sb.info("Select at least one task to edit the model.")
+    for note in ss.get(S_NOTES, []):
+        sb.warning(f"Link parameter ignored: {note}")
+
+    ctx = Context(ref, ex, mode, list(tasks), {n: coefs_store.get(n, 0.0) for n in tasks}, bool(tie), workspace)
+    _sync_url(link_params(ctx, multiple_bundles=len(refs) > 1))
+    ss[S_CTX] = ctx
+    return ctx
