@@ -21,10 +21,10 @@ if not modes:
 with guard("Norms"):
     stats = {m: ex.vector_stats(m, ctx.extra(m)) for m in modes}
     st.subheader("Norms")
-    rows = [{"mode": mode_label(m), "vector": n, "task": s["task"], "‖τ‖": s["norm"], "parameters": s["parameters"],
+    rows = [{"mode": mode_label(m), "vector": n, "task": s["task"], "L2 norm": s["norm"], "parameters": s["parameters"],
              "source": "workspace" if ctx.is_workspace(n) else "bundle"} for m, vs_ in stats.items() for n, s in vs_.items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="vec_norms",
-                 column_config={"‖τ‖": st.column_config.NumberColumn(format="%.4g"),
+                 column_config={"L2 norm": st.column_config.NumberColumn(format="%.4g"),
                                 "parameters": st.column_config.NumberColumn(format="localized")})
 
     st.subheader("Per-layer norm profile")

@@ -92,7 +92,7 @@ def test_every_view_renders_on_the_bundle(new_app, page):
     if page.endswith("kernel.py"):
         assert len(table(at, "accuracy, non-linear (%)")) == 4
     if page.endswith("vectors.py"):
-        assert len(table(at, "‖τ‖")) == 12
+        assert len(table(at, "L2 norm")) == 12
 
 
 def test_shown_accuracies_are_the_engines(new_app, engine):
@@ -166,6 +166,10 @@ def test_a_link_reproduces_the_view(new_app):
     assert b.sidebar.selectbox(key="w_mode").value == "linear"
     assert b.sidebar.slider(key=f"w_coef::{COLOURS}").value == -0.75
     assert shown_accuracy(b) == shown_accuracy(a)
+    none = new_app({"mode": "attn", "tasks": ""})  # a link with no task selected keeps it so
+    clean(none)
+    assert none.sidebar.multiselect(key="w_tasks").value == [] and not none.sidebar.slider
+    assert metric(none, "Absolute accuracy") == metric(none, "Zero-shot absolute")
     bad = new_app({"mode": "attn", "tasks": [STRIPES], "c.synthetic-stripes": "lots"})
     assert not bad.exception
     assert any("not a number" in w.value for w in bad.sidebar.warning)
@@ -244,7 +248,7 @@ def test_upload_accepts_valid_files_and_names_each_problem(new_app, bundle, engi
     assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
     at.switch_page("pages/vectors.py").run()
     clean(at)
-    assert "stripes-half" in set(table(at, "‖τ‖")["vector"])
+    assert "stripes-half" in set(table(at, "L2 norm")["vector"])
     at.switch_page("pages/kernel.py").run()
     at.selectbox(key="kernel_task").set_value("stripes-half").run()
     clean(at)

@@ -118,3 +118,20 @@ def test_an_extra_vector_of_a_bundle_task_does_not_replace_its_normaliser(ex, bu
     assert ex.finetuned("attn", "test", extra=weak) == ft
     same_name = {S: bundle.vectors["attn"][S].scale(0.01)}  # named after the task: it replaces the bundle's
     assert ex.finetuned("attn", "test", extra=same_name)[S] == ex.evaluate("attn", {S: 0.01}, tasks=[S])["accuracy"][S]
+
+
+def test_the_example_file_script_makes_a_vector_valid_for_its_bundle(bundle_dir, bundle, tmp_path, capsys):
+    import importlib.util
+
+    from arith.taskvec import load_task_vector
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("make_example", ROOT / "assets" / "make_example.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "example.safetensors"
+    assert mod.make(bundle_dir, out) == 0
+    tv = load_task_vector(out, bundle.base)
+    assert (tv.task, tv.mode) == (bundle.task_names[0], "attn") and tv.meta["arith.seed"] == "1"
+    assert tv.uid != bundle.vectors["attn"][tv.task].uid

@@ -89,7 +89,7 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
     ys = [y for y in a1 for _ in a2]
     zs = [z[i][j] for i in range(len(a1)) for j in range(len(a2))]
     fig.add_scatter(x=xs, y=ys, mode="markers", customdata=zs, showlegend=False, name="cell",
-                    marker=dict(symbol="square", size=max(6, int(260 / max(len(a1), len(a2)))), opacity=0.0,
+                    marker=dict(symbol="square", size=max(6, int(320 / max(len(a1), len(a2)))), opacity=0.0,
                                 color="white"),
                     selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
                     hovertemplate=f"λ {t1}=%{{y:.2f}}<br>λ {t2}=%{{x:.2f}}<br>ξ=%{{customdata:.3f}}<extra></extra>")
@@ -151,7 +151,7 @@ def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
                                   "dot" if mode == "linear" else "dash"))
     order = sorted({n for b in profiles.values() for n in b}, key=_block_order)
     fig.update_xaxes(title="block / module", categoryorder="array", categoryarray=order)
-    fig.update_yaxes(title="‖τ‖ (L2)")
+    fig.update_yaxes(title="L2 norm of τ")
     return _layout(fig, height=400)
 
 

@@ -58,9 +58,9 @@ def guard(what: str = ""):
 class Progress:
     """An ``st.progress`` bar driven by the engine's ``progress(done, total)`` callbacks; removed by :meth:`done`."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, where=None):
         self.label = label
-        self.bar = st.progress(0.0, text=label)
+        self.bar = (where or st).progress(0.0, text=label)
 
     def __call__(self, done: int, total: int, *extra) -> None:
         frac = min(1.0, done / total) if total else 1.0

@@ -29,7 +29,7 @@ from arith.explore import Explorer
 from arith.modes import MODES
 from arith.taskvec import TaskVector
 
-from .common import message
+from .common import Progress, message
 
 ROOT = Path(__file__).resolve().parent.parent
 COEF_MIN, COEF_MAX, COEF_STEP = -2.0, 2.0, 0.05
@@ -269,7 +269,7 @@ def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
     for key in ("bundle", "mode"):
         if params.get(key):
             out[key] = params[key][-1]
-    if params.get("tasks"):
+    if "tasks" in params:  # present but empty: no task selected
         out["tasks"] = [t for v in params["tasks"] for t in v.split(",") if t]
     if params.get("tie"):
         out["tie"] = params["tie"][-1] in ("1", "true", "yes")
@@ -297,7 +297,7 @@ def link_params(ctx: Context, multiple_bundles: bool = True) -> dict[str, str | 
     if multiple_bundles:
         out["bundle"] = ctx.ref.label
     out["mode"] = ctx.mode
-    out["tasks"] = list(ctx.tasks)
+    out["tasks"] = list(ctx.tasks) if ctx.tasks else ""
     if ctx.tie:
         out["tie"] = "1"
     for n, v in ctx.coefs.items():
@@ -385,7 +385,8 @@ def sidebar() -> Context | None:
     names = probe.names(mode)
     if K_TASKS not in ss:
         wanted = pending.get("tasks")
-        ss[K_TASKS] = [n for n in wanted if n in names] if wanted else [n for n in ex.bundle.task_names if n in names]
+        ss[K_TASKS] = ([n for n in wanted if n in names] if wanted is not None
+                       else [n for n in ex.bundle.task_names if n in names])
     else:
         ss[K_TASKS] = [n for n in ss[K_TASKS] if n in names]
     if apply:
@@ -412,9 +413,12 @@ def sidebar() -> Context | None:
                  help="The shared α chosen on the validation splits by normalized accuracy (task addition)"):
         in_bundle = [n for n in tasks if n in ex.vectors(mode)]
         if in_bundle:
+            bar = Progress("Choosing α on the validation splits", sb)
             try:
-                with st.spinner("Choosing α on the validation splits…"):
-                    alpha = ex.addition(mode, in_bundle)["alpha"]
+                try:
+                    alpha = ex.addition(mode, in_bundle, progress=bar)["alpha"]
+                finally:
+                    bar.done()
                 set_coefs({n: alpha for n in tasks})
                 if ss.get(K_TIE):
                     ss[K_ALL] = snap(alpha)
@@ -451,7 +455,7 @@ def sidebar() -> Context | None:
             coefs_store[n] = snap(ss[key])
     if not tasks:
         sb.info("Select at least one task to edit the model.")
-    for note in ss.get(S_NOTES, []):
+    for note in ss.pop(S_NOTES, []):  # shown once, on the run that read the link
         sb.warning(f"Link parameter ignored: {note}")
 
     ctx = Context(ref, ex, mode, list(tasks), {n: coefs_store.get(n, 0.0) for n in tasks}, bool(tie), workspace)

@@ -1,0 +1,208 @@
+"""Real-browser smoke test: ``streamlit run app.py`` on a loopback port, driven by headless Chromium.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwright`` Python package
+(``pip install playwright``; Playwright's own browser download is not used: the test points it at
+``/usr/bin/chromium``).  Without them the test is skipped with the reason.  Run it alone with::
+
+    python -m pytest -m browser tests/test_browser.py
+
+It changes a coefficient and checks that a shown number changes, clicks a ξ heatmap cell and checks that it sets
+the two coefficients, and takes a screenshot of every view.  Screenshots go to ``$ARITH_SCREENSHOTS`` (default
+``assets/screenshots/tmp/``, ignored by git); ``ARITH_SCREENSHOTS=assets/screenshots`` refreshes the ones the
+README shows.  The app opens the tiny test bundle unless ``$ARITH_BROWSER_BUNDLE`` names another one (e.g.
+``precomputed/default`` for the README's screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("ARITH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWS = [  # (url path, title, screenshot name), in the navigation's order
+    ("", "Task arithmetic", "1-arithmetic"),
+    ("disentanglement", "Weight disentanglement", "2-disentanglement"),
+    ("kernel", "Kernel behaviour", "3-kernel"),
+    ("vectors", "Task vectors", "4-vectors"),
+    ("upload", "Upload task vectors", "5-upload"),
+    ("train", "Train a task vector", "6-train"),
+    ("export", "Export and share", "7-export"),
+]
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install playwright)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir, tmp_path_factory):
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    port = _free_port()
+    bundle = os.environ.get("ARITH_BROWSER_BUNDLE") or str(bundle_dir)
+    env = {**os.environ, "ARITH_BUNDLE": bundle, "ARITH_DEVICE": "cpu",
+           "ARITH_PRECOMPUTED_DIR": str(tmp_path_factory.mktemp("no-precomputed"))}
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                 "--server.address", "127.0.0.1", "--server.headless", "true",
+                                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="arith-chromium-")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                   headless=True, viewport={"width": 1400, "height": 1800})
+        try:
+            yield ctx.new_page()
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def _settle(page, title: str) -> None:
+    """Wait for a view: its title, no script run in progress, charts drawn."""
+    page.get_by_role("heading", name=title, level=1).wait_for(timeout=90_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=90_000)
+    page.wait_for_timeout(1500)
+
+
+def _absolute(page) -> str:
+    return page.locator('[data-testid="stMetric"]').filter(has_text="Absolute accuracy").locator(
+        '[data-testid="stMetricValue"]').first.inner_text()
+
+
+def _slider_values(page) -> list[str]:
+    return page.locator('[data-testid="stSidebar"] [data-testid="stSliderThumbValue"]').all_inner_texts()
+
+
+def test_change_a_coefficient_see_a_number_change_and_screenshot_every_view(server, page):
+    shots = Path(os.environ.get("ARITH_SCREENSHOTS") or ROOT / "assets" / "screenshots" / "tmp")
+    shots.mkdir(parents=True, exist_ok=True)
+    page.goto(server + "/")
+    _settle(page, "Task arithmetic")
+    assert not page.locator('[data-testid="stException"]').count()
+    before = _absolute(page)
+
+    thumb = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type="range"]').first
+    thumb.focus()
+    thumb.press("Home")  # the first task's λ to −2: forget that task
+    page.wait_for_function(
+        "(v) => { const m = [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
+        ".find(e => e.innerText.includes('Absolute accuracy'));"
+        " return m && !m.innerText.includes(v) }", arg=before, timeout=60_000)
+    _settle(page, "Task arithmetic")
+    after = _absolute(page)
+    assert after != before
+    assert _slider_values(page)[0] == "-2.00"
+    assert "=-2" in page.url  # the coefficient is mirrored in the link
+    thumb.press("End")  # back to a readable default for the screenshots
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stSidebar\"] "
+                           "[data-testid=\"stSliderThumbValue\"]')][0].innerText === '2.00'", timeout=60_000)
+    for _ in range(24):  # 2.00 -> 0.80
+        thumb.press("ArrowLeft")
+    _settle(page, "Task arithmetic")
+
+    for i, (_, title, name) in enumerate(VIEWS):  # through the sidebar's navigation: the same session
+        page.locator('[data-testid="stSidebarNavLink"]').nth(i).click()
+        _settle(page, title)
+        assert not page.locator('[data-testid="stException"]').count(), title
+        page.screenshot(path=str(shots / f"{name}.png"))
+    assert len(list(shots.glob("*.png"))) >= len(VIEWS)
+
+
+def test_clicking_a_xi_cell_sets_both_coefficients(server, page):
+    page.goto(server + "/disentanglement")
+    _settle(page, "Weight disentanglement")
+    cells = page.locator(".js-plotly-plot .nsewdrag").first
+    cells.wait_for(timeout=60_000)
+    n = int(page.locator('[data-testid="stMain"] [data-testid="stSliderThumbValue"]').first.inner_text())  # grid
+    box = cells.bounding_box()
+    # the bottom-left cell's centre: α1 (rows, upwards) = α2 (columns) = −2
+    page.mouse.click(box["x"] + box["width"] * 0.5 / n, box["y"] + box["height"] * (1 - 0.5 / n))
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stSidebar\"] "
+                           "[data-testid=\"stSliderThumbValue\"]')].slice(0, 2).every(e => e.innerText === '-2.00')",
+                           timeout=60_000)
+    assert _slider_values(page)[:2] == ["-2.00", "-2.00"]
+
+
+def test_training_can_be_cancelled_and_merged_weights_download(server, page, tmp_path):
+    page.goto(server + "/train")
+    _settle(page, "Train a task vector")
+    tags = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-baseweb="tag"]').count()
+    steps = page.get_by_label("Steps")
+    steps.fill("100000")
+    steps.press("Enter")
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Cancel training").click()
+    page.get_by_text("Training cancelled").first.wait_for(timeout=60_000)
+    _settle(page, "Train a task vector")
+    assert page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-baseweb="tag"]').count() == tags
+
+    page.locator('[data-testid="stSidebarNavLink"]').nth(6).click()
+    _settle(page, "Export and share")
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name="Download the merged weights").click()
+    path = tmp_path / "merged.safetensors"
+    info.value.save_as(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta, keys = fh.metadata(), list(fh.keys())
+    assert meta["arith.kind"] == "merged_model" and meta["arith.mode"] == "attn"
+    assert any(k.endswith("attn.in_proj_weight") for k in keys)
