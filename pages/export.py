@@ -36,6 +36,9 @@ with guard("Coefficient set"):
     with st.expander("Show the JSON"):
         st.code(text, language="json")
 
+note = st.session_state.pop("export_note", None)
+if note:
+    st.info(note)
 with st.expander("Load a coefficient set"):
     up = st.file_uploader("Coefficient set (.json)", type=["json"], key="export_import")
     done = st.session_state.setdefault("export_import_seen", set())
@@ -45,8 +48,8 @@ with st.expander("Load a coefficient set"):
             rec = parse_coefficient_set(up.getvalue(), b.base.id)
             known = set(ex.vectors(rec["mode"], ctx.extra(rec["mode"]))) if rec["mode"] in ctx.modes else set()
             missing = sorted(set(rec["coefficients"]) - known)
-            if missing:
-                st.warning(f"Not available in this session (ignored): {', '.join(missing)}")
+            st.session_state["export_note"] = (f"Loaded {up.name}" + (f"; not available in this session, ignored: "
+                                                                      f"{', '.join(missing)}" if missing else ""))
             request_view(rec["mode"], {n: v for n, v in rec["coefficients"].items() if n in known})
             st.rerun()
         except ValueError as e:

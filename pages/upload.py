@@ -47,13 +47,14 @@ files = st.file_uploader("Task-vector files (.safetensors)", accept_multiple_fil
                          help="One or several files. Pickles (.pt/.pth/.bin) are refused: convert them to safetensors.")
 
 log = st.session_state.setdefault("upload_log", [])
-seen = st.session_state.setdefault("upload_seen", set())
+# each upload is read once; a refused one again only when the options for files without metadata change
+accepted = st.session_state.setdefault("upload_accepted", set())
+refused = st.session_state.setdefault("upload_refused", {})
 new_results = []
 for f in files or []:
-    ident = (f.file_id, task_override, mode_override, assume_base)
-    if ident in seen:
+    options = (task_override, mode_override, assume_base)
+    if f.file_id in accepted or refused.get(f.file_id) == options:
         continue
-    seen.add(ident)
     overrides = {}
     if task_override != FROM_FILE:
         overrides["task"] = task_override
@@ -65,14 +66,19 @@ for f in files or []:
             meta.setdefault(Meta.BASE, base.id)
         tv = validate(tensors, meta, base, **overrides)
     except ValueError as e:
-        new_results.append({"file": f.name, "ok": False, "message": message(e)})
+        refused[f.file_id] = options
+        new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": message(e)})
         continue
     except Exception as e:  # a malformed upload must never show a traceback
-        new_results.append({"file": f.name, "ok": False, "message": f"cannot be read ({type(e).__name__}: {e})"})
+        refused[f.file_id] = options
+        new_results.append({"id": f.file_id, "file": f.name, "ok": False,
+                            "message": f"cannot be read ({type(e).__name__}: {e})"})
         continue
+    accepted.add(f.file_id)
+    log[:] = [r for r in log if r.get("id") != f.file_id]  # its earlier refusal no longer applies
     name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
     request_select([name])
-    new_results.append({"file": f.name, "ok": True, "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, "
+    new_results.append({"id": f.file_id, "file": f.name, "ok": True, "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, "
                                                                f"{len(tv.tensors)} tensors, ‖τ‖ = {tv.norm():.4g}"})
 if new_results:
     log[:0] = new_results

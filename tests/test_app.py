@@ -271,8 +271,11 @@ def test_files_without_metadata_take_the_chosen_task_and_mode(new_app, bundle):
     assert "lacks arith.base_model" in at.error[0].value and not workspace(at)  # which base: not assumed silently
     at.checkbox(key="upload_assume_base").check().run()
     assert [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
+    assert not at.error and at.success  # the earlier refusal is gone once the file is accepted
+    at.selectbox(key="upload_task").set_value(STRIPES).run()  # an accepted file is not read again
+    assert len(workspace(at)) == 1
     at.button(key="upload_clear_log").click().run()
-    assert not at.error and [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
+    assert not at.success and [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
     at.sidebar.selectbox(key="w_mode").set_value("mlp").run()
     clean(at)
     assert "bare" in at.sidebar.multiselect(key="w_tasks").options
@@ -309,9 +312,10 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
     assert "c.synthetic-quadrants=-0.5" in at.code[1].value  # the share link
     assert "--coef synthetic-quadrants=-0.5" in at.code[2].value  # the CLI command
     # load a coefficient set: switches the mode and sets exactly those coefficients
-    other = dict(record, mode="full", coefficients={STRIPES: 0.25, COLOURS: -1.0})
+    other = dict(record, mode="full", coefficients={STRIPES: 0.25, COLOURS: -1.0, "gone": 1.0})
     at.file_uploader(key="export_import").set_value(("set.json", json.dumps(other).encode(), "application/json")).run()
     clean(at)
+    assert "ignored: gone" in at.info[0].value
     assert at.sidebar.selectbox(key="w_mode").value == "full"
     assert coefs_in_url(at) == {STRIPES: 0.25, COLOURS: -1.0}
     at.file_uploader(key="export_import").set_value(("bad.json", b"{\"format\": \"nope\"}", "application/json")).run()
@@ -398,3 +402,42 @@ def test_the_app_never_mutates_shared_objects(new_app, bundle_dir):
         for task, tv in vs.items():
             mine = ex.bundle.vectors[mode][task]
             assert all(torch.equal(mine.tensors[k], t) for k, t in tv.tensors.items())
+
+
+def test_a_bundle_without_precomputed_results_computes_them(new_app, bundle_dir, tmp_path, monkeypatch):
+    bare = tmp_path / "bare"
+    shutil.copytree(bundle_dir, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    for rel in [r for r in manifest["files"] if r.startswith(("results/", "cache/"))]:
+        del manifest["files"][rel]
+        (bare / rel).unlink()
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("ARITH_BUNDLE", str(bare))
+    at = new_app()
+    clean(at)
+    assert set(coefs_in_url(at).values()) == {0.3}  # no validation α shipped: the fallback opening coefficient
+    for page in PAGES:
+        at.switch_page(page).run(timeout=300)
+        clean(at)
+    at.switch_page("pages/disentanglement.py").run()
+    assert charts(at) == 0 and [b for b in at.button if b.key == "xi_compute"]  # nothing precomputed: offered
+
+
+def test_a_mode_only_the_workspace_has(new_app, bundle):
+    from arith.finetune import finetune
+    from arith.specs import FinetuneConfig
+
+    data = bundle.data[COLOURS]["val"]
+    cfg = FinetuneConfig(mode="attn_bias", steps=2, batch_size=8, lr=1e-3, warmup_steps=0)
+    tv = finetune(bundle.base, bundle.heads[COLOURS], data, cfg, task=COLOURS).vector
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    at.file_uploader(key="upload_files").set_value(("ab.safetensors", tv.to_bytes(), "x")).run()
+    assert "Attention-only + biases" in at.sidebar.selectbox(key="w_mode").options  # the mode's label
+    at.sidebar.selectbox(key="w_mode").set_value("attn_bias").run()
+    assert at.sidebar.multiselect(key="w_tasks").options == ["ab"]
+    at.sidebar.multiselect(key="w_tasks").set_value(["ab"]).run()
+    at.sidebar.slider(key="w_coef::ab").set_value(1.0).run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        clean(at)
