@@ -6,6 +6,7 @@ a (mode, task) whose vector file is already in the manifest with a matching hash
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sys
@@ -76,9 +77,14 @@ def make_heads(base: Base, tasks: Sequence[TaskInfo], train: dict[str, Split] | 
     return heads
 
 
-def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr) -> dict:
-    """Compute the results the app shows first and store them in the bundle (results/*.json, linear caches)."""
+def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, device: str | None = None) -> dict:
+    """Compute the results the app shows first and store them in the bundle (results/*.json, linear caches).
+
+    ``device`` (e.g. ``"cuda"``) runs the evaluations there; the default is the CPU.
+    """
     bundle = load_bundle(bundle_dir)
+    if device is not None and device != "cpu":
+        bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
     writer = BundleWriter(bundle.root, bundle.name, bundle.base.spec, bundle.base.id, list(bundle.tasks.values()),
                           bundle.manifest.get("description", ""))
     ev = bundle.evaluator()  # every stored image: the Explorer serves these results when it evaluates on all
@@ -140,8 +146,13 @@ def similarity_table(vectors: dict[str, dict]) -> dict:
 
 
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,
-                 log: Log = _stderr, progress_factory=None, command: str = "") -> Path:
-    """Build (or resume) the bundle of ``plan`` for ``base`` in ``out``; returns the directory."""
+                 heads: dict[str, Head] | None = None, log: Log = _stderr, progress_factory=None,
+                 command: str = "", extra_results: dict | None = None) -> Path:
+    """Build (or resume) the bundle of ``plan`` for ``base`` in ``out``; returns the directory.
+
+    Heads come from ``heads`` when given (e.g. the default's concept rows), else from ``clip``'s text tower, else
+    prototypes.  ``extra_results`` are stored as results/<name>.json before precomputation.
+    """
     start = time.perf_counter()
     sources = [get_task(t) for t in plan.tasks]
     infos = [s.info() for s in sources]
@@ -156,7 +167,9 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
             writer.put_data(s.name, {sp: s.load(sp, size=size, n=plan.eval_n, seed=plan.seed, root=root)
                                      for sp in ("val", "test")})
     if not writer.has(Files.HEADS):
-        writer.put_heads(make_heads(base, infos, train, plan.head, clip, tokenizer))
+        writer.put_heads(heads if heads is not None else make_heads(base, infos, train, plan.head, clip, tokenizer))
+    for name, obj in (extra_results or {}).items():
+        writer.put_result(name, obj)
     heads = load_bundle(out, verify=False).heads
     timing = json.loads((Path(out) / Files.result("training")).read_text()) if writer.has(Files.result("training")) else {}
     for mode in plan.modes:

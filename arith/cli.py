@@ -152,9 +152,10 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@command("finetune", "fine-tune one task in one mode and write its task vector")
+@command("finetune", "fine-tune one task in one mode and write its task vector (torchrun: data-parallel)")
 @arguments(_finetune_args)
 def cmd_finetune(args):
+    from . import distributed as D
     from .bundle import load_bundle
     from .data import get_task
     from .finetune import finetune
@@ -170,15 +171,27 @@ def cmd_finetune(args):
     cfg = FinetuneConfig.from_dict({**base_cfg, **{k: v for k, v in overrides.items() if v is not None}, "mode": mode})
     if cfg.warmup_steps >= cfg.steps:
         cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "warmup_steps": max(0, cfg.steps // 10)})
-    base = b.base if args.device == "cpu" else b.base.to(args.device)
-    train = get_task(args.task).load("train", size=base.image_size, n=args.train_n, seed=cfg.seed, root=args.data_root)
-    res = finetune(base, b.heads[args.task], train, cfg, task=args.task, progress=_bar(f"{mode}/{args.task}"))
+    if "splits" in b.results:  # custom image-folder tasks come back from the paths the bundle recorded
+        from .datasets import register_folder_tasks
+
+        register_folder_tasks(b)
+    with D.session(args.device):  # under torchrun: one process group for the run; a no-op otherwise
+        device = D.device_for(args.device)
+        base = b.base if device == "cpu" else b.base.to(device)
+        train = get_task(args.task).load("train", size=base.image_size, n=args.train_n, seed=cfg.seed,
+                                         root=args.data_root)
+        res = finetune(base, b.heads[args.task], train, cfg, task=args.task,
+                       progress=_bar(f"{mode}/{args.task}") if D.is_main() else None)
+        processes = D.world_size()
+    if not D.is_main():
+        return 0  # rank 0 writes the vector and reports
     res.vector.save(args.out)
     ev = b.evaluator()
     acc = {s: ev.evaluate([res.vector], [1.0], s, [args.task])[args.task] for s in ("val", "test")}
     out = {"task": args.task, "mode": mode, "out": args.out, "steps": cfg.steps, "lr": cfg.lr, "seconds": res.seconds,
            "seconds_per_step": res.seconds_per_step, "final_loss": res.losses[-1], "norm": res.vector.norm(),
-           "accuracy": acc, "zeroshot": {s: ev.zeroshot(s, [args.task])[args.task] for s in ("val", "test")}}
+           "accuracy": acc, "zeroshot": {s: ev.zeroshot(s, [args.task])[args.task] for s in ("val", "test")},
+           "processes": processes, "batch_size": cfg.batch_size}
     _emit(args, out, lambda r: f"{mode}/{args.task}: {cfg.steps} steps in {r['seconds']:.1f}s; "
                                f"test accuracy {_pct(acc['test'])} (zero-shot {_pct(r['zeroshot']['test'])}); {args.out}")
 
@@ -336,71 +349,52 @@ def cmd_similarity(args):
     _emit(args, res, text)
 
 
-def _build_args(p):
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", help="open_clip model name, e.g. ViT-B-32")
-    g.add_argument("--config", help="inline open_clip model config (JSON file or string): random-init tiny models")
-    p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint path (e.g. openai)")
-    p.add_argument("--tasks", nargs="+", required=True, help="registered task names (see arith.data / arith.datasets)")
-    p.add_argument("--modes", nargs="+", default=["full", "attn", "linear"])
-    p.add_argument("--data-root", help="root folder of the data sets")
-    p.add_argument("--out", required=True, help="bundle directory to write (resumes if it exists)")
-    p.add_argument("--name", help="bundle name (default: the directory name)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--eval-n", type=int, default=256, help="validation/test images stored per task")
-    p.add_argument("--train-n", type=int, help="training images per task (default: all)")
-    p.add_argument("--xi-pairs", type=int, default=6)
-    p.add_argument("--xi-grid", type=int, default=15)
-    p.add_argument("--head", default="auto", choices=["auto", "zeroshot", "prototype"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+def _cost_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--task", help="whose head and images to use (default: the first task)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
 
 
-@command("build-bundle", "fine-tune every (task, mode) and write a bundle the app loads (resumable)")
-@arguments(_build_args)
-def cmd_build_bundle(args):
-    import shlex
-
-    import open_clip
-    import torch
-
-    from .build import BuildPlan, build_bundle
-    from .models import Base, ImageEncoder, build_clip
-    from .specs import ModelSpec
-
-    torch.manual_seed(args.seed)
-    if args.config:
-        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
-        spec = ModelSpec(config=cfg)
-    else:
-        spec = ModelSpec(name=args.model, pretrained=args.pretrained)
-    clip = tokenizer = None
-    has_text = "text_cfg" in (spec.config or {"text_cfg": 1})
-    if args.head != "prototype" and has_text and (args.pretrained or args.head == "zeroshot"):
-        clip = build_clip(spec, load_weights=True, device=args.device)
-        tokenizer = open_clip.get_tokenizer(spec.name) if spec.name else open_clip.tokenizer.SimpleTokenizer()
-        base = Base(spec, ImageEncoder(clip.visual))
-    else:
-        base = Base.from_spec(spec, device=args.device)
-    ft = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-          "warmup_steps": min(args.warmup_steps, args.steps // 2), "seed": args.seed}
-    plan = BuildPlan(name=args.name or Path(args.out).name, tasks=tuple(args.tasks), modes=tuple(args.modes),
-                     finetune={"*": ft}, eval_n=args.eval_n, train_n=args.train_n, head=args.head, seed=args.seed,
-                     xi_pairs=args.xi_pairs, xi_grid=args.xi_grid, data_root=args.data_root)
-
-    def bars(desc, total):
-        return _bar(desc)
-    out = build_bundle(args.out, base, plan, clip=clip, tokenizer=tokenizer, progress_factory=bars,
-                       command="python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+@command("cost", "seconds per step and peak memory of fine-tuning one mode (run one process per mode)")
+@arguments(_cost_args)
+def cmd_cost(args):
     from .bundle import load_bundle
+    from .cost import measure
 
-    b = load_bundle(out)
-    res = {"out": str(out), "base_id": b.base.id, "tasks": b.task_names, "modes": b.modes, "results": sorted(b.results)}
-    _emit(args, res, lambda r: f"bundle written to {r['out']} ({len(r['tasks'])} tasks × {len(r['modes'])} modes)")
+    b = load_bundle(args.bundle)
+    task = args.task or b.task_names[0]
+    split = b.data[task]["val"]
+    res = measure(b.base, b.heads[task], split.images, split.labels, args.mode, args.steps, args.batch_size,
+                  device=args.device)
+    _emit(args, res, lambda r: f"{r['mode']}: {1000 * r['seconds_per_step']:.1f} ms/step, peak {r['peak_mb']:.0f} MB")
+
+
+def _table_args(p):
+    _bundle_arg(p)
+    p.add_argument("--per-task", action="store_true", help="also print the per-task table")
+
+
+@command("table", "the paper-style results table of a bundle (markdown), from its precomputed results")
+@arguments(_table_args)
+def cmd_table(args):
+    from .bundle import load_bundle
+    from .report import markdown, per_task_rows, results_rows
+
+    b = load_bundle(args.bundle)
+    res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
+
+    def text(r):
+        out = markdown(r["rows"])
+        if args.per_task and r["per_task"]:
+            out += "\n\n" + markdown(r["per_task"], pct=tuple(k for k in r["per_task"][0] if k != "task"))
+        return out
+    _emit(args, res, text)
+
+
+# ``build-bundle`` lives in arith/realbuild.py (real CLIP data sets, torchrun); ``import`` in arith/convert.py.
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""``python -m arith build-default``: rebuild the embedded default bundle from offline sources, seeded.
+
+1. draw the source pool (78 concepts in source styles) and pre-train the tiny ViT (``pretrain.py``);
+2. the zero-shot head of each task = the frozen concept rows of its classes;
+3. draw the eight tasks' train / validation / test splits (``tasks.py``);
+4. fine-tune every (task, mode) with one schedule; learning rates are the ones chosen on validation
+   (``LR_SELECTION`` records the sweep, ``python -m arith lr-sweep`` reruns it);
+5. precompute what the app shows (addition, negation, ξ grids, kernel diagnostics, similarities, linear caches)
+   and the training cost per mode (one process per mode); record provenance.
+
+``--quick`` builds a tiny bundle (3 tasks, a 2-layer ViT, a few steps) for the tests in well under a minute.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..build import BuildPlan, build_bundle
+from ..cli import DEFAULT_BUNDLE, _bar, _emit, arguments, command
+from ..cost import measure_modes
+from .pretrain import PretrainConfig, pretrain
+from .tasks import DEFAULT_TASKS, source_pool
+
+
+@dataclass(frozen=True)
+class Recipe:
+    pretrain: PretrainConfig
+    plan: BuildPlan
+    cost_steps: int = 20
+
+
+MODES = ("full", "attn", "linear", "mlp")
+FINETUNE = {"steps": 500, "batch_size": 64, "weight_decay": 0.1, "warmup_steps": 50, "augment": False}
+LR = {"full": 3e-4, "attn": 3e-4, "linear": 3e-4, "mlp": 3e-4}
+
+DEFAULT = Recipe(
+    PretrainConfig(width=64, layers=6, head_width=32, embed_dim=64, pool=96_000, steps=4000, batch_size=128, lr=1e-3),
+    BuildPlan(name="default", tasks=DEFAULT_TASKS, modes=MODES,
+              finetune={m: {**FINETUNE, "lr": LR[m]} for m in MODES},
+              eval_n=256, train_n=6000, head="given", xi_pairs=6, xi_grid=15,
+              description="Offline default: a CLIP-like 6-layer ViT pre-trained on 78 procedural concepts; eight "
+                          "held-out-style tasks (digits, street, letters, shapes, textures, signs, terrain, scenes)."),
+)
+QUICK = Recipe(
+    PretrainConfig(width=32, layers=2, head_width=16, embed_dim=32, pool=3000, steps=120, batch_size=64, lr=2e-3),
+    BuildPlan(name="default-quick", tasks=("digits", "terrain", "scenes"), modes=MODES,
+              finetune={"*": {"steps": 12, "batch_size": 32, "lr": 1e-3, "warmup_steps": 2}},
+              eval_n=48, train_n=256, head="given", xi_pairs=2, xi_grid=5,
+              description="Tiny quick build for tests."),
+    cost_steps=3,
+)
+
+
+def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None, command_line: str = "") -> Path:
+    """Rebuild the default (or the quick) bundle into ``out``; returns the directory."""
+    from .concepts import TASK_STYLES
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    recipe = QUICK if quick else DEFAULT
+    pcfg = PretrainConfig.from_dict({**recipe.pretrain.to_dict(), "seed": seed})
+    plan = BuildPlan.from_dict({**recipe.plan.to_dict(), "seed": seed})
+    start = time.perf_counter()
+    log(f"build-default: drawing the source pool ({pcfg.pool} images)")
+    images, concepts = source_pool(pcfg.pool, seed=seed)
+    log(f"build-default: pre-training {pcfg.width}w × {pcfg.layers} layers for {pcfg.steps} steps")
+    base, group_heads, stats = pretrain(pcfg, torch.from_numpy(images), torch.from_numpy(concepts),
+                                        progress=_bar("pre-training"))
+    stats["config"] = pcfg.to_dict()
+    style = {s.name: s.group for s in TASK_STYLES}
+    heads = {t: group_heads[style[t]] for t in plan.tasks}
+    out = build_bundle(out, base, plan, heads=heads, log=log, progress_factory=lambda d, n: _bar(d),
+                       command=command_line, extra_results={"pretraining": stats})
+    log("build-default: measuring training cost per mode (one process each)")
+    from ..bundle import BundleWriter, load_bundle
+
+    cost = measure_modes(out, plan.modes, steps=recipe.cost_steps, batch_size=plan.config("full").batch_size,
+                         fresh_process=not quick)
+    b = load_bundle(out, verify=False)
+    writer = BundleWriter(out, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
+    writer.put_result("cost", cost)
+    prov = dict(writer.manifest["provenance"])
+    prov["minutes"] = round((time.perf_counter() - start) / 60, 2)
+    writer.manifest["provenance"] = prov
+    writer.save_manifest()
+    return Path(out)
+
+
+def _args(p):
+    p.add_argument("--out", default=str(DEFAULT_BUNDLE), help="bundle directory (default precomputed/default)")
+    p.add_argument("--quick", action="store_true", help="tiny bundle for tests (3 tasks, few steps, < 1 minute)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("build-default", "rebuild the embedded default bundle from offline sources (seeded, ~40 min on 2 cores)")
+@arguments(_args)
+def cmd_build_default(args):
+    line = "python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line)
+    from ..bundle import load_bundle
+
+    b = load_bundle(out)
+    res = {"out": str(out), "tasks": b.task_names, "modes": b.modes, "minutes": b.manifest["provenance"]["minutes"]}
+    _emit(args, res, lambda r: f"default bundle written to {r['out']} in {r['minutes']} minutes")

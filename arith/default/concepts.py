@@ -1,0 +1,195 @@
+"""Concepts, styles and the eight downstream tasks of the embedded default.
+
+* 78 concepts in 7 groups (digits, letters, shapes, textures, signs, terrain, scenes).
+* ``source`` style: what pre-training sees — source fonts and palettes, 40 % clean and 60 % with generic
+  nuisances (random colours, clutter, small rotation, blur, noise, channel gains).
+* eight task styles, each a held-out shift of one group (like CLIP meeting MNIST, SVHN, GTSRB, EuroSAT...):
+  handwritten digits (scikit-learn's), street-number digits in held-out fonts among distractors, letters (half
+  hollow) in held-out fonts with shear and noise, shapes among blobs on textured backgrounds, warped zoomed textures, small
+  blurred signs in scenery, false-colour terrain, black-and-white dusk scenes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import render as R
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    concepts: tuple[str, ...]
+    names: tuple[str, ...]  # class names as a task shows them
+
+
+GROUPS = (
+    Group("digits", R.DIGITS, R.DIGITS),
+    Group("letters", R.LETTERS, R.LETTERS),
+    Group("shapes", R.SHAPES, R.SHAPES),
+    Group("textures", R.TEXTURES, R.TEXTURES),
+    Group("signs", R.SIGNS, R.SIGNS),
+    Group("terrain", R.TERRAIN, R.TERRAIN),
+    Group("scenes", R.SCENES, R.SCENES),
+)
+CONCEPTS = tuple((g.name, c) for g in GROUPS for c in g.concepts)  # global concept index -> (group, concept)
+GROUP_OF = np.array([i for i, g in enumerate(GROUPS) for _ in g.concepts])
+
+
+def concept_index(group: str, k: int) -> int:
+    return CONCEPTS.index((group, next(g for g in GROUPS if g.name == group).concepts[k]))
+
+
+# -- source style ---------------------------------------------------------------------------------------------------
+def _background(rng, nuisance: bool):
+    if not nuisance:
+        return Image.new("RGB", (R.S, R.S), R.rand_colour(rng))
+    return R.clutter(rng, int(rng.integers(6, 16))) if rng.random() < 0.6 else R.gradient(rng)
+
+
+def render_source(gi: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Concept ``k`` of group ``gi`` in the pre-training style."""
+    g = GROUPS[gi].name
+    nuis = rng.random() < 0.6
+    rot = rng.uniform(-10, 10) if nuis else 0.0
+    if g in ("digits", "letters"):
+        bg = _background(rng, nuis)
+        fg = R.contrasting(rng, bg.getpixel((2, 2)))
+        img = R.glyph(GROUPS[gi].concepts[k], rng, "source", bg, fg, rot=rot,
+                      dx=int(rng.integers(-4, 5)), dy=int(rng.integers(-4, 5)))
+    elif g == "shapes":
+        img = _background(rng, nuis)
+        d = ImageDraw.Draw(img)
+        fg = R.contrasting(rng, img.getpixel((2, 2)))
+        r = rng.uniform(12, 22)
+        R.draw_shape(d, R.SHAPES[k], 32 + rng.uniform(-6, 6), 32 + rng.uniform(-6, 6), r, fg,
+                     outline=int(rng.integers(3, 6)) if rng.random() < 0.3 else 0, rot=rng.uniform(0, 6.3) * (k != 1))
+    elif g == "textures":
+        img = R.texture(R.TEXTURES[k], rng, R.rand_colour(rng), R.rand_colour(rng), warp=rng.uniform(0, 2) if nuis else 0)
+    elif g == "signs":
+        img = _background(rng, nuis)
+        R.draw_sign(img, R.SIGNS[k], 32 + rng.uniform(-5, 5), 32 + rng.uniform(-5, 5), rng.uniform(18, 27), rng)
+        img = img.rotate(rot, resample=Image.BILINEAR)
+    elif g == "terrain":
+        img = R.terrain(R.TERRAIN[k], rng)
+    else:
+        img = R.scene(R.SCENES[k], rng)
+    if not nuis:
+        return R.finish(img, rng)
+    return R.finish(img, rng, noise=rng.uniform(0, 10), blur=rng.uniform(0, 0.8) if rng.random() < 0.5 else 0,
+                    gains=0.2)
+
+
+# -- the eight task styles ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def digits_hand(split: str, idx: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits (8×8), upsampled, white on black, jittered."""
+    imgs, labels = _sklearn_digits()
+    out = np.zeros((len(idx), 3, R.OUT, R.OUT), np.uint8)
+    for j, i in enumerate(idx):
+        size = int(rng.integers(20, 27))
+        glyph = Image.fromarray((imgs[i] * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        canvas = Image.new("L", (R.OUT, R.OUT), 0)
+        off = (R.OUT - size) // 2
+        canvas.paste(glyph, (off + int(rng.integers(-2, 3)), off + int(rng.integers(-2, 3))))
+        out[j] = np.repeat(np.asarray(canvas)[None], 3, 0)
+    return out, labels[idx]
+
+
+def street(k: int, rng) -> np.ndarray:
+    plate = R.rand_colour(rng)
+    bg = R.clutter(rng, 10, base=plate)
+    fg = R.contrasting(rng, plate)
+    img = R.glyph(R.DIGITS[k], rng, "task", bg, fg, size=(34, 44), dx=int(rng.integers(-3, 4)))
+    for side in (-1, 1):  # partially visible neighbours, as in SVHN crops
+        if rng.random() < 0.7:
+            img = R.glyph(R.DIGITS[int(rng.integers(10))], rng, "task", img, fg, size=(34, 44),
+                          dx=side * int(rng.integers(30, 38)))
+    return R.finish(img, rng, noise=8, blur=rng.uniform(0.3, 1.2))
+
+
+def letters(k: int, rng) -> np.ndarray:
+    bg = Image.new("RGB", (R.S, R.S), R.rand_colour(rng))
+    fg = R.contrasting(rng, bg.getpixel((0, 0)))
+    img = R.glyph(R.LETTERS[k], rng, "task", bg, fg, rot=rng.uniform(-8, 8), shear=rng.uniform(-0.35, 0.35),
+                  dx=int(rng.integers(-3, 4)), dy=int(rng.integers(-3, 4)),
+                  hollow=2 if rng.random() < 0.5 else 0)
+    return R.finish(img, rng, noise=14)
+
+
+def shapes(k: int, rng) -> np.ndarray:
+    """Shapes on a textured background (the source draws them on plain colour or clutter)."""
+    img = R.texture(R.TEXTURES[int(rng.integers(len(R.TEXTURES)))], rng, R.rand_colour(rng, 60, 200),
+                    R.rand_colour(rng, 60, 200))
+    img = Image.blend(img, Image.new("RGB", (R.S, R.S), R.rand_colour(rng)), 0.5)
+    d = ImageDraw.Draw(img)
+    for _ in range(3):  # small distractor blobs
+        x, y = rng.integers(0, R.S - 8, 2)
+        d.ellipse([x, y, x + rng.integers(4, 9), y + rng.integers(4, 9)], fill=R.rand_colour(rng))
+    fg = R.contrasting(rng, img.getpixel((32, 32)))
+    R.draw_shape(d, R.SHAPES[k], 32 + rng.uniform(-12, 12), 32 + rng.uniform(-12, 12),
+                 rng.uniform(11, 16), fg, rot=rng.uniform(0, 6.3) * (k != 1))
+    return R.finish(img, rng, noise=8)
+
+
+def textures(k: int, rng) -> np.ndarray:
+    """Warped, zoomed-in textures with muted colours."""
+    img = R.texture(R.TEXTURES[k], rng, R.rand_colour(rng, 40, 220), R.rand_colour(rng, 40, 220), warp=rng.uniform(2, 4))
+    return R.finish(img.resize((80, 80)).crop((8, 8, 72, 72)), rng, noise=10, gains=0.3)
+
+
+def signs(k: int, rng) -> np.ndarray:
+    img = R.scene(R.SCENES[int(rng.integers(len(R.SCENES) - 1))], rng)
+    R.draw_sign(img, R.SIGNS[k], 32 + rng.uniform(-10, 10), 32 + rng.uniform(-10, 10), rng.uniform(11, 17), rng, "task")
+    return R.finish(img, rng, noise=8, blur=rng.uniform(0.6, 1.4), gains=0.35)
+
+
+FALSE_COLOUR = (2, 0, 1)  # like EuroSAT's non-RGB bands: a fixed permutation of the channels
+
+
+def terrain(k: int, rng) -> np.ndarray:
+    return R.finish(R.terrain(R.TERRAIN[k], rng), rng, noise=6, perm=FALSE_COLOUR)
+
+
+def scenes(k: int, rng) -> np.ndarray:
+    """Black-and-white, dusk-graded scenes (colour is the easy cue in the source style)."""
+    img = R.scene(R.SCENES[k], rng, palette=rng.uniform(0.6, 1.0)).convert("L")
+    img = img.point(lambda v, g=rng.uniform(0.6, 1.6): 255 * (v / 255) ** g).convert("RGB")
+    return R.finish(img, rng, noise=10, blur=0.6)
+
+
+@dataclass(frozen=True)
+class TaskStyle:
+    name: str
+    group: str
+    render: Callable | None  # (k, rng) -> uint8 [3, 32, 32]; None: see ``digits_hand``
+    description: str
+    templates: tuple[str, ...]
+
+
+TASK_STYLES = (
+    TaskStyle("digits", "digits", None, "handwritten digits (scikit-learn), MNIST-like", ("a photo of the number: \"{}\".",)),
+    TaskStyle("street", "digits", street, "house-number digits in held-out fonts with distractors, SVHN-like",
+              ("a photo of the number: \"{}\".",)),
+    TaskStyle("letters", "letters", letters, "letters in held-out fonts, half of them hollow, sheared and noisy",
+              ("a photo of the letter {}.",)),
+    TaskStyle("shapes", "shapes", shapes, "shapes among blobs on textured backgrounds", ("a photo of a {}.",)),
+    TaskStyle("textures", "textures", textures, "warped fine-scale textures, DTD-like", ("a photo of a {} texture.",)),
+    TaskStyle("signs", "signs", signs, "small blurred traffic signs in scenery, GTSRB-like",
+              ("a photo of a \"{}\" traffic sign.",)),
+    TaskStyle("terrain", "terrain", terrain, "false-colour top-down terrain tiles, EuroSAT-like",
+              ("a satellite photo of {}.",)),
+    TaskStyle("scenes", "scenes", scenes, "black-and-white dusk scenes, SUN397-like", ("a photo of a {}.",)),
+)

@@ -1,0 +1,86 @@
+"""The paper-style results table of a bundle (``python -m arith table``), from its precomputed results only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bundle import Bundle
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def results_rows(bundle: Bundle) -> list[dict]:
+    """One row per mode: zero-shot and single-task accuracy, task addition (α, absolute, normalized), negation
+    (target, control), mean ξ over the precomputed pairs, kernel agreement, and training cost."""
+    r = bundle.results
+    zs = r.get("accuracy", {}).get("zeroshot", {}).get("test", {})
+    rows = []
+    for mode in bundle.modes:
+        ft = r.get("accuracy", {}).get("finetuned", {}).get(mode, {}).get("test", {})
+        add = r.get("addition", {}).get(mode, {})
+        neg = r.get("negation", {}).get(mode, {})
+        xi = r.get("disentanglement", {}).get(mode, {})
+        ker = r.get("kernel", {}).get(mode, {})
+        cost = r.get("cost", {}).get(mode) or {}
+        train = r.get("training", {}).get(mode, {})
+        rows.append({
+            "mode": mode,
+            "zero-shot": _mean(zs.values()),
+            "single-task": _mean(ft.values()),
+            "addition α": add.get("alpha"),
+            "addition abs": add.get("absolute"),
+            "addition norm": add.get("normalized"),
+            "negation target": _mean(n["target"] for n in neg.values()),
+            "negation control": _mean(n["control"] for n in neg.values()),
+            "mean ξ": _mean(g["mean"]["prediction"] for g in xi.values()),
+            "kernel agreement": _mean(k["at_1"]["agreement"] for k in ker.values()) if mode != "linear" else None,
+            "s/step": cost.get("seconds_per_step") or _mean(t.get("seconds_per_step") for t in train.values()),
+            "peak MB": cost.get("peak_mb"),
+        })
+    return rows
+
+
+PCT = ("zero-shot", "single-task", "addition abs", "addition norm", "negation target", "negation control",
+       "kernel agreement")
+
+
+def markdown(rows: list[dict], pct: tuple[str, ...] | None = None) -> str:
+    """Render rows as a GitHub markdown table; ``pct`` columns (default: the accuracies) are shown in %."""
+    cols = list(rows[0]) if rows else []
+    pct = PCT if pct is None else pct
+
+    def fmt(col, v):
+        if v is None:
+            return "—"
+        if col in pct:
+            return f"{100 * v:.1f}"
+        if col == "addition α":
+            return f"{v:.2f}"
+        if col == "mean ξ":
+            return f"{v:.3f}"
+        if col == "s/step":
+            return f"{v:.4f}"
+        if col == "peak MB":
+            return f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def per_task_rows(bundle: Bundle) -> list[dict]:
+    """Per task: zero-shot and single-task accuracy per mode, and accuracy after task addition per mode."""
+    r = bundle.results
+    zs = r.get("accuracy", {}).get("zeroshot", {}).get("test", {})
+    rows = []
+    for t in bundle.task_names:
+        row = {"task": t, "zero-shot": zs.get(t)}
+        for mode in bundle.modes:
+            row[f"{mode} single"] = r.get("accuracy", {}).get("finetuned", {}).get(mode, {}).get("test", {}).get(t)
+            row[f"{mode} added"] = r.get("addition", {}).get(mode, {}).get("accuracy", {}).get(t)
+        rows.append(row)
+    return rows
