@@ -67,11 +67,18 @@ class Evaluator:
     """Per-task top-1 accuracy of merged models on fixed evaluation sets.
 
     ``data[task][split]`` are uint8 splits; ``max_per_task`` keeps the first n images of each (the fixed
-    interactive subset); ``batch_size`` bounds memory of a forward pass.
+    interactive subset); ``batch_size`` bounds memory of a forward pass.  ``autocast`` (``"fp16"`` or ``"bf16"``)
+    runs the non-linear forward passes under ``torch.autocast`` for speed on a GPU: the merged weights θ0 + Σ λ τ
+    are still formed in fp32 (τ is never rounded), only the matrix products of the forward pass are.  Off by
+    default; linearized (JVP) passes always run in fp32.
     """
 
     def __init__(self, base: Base, heads: Mapping[str, Head], data: Mapping[str, Mapping[str, Split]],
-                 max_per_task: int | None = None, batch_size: int = 1024, cache_size: int = 256):
+                 max_per_task: int | None = None, batch_size: int = 1024, cache_size: int = 256,
+                 autocast: str | None = None):
+        if autocast not in (None, "fp16", "bf16"):
+            raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
+        self.autocast = autocast
         self.base, self.heads = base, dict(heads)
         self.tasks = tuple(t for t in data if t in self.heads)
         self._data = {t: dict(data[t]) for t in self.tasks}
@@ -109,6 +116,11 @@ class Evaluator:
     # -- features -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _forward(self, params, x: torch.Tensor) -> torch.Tensor:
+        if self.autocast is not None:
+            dtype = torch.float16 if self.autocast == "fp16" else torch.bfloat16
+            with torch.autocast(self.base.device.type, dtype=dtype):
+                return torch.cat([self.base.features(params, x[i:i + self.batch_size]).float()
+                                  for i in range(0, len(x), self.batch_size)])
         return torch.cat([self.base.features(params, x[i:i + self.batch_size])
                           for i in range(0, len(x), self.batch_size)])
 

@@ -101,6 +101,19 @@ def _batches(n: int, batch: int, steps: int, seed: int):
         yield take
 
 
+def _tensor_batches(train: Split, batches, rank: int, world: int, aug_gen: torch.Generator | None):
+    """(uint8 images, labels) of this rank's share of each global batch of an in-memory split.
+
+    Augmentation draws for the whole global batch before it is split, so every rank sees the images a single
+    process would.
+    """
+    for idx in batches:
+        images = train.images[idx]
+        if aug_gen is not None:
+            images = _augment(images, aug_gen)
+        yield images[rank::world], train.labels[idx][rank::world]
+
+
 def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -130,25 +143,32 @@ def finetune(base: Base, head: Head, train: Split, cfg: FinetuneConfig, *, task:
 
     losses: list[float] = []
     start = time.perf_counter()
-    for step, idx in enumerate(_batches(len(train), cfg.batch_size, cfg.steps, cfg.seed)):
-        if should_stop is not None and should_stop():
-            raise Cancelled(f"stopped after {step} of {cfg.steps} steps")
-        images = train.images[idx]
-        if cfg.augment:
-            images = _augment(images, aug_gen)
-        images, labels = images[rank::world], train.labels[idx][rank::world]
-        x = base.preprocess(images)
-        logits = head.logits(runner(x))
-        loss = F.cross_entropy(logits, labels.to(logits.device), label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, cfg.steps, losses[-1])
+    batches = _batches(len(train), cfg.batch_size, cfg.steps, cfg.seed)
+    if hasattr(train, "stream"):  # a lazy data set (arith.datasets): decodes this rank's share, in workers
+        stream = train.stream(batches, rank=rank, world=world, seed=cfg.seed, augment=cfg.augment)
+    else:
+        stream = _tensor_batches(train, batches, rank, world, aug_gen if cfg.augment else None)
+    try:
+        for step in range(cfg.steps):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after {step} of {cfg.steps} steps")
+            images, labels = next(stream)
+            x = base.preprocess(images)
+            logits = head.logits(runner(x))
+            loss = F.cross_entropy(logits, labels.to(logits.device), label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            if progress is not None:
+                progress(step + 1, cfg.steps, losses[-1])
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
     seconds = time.perf_counter() - start
 
     meta = {Meta.STEPS: str(cfg.steps), Meta.LR: repr(cfg.lr), Meta.SEED: str(cfg.seed),

@@ -1,0 +1,252 @@
+"""Importing checkpoints made elsewhere as our task-vector files (``python -m arith import``).
+
+Two inputs are understood, both read with ``torch.load(..., weights_only=True)`` (or as safetensors), never
+unpickled as objects:
+
+* a pair of state dicts, pre-trained θ0 and fine-tuned θ_t (open_clip CLIP state dicts, an open_clip training
+  checkpoint ``{"state_dict": ...}``, or a visual tower alone; wrapper prefixes such as ``module.``, ``model.``,
+  ``image_encoder.`` and ``_orig_mod.`` are stripped): τ = θ_t − θ0 on the image encoder, in fp32.  The mode is
+  the smallest one that trains every changed tensor (``attn``, ``attn_bias``, ``mlp``, else ``full``) unless
+  ``--mode`` says otherwise, and then every changed tensor must be one the mode trains;
+* a linearized checkpoint of the tangent-space repository (Ortiz-Jimenez et al.; ``LinearizedImageEncoder.save``
+  writes ``{"model.params0.<i>": θ0 tensors, "model.params.<i>": θ tensors, "model_name": str}`` in the order of
+  the encoder's parameters): τ = params − params0 on the visual tower, mode ``linear``.  The list positions are
+  matched to open_clip names by the sequence of shapes (then by value against θ0), and params0 must equal the
+  base's θ0.
+
+Released checkpoints of the task-vectors and tangent-space papers' *non-linear* models are whole pickled modules;
+they fail under ``weights_only=True`` and get a message pointing at the README's one-off offline recipe (unpickle
+in a throwaway environment with the old open_clip, save ``state_dict()``, import that).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .cli import _emit, arguments, command
+from .modes import MODES, get_mode
+from .specs import Meta
+from .taskvec import TaskVector, validate
+
+WRAPPERS = ("module.", "_orig_mod.", "model.", "image_encoder.")
+AUTO_MODES = ("attn", "attn_bias", "mlp", "full")
+RECIPE = ("it is probably a whole pickled module (the task-vectors / tangent-space release format), which is never "
+          "unpickled here; convert it once offline to a state dict (README, 'Importing checkpoints')")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's mapping (tensors and plain values), read without unpickling arbitrary objects."""
+    from .safefile import SafetensorsError, load_safetensors
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, max_bytes=8 * 2**30)[0]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        try:  # a safetensors file under another name
+            return load_safetensors(path, max_bytes=8 * 2**30)[0]
+        except SafetensorsError:
+            pass
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path.name}: torch.load(weights_only=True) refused it ({first[:160]}); {RECIPE}") from None
+    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path.name}: holds a {type(obj).__name__}, not a state dict")
+    return dict(obj)
+
+
+def _tensors(sd: Mapping) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in sd.items() if isinstance(k, str) and torch.is_tensor(v)}
+
+
+def visual_state(sd: Mapping) -> dict[str, torch.Tensor]:
+    """The image-encoder tensors of a state dict under open_clip names (``visual.…``)."""
+    tensors = _tensors(sd)
+    changed = True
+    while changed and tensors:
+        changed = False
+        for w in WRAPPERS:
+            if all(k.startswith(w) for k in tensors):
+                tensors = {k[len(w):]: v for k, v in tensors.items()}
+                changed = True
+    if any(k.startswith("visual.") for k in tensors):
+        return {k: v for k, v in tensors.items() if k.startswith("visual.")}
+    return {f"visual.{k}": v for k, v in tensors.items()}  # a visual tower saved on its own
+
+
+def _indexed(sd: Mapping, name: str) -> list[torch.Tensor]:
+    pat = re.compile(rf"^(?:.*\.)?{name}\.(\d+)$")
+    items = sorted((int(m.group(1)), v) for k, v in _tensors(sd).items() if (m := pat.match(k)))
+    if [i for i, _ in items] != list(range(len(items))):
+        raise ValueError(f"linearized checkpoint: {name}.<i> indices are not 0..{len(items) - 1}")
+    return [v for _, v in items]
+
+
+def is_linearized(sd: Mapping) -> bool:
+    return any(re.match(r"^(?:.*\.)?params0\.\d+$", k) for k in sd if isinstance(k, str))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a.float(), b.float().to(a.device), rtol=1e-5, atol=1e-6)
+
+
+def _map_positions(params0: list[torch.Tensor], params: list[torch.Tensor],
+                   theta0: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """open_clip key -> list position of the visual tower's tensors in a linearized checkpoint."""
+    keys = list(theta0)
+    shapes = [tuple(theta0[k].shape) for k in keys]
+    n = len(keys)
+    offsets = [o for o in range(len(params0) - n + 1)
+               if all(tuple(params0[o + i].shape) == shapes[i] for i in range(n))]
+    for o in offsets:  # a contiguous run with the visual tower's shapes, in order, whose values are θ0
+        if all(_close(params0[o + i], theta0[k]) for i, k in enumerate(keys)):
+            return {k: o + i for i, k in enumerate(keys)}
+    used: set[int] = set()
+    mapping = {}
+    for k in keys:  # another parameter order: match each tensor by its value in θ0
+        hits = [i for i, p in enumerate(params0) if i not in used and _close(p, theta0[k])]
+        if not hits:
+            raise ValueError(f"linearized checkpoint: no params0 tensor equals the base's {k} "
+                             f"{tuple(theta0[k].shape)}; it was linearized around other weights than this base")
+        if any(not torch.equal(params[i], params[hits[0]]) for i in hits[1:]):
+            raise ValueError(f"linearized checkpoint: {k} matches several params0 tensors that were fine-tuned "
+                             "differently; the parameter order cannot be recovered")
+        used.add(hits[0])
+        mapping[k] = hits[0]
+    return mapping
+
+
+def linearized_vector(sd: Mapping, theta0: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """τ = params − params0 of a tangent-space ``LinearizedImageEncoder`` state dict, under open_clip names."""
+    p0, p = _indexed(sd, "params0"), _indexed(sd, "params")
+    if len(p0) != len(p) or not p0:
+        raise ValueError(f"linearized checkpoint: {len(p0)} params0 but {len(p)} params tensors")
+    for i, (a, b) in enumerate(zip(p0, p)):
+        if a.shape != b.shape:
+            raise ValueError(f"linearized checkpoint: params.{i} has shape {tuple(b.shape)}, params0.{i} {tuple(a.shape)}")
+    mapping = _map_positions(p0, p, theta0)
+    return {k: p[i].float() - p0[i].float() for k, i in mapping.items()}
+
+
+def pair_vector(finetuned: Mapping[str, torch.Tensor], pretrained: Mapping[str, torch.Tensor],
+                shapes: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
+    """θ_t − θ0 over the base's keys, fp32; missing keys and shape mismatches are refused by name."""
+    out = {}
+    for k, shape in shapes.items():
+        for what, sd in (("fine-tuned", finetuned), ("pre-trained", pretrained)):
+            if k not in sd:
+                raise ValueError(f"{k}: missing from the {what} checkpoint")
+            if tuple(sd[k].shape) != tuple(shape):
+                raise ValueError(f"{k}: shape {tuple(sd[k].shape)} in the {what} checkpoint, the base has {tuple(shape)}")
+        out[k] = finetuned[k].float() - pretrained[k].float()
+    return out
+
+
+def choose_mode(delta: Mapping[str, torch.Tensor], mode: str | None) -> tuple[str, list[str]]:
+    """The mode of a state-dict-pair vector and the keys that changed; refuses a ``mode`` that would drop a change."""
+    changed = [k for k, d in delta.items() if bool((d != 0).any())]
+    if mode in (None, "auto"):
+        for name in AUTO_MODES:
+            if all(MODES[name].trains(k) for k in changed):
+                return name, changed
+    m = get_mode(mode)
+    if m.linearized:
+        raise ValueError(f"mode {mode!r}: linearized vectors come from linearized checkpoints (params0/params), not "
+                         "from a pair of ordinary state dicts")
+    outside = [k for k in changed if not m.trains(k)]
+    if outside:
+        raise ValueError(f"{outside[0]}: changed by fine-tuning but mode {m.name!r} does not train it "
+                         f"({len(outside)} such tensor(s)); use --mode auto or full")
+    return m.name, changed
+
+
+def import_checkpoint(base, finetuned: str | Path, *, task: str, mode: str | None = None,
+                      pretrained_state: str | Path | None = None) -> tuple[TaskVector, dict]:
+    """A validated task vector for ``base`` from a fine-tuned checkpoint (and optionally its θ0 file)."""
+    sd = read_checkpoint(finetuned)
+    theta0 = {k: v.detach().cpu() for k, v in base.params.items()}
+    info: dict = {"source": Path(finetuned).name}
+    if pretrained_state is not None:
+        given = visual_state(read_checkpoint(pretrained_state))
+        diff = [k for k in theta0 if k in given and not _close(given[k], theta0[k])]
+        if diff:
+            raise ValueError(f"{Path(pretrained_state).name}: {diff[0]} differs from the base's θ0 "
+                             f"({len(diff)} tensor(s)); import against the base these weights belong to")
+        info["pretrained"] = Path(pretrained_state).name
+    if is_linearized(sd):
+        if mode not in (None, "auto", "linear"):
+            raise ValueError(f"a linearized checkpoint gives a 'linear' task vector, not {mode!r}")
+        tensors, mode, changed = linearized_vector(sd, theta0), "linear", None
+        info["format"] = "tangent-space linearized (params0/params)"
+        if isinstance(sd.get("model_name"), str):
+            info["model_name"] = sd["model_name"]
+    else:
+        ref = visual_state(read_checkpoint(pretrained_state)) if pretrained_state is not None else theta0
+        delta = pair_vector(visual_state(sd), ref, {k: tuple(v.shape) for k, v in theta0.items()})
+        mode, changed = choose_mode(delta, mode)
+        tensors = {k: v for k, v in delta.items() if get_mode(mode).trains(k)}
+        info["format"] = "state-dict pair" if pretrained_state is not None else "state dict against the base's θ0"
+    meta = {Meta.BASE: base.id, Meta.MODE: mode, Meta.TASK: task, "arith.imported": json.dumps(info, sort_keys=True)}
+    tv = validate(tensors, meta, base)
+    report = {**info, "mode": mode, "changed": None if changed is None else len(changed)}
+    return tv, report
+
+
+# -- command ----------------------------------------------------------------------------------------------------------
+def _import_args(p):
+    from .cli import _bundle_arg
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="open_clip model of the base, e.g. ViT-B-32 (with --pretrained and/or --pretrained-state)")
+    g.add_argument("--config", help="inline open_clip model config of the base (with --pretrained-state)")
+    _bundle_arg(p)
+    p.add_argument("--pretrained", help="open_clip pretrained tag of the base (e.g. openai): names the base id and, "
+                                        "without --pretrained-state, loads its weights (open_clip's cache)")
+    p.add_argument("--pretrained-state", help="θ0 as a state-dict file (.pt read with weights_only=True, or safetensors)")
+    p.add_argument("--finetuned", required=True, help="the fine-tuned checkpoint (state dict or linearized checkpoint)")
+    p.add_argument("--task", required=True, help="task name recorded in the vector (e.g. the bundle's task)")
+    p.add_argument("--mode", default="auto", help="auto (default), attn, attn_bias, mlp, full or linear")
+    p.add_argument("--out", required=True, help="task-vector file to write (.safetensors)")
+
+
+def _import_base(args):
+    from .bundle import load_bundle
+    from .models import Base
+    from .specs import ModelSpec
+
+    if not (args.model or args.config):
+        return load_bundle(args.bundle).base
+    if args.config:
+        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
+        spec = ModelSpec(config=cfg)
+    else:
+        spec = ModelSpec(name=args.model, pretrained=args.pretrained)
+    if args.pretrained_state:
+        state = visual_state(read_checkpoint(args.pretrained_state))
+        return Base.from_state_dict(spec, state)  # the id: open_clip:<name>:<tag> for a known tag, else a fingerprint
+    if not (args.model and args.pretrained):
+        raise ValueError("give the base: --bundle, or --model with --pretrained and/or --pretrained-state")
+    return Base.from_spec(spec)
+
+
+
+@command("import", "convert a fine-tuned checkpoint (state dicts or a linearized checkpoint) into a task-vector file")
+@arguments(_import_args)
+def cmd_import(args):
+    base = _import_base(args)
+    tv, report = import_checkpoint(base, args.finetuned, task=args.task, mode=args.mode,
+                                   pretrained_state=args.pretrained_state)
+    tv.save(args.out)
+    res = {"ok": True, "out": args.out, "task": tv.task, "mode": tv.mode, "base_model": tv.base_id,
+           "keys": len(tv.tensors), "parameters": tv.numel, "norm": tv.norm(), **report}
+    _emit(args, res, lambda r: f"{r['format']}: {r['mode']} task vector for {r['task']} ({r['keys']} tensors, "
+                               f"‖τ‖ = {r['norm']:.4g}) written to {r['out']}")

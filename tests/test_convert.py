@@ -1,0 +1,168 @@
+"""``python -m arith import``: state-dict pairs and tangent-space linearized checkpoints become task-vector files;
+whole pickled modules are refused without being unpickled."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from arith.cli import main
+from arith.convert import import_checkpoint, visual_state
+from arith.models import Base, ImageEncoder, build_clip
+from arith.specs import ModelSpec
+from arith.taskvec import load_task_vector
+
+from conftest import TINY_CLIP
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return build_clip(ModelSpec(config=TINY_CLIP))
+
+
+@pytest.fixture(scope="module")
+def base(clip):
+    return Base(ModelSpec(config=TINY_CLIP), ImageEncoder(clip.visual))
+
+
+def _finetuned(clip, keys=lambda k: True, scale=1e-2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: v.clone() for k, v in clip.state_dict().items()}
+    for k, v in sd.items():
+        if k.startswith("visual.") and v.is_floating_point() and keys(k):
+            sd[k] = v + scale * torch.randn(v.shape, generator=g)
+    return sd
+
+
+def run(capsys, *argv):
+    code = main([*argv, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    return code, out
+
+
+def test_state_dict_pair_with_wrapper_prefixes(clip, base, tmp_path, capsys):
+    ft = _finetuned(clip)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in ft.items()}}, tmp_path / "ft.pt")  # open_clip
+    torch.save({f"model.{k}": v for k, v in clip.state_dict().items()}, tmp_path / "pre.pt")  # task-vectors style
+    code, res = run(capsys, "import", "--config", json.dumps(TINY_CLIP), "--pretrained-state", str(tmp_path / "pre.pt"),
+                    "--finetuned", str(tmp_path / "ft.pt"), "--task", "cars", "--out", str(tmp_path / "tv.safetensors"))
+    assert code == 0 and res["mode"] == "full" and res["changed"] == len(base.params)
+    assert res["base_model"] == base.id  # the base rebuilt from the pre-trained file is the same θ0
+    tv = load_task_vector(tmp_path / "tv.safetensors", base)
+    assert tv.task == "cars" and tv.mode == "full" and "arith.imported" in tv.meta
+    for k, t in tv.tensors.items():
+        assert t.dtype == torch.float32 and torch.allclose(t, ft[k] - clip.state_dict()[k], atol=1e-7)
+
+
+def test_mode_is_detected_and_checked(clip, base, tmp_path):
+    attn_only = _finetuned(clip, keys=lambda k: k.endswith(("attn.in_proj_weight", "attn.out_proj.weight")))
+    torch.save(attn_only, tmp_path / "attn.pt")
+    tv, rep = import_checkpoint(base, tmp_path / "attn.pt", task="dtd")  # against the base's own θ0
+    assert tv.mode == "attn" and rep["changed"] == 4 and set(tv.tensors) == {
+        k for k in base.params if k.endswith(("attn.in_proj_weight", "attn.out_proj.weight"))}
+    torch.save({k[len("visual."):]: v for k, v in attn_only.items() if k.startswith("visual.")}, tmp_path / "vis.pt")
+    assert import_checkpoint(base, tmp_path / "vis.pt", task="dtd", mode="attn_bias")[0].mode == "attn_bias"
+    torch.save(_finetuned(clip), tmp_path / "full.pt")
+    with pytest.raises(ValueError, match=r"visual\.class_embedding: changed by fine-tuning but mode 'attn' does not"):
+        import_checkpoint(base, tmp_path / "full.pt", task="dtd", mode="attn")
+    with pytest.raises(ValueError, match="linearized vectors come from linearized checkpoints"):
+        import_checkpoint(base, tmp_path / "full.pt", task="dtd", mode="linear")
+
+
+def test_wrong_base_and_wrong_shapes_are_refused(clip, base, tmp_path):
+    other = _finetuned(clip, seed=7)
+    torch.save(other, tmp_path / "other.pt")
+    torch.save(_finetuned(clip), tmp_path / "ft.pt")
+    with pytest.raises(ValueError, match="differs from the base's θ0"):
+        import_checkpoint(base, tmp_path / "ft.pt", task="x", pretrained_state=tmp_path / "other.pt")
+    bad = _finetuned(clip)
+    bad["visual.proj"] = torch.zeros(3, 3)
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"visual\.proj: shape \(3, 3\)"):
+        import_checkpoint(base, tmp_path / "bad.pt", task="x")
+
+
+def _linearized_checkpoint(clip, delta_seed=3):
+    """What the tangent-space repo's LinearizedImageEncoder.save writes for an ImageEncoder (CLIP minus its text
+    transformer): params0/params lists in the module's parameter order, and the model name."""
+    import copy
+
+    enc = copy.deepcopy(clip)
+    del enc.transformer
+    params0 = [p.detach().clone() for p in enc.parameters()]
+    g = torch.Generator().manual_seed(delta_seed)
+    params = [p + 1e-2 * torch.randn(p.shape, generator=g) for p in params0]
+    names = [n for n, _ in enc.named_parameters()]
+    sd = {f"model.params.{i}": p for i, p in enumerate(params)}
+    sd.update({f"model.params0.{i}": p for i, p in enumerate(params0)})
+    sd["model_name"] = "ViT-B-32"
+    return sd, dict(zip(names, zip(params0, params)))
+
+
+def test_tangent_space_linearized_checkpoint(clip, base, tmp_path, capsys):
+    sd, named = _linearized_checkpoint(clip)
+    torch.save(sd, tmp_path / "linear_finetuned.pt")
+    torch.save(clip.state_dict(), tmp_path / "pre.pt")
+    code, res = run(capsys, "import", "--config", json.dumps(TINY_CLIP), "--pretrained-state", str(tmp_path / "pre.pt"),
+                    "--finetuned", str(tmp_path / "linear_finetuned.pt"), "--task", "svhn",
+                    "--out", str(tmp_path / "lin.safetensors"))
+    assert code == 0 and res["mode"] == "linear" and res["model_name"] == "ViT-B-32"
+    tv = load_task_vector(tmp_path / "lin.safetensors", base)
+    assert set(tv.tensors) == set(base.params)
+    for k, t in tv.tensors.items():
+        p0, p = named[k]
+        assert torch.allclose(t, p - p0, atol=1e-7), k
+    # another parameter order (an older open_clip): matched by value against θ0 -- pre-trained weights have no
+    # two equal tensors; the random tiny model's LayerNorms (all ones) would be ambiguous, and are refused as such
+    reorder = lambda d: {f"model.{w}.{new}": d[f"model.{w}.{old}"]
+                         for w in ("params", "params0") for new, old in enumerate(reversed(range(len(named))))}
+    torch.save(reorder(sd), tmp_path / "ambiguous.pt")
+    with pytest.raises(ValueError, match="parameter order cannot be recovered"):
+        import_checkpoint(base, tmp_path / "ambiguous.pt", task="svhn")
+    trained = build_clip(ModelSpec(config=TINY_CLIP))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    base2 = Base(ModelSpec(config=TINY_CLIP), ImageEncoder(trained.visual))
+    sd2, named2 = _linearized_checkpoint(trained)
+    torch.save(reorder(sd2), tmp_path / "reordered.pt")
+    tv2, _ = import_checkpoint(base2, tmp_path / "reordered.pt", task="svhn")
+    assert all(torch.allclose(t, named2[k][1] - named2[k][0], atol=1e-7) for k, t in tv2.tensors.items())
+    # linearized around other weights: refused
+    other, _ = _linearized_checkpoint(build_clip(ModelSpec(config=TINY_CLIP)))
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="linearized around other weights"):
+        import_checkpoint(base, tmp_path / "other.pt", task="svhn")
+
+
+class _Boom:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(BOOM),))
+
+
+BOOM = ""
+
+
+def test_whole_module_pickles_are_never_unpickled(clip, tmp_path, capsys):
+    global BOOM
+    BOOM = str(tmp_path / "unpickled")
+    with open(tmp_path / "finetuned.pt", "wb") as fh:
+        pickle.dump({"model": _Boom()}, fh, protocol=2)  # what torch.save(module) of an old release amounts to
+    torch.save({"state": _Boom()}, tmp_path / "zip.pt")  # a torch.save zip holding an object
+    torch.save(clip.state_dict(), tmp_path / "pre.pt")
+    for name in ("finetuned.pt", "zip.pt"):
+        code, res = run(capsys, "import", "--config", json.dumps(TINY_CLIP), "--pretrained-state", str(tmp_path / "pre.pt"),
+                        "--finetuned", str(tmp_path / name), "--task", "x", "--out", str(tmp_path / "x.safetensors"))
+        assert code == 2 and name in res["error"] and "weights_only" in res["error"]
+        assert "Importing checkpoints" in res["error"]
+    assert not (tmp_path / "unpickled").exists(), "nothing was unpickled"
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_visual_state_keeps_only_the_image_encoder(clip):
+    vis = visual_state({f"module.model.{k}": v for k, v in clip.state_dict().items()} | {"module.model.step": 3})
+    assert vis and all(k.startswith("visual.") for k in vis) and "visual.proj" in vis
