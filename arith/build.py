@@ -53,6 +53,7 @@ class BuildPlan(_JsonRecord):
     seed: int = 0
     xi_pairs: int = 6
     xi_grid: int = 15
+    xi_eval_n: int | None = None  # images per task for ξ grids (None: all stored); the app recomputes with the same
     kernel: bool = True
     negation: bool = True
     data_root: str | None = None
@@ -111,9 +112,10 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     if pairs:
         grid = [float(a) for a in torch.linspace(GRID[0], GRID[-1], plan.xi_grid)]
         out["disentanglement"] = {}
+        xev = ev if plan.xi_eval_n is None else bundle.evaluator(max_per_task=plan.xi_eval_n)
         for mode, vs in bundle.vectors.items():
             t0 = time.perf_counter()
-            out["disentanglement"][mode] = {f"{a}|{b}": xi_grid(ev, vs[a], vs[b], a, b, grid) for a, b in pairs}
+            out["disentanglement"][mode] = {f"{a}|{b}": xi_grid(xev, vs[a], vs[b], a, b, grid) for a, b in pairs}
             log(f"precompute: ξ grids ({mode}, {len(pairs)} pairs, {time.perf_counter() - t0:.0f}s)")
         writer.put_result("disentanglement", out["disentanglement"])
     if plan.kernel:

@@ -62,5 +62,5 @@ def xi_grid(ev: Evaluator, tv1: TaskVector, tv2: TaskVector, task1: str, task2: 
             if progress:
                 progress(done, total)
     return {"prediction": pred.tolist(), "representation": rep.tolist(), "alpha1": a1s, "alpha2": a2s,
-            "tasks": pair, "mode": tv1.mode, "split": split,
+            "tasks": pair, "mode": tv1.mode, "split": split, "images_per_task": [n1, len(f) - n1],
             "mean": {"prediction": float(pred.mean()), "representation": float(rep.mean())}}

@@ -57,8 +57,9 @@ def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequ
                   alphas: Sequence[float] = ALPHAS, progress: Progress | None = None) -> dict:
     """Negate ``vector`` (the target task's τ): θ0 − λ τ with λ chosen on validation (method.md §3).
 
-    Returns ``alpha``, test ``target`` and ``control`` accuracy at that λ, their zero-shot values, the per-λ
-    ``curve``, and whether any λ > 0 met the control constraint (``constraint_met``).
+    Returns ``alpha``, test ``target`` and ``control`` accuracy at that λ, their zero-shot values, the validation
+    ``curve`` (per λ: ``val`` target and control) and whether any λ > 0 met the control constraint
+    (``constraint_met``).  Test accuracy is evaluated at the chosen λ only.
     """
     controls = [c for c in controls if c != target]
     if not controls:
@@ -68,16 +69,16 @@ def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequ
     floor = CONTROL_RATIO * _mean(zs["val"], controls)
     curve = []
     for i, a in enumerate(alphas):
-        row = {"alpha": float(a)}
-        for split in ("val", "test"):
-            acc = ev.evaluate([vector], [-a], split, tasks)
-            row[split] = {"target": acc[target], "control": _mean(acc, controls)}
-        curve.append(row)
+        acc = ev.evaluate([vector], [-a], "val", tasks)
+        curve.append({"alpha": float(a), "val": {"target": acc[target], "control": _mean(acc, controls)}})
         if progress:
-            progress(i + 1, len(alphas))
+            progress(i + 1, len(alphas) + 1)
     ok = [r for r in curve if r["val"]["control"] >= floor]
     best = min(ok, key=lambda r: (r["val"]["target"], r["alpha"])) if ok else curve[0]
+    test = ev.evaluate([vector], [-best["alpha"]], "test", tasks)
+    if progress:
+        progress(len(alphas) + 1, len(alphas) + 1)
     return {"target_task": target, "controls": controls, "alpha": best["alpha"],
-            "target": best["test"]["target"], "control": best["test"]["control"],
+            "target": test[target], "control": _mean(test, controls),
             "zeroshot_target": zs["test"][target], "zeroshot_control": _mean(zs["test"], controls),
             "constraint_met": any(r["alpha"] > 0 for r in ok), "curve": curve}

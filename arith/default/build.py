@@ -43,7 +43,7 @@ DEFAULT = Recipe(
     PretrainConfig(width=64, layers=6, head_width=32, embed_dim=64, pool=96_000, steps=4000, batch_size=128, lr=1e-3),
     BuildPlan(name="default", tasks=DEFAULT_TASKS, modes=MODES,
               finetune={m: {**FINETUNE, "lr": LR[m]} for m in MODES},
-              eval_n=256, train_n=6000, head="given", xi_pairs=6, xi_grid=15,
+              eval_n=256, train_n=6000, head="given", xi_pairs=6, xi_grid=15, xi_eval_n=128,
               description="Offline default: a CLIP-like 6-layer ViT pre-trained on 78 procedural concepts; eight "
                           "held-out-style tasks (digits, street, letters, shapes, textures, signs, terrain, scenes)."),
 )
@@ -67,7 +67,7 @@ def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None,
     plan = BuildPlan.from_dict({**recipe.plan.to_dict(), "seed": seed})
     start = time.perf_counter()
     log(f"build-default: drawing the source pool ({pcfg.pool} images)")
-    images, concepts = source_pool(pcfg.pool, seed=seed)
+    images, concepts = source_pool(pcfg.pool, seed=seed, rich=pcfg.rich)
     log(f"build-default: pre-training {pcfg.width}w × {pcfg.layers} layers for {pcfg.steps} steps")
     base, group_heads, stats = pretrain(pcfg, torch.from_numpy(images), torch.from_numpy(concepts),
                                         progress=_bar("pre-training"))

@@ -46,34 +46,63 @@ def concept_index(group: str, k: int) -> int:
 
 
 # -- source style ---------------------------------------------------------------------------------------------------
-def _background(rng, nuisance: bool):
+def _background(rng, nuisance: bool, rich: bool = False):
     if not nuisance:
         return Image.new("RGB", (R.S, R.S), R.rand_colour(rng))
-    return R.clutter(rng, int(rng.integers(6, 16))) if rng.random() < 0.6 else R.gradient(rng)
+    u = rng.random()
+    if not rich:
+        return R.clutter(rng, int(rng.integers(6, 16))) if u < 0.6 else R.gradient(rng)
+    if u < 0.35:
+        return R.clutter(rng, int(rng.integers(6, 16)))
+    if u < 0.55:
+        return R.gradient(rng)
+    if u < 0.8:
+        tex = R.texture(R.TEXTURES[int(rng.integers(len(R.TEXTURES)))], rng, R.rand_colour(rng), R.rand_colour(rng))
+        return Image.blend(tex, Image.new("RGB", (R.S, R.S), R.rand_colour(rng)), 0.5)
+    return R.scene(R.SCENES[int(rng.integers(len(R.SCENES)))], rng)
 
 
-def render_source(gi: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Concept ``k`` of group ``gi`` in the pre-training style."""
+def _blobs(img: Image.Image, rng, n: int = 3) -> None:
+    d = ImageDraw.Draw(img)
+    for _ in range(n):
+        x, y = rng.integers(0, R.S - 8, 2)
+        d.ellipse([x, y, x + rng.integers(4, 9), y + rng.integers(4, 9)], fill=R.rand_colour(rng))
+
+
+def render_source(gi: int, k: int, rng: np.random.Generator, rich: bool = False) -> np.ndarray:
+    """Concept ``k`` of group ``gi`` in the pre-training style.
+
+    ``rich`` adds the generic nuisances a web-scale pool would contain: textured and scenic backgrounds,
+    neighbouring glyphs, objects off-centre and small, distractor blobs (the task styles stay held out: other
+    fonts, handwriting, hollow glyphs, false colour, greyscale, warps).
+    """
     g = GROUPS[gi].name
     nuis = rng.random() < 0.6
     rot = rng.uniform(-10, 10) if nuis else 0.0
     if g in ("digits", "letters"):
-        bg = _background(rng, nuis)
+        bg = _background(rng, nuis, rich)
         fg = R.contrasting(rng, bg.getpixel((2, 2)))
         img = R.glyph(GROUPS[gi].concepts[k], rng, "source", bg, fg, rot=rot,
                       dx=int(rng.integers(-4, 5)), dy=int(rng.integers(-4, 5)))
+        if rich and nuis and rng.random() < 0.4:  # neighbours, as in a crop of a word or a house number
+            for side in (-1, 1):
+                other = GROUPS[gi].concepts[int(rng.integers(len(GROUPS[gi].concepts)))]
+                img = R.glyph(other, rng, "source", img, fg, dx=side * int(rng.integers(30, 38)))
     elif g == "shapes":
-        img = _background(rng, nuis)
-        d = ImageDraw.Draw(img)
+        img = _background(rng, nuis, rich)
+        off, rmin = (12, 10) if rich and nuis else (6, 12)
+        if rich and nuis and rng.random() < 0.5:
+            _blobs(img, rng)
         fg = R.contrasting(rng, img.getpixel((2, 2)))
-        r = rng.uniform(12, 22)
-        R.draw_shape(d, R.SHAPES[k], 32 + rng.uniform(-6, 6), 32 + rng.uniform(-6, 6), r, fg,
+        r = rng.uniform(rmin, 22)
+        R.draw_shape(ImageDraw.Draw(img), R.SHAPES[k], 32 + rng.uniform(-off, off), 32 + rng.uniform(-off, off), r, fg,
                      outline=int(rng.integers(3, 6)) if rng.random() < 0.3 else 0, rot=rng.uniform(0, 6.3) * (k != 1))
     elif g == "textures":
         img = R.texture(R.TEXTURES[k], rng, R.rand_colour(rng), R.rand_colour(rng), warp=rng.uniform(0, 2) if nuis else 0)
     elif g == "signs":
-        img = _background(rng, nuis)
-        R.draw_sign(img, R.SIGNS[k], 32 + rng.uniform(-5, 5), 32 + rng.uniform(-5, 5), rng.uniform(18, 27), rng)
+        img = _background(rng, nuis, rich)
+        off, rmin = (10, 12) if rich and nuis else (5, 18)
+        R.draw_sign(img, R.SIGNS[k], 32 + rng.uniform(-off, off), 32 + rng.uniform(-off, off), rng.uniform(rmin, 27), rng)
         img = img.rotate(rot, resample=Image.BILINEAR)
     elif g == "terrain":
         img = R.terrain(R.TERRAIN[k], rng)
@@ -134,12 +163,9 @@ def shapes(k: int, rng) -> np.ndarray:
     img = R.texture(R.TEXTURES[int(rng.integers(len(R.TEXTURES)))], rng, R.rand_colour(rng, 60, 200),
                     R.rand_colour(rng, 60, 200))
     img = Image.blend(img, Image.new("RGB", (R.S, R.S), R.rand_colour(rng)), 0.5)
-    d = ImageDraw.Draw(img)
-    for _ in range(3):  # small distractor blobs
-        x, y = rng.integers(0, R.S - 8, 2)
-        d.ellipse([x, y, x + rng.integers(4, 9), y + rng.integers(4, 9)], fill=R.rand_colour(rng))
+    _blobs(img, rng)
     fg = R.contrasting(rng, img.getpixel((32, 32)))
-    R.draw_shape(d, R.SHAPES[k], 32 + rng.uniform(-12, 12), 32 + rng.uniform(-12, 12),
+    R.draw_shape(ImageDraw.Draw(img), R.SHAPES[k], 32 + rng.uniform(-12, 12), 32 + rng.uniform(-12, 12),
                  rng.uniform(11, 16), fg, rot=rng.uniform(0, 6.3) * (k != 1))
     return R.finish(img, rng, noise=8)
 

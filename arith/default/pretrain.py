@@ -41,6 +41,7 @@ class PretrainConfig(_JsonRecord):
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 0.05
+    rich: bool = True  # generic nuisances in the source pool (textured/scenic backgrounds, neighbours, distractors)
     softmax: str = "global"  # "global": all concepts compete, except confusable glyph pairs; "group": within group
     seed: int = 0
 

@@ -79,15 +79,16 @@ for _style in C.TASK_STYLES:
 DEFAULT_TASKS = tuple(s.name for s in C.TASK_STYLES)
 
 
-def source_pool(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` pre-training images in the source style, concepts drawn uniformly: (uint8 [n,3,32,32], concept ids)."""
+def source_pool(n: int, seed: int = 0, rich: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pre-training images in the source style, concepts drawn uniformly: (uint8 [n,3,32,32], concept ids).
+    ``rich`` adds generic nuisances (see :func:`concepts.render_source`)."""
 
     def make():
         rng = np.random.default_rng(split_seed("source-pool", "train", seed))
         concepts = rng.integers(0, len(C.CONCEPTS), n)
         gidx = C.GROUP_OF[concepts]
         first = {gi: int(np.argmax(C.GROUP_OF == gi)) for gi in range(len(C.GROUPS))}
-        imgs = np.stack([C.render_source(int(g), int(c) - first[int(g)], rng) for c, g in zip(concepts, gidx)])
+        imgs = np.stack([C.render_source(int(g), int(c) - first[int(g)], rng, rich) for c, g in zip(concepts, gidx)])
         return imgs, concepts.astype(np.int64)
 
-    return cached(f"{POOL_VERSION}pool/{n}/{seed}", make)
+    return cached(f"{POOL_VERSION}pool/{n}/{seed}" + ("/rich1" if rich else ""), make)
