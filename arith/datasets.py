@@ -228,10 +228,16 @@ class Catalog:
 
 # -- lazy splits --------------------------------------------------------------------------------------------------
 def _workers() -> int:
+    """DataLoader workers per process: ``$ARITH_DATA_WORKERS``, else the cores (less one) shared among the
+    processes torchrun started on this machine, at most 8."""
     env = os.environ.get("ARITH_DATA_WORKERS")
     if env is not None:
         return max(0, int(env))
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return min(8, max(0, ((os.cpu_count() or 1) - 1) // local))
 
 
 class _Items(torch.utils.data.Dataset):

@@ -129,9 +129,9 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
             train = None
             if needs_train:
                 log("build: prototype heads from θ0 features of the training images")
-                train = {n: _in_memory(s.load("train", size=size, seed=plan.seed, root=root,
-                                              n=min(plan.train_n or PROTOTYPE_N, PROTOTYPE_N) if hasattr(s, "splits")
-                                              else plan.train_n)) for n, s in sources.items()}
+                train = {n: s.load("train", size=size, seed=plan.seed, root=root,  # lazy: encoded batch by batch
+                                   n=min(plan.train_n or PROTOTYPE_N, PROTOTYPE_N) if hasattr(s, "splits")
+                                   else plan.train_n) for n, s in sources.items()}
             else:
                 log(f"build: zero-shot heads from the text tower ({sum(len(i.templates) for i in infos)} templates)")
             writer.put_heads(make_heads(base, infos, train, plan.head, clip, tokenizer))

@@ -130,6 +130,7 @@ def test_lazy_split_streams_like_the_in_memory_split(root):
     lazy = get_task("mnist").load("train", size=SIZE, root=root)
     mem = lazy.materialize()
     assert torch.equal(mem.images[torch.tensor([5, 0, 2])], lazy.images[torch.tensor([5, 0, 2])])
+    assert torch.equal(base.encode(lazy.images), base.encode(mem.images))  # prototype heads read lazy splits too
     head = prototype_head(base.encode(mem.images), mem.labels, 10)
     cfg = FinetuneConfig(mode="attn", steps=3, batch_size=8, lr=1e-2, warmup_steps=1)
     assert finetune(base, head, lazy, cfg, task="mnist").vector.uid == finetune(base, head, mem, cfg, task="mnist").vector.uid
@@ -150,3 +151,14 @@ def test_custom_image_folders(tmp_path):
         D.parse_task(f"mine={flat}")
     with pytest.raises(FileNotFoundError, match="Expected layout"):
         D.folder_task(tmp_path / "nothing-here", "empty")
+
+
+def test_loader_workers_are_shared_among_torchrun_processes(monkeypatch):
+    monkeypatch.delenv("ARITH_DATA_WORKERS")
+    monkeypatch.setattr(D.os, "cpu_count", lambda: 17)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert D._workers() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert D._workers() == 8
+    monkeypatch.setenv("ARITH_DATA_WORKERS", "2")
+    assert D._workers() == 2
