@@ -211,6 +211,20 @@ def _read_manifest(root: Path) -> dict:
     for key in ("base", "tasks", "files"):
         if key not in manifest:
             raise BundleError(f"{Files.MANIFEST}: missing {key!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and type(e.get("bytes")) is int
+            for e in files.values()):
+        raise BundleError(f"{Files.MANIFEST}: 'files' must map each file to its sha256 and size in bytes")
+    if not isinstance(manifest["tasks"], list) or not all(isinstance(t, dict) for t in manifest["tasks"]):
+        raise BundleError(f"{Files.MANIFEST}: 'tasks' must be a list of task records")
+    if not isinstance(manifest["base"], dict) or not isinstance(manifest["base"].get("spec"), dict):
+        raise BundleError(f"{Files.MANIFEST}: 'base' must hold the model spec")
+    if not isinstance(manifest.get("modes", []), list) or not all(isinstance(m, str) for m in manifest.get("modes", [])):
+        raise BundleError(f"{Files.MANIFEST}: 'modes' must be a list of mode names")
+    for key, kind in (("name", str), ("finetune", dict), ("provenance", dict)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise BundleError(f"{Files.MANIFEST}: {key!r} must be a {kind.__name__}")
     return manifest
 
 
@@ -303,15 +317,42 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         if rel.startswith(Files.RESULTS_DIR + "/") and rel.endswith(".json"):
             try:
                 results[Path(rel).stem] = json.loads((root / rel).read_text())
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise BundleError(f"{rel}: not valid JSON ({e})") from None
+            if not isinstance(results[Path(rel).stem], dict):
+                raise BundleError(f"{rel}: not a JSON object")
 
     linear_cache = {}
     for split in EVAL_SPLITS:
         rel = Files.linear_cache(split)
         if rel in files:
-            linear_cache[split] = _tensors(root, rel)
+            linear_cache[split] = _check_linear_cache(rel, _tensors(root, rel), base.embed_dim,
+                                                      [len(d[split]) for d in data.values() if split in d])
     return Bundle(root, manifest, base, tasks, heads, data, vectors, results, linear_cache)
+
+
+def _check_linear_cache(rel: str, cache: dict[str, torch.Tensor], dim: int, stored: list[int]) -> dict:
+    """A linear cache holds f0 and J τ entries of one shape [images, dim], finite, and per-task row counts that fit
+    the stored evaluation images (it may cover fewer); else :class:`BundleError` naming the file."""
+    f0 = cache.get("f0")
+    if f0 is None or f0.ndim != 2 or f0.shape[1] != dim or not f0.is_floating_point():
+        shape = None if f0 is None else tuple(f0.shape)
+        raise BundleError(f"{rel}: f0 has shape {shape}, expected [images, {dim}] floats")
+    for key, t in cache.items():
+        if key == ROWS_KEY:
+            continue
+        if t.shape != f0.shape or not t.is_floating_point():
+            raise BundleError(f"{rel}: {key} has shape {tuple(t.shape)} {t.dtype}, f0 has {tuple(f0.shape)}")
+        if not torch.isfinite(t).all():
+            raise BundleError(f"{rel}: {key} holds non-finite values")
+    rows = cache.get(ROWS_KEY)
+    if rows is not None:
+        counts = rows.tolist() if rows.ndim == 1 and not rows.is_floating_point() else None
+        if (counts is None or len(counts) != len(stored) or sum(counts) != f0.shape[0]
+                or any(not 0 <= c <= n for c, n in zip(counts, stored))):
+            raise BundleError(f"{rel}: per-task rows {rows.tolist()} do not fit the evaluation data "
+                              f"({stored} images, f0 has {f0.shape[0]} rows)")
+    return cache
 
 
 def now_iso() -> str:

@@ -22,6 +22,9 @@ from .taskvec import TaskVector
 Progress = Callable[[int, int], None] | None
 
 
+XI_FIELDS = ("alpha1", "alpha2", "prediction", "representation", "tasks")
+
+
 def round_coefs(coefs: Mapping[str, float], digits: int = 4) -> tuple[tuple[str, float], ...]:
     """Canonical cache key of a coefficient set: sorted, rounded, zeros dropped."""
     return tuple(sorted((k, round(float(v), digits)) for k, v in coefs.items() if round(float(v), digits) != 0.0))
@@ -65,24 +68,30 @@ class Explorer:
         hit = self._memo.get(key)
         return hit if hit is not None else self._memo.put(key, compute())
 
-    def _precomputed(self, name: str, *path):
+    def _precomputed(self, name: str, *path, need: Sequence[str] = ()):
+        """A precomputed result, or None when the bundle lacks it (or it is not a JSON object with the ``need``
+        fields): the caller then computes it."""
         node = self.bundle.results.get(name)
         for p in path:
             if not isinstance(node, dict) or p not in node:
                 return None
             node = node[p]
-        return node
+        return node if isinstance(node, dict) and all(k in node for k in need) else None
+
+    def _precomputed_accuracy(self, *path) -> dict | None:
+        pre = self._precomputed("accuracy", *path)
+        return pre if pre and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in pre.values()) else None
 
     # -- accuracies -----------------------------------------------------------------------------------------------
     def zeroshot(self, split: str = "test") -> dict[str, float]:
-        pre = self._precomputed("accuracy", "zeroshot", split) if self.uses_all_images else None
+        pre = self._precomputed_accuracy("zeroshot", split) if self.uses_all_images else None
         return dict(pre) if pre else self._memoised(("zs", split), lambda: self.evaluator().zeroshot(split))
 
     def finetuned(self, mode: str, split: str = "test", extra: Mapping[str, TaskVector] | None = None) -> dict[str, float]:
         """Single-task accuracy of each task's vector in ``mode`` (the normaliser of normalized accuracy).
         An extra vector named after a bundle task replaces the bundle's for that task."""
         vs = {n: tv for n, tv in self.vectors(mode, extra).items() if tv.task in self.tasks}
-        pre = self._precomputed("accuracy", "finetuned", mode, split) if self.uses_all_images else None
+        pre = self._precomputed_accuracy("finetuned", mode, split) if self.uses_all_images else None
         out = {}
         for name, tv in vs.items():
             if tv.task in out and name != tv.task:  # another vector of an already covered task: not its normaliser
@@ -116,7 +125,13 @@ class Explorer:
                tuple(sorted((n, vs[n].uid) for n in coefs)))
 
         def compute():
-            names = [n for n, _ in round_coefs(coefs)]
+            pre = self._from_addition(mode, coefs, split, tasks, method, vs)
+            if pre is not None:
+                return pre
+            nonzero = {n for n, _ in round_coefs(coefs)}
+            # bundle tasks in the bundle's order, then workspace vectors: the order the protocols add vectors in
+            names = [n for n in self.bundle.task_names if n in nonzero] + [n for n in vs if n in nonzero
+                                                                           and n not in self.bundle.task_names]
             acc = self.evaluator().evaluate([vs[n] for n in names], [float(coefs[n]) for n in names], split, tasks,
                                             method)
             ft = self.finetuned(mode, split, extra)
@@ -126,10 +141,33 @@ class Explorer:
         res.update({"mode": mode, "split": split, "coefficients": {k: float(v) for k, v in coefs.items()}})
         return res
 
+    def _from_addition(self, mode: str, coefs: Mapping[str, float], split: str, tasks: Sequence[str], method: str,
+                       vs: Mapping[str, TaskVector]) -> dict | None:
+        """The bundle's precomputed task-addition sweep already holds θ0 + α Σ_t τ_t on every task for α ∈ {0, 0.05,
+        …, 1}: a request for one shared α over all the bundle's vectors (the app's opening view, the validation α
+        preset, a tied slider) is a row of it.  The row was computed by the same evaluator, adding the vectors in the
+        same order, so it is exactly what computing would return.  None when the request is anything else."""
+        pre = self._precomputed("addition", mode, need=("tasks", "curve"))
+        if (pre is None or not self.uses_all_images or pre.get("method", "task_arithmetic") != method
+                or list(tasks) != self.tasks or pre["tasks"] != self.tasks or set(coefs) != set(pre["tasks"])
+                or any(vs[n] is not self.bundle.vectors.get(mode, {}).get(n) for n in coefs)):
+            return None
+        alphas = {v for _, v in round_coefs(coefs)} or {0.0}
+        if len(alphas) != 1 or len(round_coefs(coefs)) not in (0, len(coefs)):
+            return None
+        alpha = alphas.pop()
+        for row in pre["curve"]:
+            if isinstance(row, dict) and round(float(row.get("alpha", -1)), 4) == alpha and isinstance(row.get(split), dict):
+                r = row[split]
+                if isinstance(r.get("accuracy"), dict) and set(r["accuracy"]) == set(self.tasks):
+                    return {"accuracy": {t: r["accuracy"][t] for t in self.tasks}, "absolute": r["absolute"],
+                            "normalized": r["normalized"]}
+        return None
+
     # -- protocols and diagnostics --------------------------------------------------------------------------------
     def addition(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         tasks = list(tasks or self.tasks)
-        pre = self._precomputed("addition", mode)
+        pre = self._precomputed("addition", mode, need=("tasks", "alpha", "absolute", "normalized", "accuracy", "curve"))
         if pre and pre.get("tasks") == tasks and self.uses_all_images:
             return pre
         vs = self.vectors(mode)
@@ -138,7 +176,7 @@ class Explorer:
 
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
         controls = [c for c in (controls or self.tasks) if c != target]
-        pre = self._precomputed("negation", mode, target)
+        pre = self._precomputed("negation", mode, target, need=("controls", "alpha", "target", "control", "curve"))
         if pre and pre.get("controls") == controls and self.uses_all_images:
             return pre
         tv = self.vectors(mode)[target]
@@ -150,7 +188,7 @@ class Explorer:
         """ξ grid for a pair (precomputed when the bundle has it for this grid, either orientation)."""
         alphas = [float(a) for a in alphas]
         for a, b, flip in ((task1, task2, False), (task2, task1, True)):
-            pre = self._precomputed("disentanglement", mode, f"{a}|{b}")
+            pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
             if pre and not extra and _same_grid(pre["alpha1"], alphas) and self.uses_all_images:
                 return _transpose(pre) if flip else pre
         vs = self.vectors(mode, extra)
@@ -158,7 +196,7 @@ class Explorer:
             self.evaluator(), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas, progress=progress))
 
     def kernel(self, mode: str, task: str, extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:
-        pre = self._precomputed("kernel", mode, task)
+        pre = self._precomputed("kernel", mode, task, need=("at_1", "path", "restricted"))
         if pre and not extra and self.uses_all_images:
             return pre
         tv = self.vectors(mode, extra)[task]
@@ -170,7 +208,7 @@ class Explorer:
         Lets a caller show ready grids at once and offer to compute the others."""
         alphas = [float(a) for a in alphas]
         for a, b, flip in ((task1, task2, False), (task2, task1, True)):
-            pre = self._precomputed("disentanglement", mode, f"{a}|{b}")
+            pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
             if pre and not extra and _same_grid(pre["alpha1"], alphas) and self.uses_all_images:
                 return _transpose(pre) if flip else pre
         vs = self.vectors(mode, extra)
@@ -195,7 +233,7 @@ class Explorer:
 
         modes = list(modes or self.modes)
         vectors = {m: self.vectors(m, extra) for m in modes}
-        pre = self._precomputed("similarity")
+        pre = self._precomputed("similarity", need=("by_mode", "all"))
         labels = [f"{m}/{n}" for m, vs in vectors.items() for n in vs]
         if (pre and self.uses_all_images and set(pre.get("by_mode", {})) == set(modes)
                 and pre.get("all", {}).get("labels") == labels

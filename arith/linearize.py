@@ -18,6 +18,9 @@ from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 _lock = threading.Lock()
+# torch's forward-mode AD keeps its dual level in process-global state (torch.autograd.forward_ad._current_level):
+# two threads inside torch.func.jvp at once fail with "no level exists".  JVPs therefore run one at a time.
+_jvp_lock = threading.RLock()
 _depth = 0
 _stack: ExitStack | None = None
 _saved_fastpath = True
@@ -68,7 +71,7 @@ def jvp_features(base, delta: Mapping[str, torch.Tensor], x: torch.Tensor) -> tu
     def f(p):
         return base.features(p, x)
 
-    with forward_ad_attention():
+    with _jvp_lock, forward_ad_attention():
         f0, jd = jvp(f, (primals,), (tangents,))
     return f0, jd
 

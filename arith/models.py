@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Mapping
+from functools import cached_property
 
 import open_clip
 import torch
@@ -218,3 +219,25 @@ class Base:
         """Encoder output (CLIP image embedding, unnormalised) for preprocessed images under ``params``."""
         p = self.params if params is None else params
         return functional_call(self.module, ({**p, **self.buffers} if self.buffers else p), (x,))
+
+    @cached_property
+    def staged(self):
+        """The staged no-grad forward of this encoder (:mod:`arith.fastforward`), or None when the encoder is not
+        the standard open_clip ViT (evaluation then uses :meth:`features`)."""
+        from .fastforward import staged
+
+        return staged(self.module)
+
+    @torch.no_grad()
+    def eval_features(self, params: Mapping[str, torch.Tensor] | None, x: torch.Tensor, start: int = 0,
+                      stop: int | None = None) -> torch.Tensor:
+        """:meth:`features` without gradients, through the staged forward when there is one.  ``start``/``stop``
+        run only those stages (``x`` is then the activation entering ``start``); they need :attr:`staged`."""
+        p = self.params if params is None else params
+        if len(p) != len(self.params):  # a partial dict: θ0 for the keys it lacks (as functional_call does)
+            p = {**self.params, **p}
+        if self.staged is None:
+            if start or stop is not None:
+                raise ValueError(f"{self.spec.label}: no staged forward to start or stop part-way")
+            return self.features(p, x)
+        return self.staged.run(p, x, start, stop)

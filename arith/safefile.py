@@ -23,7 +23,10 @@ import torch
 from safetensors.torch import load as st_load
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: a ViT-L/14 image-encoder task vector is ~1.2 GB in fp32
-MAX_HEADER_BYTES = 100 * 1024**2  # the safetensors library's own cap
+# The safetensors library allows 100 MB of header, which takes ~1 minute and GBs of memory to parse when it lists
+# millions of tiny tensors.  The header of a real image-encoder task vector is small (ViT-L/14: ~300 tensors, ~40 kB;
+# ViT-bigG/14 under 200 kB), so 4 MiB is ample and bounds the work a hostile header can cause (~2 s).
+MAX_HEADER_BYTES = 4 * 1024**2
 
 DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -80,7 +83,9 @@ def parse_header(data: bytes, file_size: int | None = None) -> tuple[dict, dict[
     if not isinstance(header, dict):
         raise SafetensorsError("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict):
+        raise SafetensorsError(f"__metadata__ must be a JSON object, not {type(metadata).__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise SafetensorsError("__metadata__ must map strings to strings")
 
     data_len = size - 8 - n
@@ -105,13 +110,15 @@ def parse_header(data: bytes, file_size: int | None = None) -> tuple[dict, dict[
             raise SafetensorsError(f"{key}: {end - begin} bytes of data for shape {shape} {dtype} (expected {expected})")
         spans.append((begin, end, key))
     spans.sort()
-    pos, prev = 0, None
+    pos, prev, prev_begin = 0, None, None
     for begin, end, key in spans:
+        if begin == prev_begin and end == pos and end > begin:
+            raise SafetensorsError(f"{key}: data_offsets {[begin, end]} are the same bytes as {prev}'s")
         if begin < pos:
             raise SafetensorsError(f"{key}: data overlaps {prev}")
         if begin > pos:
             raise SafetensorsError(f"{key}: gap of {begin - pos} bytes before its data")
-        pos, prev = end, key
+        pos, prev, prev_begin = end, key, begin
     if pos != data_len:
         raise SafetensorsError(f"{data_len - pos} trailing bytes after the last tensor")
     return header, metadata

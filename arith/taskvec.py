@@ -208,8 +208,9 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
         if tuple(t.shape) != shapes[key]:
             raise TaskVectorError(f"{key}: shape {tuple(t.shape)} but the base model has {shapes[key]}")
         if not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
-            raise TaskVectorError(f"{key}: {bad} non-finite value(s) (NaN or Inf)")
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise TaskVectorError(f"{key}: {nan + inf} non-finite value(s) ({nan} NaN, {inf} infinite) in "
+                                  f"{str(t.dtype).removeprefix('torch.')}")
     absent = [k for k in m.trainable_keys(shapes) if k not in tensors]
     if absent:
         raise TaskVectorError(f"{absent[0]}: missing, but mode {m.name!r} trains it ({len(absent)} key(s) missing)")

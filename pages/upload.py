@@ -10,7 +10,15 @@ from arith.safefile import load_safetensors
 from arith.specs import Meta
 from arith.taskvec import load_task_vector, validate
 from ui.common import ROOT, message, readme_section
-from ui.state import add_to_workspace, context, mode_label, remove_from_workspace, request_select, workspace_store
+from ui.state import (
+    add_to_workspace,
+    context,
+    mode_label,
+    remove_from_workspace,
+    request_select,
+    upload_limit_mb,
+    workspace_store,
+)
 
 EXAMPLE = ROOT / "assets" / "example-task-vector.safetensors"
 
@@ -43,8 +51,11 @@ mode_override = c2.selectbox("Mode, for files without metadata", [FROM_FILE, *MO
 assume_base = st.checkbox(f"Files without `arith.base_model` are for this base ({base.id})", key="upload_assume_base",
                           help="For task vectors written by other tools: their keys and shapes are still checked "
                                "against this base, but not which checkpoint they were fine-tuned from.")
+limit_mb = upload_limit_mb()
 files = st.file_uploader("Task-vector files (.safetensors)", accept_multiple_files=True, key="upload_files",
-                         help="One or several files. Pickles (.pt/.pth/.bin) are refused: convert them to safetensors.")
+                         max_upload_size=limit_mb,
+                         help=f"One or several files of up to {limit_mb} MB. Pickles (.pt/.pth/.bin) are refused: "
+                              "convert them to safetensors.")
 
 log = st.session_state.setdefault("upload_log", [])
 # each upload is read once; a refused one again only when the options for files without metadata change
@@ -61,7 +72,8 @@ for f in files or []:
     if mode_override != FROM_FILE:
         overrides["mode"] = mode_override
     try:
-        tensors, meta = load_safetensors(f.getvalue())
+        f.seek(0)  # the reader checks the size first and refuses an oversized file without reading it
+        tensors, meta = load_safetensors(f, max_bytes=limit_mb * 2**20)
         if assume_base:
             meta.setdefault(Meta.BASE, base.id)
         tv = validate(tensors, meta, base, **overrides)

@@ -1,6 +1,10 @@
 """A corpus of bad task-vector files, generated from a valid one (used by the engine and the app tests).
 
-Each case is (name, bytes, substring the error message must contain).
+Each case is (name, bytes, substring the error message must contain).  The issue's list (truncated header, header
+length beyond the file, header over the size cap, invalid JSON, duplicate or overlapping offsets, unknown dtype,
+wrong shapes, extra and missing keys, NaN and Inf, integer tensors, a pickle or zip renamed ``.safetensors``, an
+empty file, a 0-d tensor, a vector for another base model, metadata that lies) plus container and metadata
+variations; files over the size limit are tested separately (they are refused by size, whatever they hold).
 """
 
 from __future__ import annotations
@@ -82,6 +86,22 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
         start = h[first]["data_offsets"][1] - 4
         h[second]["data_offsets"] = [start, start + (e2 - b2)]
 
+    def _same_offsets(h):
+        h[second]["data_offsets"] = list(h[first]["data_offsets"])
+        h[second]["shape"], h[second]["dtype"] = h[first]["shape"], h[first]["dtype"]
+
+    def gap_after_first():
+        """4 padding bytes after the first tensor's data, every later offset shifted past them."""
+        h = json.loads(json.dumps(header))
+        end = h[first]["data_offsets"][1]
+        for k, v in h.items():
+            if k != "__metadata__" and v["data_offsets"][0] >= end:
+                v["data_offsets"] = [v["data_offsets"][0] + 4, v["data_offsets"][1] + 4]
+        return _raw(h, data[:end] + b"\0" * 4 + data[end:])
+
+    nan_inf = tensors[k0].clone().double()
+    nan_inf[0, 0], nan_inf[0, 1] = float("nan"), float("-inf")
+
     def dup_key_header():
         h = json.dumps(header).encode()
         entry = json.dumps({first: header[first]})[1:-1].encode()
@@ -128,5 +148,26 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
         ("steps that lie", with_meta(**{Meta.STEPS: "-3"}), "not a non-negative integer"),
         ("lr that is not a number", with_meta(**{Meta.LR: "fast"}), "not a number"),
         ("no tensors", save({}, metadata=meta), "no tensors"),
+        # further container variations
+        ("duplicate offsets (two tensors share bytes)", edit_header(_same_offsets), "same bytes"),
+        ("gap between tensors", gap_after_first(), "gap of 4 bytes"),
+        ("offsets not integers", edit_header(lambda h: h[first].__setitem__("data_offsets", ["0", "4"])),
+         "not a pair of integers"),
+        ("negative offsets", edit_header(lambda h: h[first].__setitem__("data_offsets", [-4, 0])), "fall outside"),
+        ("entry with an extra field", edit_header(lambda h: h[first].__setitem__("extra", 1)), "exactly dtype"),
+        ("shape of 10^24 elements", edit_header(lambda h: h[first].__setitem__("shape", [10**12, 10**12])),
+         "bytes of data"),
+        ("metadata is a list", edit_header(lambda h: h.__setitem__("__metadata__", ["a"])), "JSON object"),
+        ("gzip renamed .safetensors", b"\x1f\x8b\x08\x00" + b"\x00" * 60, "gzip"),
+        ("a JSON file renamed .safetensors", json.dumps({"weights": [1, 2, 3]}).encode(), "cap"),
+        ("8-bit float tensor", with_tensors(**{k0u: torch.zeros(tensors[k0].shape).to(torch.float8_e4m3fn)}),
+         "not floating"),
+        ("transposed tensor", with_tensors(**{k0u: tensors[k0].T.contiguous()}), "shape"),
+        ("half-precision Inf", save({k: (t.half() if k != k0 else inf.half()) for k, t in tensors.items()},
+                                    metadata=meta), "float16"),
+        ("NaN and Inf in float64", with_tensors(**{k0u: nan_inf}), "1 NaN, 1 infinite"),
+        # metadata that lies about the mode, the other way round: linear trains every tensor
+        ("mode says linear, holds attention only", with_meta(**{Meta.MODE: "linear"}), "missing"),
+        ("mode says mlp, holds attention", with_meta(**{Meta.MODE: "mlp"}), "does not train"),
     ]
     return cases

@@ -1,3 +1,4 @@
+import io
 import math
 
 import pytest
@@ -7,7 +8,10 @@ from arith.safefile import SafetensorsError, read_bytes
 from arith.specs import Meta
 from arith.taskvec import TaskVector, TaskVectorError, cosine_matrix, load_task_vector
 
+from conftest import tiny_base
 from hostile import corpus, valid_vector
+
+CASES = {name: (blob, expect) for name, blob, expect in corpus(tiny_base())}  # the `base` fixture's model
 
 
 def test_round_trip_keeps_tensors_and_metadata(base, tmp_path):
@@ -30,18 +34,34 @@ def test_half_precision_files_are_accepted_as_fp32(base):
     assert all(t.dtype == torch.float32 for t in again.tensors.values())
 
 
-def test_corpus_is_large_enough(base):
-    assert len(corpus(base)) >= 25
+def test_corpus_is_large_enough_and_messages_are_specific(base):
+    assert len(CASES) >= 25
+    messages = {}
+    for name, (blob, _) in CASES.items():
+        with pytest.raises(ValueError) as err:
+            load_task_vector(blob, base)
+        messages.setdefault(str(err.value), []).append(name)
+    same = [names for names in messages.values() if len(names) > 1]
+    assert same == [["torch.save zip renamed .safetensors", "plain zip"]]  # the same kind of file
 
 
-@pytest.mark.parametrize("index", range(37))
-def test_each_bad_file_gets_its_own_message(base, index):
-    cases = corpus(base)
-    if index >= len(cases):
-        pytest.skip("corpus is shorter")
-    name, blob, expect = cases[index]
+class Uploaded(io.BytesIO):
+    """Like Streamlit's UploadedFile: a BytesIO with a ``size``."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.size = len(data)
+
+
+@pytest.mark.parametrize("source", ["bytes", "file object", "uploaded file", "path"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_bad_file_gets_its_own_message(base, name, source, tmp_path):
+    blob, expect = CASES[name]
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(blob)
+    src = {"bytes": blob, "file object": io.BytesIO(blob), "uploaded file": Uploaded(blob), "path": path}[source]
     with pytest.raises((SafetensorsError, TaskVectorError)) as err:
-        load_task_vector(blob, base)
+        load_task_vector(src, base)
     assert expect.lower() in str(err.value).lower(), f"{name}: {err.value}"
 
 
@@ -68,6 +88,26 @@ def test_size_limit_is_checked_before_reading(base, tmp_path):
 
     with pytest.raises(SafetensorsError, match="over the"):
         read_bytes(Huge(), max_bytes=1000)
+
+    class Endless:  # no size: read at most one byte past the limit, then refuse
+        asked = []
+
+        def read(self, n=-1):
+            self.asked.append(n)
+            return b"\0" * n
+
+    with pytest.raises(SafetensorsError, match="over the 1000-byte limit"):
+        read_bytes(Endless(), max_bytes=1000)
+    assert Endless.asked == [1001]
+
+
+def test_a_header_listing_many_tiny_tensors_is_refused_by_its_length(base):
+    import json
+    import struct
+
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(120_000)})
+    with pytest.raises(SafetensorsError, match="cap"):
+        load_task_vector(struct.pack("<Q", len(header)) + header.encode(), base)
 
 
 def test_files_without_metadata_need_task_and_mode(base):

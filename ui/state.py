@@ -88,6 +88,18 @@ def discover_bundles() -> list[BundleRef]:
     return refs
 
 
+def upload_limit_mb() -> int:
+    """The largest task-vector upload, in MB: ``$ARITH_MAX_UPLOAD_MB`` if set, else Streamlit's
+    ``server.maxUploadSize``, never more than the engine's reader accepts (``arith.safefile.DEFAULT_MAX_BYTES``)."""
+    from arith.safefile import DEFAULT_MAX_BYTES
+
+    try:
+        mb = int(os.environ.get("ARITH_MAX_UPLOAD_MB") or st.get_option("server.maxUploadSize"))
+    except (TypeError, ValueError):
+        mb = DEFAULT_MAX_BYTES // 2**20
+    return max(1, min(mb, DEFAULT_MAX_BYTES // 2**20))
+
+
 def preferred_device() -> str:
     """``$ARITH_DEVICE`` if set, else ``cuda`` when available, else ``cpu``."""
     dev = os.environ.get("ARITH_DEVICE")
@@ -256,8 +268,9 @@ def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
 
 def default_alpha(ex: Explorer, mode: str) -> float:
     """The opening coefficient: the bundle's validation-chosen α for ``mode`` when it ships one."""
-    a = ex.bundle.results.get("addition", {}).get(mode, {}).get("alpha")
-    return snap(a) if isinstance(a, (int, float)) else DEFAULT_COEF
+    a = ex.bundle.results.get("addition", {}).get(mode)
+    a = a.get("alpha") if isinstance(a, dict) else None
+    return snap(a) if isinstance(a, (int, float)) and math.isfinite(a) else DEFAULT_COEF
 
 
 # -- URL --------------------------------------------------------------------------------------------------------------
