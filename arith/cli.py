@@ -416,7 +416,7 @@ def _load_plugins() -> None:
     """Commands defined next to what they drive (bundle builders, importers) register themselves on import."""
     import importlib
 
-    for mod in ("arith.default.build", "arith.realbuild", "arith.convert"):
+    for mod in ("arith.default.build", "arith.realbuild", "arith.convert", "arith.lrsweep"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

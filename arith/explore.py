@@ -189,11 +189,22 @@ class Explorer:
         alphas = [float(a) for a in alphas]
         for a, b, flip in ((task1, task2, False), (task2, task1, True)):
             pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
-            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self.uses_all_images:
+            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
                 return _transpose(pre) if flip else pre
         vs = self.vectors(mode, extra)
         return self._memoised(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)), lambda: xi_grid(
-            self.evaluator(), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas, progress=progress))
+            self.evaluator(self._xi_n()), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas,
+            progress=progress))
+
+    def _xi_n(self) -> int | None:
+        """Images per task for ξ grids: the bundle's ``xi_eval_n`` (its precomputed grids used it), capped by this
+        Explorer's own subset."""
+        n, m = self.bundle.manifest.get("plan", {}).get("xi_eval_n"), self.max_per_task
+        return m if n is None else (n if m is None else min(n, m))
+
+    def _xi_precomputed_ok(self) -> bool:
+        n = self.bundle.manifest.get("plan", {}).get("xi_eval_n")
+        return self.uses_all_images if n is None else (self.max_per_task is None or self.max_per_task >= n)
 
     def kernel(self, mode: str, task: str, extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:
         pre = self._precomputed("kernel", mode, task, need=("at_1", "path", "restricted"))
@@ -209,7 +220,7 @@ class Explorer:
         alphas = [float(a) for a in alphas]
         for a, b, flip in ((task1, task2, False), (task2, task1, True)):
             pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
-            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self.uses_all_images:
+            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
                 return _transpose(pre) if flip else pre
         vs = self.vectors(mode, extra)
         if task1 not in vs or task2 not in vs:

@@ -92,3 +92,17 @@ def test_table_command(quick, capsys):
     text = capsys.readouterr().out
     assert text.startswith("| mode |") and "| digits |" in text
     assert np.isfinite([r["mean ξ"] for r in res["rows"]]).all()
+
+
+def test_lr_sweep_uses_validation_and_is_saved(quick, capsys):
+    from arith.bundle import load_bundle
+
+    args = ["lr-sweep", "--bundle", str(quick), "--modes", "attn", "full", "--lrs", "1e-4", "1e-3",
+            "--tasks", "digits", "--steps", "3", "--save", "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["chosen"]) == {"attn", "full"} and res["chosen"]["attn"] in (1e-4, 1e-3)
+    assert len(res["runs"]) == 4 and all(set(r["val_accuracy"]) == {"digits"} for r in res["runs"])
+    best = max(r["val_mean"] for r in res["runs"] if r["mode"] == "attn")
+    assert next(r for r in res["runs"] if r["mode"] == "attn" and r["lr"] == res["chosen"]["attn"])["val_mean"] == best
+    assert load_bundle(quick).results["lr_selection"]["chosen"] == res["chosen"]

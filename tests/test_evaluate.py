@@ -126,3 +126,16 @@ def test_explorer_extra_vectors_are_per_call(bundle):
 
 def test_round_coefs():
     assert round_coefs({"b": 0.123456, "a": 0.0, "c": -1}) == (("b", 0.1235), ("c", -1.0))
+
+
+def test_xi_grids_use_the_bundles_xi_subset(bundle):
+    import dataclasses
+
+    manifest = {**bundle.manifest, "plan": {**bundle.manifest.get("plan", {}), "xi_eval_n": 10}}
+    ex = Explorer(dataclasses.replace(bundle, manifest=manifest))
+    pre = bundle.results["disentanglement"]["attn"][f"{TASKS[0]}|{TASKS[1]}"]
+    assert ex.xi("attn", TASKS[0], TASKS[1], alphas=pre["alpha1"]) is pre
+    fresh = ex.xi("attn", TASKS[1], TASKS[2], alphas=[-1.0, 0.0, 1.0])
+    assert fresh["images_per_task"] == [10, 10]
+    capped = Explorer(dataclasses.replace(bundle, manifest=manifest), max_per_task=6)
+    assert capped.xi("attn", TASKS[1], TASKS[2], alphas=[0.0, 1.0])["images_per_task"] == [6, 6]

@@ -4,9 +4,9 @@
 * ``source`` style: what pre-training sees — source fonts and palettes, 40 % clean and 60 % with generic
   nuisances (random colours, clutter, small rotation, blur, noise, channel gains).
 * eight task styles, each a held-out shift of one group (like CLIP meeting MNIST, SVHN, GTSRB, EuroSAT...):
-  handwritten digits (scikit-learn's), street-number digits in held-out fonts among distractors, letters (half
-  hollow) in held-out fonts with shear and noise, shapes among blobs on textured backgrounds, warped zoomed textures, small
-  blurred signs in scenery, false-colour terrain, black-and-white dusk scenes.
+  handwritten digits (scikit-learn's), faded street-number digits in held-out fonts among distractors, letters (half
+  hollow) in held-out fonts with shear and noise, texture-filled outlined shapes, warped zoomed textures, small
+  signs in scenery at night, false-colour terrain, dusk scenes through a thermal-camera colour map.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def digits_hand(split: str, idx: np.ndarray, rng) -> tuple[np.ndarray, np.ndarra
 def street(k: int, rng) -> np.ndarray:
     plate = R.rand_colour(rng)
     bg = R.clutter(rng, 10, base=plate)
-    fg = R.contrasting(rng, plate)
+    fg = tuple(int(0.7 * a + 0.3 * b) for a, b in zip(R.contrasting(rng, plate), plate))  # faded paint
     img = R.glyph(R.DIGITS[k], rng, "task", bg, fg, size=(34, 44), dx=int(rng.integers(-3, 4)))
     for side in (-1, 1):  # partially visible neighbours, as in SVHN crops
         if rng.random() < 0.7:
@@ -159,14 +159,15 @@ def letters(k: int, rng) -> np.ndarray:
 
 
 def shapes(k: int, rng) -> np.ndarray:
-    """Shapes on a textured background (the source draws them on plain colour or clutter)."""
-    img = R.texture(R.TEXTURES[int(rng.integers(len(R.TEXTURES)))], rng, R.rand_colour(rng, 60, 200),
-                    R.rand_colour(rng, 60, 200))
-    img = Image.blend(img, Image.new("RGB", (R.S, R.S), R.rand_colour(rng)), 0.5)
-    _blobs(img, rng)
-    fg = R.contrasting(rng, img.getpixel((32, 32)))
-    R.draw_shape(ImageDraw.Draw(img), R.SHAPES[k], 32 + rng.uniform(-12, 12), 32 + rng.uniform(-12, 12),
-                 rng.uniform(11, 16), fg, rot=rng.uniform(0, 6.3) * (k != 1))
+    """Texture-filled shapes with an outline (the source fills shapes with one colour)."""
+    img = R.gradient(rng) if rng.random() < 0.5 else Image.new("RGB", (R.S, R.S), R.rand_colour(rng))
+    cx, cy, r = 32 + rng.uniform(-6, 6), 32 + rng.uniform(-6, 6), rng.uniform(15, 21)
+    rot = rng.uniform(0, 6.3) * (k != 1)
+    mask = Image.new("L", (R.S, R.S), 0)
+    R.draw_shape(ImageDraw.Draw(mask), R.SHAPES[k], cx, cy, r, 255, rot=rot)
+    fill = R.texture(R.TEXTURES[int(rng.integers(len(R.TEXTURES)))], rng, R.rand_colour(rng), R.rand_colour(rng))
+    img.paste(fill, (0, 0), mask)
+    R.draw_shape(ImageDraw.Draw(img), R.SHAPES[k], cx, cy, r, R.contrasting(rng, img.getpixel((0, 0))), outline=3, rot=rot)
     return R.finish(img, rng, noise=8)
 
 
@@ -177,9 +178,11 @@ def textures(k: int, rng) -> np.ndarray:
 
 
 def signs(k: int, rng) -> np.ndarray:
+    """Small traffic signs in scenery at night: dark, colour-cast, noisy and blurred."""
     img = R.scene(R.SCENES[int(rng.integers(len(R.SCENES) - 1))], rng)
     R.draw_sign(img, R.SIGNS[k], 32 + rng.uniform(-10, 10), 32 + rng.uniform(-10, 10), rng.uniform(11, 17), rng, "task")
-    return R.finish(img, rng, noise=8, blur=rng.uniform(0.6, 1.4), gains=0.35)
+    arr = np.asarray(img).astype(np.float32) * rng.uniform(0.3, 0.55) * np.array([0.8, 0.9, 1.3])  # night, blue cast
+    return R.finish(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), rng, noise=10, blur=rng.uniform(0.6, 1.4))
 
 
 FALSE_COLOUR = (2, 0, 1)  # like EuroSAT's non-RGB bands: a fixed permutation of the channels
@@ -189,11 +192,17 @@ def terrain(k: int, rng) -> np.ndarray:
     return R.finish(R.terrain(R.TERRAIN[k], rng), rng, noise=6, perm=FALSE_COLOUR)
 
 
+_THERMAL = np.array([[0, 0, 4], [80, 18, 123], [190, 55, 82], [250, 140, 10], [252, 255, 164]], np.float32)
+
+
 def scenes(k: int, rng) -> np.ndarray:
-    """Black-and-white, dusk-graded scenes (colour is the easy cue in the source style)."""
-    img = R.scene(R.SCENES[k], rng, palette=rng.uniform(0.6, 1.0)).convert("L")
-    img = img.point(lambda v, g=rng.uniform(0.6, 1.6): 255 * (v / 255) ** g).convert("RGB")
-    return R.finish(img, rng, noise=10, blur=0.6)
+    """Dusk scenes seen by a "thermal camera": brightness mapped through an inferno-like colour map."""
+    grey = np.asarray(R.scene(R.SCENES[k], rng, palette=rng.uniform(0.6, 1.0)).convert("L")).astype(np.float32) / 255
+    pos = grey * (len(_THERMAL) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_THERMAL) - 2)
+    t = (pos - lo)[..., None]
+    arr = _THERMAL[lo] * (1 - t) + _THERMAL[lo + 1] * t
+    return R.finish(Image.fromarray(arr.astype(np.uint8)), rng, noise=10, blur=0.6)
 
 
 @dataclass(frozen=True)
@@ -207,15 +216,15 @@ class TaskStyle:
 
 TASK_STYLES = (
     TaskStyle("digits", "digits", None, "handwritten digits (scikit-learn), MNIST-like", ("a photo of the number: \"{}\".",)),
-    TaskStyle("street", "digits", street, "house-number digits in held-out fonts with distractors, SVHN-like",
+    TaskStyle("street", "digits", street, "faded house-number digits in held-out fonts with distractors, SVHN-like",
               ("a photo of the number: \"{}\".",)),
     TaskStyle("letters", "letters", letters, "letters in held-out fonts, half of them hollow, sheared and noisy",
               ("a photo of the letter {}.",)),
-    TaskStyle("shapes", "shapes", shapes, "shapes among blobs on textured backgrounds", ("a photo of a {}.",)),
+    TaskStyle("shapes", "shapes", shapes, "texture-filled outlined shapes", ("a photo of a {}.",)),
     TaskStyle("textures", "textures", textures, "warped fine-scale textures, DTD-like", ("a photo of a {} texture.",)),
-    TaskStyle("signs", "signs", signs, "small blurred traffic signs in scenery, GTSRB-like",
+    TaskStyle("signs", "signs", signs, "small traffic signs in scenery at night, GTSRB-like",
               ("a photo of a \"{}\" traffic sign.",)),
     TaskStyle("terrain", "terrain", terrain, "false-colour top-down terrain tiles, EuroSAT-like",
               ("a satellite photo of {}.",)),
-    TaskStyle("scenes", "scenes", scenes, "black-and-white dusk scenes, SUN397-like", ("a photo of a {}.",)),
+    TaskStyle("scenes", "scenes", scenes, "dusk scenes through a thermal-camera colour map, SUN397-like", ("a photo of a {}.",)),
 )

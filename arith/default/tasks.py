@@ -18,7 +18,7 @@ from ..data import Split, TaskSource, register_task, split_seed
 from . import concepts as C
 
 TRAIN_N, EVAL_N = 6000, 256
-TASK_VERSION, POOL_VERSION = "7", "3"  # bump when a renderer changes
+TASK_VERSION, POOL_VERSION = "12", "3"  # bump when a renderer changes
 
 
 def _cache_dir() -> Path | None:
