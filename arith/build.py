@@ -54,6 +54,7 @@ class BuildPlan(_JsonRecord):
     xi_pairs: int = 6
     xi_grid: int = 15
     xi_eval_n: int | None = None  # images per task for ξ grids (None: all stored); the app recomputes with the same
+    linear_cache_splits: tuple[str, ...] = ("val", "test")  # splits whose f(θ0; x), J τ_t are stored (sliders: test)
     kernel: bool = True
     negation: bool = True
     data_root: str | None = None
@@ -129,7 +130,7 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     linear = [m for m, vs in bundle.vectors.items() if vs and next(iter(vs.values())).linearized]
     if linear:
         vecs = [tv for m in linear for tv in bundle.vectors[m].values()]
-        for split in ("val", "test"):  # covers every stored image; an evaluator on a smaller subset slices it
+        for split in plan.linear_cache_splits:  # every stored image; an evaluator on a subset slices it
             writer.put_tensors(Files.linear_cache(split), ev.export_linear_cache(vecs, split))
     return out
 

@@ -40,15 +40,19 @@ FINETUNE = {"steps": 500, "batch_size": 64, "weight_decay": 0.1, "warmup_steps":
 LR = {"full": 3e-4, "attn": 3e-4, "linear": 3e-4, "mlp": 3e-4}
 
 DEFAULT = Recipe(
-    PretrainConfig(width=64, layers=6, head_width=32, embed_dim=64, pool=96_000, steps=4000, batch_size=128, lr=1e-3),
+    PretrainConfig(width=80, layers=4, head_width=20, embed_dim=80, pool=96_000, steps=8000, batch_size=128, lr=1e-3,
+                   rich=True, softmax="global"),
     BuildPlan(name="default", tasks=DEFAULT_TASKS, modes=MODES,
               finetune={m: {**FINETUNE, "lr": LR[m]} for m in MODES},
               eval_n=256, train_n=6000, head="given", xi_pairs=6, xi_grid=15, xi_eval_n=128,
-              description="Offline default: a CLIP-like 6-layer ViT pre-trained on 78 procedural concepts; eight "
-                          "held-out-style tasks (digits, street, letters, shapes, textures, signs, terrain, scenes)."),
+              linear_cache_splits=("test",),
+              description="Offline default: a CLIP-like 4-layer ViT (width 80, 0.33 M parameters) pre-trained on 78 "
+                          "procedural concepts; eight held-out-style tasks (digits, street, letters, shapes, textures, "
+                          "signs, terrain, scenes)."),
 )
 QUICK = Recipe(
-    PretrainConfig(width=32, layers=2, head_width=16, embed_dim=32, pool=3000, steps=120, batch_size=64, lr=2e-3),
+    PretrainConfig(width=32, layers=2, head_width=16, embed_dim=32, pool=3000, steps=120, batch_size=64, lr=2e-3,
+                   rich=False),
     BuildPlan(name="default-quick", tasks=("digits", "terrain", "scenes"), modes=MODES,
               finetune={"*": {"steps": 12, "batch_size": 32, "lr": 1e-3, "warmup_steps": 2}},
               eval_n=48, train_n=256, head="given", xi_pairs=2, xi_grid=5,
