@@ -25,6 +25,7 @@ from .specs import FORMAT_VERSION
 from .taskvec import TaskVector, library_versions
 
 COEFFICIENTS_FORMAT = "arith-coefficients"
+MAX_COEFFICIENT_SET_BYTES = 1024**2  # a coefficient set is a few hundred bytes; refuse anything near a megabyte
 MERGED_KIND = "merged_model"
 
 
@@ -70,8 +71,18 @@ def coefficient_set(*, bundle: str, base_id: str, mode: str, coefs: Mapping[str,
 def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = None) -> dict:
     """Read a coefficient set back, checking its format, base model, mode, method and coefficient values.
 
-    Returns the record (``coefficients`` as floats).  Raises ``ValueError`` with a message for the user.
+    ``data`` may also be a file object (an upload): its size is checked before it is read.  Returns the record
+    (``coefficients`` as floats).  Raises ``ValueError`` with a message for the user.
     """
+    if hasattr(data, "read"):
+        from .safefile import read_bytes
+
+        try:
+            data = read_bytes(data, MAX_COEFFICIENT_SET_BYTES)
+        except ValueError:
+            raise ValueError(f"not a coefficient set: over {MAX_COEFFICIENT_SET_BYTES} bytes") from None
+    if isinstance(data, (bytes, bytearray, str)) and len(data) > MAX_COEFFICIENT_SET_BYTES:
+        raise ValueError(f"not a coefficient set: over {MAX_COEFFICIENT_SET_BYTES} bytes")
     if isinstance(data, (bytes, bytearray)):
         try:
             data = data.decode("utf-8")
@@ -82,6 +93,8 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
             data = json.loads(data)
         except json.JSONDecodeError as e:
             raise ValueError(f"not a coefficient set: invalid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError("not a coefficient set: JSON nested too deeply") from None
     if not isinstance(data, Mapping) or data.get("format") != COEFFICIENTS_FORMAT:
         raise ValueError(f"not a coefficient set: expected \"format\": \"{COEFFICIENTS_FORMAT}\"")
     if data.get("format_version") != FORMAT_VERSION:

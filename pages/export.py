@@ -45,7 +45,8 @@ with st.expander("Load a coefficient set"):
     if up is not None and up.file_id not in done:
         done.add(up.file_id)
         try:
-            rec = parse_coefficient_set(up.getvalue(), b.base.id)
+            up.seek(0)
+            rec = parse_coefficient_set(up, b.base.id)  # checks the size before reading
             known = set(ex.vectors(rec["mode"], ctx.extra(rec["mode"]))) if rec["mode"] in ctx.modes else set()
             missing = sorted(set(rec["coefficients"]) - known)
             st.session_state["export_note"] = (f"Loaded {up.name}" + (f"; not available in this session, ignored: "

@@ -108,3 +108,36 @@ def test_the_upload_limit_setting_is_sane(monkeypatch, limit):
 
     monkeypatch.setenv("ARITH_MAX_UPLOAD_MB", limit)
     assert 1 <= upload_limit_mb() <= DEFAULT_MAX_BYTES // 2**20
+
+
+def hostile_coefficient_sets(base_id: str) -> list[tuple[str, bytes, str]]:
+    ok = {"format": "arith-coefficients", "format_version": "1", "base_model": base_id, "mode": "attn"}
+
+    def rec(**kw):
+        return json.dumps({**ok, **kw}).encode()
+    return [
+        ("empty", b"", "invalid JSON"),
+        ("not UTF-8", b"\xff\xfe\x00", "not UTF-8"),
+        ("deeply nested", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        ("a 5000-digit number", b"1" * 5000, "digits"),
+        ("too large", b" " * (1024**2 + 1), "over 1048576 bytes"),
+        ("a list", b"[1, 2]", "not a coefficient set"),
+        ("another base", rec(base_model="open_clip:ViT-B-32:openai", coefficients={}), "for base model"),
+        ("unknown mode", rec(mode="lora", coefficients={}), "unknown mode"),
+        ("unknown method", rec(method="magic", coefficients={}), "unknown merge method"),
+        ("NaN coefficient", rec(coefficients={"x": float("nan")}), "non-finite"),
+        ("string coefficient", rec(coefficients={"x": "1"}), "non-numeric"),
+        ("coefficients a list", rec(coefficients=[1, 2]), "must be an object"),
+    ]
+
+
+def test_hostile_coefficient_sets_in_the_export_view(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/export.py").run(timeout=DEADLINE_S)
+    before = snapshot(at)
+    for i, (name, blob, expect) in enumerate(hostile_coefficient_sets(bundle.base.id)):
+        at.file_uploader(key="export_import").set_value((f"set{i}.json", blob, "application/json")).run(timeout=DEADLINE_S)
+        assert not at.exception, name
+        msg = [e.value for e in at.error if e.value.startswith(f"set{i}.json:")]
+        assert len(msg) == 1 and expect in msg[0], (name, msg)
+        assert snapshot(at) == before, name

@@ -1,0 +1,235 @@
+"""Benchmark 4, the app: ``streamlit run app.py`` to the first full render of the first view, and memory per extra
+session.
+
+Cold start: a headless Chromium is started first (not counted); then the clock starts with ``streamlit run
+app.py`` (a fresh process: imports, bundle load with every sha256 checked, the first view's computations) and stops
+when the browser shows the Task-arithmetic view complete: its title, its three charts drawn, no script running.
+Repeated ``--runs`` times.  Then, on the last server, ``--sessions`` more browser sessions open the view, each with
+its own coefficients in the link (so each computes), and the server's resident memory is read after each: the
+growth per session, against the size of the bundle's tensors, shows that the bundle is held once per process.
+
+Needs Debian's ``chromium`` and the ``playwright`` package (as ``tests/test_browser.py``); without them, or with
+``--no-browser``, it times the first complete run of the app's script under ``streamlit.testing`` in a fresh
+process instead (no browser rendering, no memory per session).
+
+    python -m bench.app_start --bundle precomputed/default --json bench/results/app_start.json
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench._common import ROOT, emit, machine, parser, rss_mb, set_threads, table
+
+CHROMIUM = os.environ.get("ARITH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TARGET_S = 6.0
+TITLE = """() => [...document.querySelectorAll('h1')].some(e => e.innerText.includes('Task arithmetic'))"""
+RENDERED = """() => {
+  const h = [...document.querySelectorAll('h1')].some(e => e.innerText.includes('Task arithmetic'));
+  const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(e => e.querySelector('.main-svg'));
+  const metric = [...document.querySelectorAll('[data-testid="stMetric"]')].some(e => e.innerText.includes('Absolute accuracy'));
+  return h && metric && charts.length >= 3 && !document.querySelector('[data-testid="stStatusWidget"]');
+}"""
+
+
+def browser_missing() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return f"no Chromium at {CHROMIUM}"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: str, port: int, log: Path, threads: int | None) -> subprocess.Popen:
+    env = {**os.environ, "ARITH_BUNDLE": bundle, "ARITH_DEVICE": "cpu",
+           "ARITH_PRECOMPUTED_DIR": tempfile.mkdtemp(prefix="arith-none-")}
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    out = open(log, "wb")
+    return subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float = 120) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError("streamlit did not start")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bundle_tensor_mb(bundle_dir: str) -> float:
+    from arith.bundle import load_bundle
+
+    b = load_bundle(bundle_dir)
+    n = sum(t.numel() * t.element_size() for t in b.base.params.values())
+    n += sum(s.images.numel() + 8 * s.labels.numel() for d in b.data.values() for s in d.values())
+    n += sum(t.numel() * 4 for vs in b.vectors.values() for tv in vs.values() for t in tv.tensors.values())
+    n += sum(t.numel() * t.element_size() for c in b.linear_cache.values() for t in c.values())
+    return n / 2**20
+
+
+def with_browser(args, bundle_tasks: list[str]) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="arith-bench-chromium-")
+    runs, sessions = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for run in range(args.runs):
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                ctx = browser.new_context(viewport={"width": 1400, "height": 1800})
+                page = ctx.new_page()
+                t0 = time.perf_counter()
+                proc = start_server(args.bundle, port, Path(profile) / f"server-{run}.log", args.threads)
+                try:
+                    wait_healthy(url, proc)
+                    t_health = time.perf_counter() - t0
+                    page.goto(url + "/")  # returns once the frontend's page has loaded
+                    t_loaded = time.perf_counter() - t0
+                    page.wait_for_function(TITLE, timeout=300_000, polling=50)
+                    t_title = time.perf_counter() - t0
+                    page.wait_for_function(RENDERED, timeout=300_000, polling=50)
+                    t_render = time.perf_counter() - t0
+                    rss_first = rss_mb(proc.pid)
+                    r = {"run": run + 1, "server_ready_s": t_health, "frontend_loaded_s": t_loaded, "title_shown_s": t_title,
+                         "first_render_s": t_render, "rss_after_first_mb": rss_first}
+                    if run == args.runs - 1:  # on the last server: a warm session, then memory per extra session
+                        t = time.perf_counter()
+                        warm = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
+                        warm.goto(url + "/")
+                        warm.wait_for_function(RENDERED, timeout=300_000, polling=50)
+                        r["warm_session_render_s"] = time.perf_counter() - t
+                        rng = random.Random(0)
+                        base = rss_mb(proc.pid)
+                        sessions.append({"sessions": 2, "rss_mb": base})
+                        for i in range(args.sessions):
+                            query = "&".join(f"c.{t}={rng.choice([-1.5, -0.5, 0.25, 0.6, 1.0])}" for t in bundle_tasks)
+                            pg = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
+                            pg.goto(f"{url}/?mode=attn&{query}")
+                            pg.wait_for_function(RENDERED, timeout=300_000, polling=50)
+                            sessions.append({"sessions": i + 3, "rss_mb": rss_mb(proc.pid)})
+                    runs.append(r)
+                    print(r, file=sys.stderr, flush=True)
+                finally:
+                    stop(proc)
+                    ctx.close()
+        finally:
+            browser.close()
+            shutil.rmtree(profile, ignore_errors=True)
+    return {"runs": runs, "sessions": sessions}
+
+
+def without_browser(args) -> dict:
+    """The first complete script run in a fresh process (imports + bundle load + the first view), via AppTest."""
+    code = ("import time; t0 = time.perf_counter()\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            "at = AppTest.from_file('app.py', default_timeout=300).run()\n"
+            "at.run()\n"  # the run after the legacy-pages switch: the first view as a browser gets it
+            "assert not at.exception, at.exception\n"
+            "print(time.perf_counter() - t0)\n")
+    runs = []
+    for run in range(args.runs):
+        env = {**os.environ, "ARITH_BUNDLE": args.bundle, "ARITH_DEVICE": "cpu",
+               "ARITH_PRECOMPUTED_DIR": tempfile.mkdtemp(prefix="arith-none-")}
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        runs.append({"run": run + 1, "first_render_s": time.perf_counter() - t0,
+                     "script_s": float(out.stdout.strip().splitlines()[-1])})
+    return {"runs": runs, "sessions": []}
+
+
+def main(argv=None) -> dict:
+    p = parser("app cold start to the first full render, and memory per extra session")
+    p.add_argument("--runs", type=int, default=3, help="cold starts (the median is reported)")
+    p.add_argument("--sessions", type=int, default=8, help="extra sessions for the memory measurement")
+    p.add_argument("--no-browser", action="store_true", help="time the app's first script run without a browser")
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads)
+    args.bundle = str(Path(args.bundle).resolve())
+
+    from arith.bundle import load_bundle
+
+    tasks = load_bundle(args.bundle).task_names
+    missing = None if args.no_browser else browser_missing()
+    if missing:
+        print(f"no browser ({missing}): timing the first script run instead", file=sys.stderr)
+    res = without_browser(args) if (args.no_browser or missing) else with_browser(args, tasks)
+    res.update(machine=machine(), bundle=args.bundle, threads=threads, browser=not (args.no_browser or missing),
+               bundle_tensors_mb=bundle_tensor_mb(args.bundle))
+    cold = [r["first_render_s"] for r in res["runs"]]
+    res["cold_start_median_s"] = statistics.median(cold)
+    rows = [{"measure": "cold start → first full render (median of "
+                        f"{len(cold)})", "value": res["cold_start_median_s"], "unit": "s", "target": TARGET_S,
+             "met": "yes" if res["cold_start_median_s"] <= TARGET_S else "no"}]
+    rows += [{"measure": f"  run {r['run']}: rendered", "value": r["first_render_s"], "unit": "s", "target": None,
+              "met": (f"server ready {r['server_ready_s']:.2f}, page loaded {r['frontend_loaded_s']:.2f}, "
+                      f"title {r['title_shown_s']:.2f}") if "server_ready_s" in r else f"script {r['script_s']:.2f}"}
+             for r in res["runs"]]
+    warm = [r["warm_session_render_s"] for r in res["runs"] if "warm_session_render_s" in r]
+    if warm:
+        rows.append({"measure": "a new session on the warm server → rendered", "value": warm[0], "unit": "s"})
+    s = res["sessions"]
+    if len(s) >= 3:
+        # The first session with coefficients of its own is the first to compute (the opening view is precomputed):
+        # it builds the shared evaluation tensors once.  Per extra session: the least-squares slope of RSS over the
+        # sessions after it (single readings are noisy).
+        res["rss_first_computing_session_mb"] = s[1]["rss_mb"] - s[0]["rss_mb"]
+        rows.append({"measure": "one-time: evaluation tensors etc. (first computing session)",
+                     "value": res["rss_first_computing_session_mb"], "unit": "MB"})
+        s = s[1:]
+        xs, ys = [r["sessions"] for r in s], [r["rss_mb"] for r in s]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        per = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        res["rss_per_extra_session_mb"] = per
+        rows.append({"measure": f"server RSS with {s[0]['sessions']} sessions", "value": s[0]["rss_mb"], "unit": "MB"})
+        rows.append({"measure": f"server RSS with {s[-1]['sessions']} sessions", "value": s[-1]["rss_mb"], "unit": "MB"})
+        rows.append({"measure": "memory per extra session (slope)", "value": per, "unit": "MB",
+                     "met": f"bundle tensors {res['bundle_tensors_mb']:.1f} MB: held once" if per < 0.5 * res["bundle_tensors_mb"]
+                     else f"bundle tensors {res['bundle_tensors_mb']:.1f} MB"})
+    head = f"app: {args.bundle}, {threads} torch thread(s) in the bench process, browser: {res['browser']}"
+    emit(args, res, head + "\n" + table(rows, ["measure", "value", "unit", "target", "met"], floatfmt="{:.2f}"))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The benchmark scripts keep working: each runs on the tiny bundle with minimal sizes and writes its JSON.
+(No timing is asserted: the figures belong in BENCHMARKS.md.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_slider_benchmark(bundle_dir, tmp_path, capsys):
+    from bench.slider import main
+
+    out = tmp_path / "slider.json"
+    res = main(["--bundle", str(bundle_dir), "--sets", "3", "--baseline", "--json", str(out)])  # no --threads: it is
+    # process-wide and would change the rest of the test session
+    assert set(res["modes"]) == {"full", "attn", "linear", "mlp"}
+    for mode, r in res["modes"].items():
+        assert r["optimised"]["new"]["n"] == 3 and r["baseline"]["cached"]["n"] == 3 and r["speedup"] > 0, mode
+    assert json.loads(out.read_text())["machine"]["torch_threads"] == res["threads"] >= 1
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_diagnostics_benchmark(bundle_dir, tmp_path):
+    from bench.diagnostics import main
+
+    res = main(["--bundle", str(bundle_dir), "--grids", "2", "3", "--images", "8", "16", "--scaling-grid", "2",
+                "--json", str(tmp_path / "d.json")])
+    assert res["xi"]["points"] == 225 and len(res["scaling"]) == 4 and res["kernel"]["seconds"] > 0
+    assert res["linearity"]["max_over_min"] >= 1
+
+
+@pytest.mark.slow
+def test_finetune_cost_benchmark(bundle_dir, tmp_path):
+    from bench.finetune_cost import main
+
+    res = main(["--bundle", str(bundle_dir), "--modes", "full", "attn", "--steps", "2", "--warmup", "1",
+                "--batch-size", "8", "--json", str(tmp_path / "f.json")])
+    attn = res["modes"]["attn"]
+    assert attn["trainable_params"] < res["modes"]["full"]["trainable_params"]
+    assert attn["state_vs_full"] < 1 and attn["time_vs_full"] > 0
+
+
+@pytest.mark.slow
+def test_app_start_benchmark_without_a_browser(bundle_dir, tmp_path):
+    from bench.app_start import main
+
+    res = main(["--bundle", str(bundle_dir), "--runs", "1", "--no-browser", "--json", str(tmp_path / "a.json")])
+    assert not res["browser"] and res["cold_start_median_s"] > 0 and res["bundle_tensors_mb"] > 0
+
+
+def test_standin_tasks_register_and_load():
+    from arith.data import get_task
+    from bench.standin import register
+
+    names = register()
+    assert len(names) == 8 == len(set(names))
+    a, b = get_task(names[0]).load("test", n=4), get_task(names[3]).load("test", n=4)  # same family, other draws
+    assert a.images.shape == (4, 3, 32, 32) and not (a.images == b.images).all()
