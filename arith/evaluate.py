@@ -26,10 +26,16 @@ from .taskvec import TaskVector
 
 
 class LRU:
-    """A small thread-safe LRU cache with a fixed number of entries."""
+    """A small thread-safe LRU cache with a fixed number of entries and, optionally, a bound on the bytes of the
+    tensors it holds (``max_bytes``; other values count as nothing).  The entry just put is never evicted."""
 
-    def __init__(self, maxsize: int = 64):
-        self.maxsize, self._d, self._lock = maxsize, OrderedDict(), threading.Lock()
+    def __init__(self, maxsize: int = 64, max_bytes: int | None = None):
+        self.maxsize, self.max_bytes, self._d, self._lock = maxsize, max_bytes, OrderedDict(), threading.Lock()
+        self.nbytes = 0
+
+    @staticmethod
+    def _size(value) -> int:
+        return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
     def get(self, key):
         with self._lock:
@@ -40,10 +46,14 @@ class LRU:
 
     def put(self, key, value):
         with self._lock:
+            if key in self._d:
+                self.nbytes -= self._size(self._d[key])
             self._d[key] = value
             self._d.move_to_end(key)
-            while len(self._d) > self.maxsize:
-                self._d.popitem(last=False)
+            self.nbytes += self._size(value)
+            while len(self._d) > self.maxsize or (self.max_bytes is not None and self.nbytes > self.max_bytes
+                                                  and len(self._d) > 1):
+                self.nbytes -= self._size(self._d.popitem(last=False)[1])
         return value
 
     def __len__(self) -> int:
@@ -70,12 +80,13 @@ class Evaluator:
     interactive subset); ``batch_size`` bounds memory of a forward pass.  ``autocast`` (``"fp16"`` or ``"bf16"``)
     runs the non-linear forward passes under ``torch.autocast`` for speed on a GPU: the merged weights θ0 + Σ λ τ
     are still formed in fp32 (τ is never rounded), only the matrix products of the forward pass are.  Off by
-    default; linearized (JVP) passes always run in fp32.
+    default; linearized (JVP) passes always run in fp32.  Caches are bounded: J τ by ``cache_size`` entries and
+    ``jvp_cache_mb``, shared θ0 activations by 4 entries of at most ``prefix_cache_mb`` each.
     """
 
     def __init__(self, base: Base, heads: Mapping[str, Head], data: Mapping[str, Mapping[str, Split]],
                  max_per_task: int | None = None, batch_size: int | None = None, cache_size: int = 256,
-                 autocast: str | None = None, prefix_cache_mb: float = 64.0):
+                 autocast: str | None = None, prefix_cache_mb: float = 64.0, jvp_cache_mb: float = 512.0):
         if autocast not in (None, "fp16", "bf16"):
             raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
         self.autocast = autocast
@@ -89,7 +100,7 @@ class Evaluator:
         self._sets: dict[str, EvalSet] = {}
         self._lock = threading.Lock()
         self._f0: dict[str, torch.Tensor] = {}
-        self._jvp = LRU(cache_size)
+        self._jvp = LRU(cache_size, max_bytes=int(jvp_cache_mb * 2**20))
         # θ0 activations entering the first stage a merge touches, per (split, stage); see _resume
         self._prefix, self.prefix_cache_bytes = LRU(4), int(prefix_cache_mb * 2**20)
 

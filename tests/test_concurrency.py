@@ -95,9 +95,10 @@ def parallel_apptest(monkeypatch):
     """Let AppTest sessions run in parallel threads, as a Streamlit server runs sessions.
 
     AppTest was written for one session at a time: each run installs a mock ``Runtime`` singleton and removes it at
-    the end, and patches ``config.get_option`` for the run's duration.  Overlapping runs would remove each other's
-    runtime mid-run and restore each other's patches out of order, so: keep the last runtime installed while runs
-    go on, and patch the config once for the whole test.  The app's code, session state and shared caches are
+    the end, patches ``config.get_option`` for the run's duration and compiles the scripts in a cache of its own.
+    Overlapping runs would remove each other's runtime mid-run and restore each other's patches out of order, so:
+    keep the last runtime installed while runs go on, patch the config once for the whole test and share one script
+    cache.  The app's code, session state and shared caches are
     exercised unchanged.
     """
     import contextlib
@@ -116,6 +117,10 @@ def parallel_apptest(monkeypatch):
             super().__setattr__(name, value)
 
     monkeypatch.setattr(app_test, "Runtime", KeepInstance("Runtime", (Runtime,), {}))
+    # one script cache for all sessions, as a server has (each AppTest run makes its own, and compiling the same
+    # script in several threads at once trips CPython 3.11's "AST constructor recursion depth mismatch")
+    shared_cache = app_test.ScriptCache()
+    monkeypatch.setattr(app_test, "ScriptCache", lambda: shared_cache)
     monkeypatch.setattr(app_test, "patch_config_options", lambda overrides: contextlib.nullcontext())
     monkeypatch.setattr(config, "get_option", build_mock_config_get_option({"global.appTest": True}))
     yield
@@ -178,6 +183,7 @@ def test_memory_stays_bounded_over_500_random_requests(bundle):
             ex.xi(mode, TASKS[0], TASKS[1], alphas=[rng.uniform(-2, 2), 0.0], extra=extra)
         peak = {k: max(peak[k], n) for k, n in (("memo", len(ex._memo)), ("jvp", len(ev._jvp)), ("prefix", len(ev._prefix)))}
         assert all(peak[k] <= limits[k] for k in limits), (i, peak)
+        assert ev._jvp.nbytes <= ev._jvp.max_bytes
         if i % 50 == 49:
             gc.collect()
             rss.append(_rss_mb())
@@ -191,6 +197,31 @@ def test_default_caches_are_bounded(bundle):
     ev = ex.evaluator()
     assert 0 < ex._memo.maxsize <= 4096 and 0 < ev._jvp.maxsize <= 4096 and 0 < ev._prefix.maxsize <= 16
     assert ev.prefix_cache_bytes <= 256 * 2**20
+
+
+def test_lru_bounds_the_bytes_it_holds():
+    from arith.evaluate import LRU
+
+    lru = LRU(100, max_bytes=1000)
+    for i in range(10):
+        lru.put(i, torch.zeros(100))  # 400 bytes each
+        assert lru.nbytes <= 1000 and lru.nbytes == sum(t.numel() * 4 for t in lru._d.values())
+    assert list(lru._d) == [8, 9] and lru.get(0) is None
+    lru.put(9, torch.zeros(10))  # replacing an entry updates the count
+    assert lru.nbytes == 440
+    big = lru.put("big", torch.zeros(1000))  # larger than the bound: kept alone (it is what the caller needs now)
+    assert lru.get("big") is big and len(lru) == 1 and lru.nbytes == 4000
+    assert LRU(3).put("x", "not a tensor") == "not a tensor"
+
+
+def test_jvp_cache_is_bounded_by_bytes(bundle):
+    ev = bundle.evaluator(jvp_cache_mb=0.05)  # ~50 kB: a few J τ of the tiny bundle
+    vs = [valid_vector(bundle.base, "linear", TASKS[i % 3], seed=500 + i) for i in range(6)]
+    for tv in vs:
+        ev.jvp(tv, "test")
+        assert ev._jvp.nbytes <= ev._jvp.max_bytes or len(ev._jvp) == 1
+    assert len(ev._jvp) < len(vs)
+    assert torch.equal(ev.jvp(vs[0], "test"), bundle.evaluator().jvp(vs[0], "test"))  # recomputed when evicted
 
 
 @pytest.mark.parametrize("n", [1, 8])
