@@ -50,17 +50,19 @@ def _explorer(args, max_per_task=None):
 
 
 def _bar(desc: str):
+    """A progress callback ``(done, total, *_)`` drawing a tqdm bar on stderr (rate-limited like any tqdm bar)."""
     from tqdm import tqdm
 
     state = {}
 
     def update(done: int, total: int, *_):
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-        state["bar"].n = done
-        state["bar"].refresh()
+            state["bar"] = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
+                                mininterval=0.5)
+        bar = state["bar"]
+        bar.update(done - bar.n)
         if done >= total:
-            state["bar"].close()
+            bar.close()
     return update
 
 
