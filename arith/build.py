@@ -49,11 +49,11 @@ class BuildPlan(_JsonRecord):
     finetune: dict = field(default_factory=dict)
     eval_n: int | None = 256
     train_n: int | None = None
-    head: str = "auto"  # "zeroshot" (text tower), "prototype" or "auto"
+    head: str = "auto"  # "zeroshot" (text tower), "prototype", "auto", or "given" (build_bundle(heads=...))
     seed: int = 0
     xi_pairs: int = 6
     xi_grid: int = 15
-    xi_eval_n: int | None = None  # images per task for ξ grids (None: all stored); the app recomputes with the same
+    xi_eval_n: int | None = None  # images per task for ξ grids (None: all stored); on-demand grids use the same
     linear_cache_splits: tuple[str, ...] = ("val", "test")  # splits whose f(θ0; x), J τ_t are stored (sliders: test)
     kernel: bool = True
     negation: bool = True
@@ -148,6 +148,13 @@ def similarity_table(vectors: dict[str, dict]) -> dict:
     return out
 
 
+def build_signature(plan: BuildPlan, sources) -> dict:
+    """What a bundle's data, heads and vectors depend on besides θ0 (checked by id) and each vector's fine-tuning
+    config (checked per file): a resumed build keeps earlier files only when this is unchanged."""
+    return {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
+            "train_n": plan.train_n, "head": plan.head, "data_root": plan.data_root}
+
+
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,
                  heads: dict[str, Head] | None = None, log: Log = _stderr, progress_factory=None,
                  command: str = "", extra_results: dict | None = None) -> Path:
@@ -160,6 +167,8 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
     sources = [get_task(t) for t in plan.tasks]
     infos = [s.info() for s in sources]
     writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+    if writer.start_over_unless(build_signature(plan, sources)):
+        log(f"build: {out} holds a build of other data or settings; starting over")
     if not writer.has(Files.BASE):
         writer.put_base(base)
     size, root = base.image_size, plan.data_root
@@ -178,7 +187,7 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
     for mode in plan.modes:
         cfg = plan.config(mode)
         for s in sources:
-            if writer.has(Files.vector(mode, s.name)):
+            if writer.has_vector(mode, s.name, cfg):
                 continue
             bar = progress_factory(f"{mode}/{s.name}", cfg.steps) if progress_factory else None
             res = finetune(base, heads[s.name], train[s.name], cfg, task=s.name, progress=bar)

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .data import Split
 from .heads import Head, heads_from_tensors, heads_to_tensors
 from .models import Base, fingerprint
 from .safefile import SafetensorsError, load_safetensors
-from .specs import FORMAT_VERSION, Files, FinetuneConfig, ModelSpec, Provenance, TaskInfo
+from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Provenance, TaskInfo
 from .taskvec import TaskVector, TaskVectorError, validate
 
 BUNDLE_FORMAT = "arith-bundle"
@@ -130,7 +131,7 @@ class BundleWriter:
             "base": {"spec": spec.to_dict(), "id": base_id},
             "tasks": [t.to_dict() for t in tasks], "splits": list(EVAL_SPLITS),
             "modes": old.get("modes", []), "finetune": old.get("finetune", {}), "files": old.get("files", {}),
-            "provenance": old.get("provenance", {}), **({"plan": old["plan"]} if "plan" in old else {}),
+            "provenance": old.get("provenance", {}), **{k: old[k] for k in ("plan", "signature") if k in old},
         }
 
     def has(self, rel: str) -> bool:
@@ -143,18 +144,50 @@ class BundleWriter:
         self.manifest["files"][rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         self.save_manifest()
 
+    def has_vector(self, mode: str, task: str, config: FinetuneConfig) -> bool:
+        """Whether the (mode, task) vector is written, intact and was trained with exactly ``config``."""
+        rel = Files.vector(mode, task)
+        if not self.has(rel):
+            return False
+        with safe_open(str(self.root / rel), "pt") as f:
+            stored = (f.metadata() or {}).get(Meta.CONFIG)
+        return stored is not None and json.loads(stored) == json.loads(config.to_json())
+
+    def start_over_unless(self, signature: dict) -> bool:
+        """Keep the files of an earlier (interrupted) build only if it was made from the same ``signature`` (what
+        the data, heads and vectors depend on besides θ0, whose id is checked on opening); returns whether any
+        earlier file other than θ0 was dropped."""
+        signature = json.loads(json.dumps(signature))
+        dropped = False
+        if self.manifest.get("signature") != signature:
+            dropped = any(rel != Files.BASE for rel in self.manifest["files"])
+            self.manifest["files"] = {k: v for k, v in self.manifest["files"].items() if k == Files.BASE}
+            self.manifest["modes"], self.manifest["finetune"] = [], {}
+        self.manifest["signature"] = signature
+        self.save_manifest()
+        return dropped
+
     def put_tensors(self, rel: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None):
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        out, seen = {}, set()
+        for k, v in tensors.items():
+            v = v.detach().cpu().contiguous()
+            # safetensors refuses tensors that share storage (e.g. one zero-shot head used by two tasks): copy repeats
+            ptr = v.untyped_storage().data_ptr() if v.numel() else None
+            out[k] = v.clone() if ptr in seen else v
+            seen.add(ptr)
+        save_file(out, str(tmp), metadata=dict(metadata or {}))
         os.replace(tmp, path)
         self._record(rel)
 
     def put_json(self, rel: str, obj: Any) -> None:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        tmp = path.with_name(path.name + ".tmp")  # atomic, like the tensors: an interrupted write leaves no half file
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        os.replace(tmp, path)
         self._record(rel)
 
     def put_base(self, base: Base) -> None:

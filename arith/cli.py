@@ -49,6 +49,22 @@ def _explorer(args, max_per_task=None):
     return Explorer(load_bundle(args.bundle), max_per_task=max_per_task)
 
 
+def _config_arg(text: str) -> dict:
+    """``--config``: inline JSON (open_clip model-config format) or the path of a JSON file."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config: not valid JSON ({e})") from None
+    try:
+        return json.loads(Path(text).read_text())
+    except OSError as e:
+        raise ValueError(f"--config: neither inline JSON nor a readable file ({e.strerror}: {text[:80]})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config: {text} is not valid JSON ({e})") from None
+
+
 def _bar(desc: str):
     """A progress callback ``(done, total, *_)`` drawing a tqdm bar on stderr (rate-limited like any tqdm bar)."""
     from tqdm import tqdm
@@ -118,8 +134,7 @@ def cmd_info(args):
         _emit(args, res, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
         return
     if args.config:
-        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
-        spec = ModelSpec(config=cfg)
+        spec = ModelSpec(config=_config_arg(args.config))
     else:
         spec = ModelSpec(name=args.model or "ViT-B-32")
     modes = [get_mode(args.mode).name] if args.mode else list(MODES)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import _emit, arguments, command
+from .cli import _config_arg, _emit, arguments, command
 from .modes import MODES, get_mode
 from .specs import Meta
 from .taskvec import TaskVector, validate
@@ -226,7 +226,7 @@ def _import_base(args):
     if not (args.model or args.config):
         return load_bundle(args.bundle).base
     if args.config:
-        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
+        cfg = _config_arg(args.config)
         spec = ModelSpec(config=cfg)
     else:
         spec = ModelSpec(name=args.model, pretrained=args.pretrained)

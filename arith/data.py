@@ -53,6 +53,7 @@ class TaskSource:
     templates: tuple[str, ...] = ("a photo of a {}.",)
     family: str = "custom"
     description: str = ""
+    version: str = ""  # bump when the images a loader makes change (a resumed bundle build then starts over)
 
     def info(self) -> TaskInfo:
         return TaskInfo(self.name, self.classnames, self.templates, self.description)

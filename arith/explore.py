@@ -121,8 +121,10 @@ class Explorer:
         if unknown:
             raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(vs)}")
         tasks = list(tasks or self.tasks)
+        # every vector of the mode is in the key, not only the merged ones: workspace vectors named after a bundle
+        # task change the normalisers (finetuned()), so sessions with different workspaces must not share results
         key = ("eval", mode, split, tuple(tasks), method, round_coefs(coefs),
-               tuple(sorted((n, vs[n].uid) for n in coefs)))
+               tuple(sorted((n, tv.uid) for n, tv in vs.items())))
 
         def compute():
             pre = self._from_addition(mode, coefs, split, tasks, method, vs)
@@ -263,4 +265,6 @@ def _transpose(res: dict) -> dict:
     for v in ("prediction", "representation"):
         out[v] = [list(r) for r in zip(*res[v])]
     out["alpha1"], out["alpha2"], out["tasks"] = res["alpha2"], res["alpha1"], list(reversed(res["tasks"]))
+    if "images_per_task" in res:
+        out["images_per_task"] = list(reversed(res["images_per_task"]))
     return out

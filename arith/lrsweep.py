@@ -1,14 +1,19 @@
 """``python -m arith lr-sweep``: choose fine-tuning learning rates on validation splits only.
 
 For each mode and candidate lr, fine-tune every task with the bundle's schedule and score the mean single-task
-*validation* accuracy; the best lr per mode is reported (ties: the smaller lr), together with whether one lr is
-best for both ``full`` and ``attn``.  The sweep is stored in the bundle as ``results/lr_selection.json`` so the
-choice behind a bundle's task vectors can be audited; test splits are never looked at.
+*validation* accuracy (a candidate equal to the bundle's own configuration evaluates the bundle's vectors instead of
+retraining them: the same seeded run). Per mode the chosen lr is the smallest within one standard error of the best
+(:func:`choose_lr`), and the result says whether ``full`` and ``attn`` got the same one. The sweep is stored in the
+bundle as ``results/lr_selection.json`` so the choice behind a bundle's task vectors can be audited; test splits are
+never looked at.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,11 +21,42 @@ from .bundle import BundleWriter, load_bundle
 from .cli import _bar, _emit, arguments, command
 from .data import get_task
 from .finetune import finetune
-from .specs import FinetuneConfig
+from .specs import FinetuneConfig, Meta
 
 
-def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progress_factory=None, log=print) -> dict:
-    """Validation accuracy per (mode, lr, task); returns {"runs": [...], "chosen": {mode: lr}, ...}."""
+def _trained_with(tv, cfg: FinetuneConfig) -> bool:
+    stored = tv.meta.get(Meta.CONFIG)
+    return stored is not None and json.loads(stored) == json.loads(cfg.to_json())
+
+
+def choose_lr(scores: dict[float, float], n_images: int) -> tuple[float, float]:
+    """The one-standard-error rule: the smallest lr whose mean validation accuracy is within one standard error
+    (binomial, over ``n_images`` validation images) of the best.  Differences smaller than the noise do not move
+    the choice to larger steps (larger task vectors); returns (lr, standard error)."""
+    best = max(scores.values())
+    se = math.sqrt(max(best * (1 - best), 0.0) / max(n_images, 1))
+    return min(lr for lr, acc in scores.items() if acc >= best - se - 1e-12), se
+
+
+def _previous_runs(paths, tasks: list[str], base_id: str) -> list[dict]:
+    runs = []
+    for path in paths or ():
+        prev = json.loads(Path(path).read_text())
+        if prev.get("base_id", base_id) != base_id:
+            raise ValueError(f"lr-sweep: {path} was made on another base model ({prev.get('base_id')})")
+        for r in prev.get("runs", []):
+            if sorted(r.get("val_accuracy", {})) != sorted(tasks):
+                raise ValueError(f"lr-sweep: {path} scored other tasks ({sorted(r.get('val_accuracy', {}))})")
+            runs.append({**r, "from": str(path)})
+    return runs
+
+
+def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progress_factory=None, log=print,
+             previous=None) -> dict:
+    """Validation accuracy per (mode, lr, task); returns {"runs": [...], "chosen": {mode: lr}, ...}.
+
+    ``previous``: JSON files of earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr
+    and steps), so a sweep can be extended with new candidates without retraining the old ones."""
     b = load_bundle(bundle_dir)
     ev = b.evaluator()
     tasks = list(tasks or b.task_names)
@@ -28,29 +64,44 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
     train_n = train_n or plan.get("train_n")
     data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
                                 root=plan.get("data_root")) for t in tasks}
-    runs, chosen = [], {}
+    same_data = train_n == plan.get("train_n")
+    prev = _previous_runs(previous, tasks, b.base.id)
+    n_val = sum(len(b.data[t]["val"]) for t in tasks)
+    runs, chosen, best, errors = [], {}, {}, {}
     for mode in modes:
         base_cfg = (b.finetune_config(mode) or FinetuneConfig(mode=mode)).to_dict()
         if steps:
             base_cfg.update(steps=steps, warmup_steps=min(base_cfg["warmup_steps"], steps // 10))
         scores = {}
-        for lr in lrs:
+        for lr in sorted(set(lrs) | {r["lr"] for r in prev if r["mode"] == mode}):
             cfg = FinetuneConfig.from_dict({**base_cfg, "mode": mode, "lr": lr})
-            acc, t0 = {}, time.perf_counter()
+            done = next((r for r in prev if (r["mode"], r["lr"], r["steps"]) == (mode, lr, cfg.steps)), None)
+            if done is not None:
+                scores[lr] = done["val_mean"]
+                runs.append(done)
+                continue
+            acc, reused, t0 = {}, [], time.perf_counter()
             for t in tasks:
-                bar = progress_factory(f"{mode} lr={lr:g} {t}", cfg.steps) if progress_factory else None
-                tv = finetune(b.base, b.heads[t], data[t], cfg, task=t, progress=bar).vector
+                tv = b.vectors.get(mode, {}).get(t)
+                if tv is not None and same_data and _trained_with(tv, cfg):  # the bundle's own vector: no retraining
+                    reused.append(t)
+                else:
+                    bar = progress_factory(f"{mode} lr={lr:g} {t}", cfg.steps) if progress_factory else None
+                    tv = finetune(b.base, b.heads[t], data[t], cfg, task=t, progress=bar).vector
                 acc[t] = ev.evaluate([tv], [1.0], "val", [t])[t]
             scores[lr] = float(np.mean(list(acc.values())))
             runs.append({"mode": mode, "lr": lr, "steps": cfg.steps, "val_accuracy": acc, "val_mean": scores[lr],
-                         "seconds": time.perf_counter() - t0})
+                         "seconds": time.perf_counter() - t0, "reused_bundle_vectors": reused})
             log(f"lr-sweep: {mode} lr={lr:g}: mean validation accuracy {100 * scores[lr]:.1f}")
-        chosen[mode] = max(sorted(scores), key=lambda lr: (round(scores[lr], 6), -lr))
+        chosen[mode], errors[mode] = choose_lr(scores, n_val)
+        best[mode] = max(sorted(scores), key=lambda lr: (scores[lr], -lr))
     shared = None
     if "full" in chosen and "attn" in chosen:
         shared = chosen["full"] == chosen["attn"]
-    return {"modes": list(modes), "lrs": list(lrs), "tasks": tasks, "runs": runs, "chosen": chosen,
-            "full_and_attn_agree": shared, "criterion": "mean single-task validation accuracy"}
+    return {"modes": list(modes), "lrs": sorted({r["lr"] for r in runs}), "tasks": tasks, "runs": runs,
+            "chosen": chosen, "best": best, "standard_error": errors, "validation_images": n_val,
+            "full_and_attn_agree": shared, "base_id": b.base.id,
+            "criterion": "smallest lr within one standard error of the best mean single-task validation accuracy"}
 
 
 def _args(p):
@@ -60,6 +111,8 @@ def _args(p):
     p.add_argument("--tasks", nargs="+", help="tasks to sweep on (default: all)")
     p.add_argument("--steps", type=int, help="override the bundle's fine-tuning steps")
     p.add_argument("--train-n", type=int)
+    p.add_argument("--previous", nargs="+", metavar="JSON",
+                   help="earlier sweeps (lr-sweep --json output) on this bundle: their runs are reused, not retrained")
     p.add_argument("--save", action="store_true", help="store the sweep in the bundle (results/lr_selection.json)")
 
 
@@ -67,7 +120,8 @@ def _args(p):
 @arguments(_args)
 def cmd_lr_sweep(args):
     res = lr_sweep(args.bundle, args.modes, args.lrs, args.tasks, args.steps, args.train_n,
-                   progress_factory=lambda d, n: _bar(d), log=lambda m: None if args.json else print(m))
+                   progress_factory=lambda d, n: _bar(d), log=lambda m: None if args.json else print(m, flush=True),
+                   previous=args.previous)
     if args.save:
         b = load_bundle(args.bundle)
         w = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))

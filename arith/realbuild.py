@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .build import BuildPlan, Log, make_heads, precompute
+from .build import BuildPlan, Log, build_signature, make_heads, precompute
 from .bundle import BundleWriter, load_bundle
-from .cli import _bar, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
+from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
 from .data import get_task
 from .finetune import finetune
 from .models import Base, ImageEncoder, build_clip
@@ -110,6 +110,8 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     writer = None
     if main:
         writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+        if writer.start_over_unless(build_signature(plan, sources.values())):
+            log(f"build: {out} holds a build of other data or settings; starting over")
         if not writer.has(Files.BASE):
             writer.put_base(base)
         records = {}
@@ -137,7 +139,8 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
             writer.put_heads(make_heads(base, infos, train, plan.head, clip, tokenizer))
     D.barrier()
     heads = _read_heads(out, list(sources), base.embed_dim)
-    pending = [(m, t) for m in plan.modes for t in plan.tasks if not writer.has(Files.vector(m, t))] if main else None
+    pending = [(m, t) for m in plan.modes for t in plan.tasks
+               if not writer.has_vector(m, t, plan.config(m))] if main else None
     pending = D.broadcast(pending)
     kept = [(m, t) for m in plan.modes for t in plan.tasks if (m, t) not in pending]
     if kept:
@@ -280,7 +283,7 @@ def _build_args(p):
 
 def _config_spec(args) -> ModelSpec:
     if args.config:
-        cfg = json.loads(Path(args.config).read_text() if Path(args.config).exists() else args.config)
+        cfg = _config_arg(args.config)
         return ModelSpec(config=cfg)
     return ModelSpec(name=args.model, pretrained=args.pretrained)
 

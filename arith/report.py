@@ -13,8 +13,9 @@ def _mean(values) -> float | None:
 
 
 def results_rows(bundle: Bundle) -> list[dict]:
-    """One row per mode: zero-shot and single-task accuracy, task addition (α, absolute, normalized), negation
-    (target, control), mean ξ over the precomputed pairs, kernel agreement, and training cost."""
+    """One row per mode: fine-tuning lr, zero-shot and single-task accuracy, task addition (α, absolute, normalized), negation
+    (target, control), mean ξ over the precomputed pairs, kernel agreement, and training cost (time per step;
+    memory: ``state MB`` exact, ``peak MB`` measured, see arith/cost.py)."""
     r = bundle.results
     zs = r.get("accuracy", {}).get("zeroshot", {}).get("test", {})
     rows = []
@@ -26,8 +27,10 @@ def results_rows(bundle: Bundle) -> list[dict]:
         ker = r.get("kernel", {}).get(mode, {})
         cost = r.get("cost", {}).get(mode) or {}
         train = r.get("training", {}).get(mode, {})
+        cfg = bundle.finetune_config(mode)
         rows.append({
             "mode": mode,
+            "lr": cfg.lr if cfg else None,
             "zero-shot": _mean(zs.values()),
             "single-task": _mean(ft.values()),
             "addition α": add.get("alpha"),
@@ -38,6 +41,7 @@ def results_rows(bundle: Bundle) -> list[dict]:
             "mean ξ": _mean(g["mean"]["prediction"] for g in xi.values()),
             "kernel agreement": _mean(k["at_1"]["agreement"] for k in ker.values()) if mode != "linear" else None,
             "s/step": cost.get("seconds_per_step") or _mean(t.get("seconds_per_step") for t in train.values()),
+            "state MB": cost.get("state_mb"),
             "peak MB": cost.get("peak_mb"),
         })
     return rows
@@ -57,14 +61,16 @@ def markdown(rows: list[dict], pct: tuple[str, ...] | None = None) -> str:
             return "—"
         if col in pct:
             return f"{100 * v:.1f}"
+        if col == "lr":
+            return f"{v:g}"
         if col == "addition α":
             return f"{v:.2f}"
         if col == "mean ξ":
             return f"{v:.3f}"
         if col == "s/step":
             return f"{v:.4f}"
-        if col == "peak MB":
-            return f"{v:.0f}"
+        if col in ("state MB", "peak MB"):
+            return f"{v:.1f}"
         return str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

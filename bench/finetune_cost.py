@@ -22,43 +22,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench._common import ROOT, emit, machine, parser, peak_rss_mb, rss_mb, set_threads, table
 
 MODES = ("full", "attn", "linear", "mlp")
-
-
-def reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def training_state_bytes(base, head, images, labels, mode: str) -> dict:
-    """Bytes saved for backward in one step (deduplicated by storage) + gradients + AdamW moments."""
-    import torch
-    import torch.nn.functional as F
-
-    from arith.finetune import Trainable
-
-    model = Trainable(base, mode)
-    seen: dict[int, int] = {}
-    params = {p.data_ptr() for p in model.parameters()} | {t.data_ptr() for t in base.params.values()}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(head.logits(model(base.preprocess(images))), labels)
-    loss.backward()
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"saved_activations_mb": sum(seen.values()) / 2**20, "trainable_params": sum(p.numel() for p in model.parameters()),
-            "grads_and_adam_mb": 3 * trainable / 2**20}
 
 
 def child(args) -> dict:
@@ -66,6 +33,7 @@ def child(args) -> dict:
     import torch
 
     from arith.bundle import load_bundle
+    from arith.cost import reset_peak_rss, training_state_mb
     from arith.data import Split
     from arith.finetune import finetune
     from arith.specs import FinetuneConfig
@@ -76,7 +44,8 @@ def child(args) -> dict:
     images = torch.cat([data[s].images for s in ("val", "test") if s in data])
     labels = torch.cat([data[s].labels for s in ("val", "test") if s in data])
     base, head = b.base, b.heads[task]
-    state = training_state_bytes(base, head, images[:args.batch_size], labels[:args.batch_size], args.child)
+    state = training_state_mb(base, head, images[:args.batch_size], labels[:args.batch_size], args.child)
+    state["trainable_params"] = state.pop("trainable")
     cfg = FinetuneConfig(mode=args.child, steps=args.warmup + args.steps, batch_size=args.batch_size, lr=1e-4,
                          warmup_steps=1, seed=0)
     import gc

@@ -103,3 +103,19 @@ def test_linear_cache_matches_fresh_jvps(bundle):
     small = bundle.evaluator(max_per_task=10)
     assert torch.allclose(small.jvp(tv, "test"), Evaluator(bundle.base, bundle.heads, bundle.data, 10).jvp(tv, "test"),
                           atol=1e-5)
+
+
+def test_one_head_shared_by_two_tasks_is_written_and_read_back(bundle, tmp_path):
+    """Two tasks of one concept group share one zero-shot head tensor (the default's digits and street)."""
+    from safetensors.torch import load_file
+
+    from arith.bundle import BundleWriter
+    from arith.heads import heads_from_tensors
+
+    t0, t1 = TASKS[0], TASKS[1]
+    w = BundleWriter(tmp_path / "s", "shared", bundle.base.spec, bundle.base.id,
+                     [bundle.tasks[t0], bundle.tasks[t1]], "")
+    w.put_heads({t0: bundle.heads[t0], t1: bundle.heads[t0]})
+    got = heads_from_tensors(load_file(str(tmp_path / "s" / Files.HEADS)), [t0, t1], bundle.base.embed_dim)
+    assert torch.equal(got[t0].weight, bundle.heads[t0].weight)
+    assert torch.equal(got[t1].weight, bundle.heads[t0].weight)

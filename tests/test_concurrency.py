@@ -119,8 +119,11 @@ def parallel_apptest(monkeypatch):
     monkeypatch.setattr(app_test, "Runtime", KeepInstance("Runtime", (Runtime,), {}))
     # one script cache for all sessions, as a server has (each AppTest run makes its own, and compiling the same
     # script in several threads at once trips CPython 3.11's "AST constructor recursion depth mismatch")
+    from streamlit.testing.v1 import local_script_runner
+
     shared_cache = app_test.ScriptCache()
     monkeypatch.setattr(app_test, "ScriptCache", lambda: shared_cache)
+    monkeypatch.setattr(local_script_runner, "ScriptCache", lambda: shared_cache)  # the runner compiles with its own
     monkeypatch.setattr(app_test, "patch_config_options", lambda overrides: contextlib.nullcontext())
     monkeypatch.setattr(config, "get_option", build_mock_config_get_option({"global.appTest": True}))
     yield
@@ -231,3 +234,18 @@ def test_lru_keeps_its_limit_under_threads(n):
     lru = LRU(32)
     run_all([lambda k=k: [lru.put((k, i), i) for i in range(500)] for k in range(n)], workers=n)
     assert len(lru) == 32
+
+
+def test_a_workspace_vector_that_changes_the_normalisers_is_not_shared_through_the_memo(bundle):
+    """An extra vector named after a bundle task replaces that task's normaliser even when it is not merged: a session
+    with one must not be served (or serve) another session's normalized accuracy."""
+    ex = Explorer(bundle)
+    t0, t1 = bundle.task_names[:2]
+    other = bundle.vectors["attn"][t0].scale(-1.0)  # fine-tuned accuracy of this "τ" differs from the bundle's
+    coefs = {t1: 0.35}
+    plain = ex.evaluate("attn", coefs)
+    with_extra = ex.evaluate("attn", coefs, extra={t0: other})
+    assert with_extra["accuracy"] == plain["accuracy"]  # the merged model is the same
+    assert with_extra["normalized"] != plain["normalized"]  # but normalised by another single-task accuracy
+    assert Explorer(bundle).evaluate("attn", coefs, extra={t0: other})["normalized"] == with_extra["normalized"]
+    assert ex.evaluate("attn", coefs)["normalized"] == plain["normalized"]

@@ -39,6 +39,8 @@ def test_digit_splits_do_not_overlap():
     parts = [set(_digits_split(s, 0).tolist()) for s in ("train", "val", "test")]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert sum(map(len, parts)) == 1797
+    # fixed whatever the seed: training data loaded with another seed never includes a stored test image
+    assert all(set(_digits_split(s, 7).tolist()) == p for s, p in zip(("train", "val", "test"), parts))
 
 
 def test_competition_mask_keeps_lookalike_glyphs_apart():
@@ -75,7 +77,11 @@ def test_quick_build_has_everything(quick):
     for key in ("accuracy", "addition", "negation", "disentanglement", "kernel", "similarity", "training", "cost",
                 "pretraining"):
         assert key in b.results, key
-    assert b.results["cost"]["attn"]["seconds_per_step"] > 0
+    cost = b.results["cost"]
+    assert cost["attn"]["seconds_per_step"] > 0
+    # exact training state: attn keeps gradients and AdamW moments for the attention weights only
+    assert 0 < cost["attn"]["grads_and_adam_mb"] < cost["full"]["grads_and_adam_mb"]
+    assert cost["attn"]["state_mb"] < cost["full"]["state_mb"] < cost["linear"]["state_mb"]
     assert b.manifest["provenance"]["command"] is not None and b.manifest["provenance"]["minutes"] > 0
     # zero-shot heads are the frozen concept rows of each task's classes
     assert b.heads["digits"].num_classes == 10 and b.heads["terrain"].num_classes == 8
@@ -103,6 +109,61 @@ def test_lr_sweep_uses_validation_and_is_saved(quick, capsys):
     res = json.loads(capsys.readouterr().out)
     assert set(res["chosen"]) == {"attn", "full"} and res["chosen"]["attn"] in (1e-4, 1e-3)
     assert len(res["runs"]) == 4 and all(set(r["val_accuracy"]) == {"digits"} for r in res["runs"])
-    best = max(r["val_mean"] for r in res["runs"] if r["mode"] == "attn")
-    assert next(r for r in res["runs"] if r["mode"] == "attn" and r["lr"] == res["chosen"]["attn"])["val_mean"] == best
+    from arith.lrsweep import choose_lr
+
+    scores = {r["lr"]: r["val_mean"] for r in res["runs"] if r["mode"] == "attn"}
+    assert res["chosen"]["attn"] == choose_lr(scores, res["validation_images"])[0]
     assert load_bundle(quick).results["lr_selection"]["chosen"] == res["chosen"]
+
+
+def test_lr_choice_is_the_smallest_within_one_standard_error_of_the_best():
+    from arith.lrsweep import choose_lr
+
+    # best 0.90 on 2048 images: standard error ≈ 0.0066
+    assert choose_lr({1e-4: 0.85, 3e-4: 0.896, 1e-3: 0.90}, 2048)[0] == 3e-4
+    assert choose_lr({1e-4: 0.85, 3e-4: 0.88, 1e-3: 0.90}, 2048)[0] == 1e-3
+    lr, se = choose_lr({1e-3: 0.5}, 100)
+    assert lr == 1e-3 and se == pytest.approx(0.05)
+
+
+def test_lr_sweep_extends_an_earlier_sweep_without_retraining_it(quick, tmp_path, capsys):
+    args = ["lr-sweep", "--bundle", str(quick), "--modes", "attn", "--tasks", "digits", "--steps", "3", "--json"]
+    assert main([*args, "--lrs", "1e-4"]) == 0
+    first = tmp_path / "first.json"
+    first.write_text(capsys.readouterr().out)
+    assert main([*args, "--lrs", "1e-3", "--previous", str(first)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["lrs"] == [1e-4, 1e-3] and [r.get("from") for r in res["runs"]] == [str(first), None]
+    # a sweep scored on other tasks is refused, naming the file
+    assert main([*args, "--tasks", "terrain", "--lrs", "1e-3", "--previous", str(first)]) == 2
+    assert "other tasks" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_pretraining_is_reused_from_the_cache_bit_for_bit(tmp_path, monkeypatch):
+    from arith.default.build import _pretrained
+
+    monkeypatch.setenv("ARITH_DATA_CACHE", str(tmp_path))
+    cfg = PretrainConfig(width=32, layers=1, head_width=16, embed_dim=16, pool=96, steps=3, batch_size=16, seed=2)
+    logs = []
+    a = _pretrained(cfg, logs.append)
+    b = _pretrained(cfg, logs.append)
+    assert not a[2].get("reused") and b[2]["reused"] and any("reusing" in m for m in logs)
+    assert a[0].id == b[0].id
+    assert set(a[1]) == set(b[1]) and all(torch.equal(a[1][g].weight, b[1][g].weight) for g in a[1])
+    assert a[1]["digits"].scale == b[1]["digits"].scale
+    other = PretrainConfig.from_dict({**cfg.to_dict(), "seed": 3})
+    assert not _pretrained(other, logs.append)[2].get("reused")  # another recipe is not served from the cache
+
+
+def test_lr_sweep_reuses_the_bundles_own_vectors_for_its_own_lr(quick, capsys):
+    from arith.bundle import load_bundle
+
+    b = load_bundle(quick)
+    own = b.finetune_config("attn").lr
+    assert main(["lr-sweep", "--bundle", str(quick), "--modes", "attn", "--lrs", str(own), str(own / 3),
+                 "--tasks", "digits", "--json"]) == 0
+    runs = {r["lr"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert runs[own]["reused_bundle_vectors"] == ["digits"] and runs[own / 3]["reused_bundle_vectors"] == []
+    # what it reports for the reused run is the bundle vector's validation accuracy
+    val = b.evaluator().evaluate([b.vectors["attn"]["digits"]], [1.0], "val", ["digits"])["digits"]
+    assert runs[own]["val_accuracy"]["digits"] == val

@@ -110,6 +110,23 @@ def test_an_interrupted_build_resumes(built, data):
     assert all(torch.equal(before[k], after[k]) for k in before), "seeded: the rerun gives the same vector"
 
 
+
+def test_a_rebuild_with_other_settings_keeps_nothing_stale(built, data, tmp_path):
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(built[0], out)
+    tasks, modes = ["mnist", f"blooms={data / 'blooms'}"], ["attn", "full", "linear"]
+    args = build_args(data, out, tasks, modes)
+    args[args.index("--lr") + 1] = str(LR / 2)  # another learning rate: every vector is retrained, none kept
+    res = cli(*args)
+    assert len(res["trained"]) == 6 and res["kept"] == []
+    b = load_bundle(out)
+    assert all(b.finetune_config(m).lr == LR / 2 for m in modes)
+    args[args.index("--eval-n") + 1] = "6"  # other evaluation data: the build starts over, data included
+    res = cli(*args)
+    assert len(res["trained"]) == 6 and load_bundle(out).data["mnist"]["test"].images.shape[0] == 6
+
 def test_evaluate_full_streams_the_whole_test_split(built, data):
     out, _ = built
     coefs = ["--coef", "mnist=0.4", "--coef", "blooms=0.3"]

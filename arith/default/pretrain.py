@@ -1,11 +1,11 @@
 """Pre-training the default's base: a CLIP-like tiny ViT whose "text embeddings" are learned concept vectors.
 
-Recipe (after ``../shared/docs/default-bundle-notes.md``, second attempt): a cosine classifier over the 78 source
-concepts with a learnable logit scale, AdamW with warm-up and cosine decay, small random translations.  The notes
-restricted the softmax to each sample's group; here all concepts compete (except look-alike glyphs such as 0/O),
-which pushes the groups apart in feature space, so a task vector of one group disturbs the others less.  The
-normalised classifier rows play the role of CLIP's class-name text embeddings: each task's zero-shot head is the
-rows of its classes, frozen.
+Recipe (after the second of the project's two small-scale attempts; see the README's *The embedded default*): a
+cosine classifier over the 78 source concepts with a learnable logit scale, AdamW with warm-up and cosine decay,
+small random translations. The notes restricted the softmax to each sample's group; here all concepts compete
+(except look-alike glyphs such as 0/O), which pushes the groups apart in feature space, so a task vector of one
+group disturbs the others less. The normalised classifier rows play the role of CLIP's class-name text embeddings:
+each task's zero-shot head is the rows of its classes, frozen.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from ..models import Base, build_visual
 from ..specs import ModelSpec, _JsonRecord
 from . import concepts as C
 
+# bump when this recipe's code changes (loss, masks, schedule, augmentation): a cached θ0 is keyed by it
+PRETRAIN_VERSION = "1"
 
 @dataclass(frozen=True)
 class PretrainConfig(_JsonRecord):

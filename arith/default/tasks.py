@@ -42,9 +42,12 @@ def cached(key: str, make):
     return images, labels
 
 
-def _digits_split(split: str, seed: int) -> np.ndarray:
+def _digits_split(split: str, seed: int = 0) -> np.ndarray:
+    """Indices of scikit-learn's 1,797 digits in ``split``.  The partition is fixed (``seed`` is ignored), so
+    training data loaded with any seed (``finetune --seed``, the Train page) never includes a stored test image."""
+    del seed
     n = len(C._sklearn_digits()[1])
-    perm = np.random.default_rng(split_seed("digits", "perm", seed)).permutation(n)
+    perm = np.random.default_rng(split_seed("digits", "perm", 0)).permutation(n)
     return {"test": perm[:EVAL_N], "val": perm[EVAL_N:2 * EVAL_N], "train": perm[2 * EVAL_N:]}[split]
 
 
@@ -74,7 +77,8 @@ def _loader(style: C.TaskStyle):
 
 for _style in C.TASK_STYLES:
     _group = next(g for g in C.GROUPS if g.name == _style.group)
-    register_task(TaskSource(_style.name, _group.names, _loader(_style), _style.templates, "default", _style.description))
+    register_task(TaskSource(_style.name, _group.names, _loader(_style), _style.templates, "default", _style.description,
+                             TASK_VERSION))
 
 DEFAULT_TASKS = tuple(s.name for s in C.TASK_STYLES)
 
