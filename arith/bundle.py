@@ -114,6 +114,12 @@ def _cache_index(ev, split: str, cache: Mapping[str, torch.Tensor]) -> torch.Ten
     return torch.cat(idx)
 
 
+def trained_with(meta: Mapping[str, str], config: FinetuneConfig) -> bool:
+    """Whether a task vector's metadata says it was fine-tuned with exactly ``config``."""
+    stored = meta.get(Meta.CONFIG)
+    return stored is not None and json.loads(stored) == json.loads(config.to_json())
+
+
 # -- writing ------------------------------------------------------------------------------------------------------
 class BundleWriter:
     """Writes a bundle file by file, keeping the manifest's file table current (so an interrupted build resumes:
@@ -150,8 +156,7 @@ class BundleWriter:
         if not self.has(rel):
             return False
         with safe_open(str(self.root / rel), "pt") as f:
-            stored = (f.metadata() or {}).get(Meta.CONFIG)
-        return stored is not None and json.loads(stored) == json.loads(config.to_json())
+            return trained_with(f.metadata() or {}, config)
 
     def start_over_unless(self, signature: dict) -> bool:
         """Keep the files of an earlier (interrupted) build only if it was made from the same ``signature`` (what

@@ -17,16 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BundleWriter, load_bundle
+from .bundle import BundleWriter, load_bundle, trained_with
 from .cli import _bar, _emit, arguments, command
 from .data import get_task
 from .finetune import finetune
-from .specs import FinetuneConfig, Meta
-
-
-def _trained_with(tv, cfg: FinetuneConfig) -> bool:
-    stored = tv.meta.get(Meta.CONFIG)
-    return stored is not None and json.loads(stored) == json.loads(cfg.to_json())
+from .specs import FinetuneConfig
 
 
 def choose_lr(scores: dict[float, float], n_images: int) -> tuple[float, float]:
@@ -83,7 +78,7 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
             acc, reused, t0 = {}, [], time.perf_counter()
             for t in tasks:
                 tv = b.vectors.get(mode, {}).get(t)
-                if tv is not None and same_data and _trained_with(tv, cfg):  # the bundle's own vector: no retraining
+                if tv is not None and same_data and trained_with(tv.meta, cfg):  # the bundle's own vector: no retraining
                     reused.append(t)
                 else:
                     bar = progress_factory(f"{mode} lr={lr:g} {t}", cfg.steps) if progress_factory else None

@@ -46,11 +46,11 @@ RENDERED = """() => {
 
 def browser_missing() -> str | None:
     if not Path(CHROMIUM).is_file():
-        return f"no Chromium at {CHROMIUM}"
+        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "the playwright package is not installed"
+        return "the playwright package is not installed (pip install playwright)"
     return None
 
 

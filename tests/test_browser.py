@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.app_start import CHROMIUM, CHROMIUM_ARGS, browser_missing, free_port
+
 from conftest import ROOT
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("ARITH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWS = [  # (url path, title, screenshot name), in the navigation's order
     ("", "Task arithmetic", "1-arithmetic"),
     ("disentanglement", "Weight disentanglement", "2-disentanglement"),
@@ -45,28 +43,12 @@ VIEWS = [  # (url path, title, screenshot name), in the navigation's order
 ]
 
 
-def _missing() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install playwright)"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(bundle_dir, tmp_path_factory):
-    reason = _missing()
+    reason = browser_missing()
     if reason:
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
     bundle = os.environ.get("ARITH_BROWSER_BUNDLE") or str(bundle_dir)
     env = {**os.environ, "ARITH_BUNDLE": bundle, "ARITH_DEVICE": "cpu",
            "ARITH_PRECOMPUTED_DIR": str(tmp_path_factory.mktemp("no-precomputed"))}
