@@ -71,6 +71,7 @@ def jvp_features(base, delta: Mapping[str, torch.Tensor], x: torch.Tensor) -> tu
     def f(p):
         return base.features(p, x)
 
+    base.module  # noqa: B018 - a lazily built module must be built before the transform, not inside it
     with _jvp_lock, forward_ad_attention():
         f0, jd = jvp(f, (primals,), (tangents,))
     return f0, jd

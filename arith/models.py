@@ -10,24 +10,35 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from collections.abc import Mapping
 from functools import cached_property
 
-import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.model import _build_vision_tower
-from open_clip.pretrained import get_pretrained_cfg
 from torch import nn
 from torch.func import functional_call
 
+from .fastforward import StagedViT, ViTLayout, staged
 from .specs import ModelSpec
 
 PREFIX = "visual."
+# open_clip.constants.OPENAI_DATASET_MEAN / _STD (tests check they still agree): kept here so that loading a bundle
+# with an inline config never imports open_clip (and torchvision with it), a third of the app's cold start.
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _pretrained_cfg(spec: ModelSpec) -> dict:
+    """open_clip's pretrained config of a tagged spec ({} when the spec names no tag)."""
+    if not (spec.name and spec.pretrained):
+        return {}
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return get_pretrained_cfg(spec.name, spec.pretrained) or {}
 
 
 def _is_tag(spec: ModelSpec) -> bool:
-    return bool(spec.name and spec.pretrained and get_pretrained_cfg(spec.name, spec.pretrained))
+    return bool(_pretrained_cfg(spec))
 
 
 def model_config(spec: ModelSpec) -> dict:
@@ -39,6 +50,8 @@ def model_config(spec: ModelSpec) -> dict:
     if spec.config is not None:
         cfg = copy.deepcopy(dict(spec.config))
     else:
+        import open_clip
+
         cfg = open_clip.get_model_config(spec.name)
         if cfg is None:
             raise ValueError(f"unknown open_clip model {spec.name!r}; see open_clip.list_models()")
@@ -47,7 +60,7 @@ def model_config(spec: ModelSpec) -> dict:
         raise ValueError("model config needs 'embed_dim' and 'vision_cfg' (open_clip model-config format)")
     quick = spec.quick_gelu
     if quick is None and _is_tag(spec):
-        quick = bool(get_pretrained_cfg(spec.name, spec.pretrained).get("quick_gelu", False))
+        quick = bool(_pretrained_cfg(spec).get("quick_gelu", False))
     if quick is not None:
         cfg["quick_gelu"] = quick
     return cfg
@@ -55,8 +68,8 @@ def model_config(spec: ModelSpec) -> dict:
 
 def preprocess_stats(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std used to normalise images for this encoder (open_clip's, OpenAI's by default)."""
-    if _is_tag(spec):
-        pcfg = get_pretrained_cfg(spec.name, spec.pretrained)
+    pcfg = _pretrained_cfg(spec)
+    if pcfg:
         return tuple(pcfg.get("mean", OPENAI_DATASET_MEAN)), tuple(pcfg.get("std", OPENAI_DATASET_STD))
     pp = (spec.config or {}).get("preprocess_cfg", {})
     return tuple(pp.get("mean", OPENAI_DATASET_MEAN)), tuple(pp.get("std", OPENAI_DATASET_STD))
@@ -75,6 +88,8 @@ class ImageEncoder(nn.Module):
 
 def build_visual(spec: ModelSpec, device: str | torch.device = "cpu") -> ImageEncoder:
     """Build the image encoder architecture with random weights (``device="meta"`` allocates nothing)."""
+    from open_clip.model import _build_vision_tower
+
     cfg = model_config(spec)
     with torch.device(device):
         visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
@@ -87,6 +102,8 @@ def build_clip(spec: ModelSpec, load_weights: bool = True, device: str = "cpu", 
     Named models go through ``open_clip.create_model`` (which downloads tagged weights into open_clip's cache, or
     reads a checkpoint path); inline configs are instantiated directly (random weights).
     """
+    import open_clip
+
     cfg = model_config(spec)
     if spec.name is not None:
         model = open_clip.create_model(
@@ -133,19 +150,55 @@ class Base:
 
     ``params`` is a read-only mapping of detached fp32 tensors; nothing in the engine writes to it.  Call
     :meth:`features` with any parameter dict of the same keys (θ0, a merged model, a fine-tuning step).
+
+    Built from an encoder module, or (:meth:`from_state_dict`) from tensors alone when the config is a standard ViT
+    (:class:`arith.fastforward.ViTLayout`): the open_clip module is then built on first use of :attr:`module`
+    (fine-tuning, JVPs), sharing θ0's storage, and evaluation never needs it.
     """
 
-    def __init__(self, spec: ModelSpec, encoder: ImageEncoder, base_id: str | None = None):
+    def __init__(self, spec: ModelSpec, encoder: ImageEncoder | None, base_id: str | None = None, *,
+                 params: Mapping[str, torch.Tensor] | None = None):
+        if (encoder is None) == (params is None):
+            raise TypeError("Base needs exactly one of an encoder module or params")
         self.spec = spec
-        self.module = encoder.eval().requires_grad_(False)
-        self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in self.module.named_parameters()}
-        self.buffers: dict[str, torch.Tensor] = {k: b for k, b in self.module.named_buffers()}
+        self._lock = threading.Lock()
+        if encoder is not None:
+            self._module: ImageEncoder | None = encoder.eval().requires_grad_(False)
+            self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in encoder.named_parameters()}
+            self.buffers: dict[str, torch.Tensor] = {k: b for k, b in encoder.named_buffers()}
+        else:
+            self._module = None
+            self.params = {k: t.detach() for k, t in params.items()}
+            self.buffers = {}  # a standard ViT has none (ViTLayout)
         mean, std = preprocess_stats(spec)
         device = next(iter(self.params.values())).device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.image_size = model_config(spec)["vision_cfg"].get("image_size", 224)
         self.id = base_id or self.default_id()
+
+    @property
+    def module(self) -> ImageEncoder:
+        """The open_clip encoder holding θ0 (built on first use when this Base was made from tensors alone)."""
+        if self._module is None:
+            with self._lock:
+                if self._module is None:
+                    enc = build_visual(self.spec, device="meta")
+                    # the module's parameters wrap θ0's own tensors (no copy), made frozen as they are created:
+                    # requires_grad_() would fail when the first use is inside a torch.func transform (a JVP)
+                    for key, t in self.params.items():
+                        owner, _, leaf = key.rpartition(".")
+                        setattr(enc.get_submodule(owner), leaf, nn.Parameter(t, requires_grad=False))
+                    try:  # inside a torch.func transform the new parameters would be wrapped, and leak out of it
+                        _ = [p.data_ptr() for p in enc.parameters()]
+                    except RuntimeError as e:
+                        raise RuntimeError("Base.module was first used inside a torch.func transform; touch it "
+                                           "before the transform (see arith.linearize.jvp_features)") from e
+                    left = [k for k, p in enc.named_parameters() if p.is_meta] + [k for k, _ in enc.named_buffers()]
+                    if left:
+                        raise RuntimeError(f"{self.spec.label}: encoder tensors its layout did not expect: {left[:5]}")
+                    self._module = enc.eval()
+        return self._module
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -160,16 +213,24 @@ class Base:
     @classmethod
     def from_state_dict(cls, spec: ModelSpec, state: Mapping[str, torch.Tensor], base_id: str | None = None,
                         device: str = "cpu") -> Base:
-        """θ0 from ``visual.*`` tensors (a bundle's base file); every architecture key must be present."""
-        enc = build_visual(spec, device="meta")
-        expected = dict(enc.named_parameters())
+        """θ0 from ``visual.*`` tensors (a bundle's base file); every architecture key must be present.  The
+        tensors are copied (as fp32 on ``device``); ``state`` is not kept."""
+        layout = ViTLayout.from_config(model_config(spec))
+        if layout is not None:
+            expected = layout.shapes()
+        else:
+            enc = build_visual(spec, device="meta")
+            expected = {k: tuple(p.shape) for k, p in enc.named_parameters()}
         missing = sorted(set(expected) - set(state))
         extra = sorted(k for k in set(state) - set(expected) if k.startswith(PREFIX))
         if missing or extra:
             raise ValueError(f"base weights do not match {spec.label}: missing {missing[:5]}, unexpected {extra[:5]}")
-        for key, p in expected.items():
-            if tuple(state[key].shape) != tuple(p.shape):
-                raise ValueError(f"base weight {key}: shape {tuple(state[key].shape)}, model expects {tuple(p.shape)}")
+        for key, shape in expected.items():
+            if tuple(state[key].shape) != shape:
+                raise ValueError(f"base weight {key}: shape {tuple(state[key].shape)}, model expects {shape}")
+        if layout is not None:
+            params = {k: state[k].detach().to(device=device, dtype=torch.float32, copy=True) for k in expected}
+            return cls(spec, None, base_id=base_id, params=params)
         enc = enc.to_empty(device=device)
         enc.load_state_dict({k: state[k] for k in expected}, strict=True)
         return cls(spec, enc, base_id=base_id)
@@ -195,7 +256,9 @@ class Base:
 
     def to(self, device: str | torch.device) -> Base:
         """A copy of θ0 on ``device`` (the original is untouched)."""
-        enc = copy.deepcopy(self.module).to(device)
+        if self._module is None:
+            return Base(self.spec, None, base_id=self.id, params={k: v.to(device, copy=True) for k, v in self.params.items()})
+        enc = copy.deepcopy(self._module).to(device)
         return Base(self.spec, enc, base_id=self.id)
 
     # -- forward ------------------------------------------------------------------------------------------------
@@ -224,9 +287,9 @@ class Base:
     def staged(self):
         """The staged no-grad forward of this encoder (:mod:`arith.fastforward`), or None when the encoder is not
         the standard open_clip ViT (evaluation then uses :meth:`features`)."""
-        from .fastforward import staged
-
-        return staged(self.module)
+        if self._module is None:  # built from tensors: from_state_dict checked them against this layout
+            return StagedViT(ViTLayout.from_config(model_config(self.spec)))
+        return staged(self._module)
 
     @torch.no_grad()
     def eval_features(self, params: Mapping[str, torch.Tensor] | None, x: torch.Tensor, start: int = 0,

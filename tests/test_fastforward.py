@@ -121,3 +121,82 @@ def test_prefix_cache_is_bounded_and_optional(bundle):
     tv = bundle.vectors["attn"][TASKS[0]]
     ref = bundle.evaluator().evaluate([tv], [1.0], "test")
     assert ev.evaluate([tv], [1.0], "test") == ref and len(ev._prefix) == 0
+
+
+# -- the layout read from a config (no open_clip import) against the one read from the built module ----------------
+LAYOUT_CONFIGS = {**CONFIGS, "mlp ratio 2, rectangular image": _cfg(mlp_ratio=2.0, image=[16, 24], patch=[4, 8]),
+                  "patch dropout (the identity in evaluation)": _cfg(patch_dropout=0.5),
+                  "inert pooler fields": _cfg(attn_pooler_heads=4, timm_pool="avg")}
+
+
+@pytest.mark.parametrize("name", list(LAYOUT_CONFIGS))
+def test_layout_from_config_is_the_modules_layout(name):
+    from arith.fastforward import ViTLayout
+    from arith.models import build_visual, model_config
+    from arith.specs import ModelSpec
+
+    spec = ModelSpec(config=LAYOUT_CONFIGS[name])
+    enc = build_visual(spec, device="meta")
+    layout = ViTLayout.from_config(model_config(spec))
+    assert layout is not None and layout == ViTLayout.from_module(enc.visual)
+    assert layout.shapes() == {k: tuple(p.shape) for k, p in enc.named_parameters()}
+
+
+def test_layout_of_real_clip_configs():
+    from open_clip.model import CLIPVisionCfg
+
+    from arith.fastforward import VISION_DEFAULTS, ViTLayout
+    from arith.models import build_visual, model_config
+    from arith.specs import ModelSpec
+
+    assert VISION_DEFAULTS == {k: getattr(CLIPVisionCfg(), k) for k in VISION_DEFAULTS}
+    for spec in (ModelSpec(name="ViT-B-32", pretrained="openai"), ModelSpec(name="ViT-B-16")):
+        enc = build_visual(spec, device="meta")
+        layout = ViTLayout.from_config(model_config(spec))
+        assert layout == ViTLayout.from_module(enc.visual)
+        assert layout.quick_gelu is (spec.pretrained == "openai")
+        assert layout.shapes() == {k: tuple(p.shape) for k, p in enc.named_parameters()}
+
+
+@pytest.mark.parametrize("extra", [{"pool_type": "avg"}, {"attentional_pool": True}, {"ls_init_value": 0.1},
+                                   {"pos_embed_type": "sin_cos_2d"}, {"qk_norm": True}, {"norm_kwargs": {"eps": 1e-6}},
+                                   {"act_kwargs": {"approximate": "tanh"}}, {"timm_model_name": "vit_tiny"},
+                                   {"layers": [1, 1, 1, 1]}, {"some_future_field": 1}])
+def test_layout_from_config_refuses_what_it_does_not_cover(extra):
+    from arith.fastforward import ViTLayout
+
+    assert ViTLayout.from_config(_cfg(**extra)) is None
+
+
+def test_a_base_from_tensors_builds_its_module_only_when_asked(bundle):
+    """A bundle's θ0 evaluates through the config's layout; the open_clip module appears on first use (even inside a
+    torch.func transform) and wraps θ0's own tensors."""
+    from arith.linearize import jvp_features
+
+    base = Base.from_state_dict(bundle.base.spec, bundle.base.params, base_id=bundle.base.id)
+    assert base._module is None and base.staged is not None
+    k = next(iter(base.params))
+    assert base.params[k].data_ptr() != bundle.base.params[k].data_ptr()  # from_state_dict copies
+    x = _x(base)
+    before = base.eval_features(None, x)
+    assert base._module is None
+    tau = {kk: torch.full_like(v, 1e-3) for kk, v in base.params.items()}
+    f, jt = jvp_features(base, tau, x)  # first use of the module, inside a JVP
+    assert base._module is not None
+    assert all(p.data_ptr() == base.params[n].data_ptr() and not p.requires_grad for n, p in base.module.named_parameters())
+    torch.testing.assert_close(f, before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(base.to("cpu").eval_features(None, x), before)
+
+
+def test_a_lazy_module_refuses_to_be_built_inside_a_transform(bundle):
+    base = Base.from_state_dict(bundle.base.spec, bundle.base.params, base_id=bundle.base.id)
+    x = _x(base)
+
+    def f(p):
+        return base.features(p, x)
+
+    k = "visual.proj"
+    with pytest.raises(RuntimeError, match="inside a torch.func transform"):
+        torch.func.jvp(f, ({k: base.params[k]},), ({k: torch.ones_like(base.params[k])},))
+    assert base._module is None
+    assert torch.equal(base.module.visual.proj, base.params[k])  # built fine outside

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
@@ -100,3 +102,29 @@ def test_preprocess_resizes_and_normalises(base):
 def test_every_registered_mode_has_trainable_tensors(base):
     for mode in MODES.values():
         assert mode.trainable_keys(base.params), mode.name
+
+
+def test_openai_statistics_are_open_clips():
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from arith import models
+
+    assert models.OPENAI_DATASET_MEAN == OPENAI_DATASET_MEAN and models.OPENAI_DATASET_STD == OPENAI_DATASET_STD
+
+
+def test_loading_and_evaluating_a_bundle_does_not_import_open_clip(bundle_dir):
+    """The app's first view loads a bundle and evaluates merges; open_clip (and torchvision, torch._dynamo with it)
+    costs ~2.5 s of import on two cores, so that path must not import it (it is imported on first use of a module)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from arith.bundle import load_bundle\n"
+            "from arith.explore import Explorer\n"
+            f"ex = Explorer(load_bundle({str(bundle_dir)!r}))\n"
+            "for m in ex.bundle.vectors:\n"
+            "    ex.evaluate(m, {n: 0.37 for n in ex.vectors(m)}, 'test')\n"
+            "print(sorted(m for m in ('open_clip', 'torchvision', 'torch._dynamo') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
