@@ -1,54 +1,22 @@
 """Task Arithmetic Explorer: ``streamlit run app.py``.
 
-The entry file: the shared sidebar (bundle, fine-tuning mode, tasks, coefficient sliders: they keep their values
-across pages) and the navigation between the views in ``pages/``.  Pages hold widgets and charts only; every
-number comes from the ``arith`` engine.  Which bundle opens: ``$ARITH_BUNDLE`` if set, else ``precomputed/default``,
-else the first bundle under ``precomputed/`` (see ``ui/state.py``).
+Pages hold widgets and charts only; every number comes from the ``arith`` engine.  Which bundle opens:
+``$ARITH_BUNDLE`` if set, else ``precomputed/default``, else the first bundle under ``precomputed/`` (see
+``ui/state.py``).  The sidebar and the navigation are in ``ui/entry.py``.
+
+This file has two roles.  ``streamlit run app.py`` finds the ``st.App`` below and imports the file as a module to
+serve it; the app's lifespan starts importing torch as the server starts, before the first browser connects
+(``ui/warmup.py``).  Streamlit then runs this same file as the page script (``__name__ == "__main__"``, as under
+``AppTest``), which draws the app.
 """
 
 import streamlit as st
 
-from ui import state
+if __name__ == "__main__":
+    from ui.entry import main
 
-state.leave_legacy_pages_mode()  # before any widget: keeps widget identities stable from the first run on
-st.set_page_config(page_title="Task Arithmetic Explorer", page_icon=":material/functions:", layout="wide")
-
-PAGES = [
-    st.Page("pages/arithmetic.py", title="Task arithmetic", icon=":material/calculate:", url_path="arithmetic", default=True),
-    st.Page("pages/disentanglement.py", title="Weight disentanglement", icon=":material/grid_on:", url_path="disentanglement"),
-    st.Page("pages/kernel.py", title="Kernel behaviour", icon=":material/timeline:", url_path="kernel"),
-    st.Page("pages/vectors.py", title="Task vectors", icon=":material/explore:", url_path="vectors"),
-    st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:", url_path="upload"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
-    st.Page("pages/export.py", title="Export and share", icon=":material/download:", url_path="export"),
-]
-
-
-def no_bundle() -> None:
-    st.title("Task Arithmetic Explorer")
-    st.subheader("No bundle to open yet")
-    st.markdown(
-        "The app opens a **bundle**: a base model with its tasks, task vectors and precomputed results. It looks "
-        "at `$ARITH_BUNDLE`, then `precomputed/default`, then any directory with a `manifest.json` under "
-        f"`{state.precomputed_dir()}`, and found none it could open.\n\n"
-        "Build one with the engine's command line, then reload this page. The embedded default (a small CLIP-like "
-        "ViT pre-trained here, eight offline tasks; about 45 minutes on 2 CPU cores, see the README):")
-    st.code("python -m arith build-default", language="bash")
-    st.markdown("A tiny random ViT on the built-in synthetic tasks takes under a minute on a laptop:")
-    st.code("python -m arith build-bundle \\\n"
-            "  --config '{\"embed_dim\": 32, \"vision_cfg\": {\"image_size\": 16, \"patch_size\": 4, \"width\": 32, "
-            "\"layers\": 2, \"head_width\": 16}}' \\\n"
-            "  --tasks synthetic-stripes synthetic-colours synthetic-quadrants --modes full attn linear \\\n"
-            "  --steps 30 --lr 3e-3 --eval-n 64 --out precomputed/tiny", language="bash")
-    st.markdown("A real CLIP bundle (downloads the OpenAI weights; needs the data sets under `--data-root`):")
-    st.code("python -m arith build-bundle --model ViT-B-32 --pretrained openai --tasks <task> <task> ... \\\n"
-            "  --modes full attn linear --data-root DATA --out precomputed/vit-b-32", language="bash")
-    st.markdown("Or point the app at a bundle elsewhere: `ARITH_BUNDLE=/path/to/bundle streamlit run app.py`.")
-
-
-ctx = state.sidebar()
-if ctx is None:
-    page = st.navigation([st.Page(no_bundle, title="Get started", icon=":material/rocket_launch:", url_path="start")])
+    main()
 else:
-    page = st.navigation(PAGES)
-page.run()
+    from ui.warmup import lifespan
+
+    app = st.App("app.py", lifespan=lifespan)
