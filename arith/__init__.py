@@ -2,18 +2,38 @@
 
 Pure Python (torch, open_clip, safetensors, numpy); never imports Streamlit.  Start with
 :func:`arith.bundle.load_bundle` and :meth:`arith.bundle.Bundle.evaluator`, or ``python -m arith --help``.
+
+The names below are imported on first use (PEP 562), so ``import arith.memory`` or ``import arith.specs`` does not
+import torch: the app's server sets its allocator up before anything heavy is loaded.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .bundle import Bundle, BundleError, load_bundle
-from .evaluate import Evaluator, summarize
-from .merge import MERGE_METHODS, merge
-from .models import Base
-from .modes import MODES, Mode, get_mode, register_mode
-from .specs import FinetuneConfig, ModelSpec, TaskInfo
-from .taskvec import TaskVector, TaskVectorError, load_task_vector
+_EXPORTS = {
+    "Bundle": "bundle", "BundleError": "bundle", "load_bundle": "bundle",
+    "Evaluator": "evaluate", "summarize": "evaluate",
+    "MERGE_METHODS": "merge", "merge": "merge",
+    "Base": "models",
+    "MODES": "modes", "Mode": "modes", "get_mode": "modes", "register_mode": "modes",
+    "FinetuneConfig": "specs", "ModelSpec": "specs", "TaskInfo": "specs",
+    "TaskVector": "taskvec", "TaskVectorError": "taskvec", "load_task_vector": "taskvec",
+}
 
-__all__ = ["Base", "Bundle", "BundleError", "Evaluator", "FinetuneConfig", "MERGE_METHODS", "MODES", "Mode",
-           "ModelSpec", "TaskInfo", "TaskVector", "TaskVectorError", "get_mode", "load_bundle", "load_task_vector",
-           "merge", "register_mode", "summarize", "__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'arith' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .memory import keep_freed_memory
+
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "precomputed" / "default"
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}  # name -> (add_arguments, run, help)
 
@@ -443,6 +445,7 @@ def _load_plugins() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     _, run, _ = COMMANDS[args.command]
     try:
         return int(run(args) or 0)

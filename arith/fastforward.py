@@ -19,9 +19,11 @@ sub-layers, then the pooled projection), which buys three things:
 Outputs match the module's to float32 rounding (relative differences ~1e-7, from a different but equivalent
 order of operations); ``tests/test_fastforward.py`` checks them against ``functional_call``.  The forward needs only
 a :class:`ViTLayout` (widths, heads, patch, activation), read from the model config without importing open_clip, so
-a bundle loads and evaluates without open_clip and torchvision (:class:`arith.models.Base` builds the module on
-first use).  Encoders this does not recognise (attentional pooling, layer scale, average pooling, ...) keep using
-the module: :meth:`ViTLayout.from_config` and :func:`staged` return None for them.
+a bundle with an inline model config (the embedded default, every bundle built from ``--config``) loads and evaluates
+without open_clip and torchvision (:class:`arith.models.Base` builds the module on first use); a named or tagged model
+(``ViT-B-32`` / ``openai``) still imports open_clip for its config.  Encoders this does not recognise (attentional
+pooling, layer scale, average pooling, ...) keep using the module: :meth:`ViTLayout.from_config` and :func:`staged`
+return None for them.
 """
 
 from __future__ import annotations
@@ -52,17 +54,22 @@ _INERT = {"attn_pooler_queries", "attn_pooler_heads", "timm_model_pretrained", "
 
 
 def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+    """An open_clip size (an int, or [height, width]) as a pair of positive ints; ValueError otherwise."""
+    pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in pair):
+        raise ValueError(f"not a size: {v!r}")
+    return pair
 
 
 @dataclass(frozen=True)
 class ViTLayout:
     """Everything the staged forward needs to know about a standard open_clip ViT image encoder.
 
-    Read either from an open_clip model config (:meth:`from_config`, no open_clip import: what lets a bundle load
-    and evaluate without importing open_clip and torchvision, about 2.5 s of the app's cold start) or from a built
-    module (:meth:`from_module`).  Both say None for encoders outside this layout; ``tests/test_fastforward.py``
-    checks that they agree, and that :meth:`shapes` lists exactly the module's parameters.
+    Read either from an open_clip model config (:meth:`from_config`, no open_clip import: what lets a bundle with an
+    inline config load and evaluate without importing open_clip and torchvision, about 2.5 s of the app's cold
+    start) or from a built module (:meth:`from_module`).  Both say None for encoders outside this layout;
+    ``tests/test_fastforward.py`` checks that they agree, and that :meth:`shapes` lists exactly the module's
+    parameters.
     """
 
     width: int
@@ -90,8 +97,9 @@ class ViTLayout:
                 return None
         v = {**VISION_DEFAULTS, **vc}
         try:
-            if not isinstance(v["layers"], int) or isinstance(v["layers"], bool) or v["width"] % v["head_width"]:
-                return None
+            if (not isinstance(v["layers"], int) or isinstance(v["layers"], bool) or v["layers"] < 1
+                    or v["width"] % v["head_width"] or not 0 <= float(v.get("patch_dropout", 0.0)) < 1):
+                return None  # what open_clip would refuse to build, or builds differently, is left to open_clip
             image, patch = _pair(v["image_size"]), _pair(v["patch_size"])
             return cls(width=int(v["width"]), layers=int(v["layers"]), heads=int(v["width"]) // int(v["head_width"]),
                        mlp_width=int(int(v["width"]) * float(v["mlp_ratio"])), patch=patch,
@@ -143,6 +151,8 @@ def why_not(visual: nn.Module) -> str | None:
         return "unknown ln_pre"
     if any(True for _ in visual.buffers()):
         return "buffers"
+    if len(visual.transformer.resblocks) == 0:
+        return "no blocks"
     c = visual.conv1
     if c.stride != c.kernel_size or c.padding != (0, 0) or c.dilation != (1, 1) or c.groups != 1 or c.bias is not None:
         return "non-standard patch embedding"

@@ -167,6 +167,9 @@ class Base:
             self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in encoder.named_parameters()}
             self.buffers: dict[str, torch.Tensor] = {k: b for k, b in encoder.named_buffers()}
         else:
+            if ViTLayout.from_config(model_config(spec)) is None:
+                raise ValueError(f"{spec.label}: θ0 from tensors alone needs a standard ViT config; "
+                                 "use Base.from_state_dict")
             self._module = None
             self.params = {k: t.detach() for k, t in params.items()}
             self.buffers = {}  # a standard ViT has none (ViTLayout)

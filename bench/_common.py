@@ -34,6 +34,9 @@ def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count (and the env vars child processes inherit); returns the count in use."""
     import torch
 
+    from arith.memory import keep_freed_memory
+
+    keep_freed_memory()  # what the app does at start (arith/memory.py); every benchmark calls set_threads first
     if n is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
         torch.set_num_threads(n)
@@ -43,6 +46,8 @@ def set_threads(n: int | None) -> int:
 def machine() -> dict:
     """What the figures were measured on (absolute times only hold for this)."""
     import torch
+
+    from arith.memory import settings
 
     cpu = platform.processor() or ""
     try:
@@ -59,7 +64,7 @@ def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "affinity": affinity, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "malloc": settings(),
             "loadavg_at_start": [round(x, 2) for x in load] if load else None,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)}
 

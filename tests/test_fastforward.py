@@ -169,8 +169,8 @@ def test_layout_from_config_refuses_what_it_does_not_cover(extra):
 
 
 def test_a_base_from_tensors_builds_its_module_only_when_asked(bundle):
-    """A bundle's θ0 evaluates through the config's layout; the open_clip module appears on first use (even inside a
-    torch.func transform) and wraps θ0's own tensors."""
+    """A bundle's θ0 evaluates through the config's layout; the open_clip module appears on first use (a JVP, which
+    builds it before entering the transform) and wraps θ0's own tensors."""
     from arith.linearize import jvp_features
 
     base = Base.from_state_dict(bundle.base.spec, bundle.base.params, base_id=bundle.base.id)
@@ -200,3 +200,17 @@ def test_a_lazy_module_refuses_to_be_built_inside_a_transform(bundle):
         torch.func.jvp(f, ({k: base.params[k]},), ({k: torch.ones_like(base.params[k])},))
     assert base._module is None
     assert torch.equal(base.module.visual.proj, base.params[k])  # built fine outside
+
+
+@pytest.mark.parametrize("extra", [{"patch_dropout": 1.0}, {"patch_dropout": None}, {"image_size": [32, 32, 3]},
+                                   {"patch_size": True}, {"layers": 0}])
+def test_layout_leaves_configs_open_clip_would_refuse_to_open_clip(extra):
+    from arith.fastforward import ViTLayout
+
+    assert ViTLayout.from_config(_cfg(**extra)) is None
+
+
+def test_theta0_from_tensors_alone_needs_a_standard_vit(base):
+    spec = dataclasses.replace(base.spec, config=_cfg(pool_type="avg"))
+    with pytest.raises(ValueError, match="standard ViT"):
+        Base(spec, None, params=base.params)

@@ -58,3 +58,10 @@ def test_the_lifespan_starts_the_imports_on_a_daemon_thread_and_serves_at_once(m
     assert len(seen) == 1 and seen[0].daemon and seen[0].name == "arith-start-up-imports"
     seen[0].join(30)
     assert not seen[0].is_alive()
+
+
+def test_wait_returns_once_the_start_up_imports_are_done():
+    t = warmup.start(("colorsys",))
+    warmup.wait()
+    assert not t.is_alive()
+    warmup.wait()  # nothing running: returns at once

@@ -189,7 +189,7 @@ def leave_legacy_pages_mode() -> None:
     on a fresh server (and every ``AppTest`` run) executes ``app.py`` as a legacy page, or a deep-linked page on its
     own without ``app.py``.  Widgets created in such a run get other identities than in later runs, so they would
     lose their values on the next interaction.  Switch the process to ``st.navigation`` mode and rerun at once
-    (``app.py`` calls this before any widget; pages call it through :func:`context`): the same URL path then
+    (``ui.entry.main`` calls this before any widget; pages call it through :func:`context`): the same URL path then
     resolves to the same page through ``app.py``."""
     try:
         from streamlit.runtime.pages_manager import PagesManager

@@ -4,11 +4,10 @@ Streamlit runs the app's script only when a session connects, so the first visit
 just woke up) would wait for ``import torch`` (1.6-1.8 s on two cores) after the page itself has loaded.  ``app.py``
 is also an ``st.App`` whose lifespan calls :func:`start`: a daemon thread imports torch while the server answers and
 the browser loads the page, so the script finds it imported, or waits for the rest of the import (Python's
-per-module import lock).  That took the cold start from 6.1 to 5.6 s on the CI machine (BENCHMARKS.md).
+per-module import lock).  That took the cold start from 6.1 to 5.8 s on the CI machine (BENCHMARKS.md).
 
-Only modules whose import graph the script thread cannot be inside of at the same time are imported here: the
-script imports torch before any module torch needs, so the two threads can never wait on each other's import locks.
-``arith`` and ``ui`` are never imported from this thread.
+The page script first waits for these imports to finish (:func:`wait`), so the two threads never import at the
+same time; ``arith`` and ``ui`` are never imported from this thread.
 """
 
 from __future__ import annotations
@@ -39,11 +38,23 @@ def warm_up(modules: tuple[str, ...] = MODULES) -> float:
     return seconds
 
 
+_threads: list[threading.Thread] = []
+
+
 def start(modules: tuple[str, ...] = MODULES) -> threading.Thread:
     """Run :func:`warm_up` on a daemon thread (it never delays the server or its shutdown)."""
     thread = threading.Thread(target=warm_up, args=(modules,), name="arith-start-up-imports", daemon=True)
+    _threads.append(thread)
     thread.start()
     return thread
+
+
+def wait() -> None:
+    """Block until every start-up import has finished (at once when none runs).  The page script calls this before
+    its own imports, so the two threads are never inside one import together: ``import torch.nn`` while another
+    thread is still executing ``torch/__init__`` would not wait for it (CPython waits only for the module named)."""
+    for thread in list(_threads):
+        thread.join()
 
 
 @asynccontextmanager
