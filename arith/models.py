@@ -187,8 +187,7 @@ class Base:
             with self._lock:
                 if self._module is None:
                     enc = build_visual(self.spec, device="meta")
-                    # the module's parameters wrap θ0's own tensors (no copy), made frozen as they are created:
-                    # requires_grad_() would fail when the first use is inside a torch.func transform (a JVP)
+                    # the module's parameters wrap θ0's own tensors (no copy), frozen as they are created
                     for key, t in self.params.items():
                         owner, _, leaf = key.rpartition(".")
                         setattr(enc.get_submodule(owner), leaf, nn.Parameter(t, requires_grad=False))
