@@ -3,8 +3,9 @@
 Streamlit runs the app's script only when a session connects, so the first visitor of a fresh server (a Space that
 just woke up) would wait for ``import torch`` (1.6-1.8 s on two cores) after the page itself has loaded.  ``app.py``
 is also an ``st.App`` whose lifespan calls :func:`start`: a daemon thread imports torch while the server answers and
-the browser loads the page, so the script finds it imported, or waits for the rest of the import (Python's
-per-module import lock).  That took the cold start from 6.1 to 5.8 s on the CI machine (BENCHMARKS.md).
+the browser loads the page, so the script finds it imported, or waits for the rest of it (:func:`wait`).  That
+took the cold start from 6.1 to 5.8 s in interleaved runs on the CI machine (BENCHMARKS.md).  Importing pandas and
+plotly here as well made it slower: the page is served by the same interpreter meanwhile.
 
 The page script first waits for these imports to finish (:func:`wait`), so the two threads never import at the
 same time; ``arith`` and ``ui`` are never imported from this thread.
