@@ -2,9 +2,9 @@
 
 A slider move in ``full`` mode allocates ~150 MB of activations and merged weights and frees them again.  glibc's
 malloc hands freed blocks above its (dynamic, at most 32 MB) mmap threshold, and free space at the top of a heap
-beyond its trim threshold, back to the kernel, so the next request faults the same pages in again: 16,000-50,000
-minor page faults and 40-140 ms of system time per request on the CI machine, which made the same request take
-190 ms in one process and 300 ms in another (BENCHMARKS.md, slider).  :func:`keep_freed_memory` raises both
+beyond its trim threshold, back to the kernel, so the next request faults the same pages in again: tens of thousands
+of minor page faults and 50-170 ms of system time per request on the CI machine, which made the same request take
+200 ms in one process and 300 ms in another (``python -m bench.allocator``).  :func:`keep_freed_memory` raises both
 thresholds and keeps every thread on one arena, so a process settles at its peak working set and a request causes
 no page faults at all.  The price is that resident memory does not shrink after a burst (bounded by the trim
 threshold above the peak).

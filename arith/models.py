@@ -167,7 +167,8 @@ class Base:
             self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in encoder.named_parameters()}
             self.buffers: dict[str, torch.Tensor] = {k: b for k, b in encoder.named_buffers()}
         else:
-            if ViTLayout.from_config(model_config(spec)) is None:
+            self._layout = ViTLayout.from_config(model_config(spec))
+            if self._layout is None:
                 raise ValueError(f"{spec.label}: θ0 from tensors alone needs a standard ViT config; "
                                  "use Base.from_state_dict")
             self._module = None
@@ -290,7 +291,7 @@ class Base:
         """The staged no-grad forward of this encoder (:mod:`arith.fastforward`), or None when the encoder is not
         the standard open_clip ViT (evaluation then uses :meth:`features`)."""
         if self._module is None:  # built from tensors: from_state_dict checked them against this layout
-            return StagedViT(ViTLayout.from_config(model_config(self.spec)))
+            return StagedViT(self._layout)
         return staged(self._module)
 
     @torch.no_grad()

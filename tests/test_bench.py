@@ -49,6 +49,16 @@ def test_app_start_benchmark_without_a_browser(bundle_dir, tmp_path):
     assert not res["browser"] and res["cold_start_median_s"] > 0 and res["bundle_tensors_mb"] > 0
 
 
+@pytest.mark.slow
+def test_allocator_benchmark(bundle_dir, tmp_path):
+    from bench.allocator import main
+
+    res = main(["--bundle", str(bundle_dir), "--processes", "1", "--requests", "3", "--thread-per-rerun",
+                "--json", str(tmp_path / "m.json")])
+    assert len(res["variants"]) == 4 and all(r[0]["median_ms"] > 0 for r in res["variants"].values())
+    assert res["variants"]["glibc defaults"][0]["malloc"] is None  # the child honoured ARITH_MALLOC=default
+
+
 def test_standin_tasks_register_and_load():
     from arith.data import get_task
     from bench.standin import register

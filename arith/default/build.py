@@ -108,7 +108,7 @@ def _pretrained(pcfg: PretrainConfig, log) -> tuple:
     from safetensors.torch import load_file, save_file
 
     from ..heads import Head
-    from ..models import Base, build_visual
+    from ..models import Base
     from .tasks import POOL_VERSION, _cache_dir
 
     key = hashlib.sha1(json.dumps([pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__],
@@ -120,12 +120,10 @@ def _pretrained(pcfg: PretrainConfig, log) -> tuple:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         tensors = load_file(str(path))
-        spec = pcfg.spec()
-        encoder = build_visual(spec)
-        encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+        theta0 = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
         stats = {**json.loads(meta["stats"]), "reused": True}
         heads = {k[len("head."):]: Head(v, stats["scale"]) for k, v in tensors.items() if k.startswith("head.")}
-        return Base(spec, encoder), heads, stats
+        return Base.from_state_dict(pcfg.spec(), theta0), heads, stats
     log(f"build-default: drawing the source pool ({pcfg.pool} images)")
     images, concepts = source_pool(pcfg.pool, seed=pcfg.seed, rich=pcfg.rich)
     log(f"build-default: pre-training {pcfg.width}w × {pcfg.layers} layers for {pcfg.steps} steps")
