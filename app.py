@@ -5,9 +5,10 @@ Pages hold widgets and charts only; every number comes from the ``arith`` engine
 ``ui/state.py``).  The sidebar and the navigation are in ``ui/entry.py``.
 
 This file has two roles.  ``streamlit run app.py`` finds the ``st.App`` below and imports the file as a module to
-serve it: the allocator is told to keep freed memory (``arith/memory.py``), and the app's lifespan starts importing
-torch as the server starts, before the first browser connects (``ui/warmup.py``).  Streamlit then runs this same
-file as the page script (``__name__ == "__main__"``, as under ``AppTest``), which draws the app.
+serve it, so the allocator is told to keep freed memory as the server starts, before its threads
+(``arith/memory.py``).  Streamlit then runs this same file as the page script (``__name__ == "__main__"``, as under
+``AppTest``), which draws the app.  The first view is drawn from the bundle's index and precomputed results without
+importing torch; the tensors load in the background afterwards (``ui/entry.py``).
 """
 
 import streamlit as st
@@ -17,13 +18,8 @@ from arith.memory import keep_freed_memory
 keep_freed_memory()  # as the server starts, before its threads: no page faults per request (arith/memory.py)
 
 if __name__ == "__main__":
-    from ui import warmup
-
-    warmup.wait()  # a start-up import still running finishes before the script imports anything of its own
     from ui.entry import main
 
     main()
 else:
-    from ui.warmup import lifespan
-
-    app = st.App("app.py", lifespan=lifespan)
+    app = st.App("app.py")

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Bundle": "bundle", "BundleError": "bundle", "load_bundle": "bundle",
-    "Evaluator": "evaluate", "summarize": "evaluate",
+    "Evaluator": "evaluate", "summarize": "metrics", "BundleIndex": "index",
     "MERGE_METHODS": "merge", "merge": "merge",
     "Base": "models",
     "MODES": "modes", "Mode": "modes", "get_mode": "modes", "register_mode": "modes",

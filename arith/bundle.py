@@ -15,7 +15,6 @@ Loading verifies every listed file's size and sha256 and refuses a damaged bundl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,25 +29,11 @@ from safetensors.torch import load_file, save_file
 
 from .data import Split
 from .heads import Head, heads_from_tensors, heads_to_tensors
+from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, read_manifest, sha256_file, verify_files  # noqa: F401
 from .models import Base, fingerprint
 from .safefile import SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Provenance, TaskInfo
 from .taskvec import TaskVector, TaskVectorError, validate
-
-BUNDLE_FORMAT = "arith-bundle"
-EVAL_SPLITS = ("val", "test")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, damaged or inconsistent; the message names the file."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -76,6 +61,13 @@ class Bundle:
     @property
     def task_names(self) -> list[str]:
         return list(self.tasks)
+
+    @property
+    def index(self) -> BundleIndex:
+        """This bundle's :class:`~arith.index.BundleIndex`, from what is loaded (no file is read)."""
+        return BundleIndex(self.root, self.manifest, self.tasks,
+                           {m: {n: tv.task for n, tv in vs.items()} for m, vs in self.vectors.items()},
+                           {t: {s: len(sp) for s, sp in d.items()} for t, d in self.data.items()}, self.results)
 
     def finetune_config(self, mode: str) -> FinetuneConfig | None:
         cfg = self.manifest.get("finetune", {}).get(mode)
@@ -129,7 +121,7 @@ class BundleWriter:
                  description: str = ""):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        old = _read_manifest(self.root) if (self.root / Files.MANIFEST).exists() else {}
+        old = read_manifest(self.root) if (self.root / Files.MANIFEST).exists() else {}
         if old.get("base", {}).get("id") != base_id:  # a different base: nothing old can be kept
             old = {}
         self.manifest = {
@@ -233,53 +225,6 @@ class BundleWriter:
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
-def _read_manifest(root: Path) -> dict:
-    path = root / Files.MANIFEST
-    if not path.exists():
-        raise BundleError(f"{path}: no manifest; not a bundle directory")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{Files.MANIFEST}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{Files.MANIFEST}: not an {BUNDLE_FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{Files.MANIFEST}: format version {manifest.get('format_version')!r}, "
-                          f"this version reads {FORMAT_VERSION!r}")
-    for key in ("base", "tasks", "files"):
-        if key not in manifest:
-            raise BundleError(f"{Files.MANIFEST}: missing {key!r}")
-    files = manifest["files"]
-    if not isinstance(files, dict) or not all(
-            isinstance(e, dict) and isinstance(e.get("sha256"), str) and type(e.get("bytes")) is int
-            for e in files.values()):
-        raise BundleError(f"{Files.MANIFEST}: 'files' must map each file to its sha256 and size in bytes")
-    if not isinstance(manifest["tasks"], list) or not all(isinstance(t, dict) for t in manifest["tasks"]):
-        raise BundleError(f"{Files.MANIFEST}: 'tasks' must be a list of task records")
-    if not isinstance(manifest["base"], dict) or not isinstance(manifest["base"].get("spec"), dict):
-        raise BundleError(f"{Files.MANIFEST}: 'base' must hold the model spec")
-    if not isinstance(manifest.get("modes", []), list) or not all(isinstance(m, str) for m in manifest.get("modes", [])):
-        raise BundleError(f"{Files.MANIFEST}: 'modes' must be a list of mode names")
-    for key, kind in (("name", str), ("finetune", dict), ("provenance", dict)):
-        if key in manifest and not isinstance(manifest[key], kind):
-            raise BundleError(f"{Files.MANIFEST}: {key!r} must be a {kind.__name__}")
-    return manifest
-
-
-def verify_files(root: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists with its recorded size and sha256; refuses naming the file."""
-    for rel, entry in sorted(manifest["files"].items()):
-        path = root / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise BundleError(f"{rel}: file path escapes the bundle directory")
-        if not path.is_file():
-            raise BundleError(f"{rel}: listed in the manifest but missing")
-        if path.stat().st_size != entry.get("bytes"):
-            raise BundleError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} (damaged?)")
-        if sha256_file(path) != entry.get("sha256"):
-            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited)")
-
-
 def _tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(root / rel))
@@ -287,18 +232,18 @@ def _tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
         raise BundleError(f"{rel}: cannot be read as safetensors ({e})") from None
 
 
-def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
-    """Load and check a bundle directory; :class:`BundleError` names the file at fault."""
+def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None = None) -> Bundle:
+    """Load and check a bundle directory; :class:`BundleError` names the file at fault.  ``index``: the bundle's
+    :class:`~arith.index.BundleIndex` when already read (and its files checked), so nothing is read twice."""
     root = Path(root)
-    manifest = _read_manifest(root)
-    if verify:
-        verify_files(root, manifest)
+    if index is None:
+        index = BundleIndex.open(root, verify=verify)
+    manifest, tasks = dict(index.manifest), dict(index.tasks)
     files = manifest["files"]
     try:
         spec = ModelSpec.from_dict(manifest["base"]["spec"])
-        tasks = {t["name"]: TaskInfo.from_dict(t) for t in manifest["tasks"]}
     except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{Files.MANIFEST}: bad base spec or task list ({e})") from None
+        raise BundleError(f"{Files.MANIFEST}: bad base spec ({e})") from None
     if Files.BASE not in files:
         raise BundleError(f"{Files.BASE}: not listed in the manifest")
     base_state = _tensors(root, Files.BASE)
@@ -336,29 +281,18 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
                 data[t][split] = s
 
     vectors: dict[str, dict[str, TaskVector]] = {}
-    for rel in sorted(files):
-        parts = Path(rel).parts
-        if len(parts) == 3 and parts[0] == Files.VECTORS_DIR:
+    for mode, names in index.vectors.items():  # modes in the manifest's order, as the index lists them
+        for name in names:
+            rel = Files.vector(mode, name)
             try:
                 tensors, meta = load_safetensors(root / rel)
                 tv = validate(tensors, meta, base)
             except (SafetensorsError, TaskVectorError) as e:
                 raise BundleError(f"{rel}: {e}") from None
-            if (tv.mode, tv.task) != (parts[1], Path(parts[2]).stem):
+            if (tv.mode, tv.task) != (mode, name):
                 raise BundleError(f"{rel}: holds mode {tv.mode!r} task {tv.task!r}, its path says otherwise")
-            vectors.setdefault(tv.mode, {})[tv.task] = tv
-
-    order = {m: i for i, m in enumerate(manifest.get("modes", []))}
-    vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))
-    results = {}
-    for rel in files:
-        if rel.startswith(Files.RESULTS_DIR + "/") and rel.endswith(".json"):
-            try:
-                results[Path(rel).stem] = json.loads((root / rel).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise BundleError(f"{rel}: not valid JSON ({e})") from None
-            if not isinstance(results[Path(rel).stem], dict):
-                raise BundleError(f"{rel}: not a JSON object")
+            vectors.setdefault(mode, {})[name] = tv
+    results = dict(index.results)
 
     linear_cache = {}
     for split in EVAL_SPLITS:

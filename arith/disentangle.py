@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import Evaluator
+from .metrics import GRID
 from .taskvec import TaskVector
 
-GRID = tuple(float(a) for a in np.linspace(-2.0, 2.0, 15))
 VARIANTS = ("prediction", "representation")
 
 

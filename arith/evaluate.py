@@ -10,7 +10,6 @@ All caches are bounded LRUs keyed by content hashes; none of them is ever modifi
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,45 +18,11 @@ import torch
 from .data import Split
 from .heads import Head
 from .linearize import jvp_features
+from .lru import LRU
 from .merge import apply_delta, combine, get_merge_method
 from .models import Base
 from .modes import get_mode
 from .taskvec import TaskVector
-
-
-class LRU:
-    """A small thread-safe LRU cache with a fixed number of entries and, optionally, a bound on the bytes of the
-    tensors it holds (``max_bytes``; other values count as nothing).  The entry just put is never evicted."""
-
-    def __init__(self, maxsize: int = 64, max_bytes: int | None = None):
-        self.maxsize, self.max_bytes, self._d, self._lock = maxsize, max_bytes, OrderedDict(), threading.Lock()
-        self.nbytes = 0
-
-    @staticmethod
-    def _size(value) -> int:
-        return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        return None
-
-    def put(self, key, value):
-        with self._lock:
-            if key in self._d:
-                self.nbytes -= self._size(self._d[key])
-            self._d[key] = value
-            self._d.move_to_end(key)
-            self.nbytes += self._size(value)
-            while len(self._d) > self.maxsize or (self.max_bytes is not None and self.nbytes > self.max_bytes
-                                                  and len(self._d) > 1):
-                self.nbytes -= self._size(self._d.popitem(last=False)[1])
-        return value
-
-    def __len__(self) -> int:
-        return len(self._d)
 
 
 @dataclass(frozen=True)
@@ -270,15 +235,6 @@ class Evaluator:
     def finetuned(self, vectors: Mapping[str, TaskVector], split: str = "test") -> dict[str, float]:
         """Single-task accuracy: θ0 + τ_t (its linearization in a linearized mode) on task t alone."""
         return {t: self.evaluate([tv], [1.0], split, [t])[t] for t, tv in vectors.items()}
-
-
-def summarize(acc: Mapping[str, float], normalizers: Mapping[str, float] | None = None) -> dict:
-    """``absolute``: mean accuracy; ``normalized``: mean of acc_t / acc_t(fine-tuned alone, same mode)."""
-    out = {"accuracy": dict(acc), "absolute": sum(acc.values()) / max(1, len(acc))}
-    if normalizers is not None:
-        ratios = [acc[t] / normalizers[t] if normalizers[t] > 0 else 0.0 for t in acc]
-        out["normalized"] = sum(ratios) / max(1, len(ratios))
-    return out
 
 
 def mode_of(vectors: Mapping[str, TaskVector]) -> str:

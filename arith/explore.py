@@ -1,23 +1,36 @@
-"""The engine's front door for the app and the CLI: one loaded bundle, answers per request.
+"""The engine's front door for the app and the CLI: one bundle, answers per request.
 
-An :class:`Explorer` wraps a read-only :class:`~arith.bundle.Bundle` and one evaluator per evaluation-subset
-size.  Every method is a function of its arguments (mode, coefficients, extra vectors from a session's
-workspace): nothing a caller passes is stored, so sessions cannot see each other.  Results the bundle ships
-precomputed are returned as they are when the request matches them; everything else is computed (and memoised
-in bounded caches keyed by content).
+An :class:`Explorer` answers from a bundle's :class:`~arith.index.BundleIndex` (its names and precomputed results)
+and, for anything the index cannot answer, from the loaded :class:`~arith.bundle.Bundle` and one evaluator per
+evaluation-subset size.  Every method is a function of its arguments (mode, coefficients, extra vectors from a
+session's workspace): nothing a caller passes is stored, so sessions cannot see each other.  Results the bundle
+ships precomputed are returned as they are when the request matches them; everything else is computed (and
+memoised in bounded caches keyed by content).
+
+:meth:`Explorer.open` reads only the index and loads the tensors on first need (or on a background thread,
+:meth:`Explorer.load_in_background`): the requests the precomputed results answer (the app's opening view) are
+answered before torch is imported.  Importing this module imports no tensor library either; every path that
+computes first takes :attr:`Explorer.bundle`, which waits for a load in progress, and only then imports the modules
+that need torch (two threads never import torch at once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .bundle import Bundle
-from .disentangle import GRID, xi_grid
-from .evaluate import LRU, Evaluator, summarize
-from .kernel import kernel_report
-from .protocols import task_addition, task_negation
-from .taskvec import TaskVector
+from .index import BundleIndex
+from .lru import LRU
+from .metrics import GRID, summarize
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .evaluate import Evaluator
+    from .taskvec import TaskVector
 
 Progress = Callable[[int, int], None] | None
 
@@ -30,38 +43,142 @@ def round_coefs(coefs: Mapping[str, float], digits: int = 4) -> tuple[tuple[str,
     return tuple(sorted((k, round(float(v), digits)) for k, v in coefs.items() if round(float(v), digits) != 0.0))
 
 
-class Explorer:
-    """Answers the questions the app asks about one bundle; thread-safe, never mutates the bundle."""
+def resolve_device(device: str = "auto") -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``; any other name is returned as it is."""
+    if device != "auto":
+        return device
+    import torch
 
-    def __init__(self, bundle: Bundle, max_per_task: int | None = None, cache_size: int = 512):
-        self.bundle = bundle
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Explorer:
+    """Answers the questions the app asks about one bundle; thread-safe, never mutates the bundle.
+
+    ``Explorer(bundle)`` wraps a loaded bundle; :meth:`open` reads a bundle directory's index and loads the rest
+    when first needed."""
+
+    def __init__(self, bundle: Bundle | None = None, max_per_task: int | None = None, cache_size: int = 512, *,
+                 index: BundleIndex | None = None, loader: Callable[[], Bundle] | None = None):
+        if bundle is None and (index is None or loader is None):
+            raise TypeError("Explorer needs a bundle, or an index and a loader")
+        self.index = index if index is not None else bundle.index
         self.max_per_task = max_per_task
+        self._bundle, self._loader, self._load_error = bundle, loader, None
+        self._load_lock, self._loading = threading.Lock(), None
         self._evaluators: dict[int | None, Evaluator] = {}
         self._lock = threading.Lock()
         self._memo = LRU(cache_size)
 
+    @classmethod
+    def open(cls, root: str | Path, device: str = "cpu", max_per_task: int | None = None, verify: bool = True,
+             **kw) -> Explorer:
+        """Read the bundle's index now (manifest, size and sha256 of every file, precomputed results; no tensor
+        library) and load its tensors, onto ``device`` (``auto``: :func:`resolve_device`), when first needed."""
+        index = BundleIndex.open(root, verify=verify)
+
+        def load() -> Bundle:
+            from .bundle import load_bundle
+
+            bundle = load_bundle(root, index=index)  # files already checked by the index
+            dev = resolve_device(device)
+            return bundle if dev == "cpu" else dataclasses.replace(bundle, base=bundle.base.to(dev))
+
+        return cls(index=index, loader=load, max_per_task=max_per_task, **kw)
+
+    # -- loading ----------------------------------------------------------------------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        """The loaded bundle: loads it on first use, waits for a load in progress; a failed load raises its error
+        here every time."""
+        if self._bundle is not None:
+            return self._bundle
+        with self._load_lock:
+            if self._bundle is None:
+                if self._load_error is not None:
+                    raise self._load_error
+                try:
+                    self._bundle = self._loader()
+                except Exception as e:
+                    self._load_error = e
+                    raise
+            return self._bundle
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the tensors are loaded (then nothing waits on :attr:`bundle`)."""
+        return self._bundle is not None
+
+    @property
+    def load_error(self) -> Exception | None:
+        """The error of a load that failed (raised again by :attr:`bundle`), else None."""
+        return self._load_error
+
+    def load_in_background(self, delay: float = 0.0) -> threading.Thread | None:
+        """Load the tensors on a daemon thread, once, after ``delay`` seconds (a request that needs them sooner loads
+        them itself; the thread then finds them loaded).  Returns the thread, or None when loaded or already
+        started.  An error is kept for :attr:`bundle` to raise."""
+        with self._lock:
+            if self._bundle is not None or self._loading is not None:
+                return None
+            self._loading = threading.Thread(target=self._load_quietly, args=(delay,), name="arith-bundle-load",
+                                             daemon=True)
+        self._loading.start()
+        return self._loading
+
+    def _load_quietly(self, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            _ = self.bundle
+        except Exception:  # kept in _load_error; the next use of .bundle raises it where it can be shown
+            pass
+
     # -- plumbing ---------------------------------------------------------------------------------------------------
     def evaluator(self, max_per_task: int | None | str = "default") -> Evaluator:
         n = self.max_per_task if max_per_task == "default" else max_per_task
+        bundle = self.bundle  # first: loads (and imports torch) before anything below may
         with self._lock:
             if n not in self._evaluators:
-                self._evaluators[n] = self.bundle.evaluator(max_per_task=n)
+                self._evaluators[n] = bundle.evaluator(max_per_task=n)
             return self._evaluators[n]
 
     @property
+    def name(self) -> str:
+        return self.index.name
+
+    @property
+    def base_id(self) -> str | None:
+        return self.index.base_id
+
+    @property
+    def task_names(self) -> list[str]:
+        """Every task of the bundle, in its order."""
+        return self.index.task_names
+
+    @property
     def tasks(self) -> list[str]:
-        return [t for t in self.bundle.task_names if t in self.bundle.data]
+        """The tasks with evaluation data, in the bundle's order."""
+        return self.index.evaluation_tasks
 
     @property
     def modes(self) -> list[str]:
-        return self.bundle.modes
+        return self.index.modes
+
+    @property
+    def results(self) -> Mapping:
+        """The bundle's precomputed results (read-only)."""
+        return self.index.results
+
+    def catalog(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, str]:
+        """Vector name -> its task, for :meth:`vectors` (same names, same order) without loading any tensor."""
+        out = dict(self.index.vectors.get(mode, {}))
+        out.update({name: tv.task for name, tv in _own(mode, extra).items()})
+        return out
 
     def vectors(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, TaskVector]:
         """The bundle's vectors of ``mode`` plus a session's ``extra`` vectors of that mode (by display name)."""
         out = dict(self.bundle.vectors.get(mode, {}))
-        for name, tv in (extra or {}).items():
-            if tv.mode == mode:
-                out[name] = tv
+        out.update(_own(mode, extra))
         return out
 
     def _memoised(self, key, compute):
@@ -71,7 +188,7 @@ class Explorer:
     def _precomputed(self, name: str, *path, need: Sequence[str] = ()):
         """A precomputed result, or None when the bundle lacks it (or it is not a JSON object with the ``need``
         fields): the caller then computes it."""
-        node = self.bundle.results.get(name)
+        node = self.index.results.get(name)
         for p in path:
             if not isinstance(node, dict) or p not in node:
                 return None
@@ -90,24 +207,25 @@ class Explorer:
     def finetuned(self, mode: str, split: str = "test", extra: Mapping[str, TaskVector] | None = None) -> dict[str, float]:
         """Single-task accuracy of each task's vector in ``mode`` (the normaliser of normalized accuracy).
         An extra vector named after a bundle task replaces the bundle's for that task."""
-        vs = {n: tv for n, tv in self.vectors(mode, extra).items() if tv.task in self.tasks}
+        own = _own(mode, extra)
         pre = self._precomputed_accuracy("finetuned", mode, split) if self.uses_all_images else None
         out = {}
-        for name, tv in vs.items():
-            if tv.task in out and name != tv.task:  # another vector of an already covered task: not its normaliser
+        for name, task in self.catalog(mode, extra).items():
+            if task not in self.tasks or (task in out and name != task):  # another vector of a covered task
                 continue
-            if pre and name in pre and tv is self.bundle.vectors.get(mode, {}).get(name):
-                out[tv.task] = pre[name]
+            if pre and name in pre and name not in own:  # the bundle's own vector: its precomputed accuracy
+                out[task] = pre[name]
             else:
-                out[tv.task] = self._memoised(("ft", tv.uid, split),
-                                              lambda tv=tv: self.evaluator().evaluate([tv], [1.0], split, [tv.task])[tv.task])
+                tv = self.vectors(mode, extra)[name]
+                out[task] = self._memoised(("ft", tv.uid, split),
+                                           lambda tv=tv: self.evaluator().evaluate([tv], [1.0], split, [tv.task])[tv.task])
         return out
 
     @property
     def uses_all_images(self) -> bool:
         """Whether evaluation sees every stored image (then the bundle's precomputed results apply)."""
         n = self.max_per_task
-        return n is None or all(len(s) <= n for splits in self.bundle.data.values() for s in splits.values())
+        return n is None or all(size <= n for sizes in self.index.sizes.values() for size in sizes.values())
 
     def evaluate(self, mode: str, coefs: Mapping[str, float], split: str = "test",
                  extra: Mapping[str, TaskVector] | None = None, tasks: Sequence[str] | None = None,
@@ -116,43 +234,48 @@ class Explorer:
 
         ``coefs`` maps vector names (bundle task names or workspace names) to λ; missing names are 0.
         """
-        vs = self.vectors(mode, extra)
-        unknown = sorted(set(coefs) - set(vs))
+        names = self.catalog(mode, extra)
+        unknown = sorted(set(coefs) - set(names))
         if unknown:
-            raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(vs)}")
+            raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(names)}")
         tasks = list(tasks or self.tasks)
+        res = self._from_addition(mode, coefs, split, tasks, method, extra)
+        if res is None:
+            res = dict(self._computed(mode, coefs, split, tasks, method, extra))
+        res.update({"mode": mode, "split": split, "coefficients": {k: float(v) for k, v in coefs.items()}})
+        return res
+
+    def _computed(self, mode: str, coefs: Mapping[str, float], split: str, tasks: list[str], method: str,
+                  extra: Mapping[str, TaskVector] | None) -> dict:
+        vs = self.vectors(mode, extra)
         # every vector of the mode is in the key, not only the merged ones: workspace vectors named after a bundle
         # task change the normalisers (finetuned()), so sessions with different workspaces must not share results
         key = ("eval", mode, split, tuple(tasks), method, round_coefs(coefs),
                tuple(sorted((n, tv.uid) for n, tv in vs.items())))
 
         def compute():
-            pre = self._from_addition(mode, coefs, split, tasks, method, vs)
-            if pre is not None:
-                return pre
             nonzero = {n for n, _ in round_coefs(coefs)}
             # bundle tasks in the bundle's order, then workspace vectors: the order the protocols add vectors in
-            names = [n for n in self.bundle.task_names if n in nonzero] + [n for n in vs if n in nonzero
-                                                                           and n not in self.bundle.task_names]
+            names = [n for n in self.task_names if n in nonzero] + [n for n in vs if n in nonzero
+                                                                    and n not in self.task_names]
             acc = self.evaluator().evaluate([vs[n] for n in names], [float(coefs[n]) for n in names], split, tasks,
                                             method)
             ft = self.finetuned(mode, split, extra)
             return summarize(acc, {t: ft.get(t, 0.0) for t in acc} if all(t in ft for t in acc) else None)
 
-        res = dict(self._memoised(key, compute))
-        res.update({"mode": mode, "split": split, "coefficients": {k: float(v) for k, v in coefs.items()}})
-        return res
+        return self._memoised(key, compute)
 
     def _from_addition(self, mode: str, coefs: Mapping[str, float], split: str, tasks: Sequence[str], method: str,
-                       vs: Mapping[str, TaskVector]) -> dict | None:
+                       extra: Mapping[str, TaskVector] | None = None) -> dict | None:
         """The bundle's precomputed task-addition sweep already holds θ0 + α Σ_t τ_t on every task for α ∈ {0, 0.05,
-        …, 1}: a request for one shared α over all the bundle's vectors (the app's opening view, the validation α
-        preset, a tied slider) is a row of it.  The row was computed by the same evaluator, adding the vectors in the
-        same order, so it is exactly what computing would return.  None when the request is anything else."""
+        …, 1}: a request for one shared α over all the bundle's own vectors (the app's opening view, the validation
+        α preset, a tied slider) is a row of it.  The row was computed by the same evaluator, adding the vectors in
+        the same order, so it is exactly what computing would return.  None when the request is anything else."""
         pre = self._precomputed("addition", mode, need=("tasks", "curve"))
+        own = _own(mode, extra)
         if (pre is None or not self.uses_all_images or pre.get("method", "task_arithmetic") != method
                 or list(tasks) != self.tasks or pre["tasks"] != self.tasks or set(coefs) != set(pre["tasks"])
-                or any(vs[n] is not self.bundle.vectors.get(mode, {}).get(n) for n in coefs)):
+                or any(n in own for n in coefs)):
             return None
         alphas = {v for _, v in round_coefs(coefs)} or {0.0}
         if len(alphas) != 1 or len(round_coefs(coefs)) not in (0, len(coefs)):
@@ -173,6 +296,8 @@ class Explorer:
         if pre and pre.get("tasks") == tasks and self.uses_all_images:
             return pre
         vs = self.vectors(mode)
+        from .protocols import task_addition  # after self.vectors: torch is imported by the bundle's load
+
         return self._memoised(("add", mode, tuple(tasks)), lambda: task_addition(
             self.evaluator(), {t: vs[t] for t in tasks}, progress=progress))
 
@@ -182,6 +307,8 @@ class Explorer:
         if pre and pre.get("controls") == controls and self.uses_all_images:
             return pre
         tv = self.vectors(mode)[target]
+        from .protocols import task_negation
+
         return self._memoised(("neg", mode, target, tuple(controls)),
                               lambda: task_negation(self.evaluator(), tv, target, controls, progress=progress))
 
@@ -194,6 +321,8 @@ class Explorer:
             if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
                 return _transpose(pre) if flip else pre
         vs = self.vectors(mode, extra)
+        from .disentangle import xi_grid
+
         return self._memoised(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)), lambda: xi_grid(
             self.evaluator(self._xi_n()), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas,
             progress=progress))
@@ -201,11 +330,11 @@ class Explorer:
     def _xi_n(self) -> int | None:
         """Images per task for ξ grids: the bundle's ``xi_eval_n`` (its precomputed grids used it), capped by this
         Explorer's own subset."""
-        n, m = self.bundle.manifest.get("plan", {}).get("xi_eval_n"), self.max_per_task
+        n, m = self.index.manifest.get("plan", {}).get("xi_eval_n"), self.max_per_task
         return m if n is None else (n if m is None else min(n, m))
 
     def _xi_precomputed_ok(self) -> bool:
-        n = self.bundle.manifest.get("plan", {}).get("xi_eval_n")
+        n = self.index.manifest.get("plan", {}).get("xi_eval_n")
         return self.uses_all_images if n is None else (self.max_per_task is None or self.max_per_task >= n)
 
     def kernel(self, mode: str, task: str, extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:
@@ -213,6 +342,8 @@ class Explorer:
         if pre and not extra and self.uses_all_images:
             return pre
         tv = self.vectors(mode, extra)[task]
+        from .kernel import kernel_report
+
         return self._memoised(("kernel", tv.uid), lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
 
     def cached_xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
@@ -224,6 +355,8 @@ class Explorer:
             pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
             if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
                 return _transpose(pre) if flip else pre
+        if not self.loaded:  # nothing is memoised before the tensors are loaded
+            return None
         vs = self.vectors(mode, extra)
         if task1 not in vs or task2 not in vs:
             return None
@@ -242,18 +375,23 @@ class Explorer:
     def similarity(self, modes: Sequence[str] | None = None, extra: Mapping[str, TaskVector] | None = None) -> dict:
         """Cosine similarities of task vectors within each mode and across modes (labels ``mode/name``), the format
         of :func:`arith.build.similarity_table`; the bundle's precomputed table when it covers the request."""
-        from .build import similarity_table
-
         modes = list(modes or self.modes)
-        vectors = {m: self.vectors(m, extra) for m in modes}
         pre = self._precomputed("similarity", need=("by_mode", "all"))
-        labels = [f"{m}/{n}" for m, vs in vectors.items() for n in vs]
+        labels = [f"{m}/{n}" for m in modes for n in self.catalog(m, extra)]
         if (pre and self.uses_all_images and set(pre.get("by_mode", {})) == set(modes)
                 and pre.get("all", {}).get("labels") == labels
                 and not any(tv.mode in modes for tv in (extra or {}).values())):
             return pre
+        vectors = {m: self.vectors(m, extra) for m in modes}
+        from .build import similarity_table
+
         key = ("sim", tuple((m, tuple((n, tv.uid) for n, tv in vs.items())) for m, vs in vectors.items()))
         return self._memoised(key, lambda: similarity_table(vectors))
+
+
+def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:
+    """The ``extra`` vectors (a session's workspace) of ``mode``."""
+    return {n: tv for n, tv in (extra or {}).items() if tv.mode == mode}
 
 
 def _same_grid(a: Sequence[float], b: Sequence[float]) -> bool:

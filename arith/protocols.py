@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import Evaluator, summarize
+from .evaluate import Evaluator
+from .metrics import summarize
 from .taskvec import TaskVector
 
 ALPHAS = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))

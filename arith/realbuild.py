@@ -188,9 +188,9 @@ def evaluate_full(bundle, mode: str, coefs: Mapping[str, float], *, root=None, s
     validation hold-out.  In a linearized mode the merged model is the linear model.  ``normalize`` also
     evaluates each task's own fine-tuned model to report normalized accuracy (one more pass per task).
     """
-    from .evaluate import summarize
     from .linearize import jvp_features
     from .merge import apply_delta, combine
+    from .metrics import summarize
     from .modes import get_mode
 
     base = bundle.base if device == "cpu" else bundle.base.to(device)

@@ -4,7 +4,7 @@ papers' sweep of the shared α."""
 import pandas as pd
 import streamlit as st
 
-from arith.evaluate import summarize
+from arith.metrics import summarize
 from ui import charts
 from ui.common import Progress, guard, pct
 from ui.state import context, mode_label
@@ -38,7 +38,7 @@ with guard("Evaluating the edited model"):
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
     c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
     st.plotly_chart(charts.accuracy_bars(acc, zs, ft, tasks, mode), key="acc_bars")
-    lam = {ex.vectors(mode, ctx.extra())[n].task: v for n, v in ctx.coefs.items()}
+    lam = {ex.catalog(mode, ctx.extra())[n]: v for n, v in ctx.coefs.items()}
     table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],
                           "zero-shot (%)": [100 * zs.get(t, float("nan")) for t in acc],
                           f"fine-tuned alone, {mode} (%)": [100 * ft[t] if t in ft else float("nan") for t in acc],
@@ -73,7 +73,7 @@ st.caption("The papers' protocol: θ0 + α Σ_t τ_t for α ∈ {0, 0.05, …, 1
 with guard("Task-addition sweep"):
     curves = {}
     for m in ctx.modes:
-        names = [n for n in ctx.tasks if n in ex.vectors(m)]
+        names = [n for n in ctx.tasks if n in ex.catalog(m)]
         if not names:
             continue
         bar = Progress(f"Sweeping α for {mode_label(m)}")

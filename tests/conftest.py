@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from arith.build import BuildPlan, build_bundle
-from arith.bundle import load_bundle
+from arith.bundle import load_bundle, sha256_file
 from arith.models import Base
-from arith.specs import ModelSpec
+from arith.specs import Files, ModelSpec
 
 TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16}}
 TINY_CLIP = {**TINY, "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -41,6 +44,38 @@ def bundle_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle(bundle_dir):
     return load_bundle(bundle_dir)
+
+
+# -- damaged copies of the bundle (tests/test_integrity.py, tests/test_bundle.py, tests/test_index.py) -------------
+@pytest.fixture
+def copy(bundle_dir, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def manifest(root) -> dict:
+    return json.loads((root / Files.MANIFEST).read_text())
+
+
+def write_manifest(root, m: dict) -> None:
+    (root / Files.MANIFEST).write_text(json.dumps(m))
+
+
+def rehash(root, rel: str) -> None:
+    """Record ``rel``'s current size and sha256 in the manifest: only the contents checks can catch it now."""
+    m = manifest(root)
+    m["files"][rel] = {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+    write_manifest(root, m)
+
+
+def rewrite(root, rel: str, change) -> None:
+    """Load a safetensors file of the bundle, let ``change`` edit its dict, save it and refresh its hash."""
+    tensors = load_file(root / rel)
+    change(tensors)
+    save_file(tensors, root / rel)
+    rehash(root, rel)
+
 
 
 # -- the Streamlit app (tests/test_app.py, tests/test_browser.py) ---------------------------------------------------

@@ -19,9 +19,9 @@ from arith.bundle import load_bundle
 from arith.explore import Explorer
 from arith.export import parse_coefficient_set
 from arith.models import fingerprint
-from arith.specs import Meta
+from arith.specs import Files, Meta
 
-from conftest import tiny_base
+from conftest import rewrite, tiny_base
 
 PAGES = {
     "pages/arithmetic.py": "Task arithmetic",
@@ -369,6 +369,20 @@ def test_a_damaged_bundle_gets_a_message_not_a_traceback(new_app, bundle_dir, tm
     assert not at.exception
     assert any("heads.safetensors" in e.value for e in at.error)
     assert at.subheader[0].value == "No bundle to open yet"
+
+
+def test_tensors_that_fail_to_load_show_their_error_where_they_are_needed(new_app, copy, monkeypatch):
+    rel = Files.vector("attn", STRIPES)
+    rewrite(copy, rel, lambda t: next(iter(t.values())).fill_(float("inf")))  # the sha256 matches: the index opens
+    monkeypatch.setenv("ARITH_BUNDLE", str(copy))
+    at = new_app()  # the first view comes from the index and the precomputed results
+    clean(at)
+    assert at.title[0].value == "Task arithmetic"
+    at.switch_page("pages/vectors.py").run()  # a page that needs the tensors waits for them: the error, not the page
+    assert not at.exception and any(rel in e.value for e in at.error)
+    assert [t.value for t in at.title] != ["Task vectors"]
+    at.switch_page("pages/arithmetic.py").run()  # the failed load is kept: every later run names the file
+    assert not at.exception and any(rel in e.value for e in at.error)
 
 
 def test_bundle_discovery_order(tmp_path, monkeypatch, bundle_dir):

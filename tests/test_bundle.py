@@ -25,13 +25,6 @@ def test_bundle_has_everything(bundle):
     assert bundle.finetune_config("attn").steps == 24
 
 
-@pytest.fixture
-def copy(bundle_dir, tmp_path):
-    dst = tmp_path / "b"
-    shutil.copytree(bundle_dir, dst)
-    return dst
-
-
 def test_flipped_byte_is_refused_naming_the_file(copy):
     rel = Files.vector("attn", TASKS[0])
     path = copy / rel

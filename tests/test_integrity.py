@@ -4,47 +4,16 @@ file, even when its sha256 was refreshed to match; a missing optional result is 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from arith.bundle import BundleError, load_bundle, sha256_file
+from arith.bundle import BundleError, load_bundle
 from arith.explore import Explorer
 from arith.specs import Files
 
-from conftest import TASKS
-
-
-@pytest.fixture
-def copy(bundle_dir, tmp_path):
-    dst = tmp_path / "b"
-    shutil.copytree(bundle_dir, dst)
-    return dst
-
-
-def manifest(root) -> dict:
-    return json.loads((root / Files.MANIFEST).read_text())
-
-
-def write_manifest(root, m: dict) -> None:
-    (root / Files.MANIFEST).write_text(json.dumps(m))
-
-
-def rehash(root, rel: str) -> None:
-    """Record ``rel``'s current size and sha256 in the manifest: only the contents checks can catch it now."""
-    m = manifest(root)
-    m["files"][rel] = {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
-    write_manifest(root, m)
-
-
-def rewrite(root, rel: str, change) -> None:
-    """Load a safetensors file of the bundle, let ``change`` edit its dict, save it and refresh its hash."""
-    tensors = load_file(root / rel)
-    change(tensors)
-    save_file(tensors, root / rel)
-    rehash(root, rel)
+from conftest import TASKS, manifest, rehash, rewrite, write_manifest
 
 
 def _linear(root, split="test"):

@@ -28,7 +28,7 @@ def test_shared_alpha_requests_equal_the_computed_results(bundle, computing, spl
     for mode in bundle.modes:
         for alpha in (ALPHAS[0], ALPHAS[3], bundle.results["addition"][mode]["alpha"], ALPHAS[-1]):
             coefs = {t: alpha for t in TASKS}
-            assert fast._from_addition(mode, coefs, split, list(TASKS), "task_arithmetic", fast.vectors(mode))
+            assert fast._from_addition(mode, coefs, split, list(TASKS), "task_arithmetic")
             hits += 1
             got, ref = fast.evaluate(mode, coefs, split), slow.evaluate(mode, coefs, split)
             assert got == ref, (mode, alpha)

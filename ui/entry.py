@@ -1,23 +1,41 @@
 """The app's page script, run by ``app.py`` on every rerun: the shared sidebar (bundle, fine-tuning mode, tasks,
 coefficient sliders: they keep their values across pages) and the navigation between the views in ``pages/``."""
 
+from dataclasses import dataclass
+
 import streamlit as st
 
 from . import state
 
 
+@dataclass(frozen=True)
+class View:
+    """One page of the navigation.  ``from_index``: the page imports no tensor library and runs at once from the
+    bundle's index and precomputed results, waiting for the tensors (``Explorer.bundle``) only for what those lack;
+    any other page runs once the tensors are loaded."""
+
+    script: str
+    title: str
+    icon: str
+    url_path: str
+    from_index: bool = False
+
+
+VIEWS = (  # in the navigation's order; the first is the default
+    View("pages/arithmetic.py", "Task arithmetic", ":material/calculate:", "arithmetic", from_index=True),
+    View("pages/disentanglement.py", "Weight disentanglement", ":material/grid_on:", "disentanglement"),
+    View("pages/kernel.py", "Kernel behaviour", ":material/timeline:", "kernel"),
+    View("pages/vectors.py", "Task vectors", ":material/explore:", "vectors"),
+    View("pages/upload.py", "Upload", ":material/upload_file:", "upload"),
+    View("pages/train.py", "Train", ":material/model_training:", "train"),
+    View("pages/export.py", "Export and share", ":material/download:", "export"),
+)
+
+
 def pages() -> list:
-    """The views, in the navigation's order (made anew each run, as Streamlit expects)."""
-    return [
-        st.Page("pages/arithmetic.py", title="Task arithmetic", icon=":material/calculate:", url_path="arithmetic", default=True),
-        st.Page("pages/disentanglement.py", title="Weight disentanglement", icon=":material/grid_on:",
-                url_path="disentanglement"),
-        st.Page("pages/kernel.py", title="Kernel behaviour", icon=":material/timeline:", url_path="kernel"),
-        st.Page("pages/vectors.py", title="Task vectors", icon=":material/explore:", url_path="vectors"),
-        st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:", url_path="upload"),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
-        st.Page("pages/export.py", title="Export and share", icon=":material/download:", url_path="export"),
-    ]
+    """The views as ``st.Page`` objects (made anew each run, as Streamlit expects)."""
+    return [st.Page(v.script, title=v.title, icon=v.icon, url_path=v.url_path, default=i == 0)
+            for i, v in enumerate(VIEWS)]
 
 
 def no_bundle() -> None:
@@ -51,4 +69,9 @@ def main() -> None:
         page = st.navigation([st.Page(no_bundle, title="Get started", icon=":material/rocket_launch:", url_path="start")])
     else:
         page = st.navigation(pages())
+        view = next(v for v in VIEWS if v.title == page.title)
+        if not view.from_index and not state.tensors_ready(ctx):
+            return
     page.run()
+    if ctx is not None:  # the page is drawn: load the tensors later requests need once the browser has drawn it
+        ctx.ex.load_in_background(delay=state.load_delay())

@@ -14,22 +14,23 @@ Bundle discovery: ``$ARITH_BUNDLE`` if set, then ``precomputed/default``, then e
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from arith.bundle import load_bundle
 from arith.explore import Explorer
 from arith.modes import MODES
-from arith.taskvec import TaskVector
 
 from .common import Progress, message
+
+if TYPE_CHECKING:
+    from arith.taskvec import TaskVector
 
 ROOT = Path(__file__).resolve().parent.parent
 COEF_MIN, COEF_MAX, COEF_STEP = -2.0, 2.0, 0.05
@@ -101,29 +102,56 @@ def upload_limit_mb() -> int:
 
 
 def preferred_device() -> str:
-    """``$ARITH_DEVICE`` if set, else ``cuda`` when available, else ``cpu``."""
-    dev = os.environ.get("ARITH_DEVICE")
-    if dev:
-        return dev
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``$ARITH_DEVICE`` if set, else ``auto``: ``cuda`` when torch sees one, else ``cpu`` (resolved when the
+    tensors load, so choosing it imports nothing)."""
+    return os.environ.get("ARITH_DEVICE") or "auto"
 
 
-@st.cache_resource(show_spinner="Loading the bundle (checking every file's sha256)…", max_entries=4)
-def _load_explorer(path: str, stamp: float, device: str, max_per_task: int | None) -> Explorer:
-    bundle = load_bundle(path)
-    if device != "cpu":
-        bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
-    return Explorer(bundle, max_per_task=max_per_task)
+@st.cache_resource(show_spinner="Opening the bundle (checking every file's sha256)…", max_entries=4)
+def _open_explorer(path: str, stamp: float, device: str, max_per_task: int | None) -> Explorer:
+    return Explorer.open(path, device=device, max_per_task=max_per_task)
 
 
 def load_explorer(ref: BundleRef) -> Explorer:
-    """The shared, read-only explorer of a bundle (loaded once per process; reloaded if its manifest changes)."""
+    """The shared, read-only explorer of a bundle (opened once per process; again if its manifest changes).  It
+    answers from the bundle's index and precomputed results at once and loads the tensors when first needed:
+    :func:`ui.entry.main` starts that load in the background after a run that did not need them."""
     manifest = ref.path / "manifest.json"
     stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
     n = os.environ.get("ARITH_MAX_PER_TASK")
-    return _load_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None)
+    return _open_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None)
+
+
+LOAD_DELAY_S = 2.0
+
+
+def load_delay() -> float:
+    """Seconds between the first view's run and the start of the background load of the bundle's tensors:
+    ``$ARITH_LOAD_DELAY`` if set, else 2.  Loading them imports torch, which holds the interpreter for ~1.6 s on
+    two cores; started at once, it slowed the browser's drawing of the first view (its plotly.js is served by this
+    process) from ~4.9 to ~5.6 s on the CI machine (BENCHMARKS.md).  A request that needs the tensors sooner loads
+    them itself."""
+    try:
+        return max(0.0, float(os.environ.get("ARITH_LOAD_DELAY", LOAD_DELAY_S)))
+    except ValueError:
+        return LOAD_DELAY_S
+
+
+def cannot_open(ref: BundleRef, e: BaseException) -> None:
+    st.error(f"Cannot open the bundle {ref.label!r} ({ref.path}, from {ref.source}): {message(e)}", icon="⚠️")
+
+
+def tensors_ready(ctx: Context) -> bool:
+    """Wait, with a spinner, until the bundle's tensors are loaded (a page that imports torch calls this first, so
+    that only the load imports it); False, with the error on the page, when they cannot be loaded."""
+    if not ctx.ex.loaded:
+        try:
+            with st.spinner("Loading the bundle's tensors…"):
+                _ = ctx.ex.bundle
+        except (ValueError, FileNotFoundError, OSError) as e:
+            cannot_open(ctx.ref, e)
+            return False
+    return True
 
 
 # -- the session's view -------------------------------------------------------------------------------------------
@@ -161,7 +189,7 @@ class Context:
 
     def names(self, mode: str | None = None) -> list[str]:
         """Vector names available in ``mode``: the bundle's tasks, then the workspace's."""
-        return list(self.ex.vectors(mode or self.mode, self.extra(mode)))
+        return list(self.ex.catalog(mode or self.mode, self.extra(mode)))
 
     def coefs_in(self, mode: str) -> dict[str, float]:
         """The current coefficients restricted to the vectors ``mode`` has (used to compare modes)."""
@@ -170,8 +198,8 @@ class Context:
 
     def eval_tasks(self, names: list[str] | None = None, mode: str | None = None) -> list[str]:
         """Evaluation tasks of the selected vectors (their ``task``, where the bundle has data), in bundle order."""
-        vs = self.ex.vectors(mode or self.mode, self.extra(mode))
-        wanted = {vs[n].task for n in (self.tasks if names is None else names) if n in vs}
+        vs = self.ex.catalog(mode or self.mode, self.extra(mode))
+        wanted = {vs[n] for n in (self.tasks if names is None else names) if n in vs}
         return [t for t in self.ex.tasks if t in wanted]
 
     def is_workspace(self, name: str) -> bool:
@@ -209,8 +237,8 @@ def workspace_store(base_id: str) -> dict[str, dict]:
 def add_to_workspace(ex: Explorer, tv: TaskVector, hint: str, source: str) -> str:
     """Add ``tv`` to this session's workspace under a new name (never a bundle task's name, so it never silently
     replaces a bundle vector); returns the name."""
-    store = workspace_store(ex.bundle.base.id)
-    taken = set(store) | set(ex.bundle.task_names) | {n for vs in ex.bundle.vectors.values() for n in vs}
+    store = workspace_store(ex.base_id)
+    taken = set(store) | set(ex.task_names) | {n for m in ex.modes for n in ex.catalog(m)}
     base = hint.strip() or f"{tv.task} ({tv.mode})"
     name, i = base, 2
     while name in taken:
@@ -268,7 +296,7 @@ def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
 
 def default_alpha(ex: Explorer, mode: str) -> float:
     """The opening coefficient: the bundle's validation-chosen α for ``mode`` when it ships one."""
-    a = ex.bundle.results.get("addition", {}).get(mode)
+    a = ex.results.get("addition", {}).get(mode)
     a = a.get("alpha") if isinstance(a, dict) else None
     return snap(a) if isinstance(a, (int, float)) and math.isfinite(a) else DEFAULT_COEF
 
@@ -375,10 +403,12 @@ def sidebar() -> Context | None:
     ref = refs[labels.index(ss[K_BUNDLE])]
     try:
         ex = load_explorer(ref)
+        if ex.load_error is not None:  # its tensors failed to load in the background after an earlier run
+            raise ex.load_error
     except (ValueError, FileNotFoundError, OSError) as e:
-        st.error(f"Cannot open the bundle {ref.label!r} ({ref.path}, from {ref.source}): {message(e)}", icon="⚠️")
+        cannot_open(ref, e)
         return None
-    store = workspace_store(ex.bundle.base.id)
+    store = workspace_store(ex.base_id)
     workspace = {n: e["vector"] for n, e in store.items()}
     probe = Context(ref, ex, "", [], {}, False, workspace)
 
@@ -399,7 +429,7 @@ def sidebar() -> Context | None:
     if K_TASKS not in ss:
         wanted = pending.get("tasks")
         ss[K_TASKS] = ([n for n in wanted if n in names] if wanted is not None
-                       else [n for n in ex.bundle.task_names if n in names])
+                       else [n for n in ex.task_names if n in names])
     else:
         ss[K_TASKS] = [n for n in ss[K_TASKS] if n in names]
     if apply:
@@ -409,7 +439,7 @@ def sidebar() -> Context | None:
         ss[K_TASKS] = ss[K_TASKS] + [n for n in ss.pop(S_SELECT) if n in names and n not in ss[K_TASKS]]
     if S_COEFS not in ss:
         alpha = default_alpha(ex, mode)
-        ss[S_COEFS] = {n: alpha for n in names if n in ex.bundle.task_names}
+        ss[S_COEFS] = {n: alpha for n in names if n in ex.task_names}
         ss[S_COEFS].update(pending.get("coefs", {}))
         if pending.get("tie"):
             ss[K_TIE] = True
@@ -424,7 +454,7 @@ def sidebar() -> Context | None:
             ss[K_ALL] = 0.0
     if c2.button("Validation α", key="w_preset_alpha", width="stretch",
                  help="The shared α chosen on the validation splits by normalized accuracy (task addition)"):
-        in_bundle = [n for n in tasks if n in ex.vectors(mode)]
+        in_bundle = [n for n in tasks if n in ex.catalog(mode)]
         if in_bundle:
             bar = Progress("Choosing α on the validation splits", sb)
             try:

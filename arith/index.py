@@ -1,0 +1,168 @@
+"""The tensor-free side of a bundle: its manifest, the check of every file, its precomputed results and the names of
+what it holds.  Importing this module imports no tensor library.
+
+Opening a bundle starts here.  :meth:`BundleIndex.open` reads ``manifest.json``, checks the size and sha256 of every
+file it lists (about 0.1 s for the default bundle), reads ``results/*.json`` and the shapes in the data files'
+headers.  That is enough to answer every request the bundle's precomputed results cover (the app's opening view is
+one) before torch is even imported; :func:`arith.bundle.load_bundle` then builds the tensors on the same index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .specs import FORMAT_VERSION, Files, TaskInfo
+
+BUNDLE_FORMAT = "arith-bundle"
+EVAL_SPLITS = ("val", "test")
+MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header larger than this is not one of ours
+
+
+class BundleError(ValueError):
+    """A bundle is missing, damaged or inconsistent; the message names the file."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(root: Path) -> dict:
+    """``root/manifest.json``, checked for the fields every reader relies on; :class:`BundleError` otherwise."""
+    path = root / Files.MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path}: no manifest; not a bundle directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{Files.MANIFEST}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{Files.MANIFEST}: not an {BUNDLE_FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{Files.MANIFEST}: format version {manifest.get('format_version')!r}, "
+                          f"this version reads {FORMAT_VERSION!r}")
+    for key in ("base", "tasks", "files"):
+        if key not in manifest:
+            raise BundleError(f"{Files.MANIFEST}: missing {key!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and type(e.get("bytes")) is int
+            for e in files.values()):
+        raise BundleError(f"{Files.MANIFEST}: 'files' must map each file to its sha256 and size in bytes")
+    if not isinstance(manifest["tasks"], list) or not all(isinstance(t, dict) for t in manifest["tasks"]):
+        raise BundleError(f"{Files.MANIFEST}: 'tasks' must be a list of task records")
+    if not isinstance(manifest["base"], dict) or not isinstance(manifest["base"].get("spec"), dict):
+        raise BundleError(f"{Files.MANIFEST}: 'base' must hold the model spec")
+    if not isinstance(manifest.get("modes", []), list) or not all(isinstance(m, str) for m in manifest.get("modes", [])):
+        raise BundleError(f"{Files.MANIFEST}: 'modes' must be a list of mode names")
+    for key, kind in (("name", str), ("finetune", dict), ("provenance", dict)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise BundleError(f"{Files.MANIFEST}: {key!r} must be a {kind.__name__}")
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists with its recorded size and sha256; refuses naming the file."""
+    for rel, entry in sorted(manifest["files"].items()):
+        path = root / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise BundleError(f"{rel}: file path escapes the bundle directory")
+        if not path.is_file():
+            raise BundleError(f"{rel}: listed in the manifest but missing")
+        if path.stat().st_size != entry.get("bytes"):
+            raise BundleError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} (damaged?)")
+        if sha256_file(path) != entry.get("sha256"):
+            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited)")
+
+
+def read_results(root: Path, manifest: dict) -> dict[str, Any]:
+    """The precomputed results, ``results/<name>.json`` -> ``{name: object}``; each must be a JSON object."""
+    results = {}
+    for rel in manifest["files"]:
+        if rel.startswith(Files.RESULTS_DIR + "/") and rel.endswith(".json"):
+            try:
+                obj = json.loads((root / rel).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise BundleError(f"{rel}: not valid JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise BundleError(f"{rel}: not a JSON object")
+            results[Path(rel).stem] = obj
+    return results
+
+
+def split_sizes(path: Path, rel: str) -> dict[str, int]:
+    """Images per split of a data file, from the shapes of ``<split>.labels`` in its safetensors header (the
+    8-byte little-endian header length, then JSON; nothing else is read)."""
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(fh.read(n))
+        return {s: int(header[f"{s}.labels"]["shape"][0]) for s in EVAL_SPLITS if f"{s}.labels" in header}
+    except (OSError, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
+        raise BundleError(f"{rel}: cannot read its safetensors header ({e})") from None
+
+
+@dataclass(frozen=True)
+class BundleIndex:
+    """What a bundle holds, by name, and its precomputed results: everything but the tensors.  Read-only."""
+
+    root: Path
+    manifest: Mapping[str, Any]
+    tasks: Mapping[str, TaskInfo]  # every task of the manifest, in its order
+    vectors: Mapping[str, Mapping[str, str]]  # mode -> {vector name: its task}, modes in the manifest's order
+    sizes: Mapping[str, Mapping[str, int]]  # task with evaluation data -> split -> images stored
+    results: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: str | Path, verify: bool = True) -> BundleIndex:
+        """Read and check a bundle directory's manifest, files (sizes and sha256 when ``verify``) and results."""
+        root = Path(root)
+        manifest = read_manifest(root)
+        if verify:
+            verify_files(root, manifest)
+        try:
+            tasks = {t["name"]: TaskInfo.from_dict(t) for t in manifest["tasks"]}
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{Files.MANIFEST}: bad task list ({e})") from None
+        files = manifest["files"]
+        vectors: dict[str, dict[str, str]] = {}
+        for rel in sorted(files):  # the order load_bundle reads them in, which checks each file holds what its path says
+            parts = Path(rel).parts
+            if len(parts) == 3 and parts[0] == Files.VECTORS_DIR:
+                vectors.setdefault(parts[1], {})[Path(parts[2]).stem] = Path(parts[2]).stem
+        order = {m: i for i, m in enumerate(manifest.get("modes", []))}
+        vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))
+        sizes = {t: split_sizes(root / Files.data(t), Files.data(t)) for t in tasks if Files.data(t) in files}
+        return cls(root, manifest, tasks, vectors, sizes, read_results(root, manifest))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.root.name)
+
+    @property
+    def base_id(self) -> str | None:
+        return self.manifest["base"].get("id")
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.vectors)
+
+    @property
+    def evaluation_tasks(self) -> list[str]:
+        """The tasks with evaluation data, in the manifest's order."""
+        return [t for t in self.tasks if t in self.sizes]

@@ -1,0 +1,130 @@
+"""The tensor-free bundle index and the explorer that answers from it before (and without) loading the tensors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from arith.bundle import BundleError
+from arith.explore import Explorer
+from arith.index import BundleIndex
+from arith.lru import LRU
+from arith.metrics import GRID
+from arith.specs import Files
+
+from conftest import ROOT, TASKS, rewrite
+
+
+def opening_requests(ex: Explorer) -> dict:
+    """Everything the app's first view asks for, and the diagnostics the bundle ships precomputed."""
+    out = {"zeroshot": ex.zeroshot("test")}
+    for mode in ex.modes:
+        alpha = ex.results["addition"][mode]["alpha"]
+        out[f"eval/{mode}"] = ex.evaluate(mode, {t: alpha for t in ex.task_names}, "test")
+        out[f"eval0/{mode}"] = ex.evaluate(mode, {t: 0.0 for t in ex.task_names}, "val")
+        out[f"ft/{mode}"] = ex.finetuned(mode, "test")
+        out[f"add/{mode}"] = ex.addition(mode)
+        out[f"neg/{mode}"] = ex.negation(mode, TASKS[0])
+        out[f"kernel/{mode}"] = ex.kernel(mode, TASKS[0])
+        pair = next(iter(ex.results["disentanglement"][mode])).split("|")
+        out[f"xi/{mode}"] = ex.xi(mode, pair[1], pair[0], alphas=ex.results["disentanglement"][mode]["|".join(pair)]["alpha2"])
+    out["similarity"] = ex.similarity()
+    return out
+
+
+def test_the_index_of_a_directory_equals_the_index_of_the_loaded_bundle(bundle_dir, bundle):
+    read, loaded = BundleIndex.open(bundle_dir), bundle.index
+    assert read.tasks == loaded.tasks and read.results == loaded.results and read.manifest == loaded.manifest
+    assert read.vectors == loaded.vectors  # same modes, names and order
+    assert list(read.vectors) == bundle.modes and [list(v) for v in read.vectors.values()] == [
+        list(v) for v in bundle.vectors.values()]
+    assert read.sizes == loaded.sizes and read.sizes[TASKS[0]]["test"] == len(bundle.data[TASKS[0]]["test"])
+    assert read.evaluation_tasks == list(TASKS) and read.base_id == bundle.base.id
+
+
+def test_opening_answers_every_precomputed_request_without_loading_and_exactly(bundle_dir, bundle):
+    lazy = Explorer.open(bundle_dir)
+    got = opening_requests(lazy)
+    assert not lazy.loaded
+    assert got == opening_requests(Explorer(bundle))
+    assert lazy.catalog("attn") == {t: t for t in TASKS}
+
+
+def test_a_request_the_index_cannot_answer_loads_the_tensors_and_computes(bundle_dir, bundle):
+    lazy, eager = Explorer.open(bundle_dir), Explorer(bundle)
+    coefs = {TASKS[0]: 0.7, TASKS[2]: -0.4}
+    assert lazy.evaluate("attn", coefs) == eager.evaluate("attn", coefs)
+    assert lazy.loaded and lazy.load_in_background() is None  # nothing left to load
+    assert lazy.catalog("full") == {n: tv.task for n, tv in lazy.vectors("full").items()}
+
+
+def test_workspace_vectors_are_named_by_the_catalog_and_never_answered_from_the_index(bundle_dir, bundle):
+    lazy = Explorer.open(bundle_dir)
+    mine = bundle.vectors["attn"][TASKS[1]].scale(3.0)
+    extra = {TASKS[1]: mine, "mine": mine}  # one shadows the bundle's vector of that task
+    assert lazy.catalog("attn", extra) == {**{t: t for t in TASKS}, "mine": TASKS[1]}
+    alpha = lazy.results["addition"]["attn"]["alpha"]
+    coefs = {t: alpha for t in TASKS}
+    shadowed = lazy.evaluate("attn", coefs, extra=extra)
+    assert lazy.loaded and shadowed != lazy.evaluate("attn", coefs)
+    assert shadowed == Explorer(bundle).evaluate("attn", coefs, extra=extra)
+
+
+def test_the_background_load_loads_once(bundle_dir):
+    ex = Explorer.open(bundle_dir)
+    thread = ex.load_in_background()
+    assert thread is not None and thread.daemon and ex.load_in_background() is None
+    thread.join(120)
+    assert ex.loaded and ex.load_error is None and ex.bundle.base.id == ex.base_id
+
+
+def test_tensors_that_fail_to_load_after_the_index_opened_raise_every_time(copy):
+    rel = Files.vector("attn", TASKS[1])
+    rewrite(copy, rel, lambda t: next(iter(t.values())).fill_(float("nan")))  # the sha256 matches: only loading sees it
+    ex = Explorer.open(copy)
+    alpha = ex.results["addition"]["attn"]["alpha"]
+    assert ex.evaluate("attn", {t: alpha for t in TASKS})["accuracy"]  # the index still answers what it holds
+    ex.load_in_background().join(120)  # the failure stays on that thread, kept for later
+    assert isinstance(ex.load_error, BundleError) and rel in str(ex.load_error) and not ex.loaded
+    for _ in range(2):
+        with pytest.raises(BundleError, match=rel):
+            ex.evaluate("attn", {TASKS[0]: 0.5})
+
+
+def test_the_index_refuses_a_data_file_whose_header_is_not_safetensors(copy):
+    (copy / Files.data(TASKS[0])).write_bytes(b"\xff" * 8 + b"{}")
+    with pytest.raises(BundleError, match="cannot read its safetensors header"):
+        BundleIndex.open(copy, verify=False)
+    with pytest.raises(BundleError, match=Files.data(TASKS[0])):  # with the checks on, its size gives it away first
+        BundleIndex.open(copy)
+
+
+def test_a_capped_evaluation_subset_uses_the_sizes_in_the_index(bundle_dir, bundle):
+    n = min(s for sizes in bundle.index.sizes.values() for s in sizes.values())
+    assert Explorer.open(bundle_dir, max_per_task=n + 1000).uses_all_images
+    assert not Explorer.open(bundle_dir, max_per_task=n - 1).uses_all_images
+
+
+def test_importing_the_opening_path_imports_no_tensor_library():
+    code = ("import sys\n"
+            "import arith.explore, arith.index, arith.metrics, arith.lru\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'open_clip') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout.strip().replace("'", '"')) == [], out.stdout + out.stderr
+
+
+def test_the_xi_grid_is_numpys_linspace():
+    assert GRID == tuple(float(a) for a in np.linspace(-2.0, 2.0, 15))
+
+
+def test_the_lru_counts_tensor_bytes_without_importing_torch():
+    cache = LRU(maxsize=8, max_bytes=100)
+    cache.put("a", torch.zeros(10))  # 40 bytes
+    cache.put("b", "text")
+    cache.put("c", torch.zeros(20))  # 80 bytes: over the bound, the oldest go
+    assert cache.nbytes == 80 and cache.get("a") is None and cache.get("c") is not None
