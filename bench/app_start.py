@@ -2,11 +2,13 @@
 session.
 
 Cold start: a headless Chromium is started first (not counted); then the clock starts with ``streamlit run
-app.py`` (a fresh process: imports, bundle load with every sha256 checked, the first view's computations) and stops
-when the browser shows the Task-arithmetic view complete: its title, its three charts drawn, no script running.
-Repeated ``--runs`` times.  Then, on the last server, ``--sessions`` more browser sessions open the view, each with
-its own coefficients in the link (so each computes), and the server's resident memory is read after each: the
-growth per session, against the size of the bundle's tensors, shows that the bundle is held once per process.
+app.py`` (a fresh process: imports, the bundle's index with every sha256 checked, the first view) and stops when the
+browser shows the Task-arithmetic view complete: its title, its three charts drawn, no script running.  Repeated
+``--runs`` times; with several ``--load-delay`` values (the app's ``ARITH_LOAD_DELAY``) the variants are interleaved.
+Then, on the last server: a session with coefficients of its own opened at once (it needs the tensors, which may
+still be loading), a new session of the default view, and ``--sessions`` more sessions with their own coefficients,
+the server's resident memory read after each: the growth per session, against the size of the bundle's tensors,
+shows that the bundle is held once per process.
 
 Needs Debian's ``chromium`` and the ``playwright`` package (as ``tests/test_browser.py``); without them, or with
 ``--no-browser``, it times the first complete run of the app's script under ``streamlit.testing`` in a fresh
@@ -60,9 +62,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: str, port: int, log: Path, threads: int | None) -> subprocess.Popen:
+def start_server(bundle: str, port: int, log: Path, threads: int | None, load_delay: float | None = None) -> subprocess.Popen:
     env = {**os.environ, "ARITH_BUNDLE": bundle, "ARITH_DEVICE": "cpu",
            "ARITH_PRECOMPUTED_DIR": tempfile.mkdtemp(prefix="arith-none-")}
+    if load_delay is not None:
+        env["ARITH_LOAD_DELAY"] = str(load_delay)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     out = open(log, "wb")
@@ -106,6 +110,20 @@ def bundle_tensor_mb(bundle_dir: str) -> float:
     return n / 2**20
 
 
+def open_session(browser, url: str, query: str = "") -> float:
+    """Seconds for a new browser session of ``url`` + ``query`` to show the first view complete."""
+    t = time.perf_counter()
+    page = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
+    page.goto(f"{url}/{query}")
+    page.wait_for_function(RENDERED, timeout=300_000, polling=50)
+    return time.perf_counter() - t
+
+
+def own_coefficients(rng: random.Random, tasks: list[str]) -> str:
+    """A link to the attention-only view with random coefficients of its own (in no precomputed result)."""
+    return "?mode=attn&" + "&".join(f"c.{t}={rng.choice([-1.5, -0.5, 0.25, 0.6, 1.0])}" for t in tasks)
+
+
 def with_browser(args, bundle_tasks: list[str]) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -114,13 +132,14 @@ def with_browser(args, bundle_tasks: list[str]) -> dict:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            for run in range(args.runs):
+            plan = [(run, delay) for run in range(args.runs) for delay in args.load_delay]  # variants interleaved
+            for i, (run, delay) in enumerate(plan):
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 ctx = browser.new_context(viewport={"width": 1400, "height": 1800})
                 page = ctx.new_page()
                 t0 = time.perf_counter()
-                proc = start_server(args.bundle, port, Path(profile) / f"server-{run}.log", args.threads)
+                proc = start_server(args.bundle, port, Path(profile) / f"server-{i}.log", args.threads, delay)
                 try:
                     wait_healthy(url, proc)
                     t_health = time.perf_counter() - t0
@@ -131,23 +150,21 @@ def with_browser(args, bundle_tasks: list[str]) -> dict:
                     page.wait_for_function(RENDERED, timeout=300_000, polling=50)
                     t_render = time.perf_counter() - t0
                     rss_first = rss_mb(proc.pid)
-                    r = {"run": run + 1, "server_ready_s": t_health, "frontend_loaded_s": t_loaded, "title_shown_s": t_title,
+                    r = {"run": run + 1, "load_delay": delay, "server_ready_s": t_health, "frontend_loaded_s": t_loaded,
+                         "title_shown_s": t_title,
                          "first_render_s": t_render, "rss_after_first_mb": rss_first}
-                    if run == args.runs - 1:  # on the last server: a warm session, then memory per extra session
-                        t = time.perf_counter()
-                        warm = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
-                        warm.goto(url + "/")
-                        warm.wait_for_function(RENDERED, timeout=300_000, polling=50)
-                        r["warm_session_render_s"] = time.perf_counter() - t
+                    if i == len(plan) - 1:  # on the last server: computed views and memory per extra session
                         rng = random.Random(0)
-                        base = rss_mb(proc.pid)
-                        sessions.append({"sessions": 2, "rss_mb": base})
-                        for i in range(args.sessions):
-                            query = "&".join(f"c.{t}={rng.choice([-1.5, -0.5, 0.25, 0.6, 1.0])}" for t in bundle_tasks)
-                            pg = browser.new_context(viewport={"width": 1400, "height": 1800}).new_page()
-                            pg.goto(f"{url}/?mode=attn&{query}")
-                            pg.wait_for_function(RENDERED, timeout=300_000, polling=50)
-                            sessions.append({"sessions": i + 3, "rss_mb": rss_mb(proc.pid)})
+                        sessions.append({"sessions": 1, "rss_mb": rss_first})
+                        # at once: its coefficients are in no precomputed result, so its run needs the tensors,
+                        # which may still be loading (or not yet started: ARITH_LOAD_DELAY)
+                        r["computing_session_right_after_s"] = open_session(browser, url, own_coefficients(rng, bundle_tasks))
+                        sessions.append({"sessions": 2, "rss_mb": rss_mb(proc.pid)})
+                        r["warm_session_render_s"] = open_session(browser, url)
+                        sessions.append({"sessions": 3, "rss_mb": rss_mb(proc.pid)})
+                        for k in range(args.sessions):
+                            open_session(browser, url, own_coefficients(rng, bundle_tasks))
+                            sessions.append({"sessions": k + 4, "rss_mb": rss_mb(proc.pid)})
                     runs.append(r)
                     print(r, file=sys.stderr, flush=True)
                 finally:
@@ -183,6 +200,9 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", type=int, default=3, help="cold starts (the median is reported)")
     p.add_argument("--sessions", type=int, default=8, help="extra sessions for the memory measurement")
     p.add_argument("--no-browser", action="store_true", help="time the app's first script run without a browser")
+    p.add_argument("--load-delay", type=float, nargs="+", default=[None], metavar="S",
+                   help="ARITH_LOAD_DELAY for the server (default: the app's own); several values are run interleaved "
+                        "and each gets its median (the first is the one reported against the target)")
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
     args.bundle = str(Path(args.bundle).resolve())
@@ -196,25 +216,38 @@ def main(argv=None) -> dict:
     res = without_browser(args) if (args.no_browser or missing) else with_browser(args, tasks)
     res.update(machine=machine(), bundle=args.bundle, threads=threads, browser=not (args.no_browser or missing),
                bundle_tensors_mb=bundle_tensor_mb(args.bundle))
-    cold = [r["first_render_s"] for r in res["runs"]]
+    delays = list(dict.fromkeys(r.get("load_delay") for r in res["runs"]))
+    by_delay = {d: [r["first_render_s"] for r in res["runs"] if r.get("load_delay") == d] for d in delays}
+    cold = by_delay[delays[0]]
     res["cold_start_median_s"] = statistics.median(cold)
+    if len(delays) > 1:
+        res["cold_start_median_s_by_load_delay"] = {str(d): statistics.median(v) for d, v in by_delay.items()}
     rows = [{"measure": "cold start → first full render (median of "
-                        f"{len(cold)})", "value": res["cold_start_median_s"], "unit": "s", "target": TARGET_S,
+                        f"{len(cold)})" + (f", ARITH_LOAD_DELAY={delays[0]:g}" if delays[0] is not None else ""),
+             "value": res["cold_start_median_s"], "unit": "s", "target": TARGET_S,
              "met": "yes" if res["cold_start_median_s"] <= TARGET_S else "no"}]
-    rows += [{"measure": f"  run {r['run']}: rendered", "value": r["first_render_s"], "unit": "s", "target": None,
+    rows += [{"measure": f"  the same, ARITH_LOAD_DELAY={d:g} (interleaved, median of {len(v)})",
+              "value": statistics.median(v), "unit": "s"} for d, v in list(by_delay.items())[1:]]
+    rows += [{"measure": f"  run {r['run']}: rendered"
+                         + (f" (delay {r['load_delay']:g})" if len(delays) > 1 and r.get("load_delay") is not None else ""),
+              "value": r["first_render_s"], "unit": "s", "target": None,
               "met": (f"server ready {r['server_ready_s']:.2f}, page loaded {r['frontend_loaded_s']:.2f}, "
                       f"title {r['title_shown_s']:.2f}") if "server_ready_s" in r else f"script {r['script_s']:.2f}"}
              for r in res["runs"]]
     warm = [r["warm_session_render_s"] for r in res["runs"] if "warm_session_render_s" in r]
+    after = [r["computing_session_right_after_s"] for r in res["runs"] if "computing_session_right_after_s" in r]
+    if after:
+        rows.append({"measure": "a session with its own coefficients, opened right after → rendered", "value": after[0],
+                     "unit": "s", "met": "computes: waits for the tensors if they are still loading"})
     if warm:
         rows.append({"measure": "a new session on the warm server → rendered", "value": warm[0], "unit": "s"})
     s = res["sessions"]
-    if len(s) >= 3:
-        # The first session with coefficients of its own is the first to compute (the opening view is precomputed):
-        # it builds the shared evaluation tensors once.  Per extra session: the least-squares slope of RSS over the
-        # sessions after it (single readings are noisy).
+    if len(s) >= 4:
+        # The first session with coefficients of its own is the first to compute (the opening view is precomputed
+        # and needs no tensors): torch, the bundle's tensors and the shared evaluation tensors arrive with it, once.
+        # Per extra session: the least-squares slope of RSS over the sessions after it (single readings are noisy).
         res["rss_first_computing_session_mb"] = s[1]["rss_mb"] - s[0]["rss_mb"]
-        rows.append({"measure": "one-time: evaluation tensors etc. (first computing session)",
+        rows.append({"measure": "one-time: torch, the tensors, evaluation tensors (first computing session)",
                      "value": res["rss_first_computing_session_mb"], "unit": "MB"})
         s = s[1:]
         xs, ys = [r["sessions"] for r in s], [r["rss_mb"] for r in s]

@@ -1,7 +1,8 @@
 """The app's state: which bundle, mode, tasks and coefficients (the sidebar), the session's workspace, the URL.
 
-* A bundle is loaded once per process (``st.cache_resource``) into an :class:`arith.explore.Explorer` and treated as
-  read-only: every session shares it, none writes to it.
+* A bundle is opened once per process (``st.cache_resource``) as an :class:`arith.explore.Explorer` and treated as
+  read-only: every session shares it, none writes to it.  Opening reads only its index (names, checksums,
+  precomputed results); the tensors load when first needed, or in the background after a run (:func:`load_delay`).
 * Everything a session owns lives in ``st.session_state``: its choices, its coefficients and its *workspace*
   (task vectors it uploaded or trained, per base model).  Nothing of one session is visible to another.
 * The current bundle, mode, tasks and coefficients are mirrored in the URL query parameters
