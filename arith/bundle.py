@@ -10,7 +10,7 @@
     results/<name>.json               precomputed results (addition, negation, ξ grids, kernel, ...)
     cache/linear-<split>.safetensors  f(θ0; x) and J τ_t per linear-mode vector: instant linearized sliders
 
-Loading verifies every listed file's size and sha256 and refuses a damaged bundle naming the file.
+Loading verifies every listed file's size and sha256 (``arith.index``) and refuses a damaged bundle naming the file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import Split
 from .heads import Head, heads_from_tensors, heads_to_tensors
-from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, read_manifest, sha256_file, verify_files  # noqa: F401
+from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, read_manifest, sha256_file, verify_files
 from .models import Base, fingerprint
 from .safefile import SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Provenance, TaskInfo
@@ -234,10 +234,13 @@ def _tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
 
 def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None = None) -> Bundle:
     """Load and check a bundle directory; :class:`BundleError` names the file at fault.  ``index``: the bundle's
-    :class:`~arith.index.BundleIndex` when already read (and its files checked), so nothing is read twice."""
+    :class:`~arith.index.BundleIndex` when already read; its manifest and results are used as they are, and with
+    ``verify`` every file is checked against that manifest again (they may have changed since)."""
     root = Path(root)
     if index is None:
         index = BundleIndex.open(root, verify=verify)
+    elif verify:
+        verify_files(root, dict(index.manifest))
     manifest, tasks = dict(index.manifest), dict(index.tasks)
     files = manifest["files"]
     try:
@@ -278,6 +281,9 @@ def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None
                     raise BundleError(f"{rel}: {split} split: {e}") from None
                 if len(s) and (int(s.labels.max()) >= tasks[t].num_classes or int(s.labels.min()) < 0):
                     raise BundleError(f"{rel}: {split} labels outside 0..{tasks[t].num_classes - 1}")
+                if len(s) != index.sizes.get(t, {}).get(split):  # what the index answered from must be what loads
+                    raise BundleError(f"{rel}: {split} split has {len(s)} images, its header "
+                                      f"{index.sizes.get(t, {}).get(split)}")
                 data[t][split] = s
 
     vectors: dict[str, dict[str, TaskVector]] = {}

@@ -17,13 +17,14 @@ that need torch (two threads never import torch at once).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .index import BundleIndex
+from .index import BundleError, BundleIndex
 from .lru import LRU
 from .metrics import GRID, summarize
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from .taskvec import TaskVector
 
 Progress = Callable[[int, int], None] | None
+log = logging.getLogger(__name__)
+# Loading a bundle imports torch on first use; two threads importing it at once can see a half-initialised module,
+# so loads, of any bundle, run one at a time.
+_ONE_LOAD_AT_A_TIME = threading.Lock()
 
 
 XI_FIELDS = ("alpha1", "alpha2", "prediction", "representation", "tasks")
@@ -64,7 +69,7 @@ class Explorer:
             raise TypeError("Explorer needs a bundle, or an index and a loader")
         self.index = index if index is not None else bundle.index
         self.max_per_task = max_per_task
-        self._bundle, self._loader, self._load_error = bundle, loader, None
+        self._bundle, self._loader, self._damaged = bundle, loader, None
         self._load_lock, self._loading = threading.Lock(), None
         self._evaluators: dict[int | None, Evaluator] = {}
         self._lock = threading.Lock()
@@ -80,7 +85,8 @@ class Explorer:
         def load() -> Bundle:
             from .bundle import load_bundle
 
-            bundle = load_bundle(root, index=index)  # files already checked by the index
+            # the files are checked again: they may have changed since the index read them (a rebuild in place)
+            bundle = load_bundle(root, verify=verify, index=index)
             dev = resolve_device(device)
             return bundle if dev == "cpu" else dataclasses.replace(bundle, base=bundle.base.to(dev))
 
@@ -89,19 +95,21 @@ class Explorer:
     # -- loading ----------------------------------------------------------------------------------------------------
     @property
     def bundle(self) -> Bundle:
-        """The loaded bundle: loads it on first use, waits for a load in progress; a failed load raises its error
-        here every time."""
+        """The loaded bundle: loads it on first use, waits for a load in progress.  A damaged bundle
+        (:class:`BundleError`) raises the same error here every time; after any other failure (memory, a device)
+        the next use tries again."""
         if self._bundle is not None:
             return self._bundle
         with self._load_lock:
             if self._bundle is None:
-                if self._load_error is not None:
-                    raise self._load_error
-                try:
-                    self._bundle = self._loader()
-                except Exception as e:
-                    self._load_error = e
-                    raise
+                if self._damaged is not None:
+                    raise BundleError(self._damaged)  # a fresh exception: re-raising one object grows its traceback
+                with _ONE_LOAD_AT_A_TIME:
+                    try:
+                        self._bundle = self._loader()
+                    except BundleError as e:
+                        self._damaged = str(e)
+                        raise
             return self._bundle
 
     @property
@@ -110,14 +118,17 @@ class Explorer:
         return self._bundle is not None
 
     @property
-    def load_error(self) -> Exception | None:
-        """The error of a load that failed (raised again by :attr:`bundle`), else None."""
-        return self._load_error
+    def load_error(self) -> BundleError | None:
+        """Why the bundle's tensors cannot be loaded (it is damaged), else None."""
+        return None if self._damaged is None else BundleError(self._damaged)
 
     def load_in_background(self, delay: float = 0.0) -> threading.Thread | None:
-        """Load the tensors on a daemon thread, once, after ``delay`` seconds (a request that needs them sooner loads
-        them itself; the thread then finds them loaded).  Returns the thread, or None when loaded or already
-        started.  An error is kept for :attr:`bundle` to raise."""
+        """Load the tensors on a daemon thread after ``delay`` seconds (a request that needs them sooner loads them
+        itself; the thread then finds them loaded).  Returns the thread, or None when they are loaded or a thread is
+        already on it.  A failure is left for :attr:`bundle` to raise; one that is not a damaged bundle lets a
+        later call try again."""
+        if self._bundle is not None or self._loading is not None:  # the common case, every run: no lock
+            return None
         with self._lock:
             if self._bundle is not None or self._loading is not None:
                 return None
@@ -130,8 +141,12 @@ class Explorer:
         time.sleep(delay)
         try:
             _ = self.bundle
-        except Exception:  # kept in _load_error; the next use of .bundle raises it where it can be shown
+        except BundleError:  # kept; load_error and .bundle report it where it can be shown
             pass
+        except Exception:
+            log.exception("loading the tensors of %s failed; the next request tries again", self.index.root)
+            with self._lock:
+                self._loading = None
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
     def evaluator(self, max_per_task: int | None | str = "default") -> Evaluator:

@@ -43,7 +43,7 @@ def read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: no manifest; not a bundle directory")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"{Files.MANIFEST}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{Files.MANIFEST}: not an {BUNDLE_FORMAT} manifest")
@@ -91,7 +91,7 @@ def read_results(root: Path, manifest: dict) -> dict[str, Any]:
         if rel.startswith(Files.RESULTS_DIR + "/") and rel.endswith(".json"):
             try:
                 obj = json.loads((root / rel).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise BundleError(f"{rel}: not valid JSON ({e})") from None
             if not isinstance(obj, dict):
                 raise BundleError(f"{rel}: not a JSON object")
@@ -100,16 +100,25 @@ def read_results(root: Path, manifest: dict) -> dict[str, Any]:
 
 
 def split_sizes(path: Path, rel: str) -> dict[str, int]:
-    """Images per split of a data file, from the shapes of ``<split>.labels`` in its safetensors header (the
-    8-byte little-endian header length, then JSON; nothing else is read)."""
+    """Images per split of a data file, from the shape of ``<split>.images`` in its safetensors header (the 8-byte
+    little-endian header length, then a JSON object; nothing else is read).  Loading checks the tensors agree."""
     try:
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             if n > MAX_HEADER_BYTES:
                 raise ValueError(f"header of {n} bytes")
             header = json.loads(fh.read(n))
-        return {s: int(header[f"{s}.labels"]["shape"][0]) for s in EVAL_SPLITS if f"{s}.labels" in header}
-    except (OSError, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        sizes = {}
+        for split in EVAL_SPLITS:
+            if f"{split}.images" in header:
+                size = header[f"{split}.images"]["shape"][0]
+                if type(size) is not int or size < 0:
+                    raise ValueError(f"{split}.images has shape {header[f'{split}.images']['shape']!r}")
+                sizes[split] = size
+        return sizes
+    except (OSError, struct.error, ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
         raise BundleError(f"{rel}: cannot read its safetensors header ({e})") from None
 
 
@@ -137,9 +146,9 @@ class BundleIndex:
             raise BundleError(f"{Files.MANIFEST}: bad task list ({e})") from None
         files = manifest["files"]
         vectors: dict[str, dict[str, str]] = {}
-        for rel in sorted(files):  # the order load_bundle reads them in, which checks each file holds what its path says
+        for rel in sorted(files):  # vectors/<mode>/<task>.safetensors; loading checks each file holds what its path says
             parts = Path(rel).parts
-            if len(parts) == 3 and parts[0] == Files.VECTORS_DIR:
+            if len(parts) == 3 and parts[0] == Files.VECTORS_DIR and rel == Files.vector(parts[1], Path(parts[2]).stem):
                 vectors.setdefault(parts[1], {})[Path(parts[2]).stem] = Path(parts[2]).stem
         order = {m: i for i, m in enumerate(manifest.get("modes", []))}
         vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))

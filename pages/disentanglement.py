@@ -24,7 +24,7 @@ if len(names) < 2:
     st.stop()
 
 # default pair: the first pair the bundle has precomputed, else the first two tasks
-pre = ex.bundle.results.get("disentanglement", {}).get(ctx.mode, {})
+pre = ex.results.get("disentanglement", {}).get(ctx.mode, {})
 first = next((k.split("|") for k in pre if all(p in names for p in k.split("|"))), names[:2])
 if st.session_state.get("xi_t1") not in names:
     st.session_state["xi_t1"] = first[0]

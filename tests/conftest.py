@@ -84,10 +84,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def app_env(bundle_dir, monkeypatch, tmp_path):
-    """Point the app at the tiny bundle only: ``$ARITH_BUNDLE`` set, an empty ``precomputed/`` stand-in, CPU."""
+    """Point the app at the tiny bundle only: ``$ARITH_BUNDLE`` set, an empty ``precomputed/`` stand-in, CPU, no
+    background load of the tensors."""
     monkeypatch.setenv("ARITH_BUNDLE", str(bundle_dir))
     monkeypatch.setenv("ARITH_PRECOMPUTED_DIR", str(tmp_path / "no-precomputed"))
     monkeypatch.setenv("ARITH_DEVICE", "cpu")
+    monkeypatch.setenv("ARITH_LOAD_DELAY", "off")  # tensors load when a test's request needs them, never behind it
     monkeypatch.delenv("ARITH_MAX_PER_TASK", raising=False)
     return bundle_dir
 

@@ -385,6 +385,16 @@ def test_tensors_that_fail_to_load_show_their_error_where_they_are_needed(new_ap
     assert not at.exception and any(rel in e.value for e in at.error)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_tensors_that_cannot_go_to_the_device_get_a_message_and_another_try(new_app, monkeypatch):
+    monkeypatch.setenv("ARITH_DEVICE", "cuda")  # no GPU here: moving θ0 fails, and it is not the bundle's fault
+    at = new_app()
+    clean(at)  # the first view needs no tensors
+    for _ in range(2):  # each run tries again, and says so
+        at.switch_page("pages/kernel.py").run()
+        assert not at.exception and any("Could not load the tensors" in e.value for e in at.error)
+
+
 def test_bundle_discovery_order(tmp_path, monkeypatch, bundle_dir):
     from ui.state import discover_bundles
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import struct
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +77,93 @@ def test_workspace_vectors_are_named_by_the_catalog_and_never_answered_from_the_
     shadowed = lazy.evaluate("attn", coefs, extra=extra)
     assert lazy.loaded and shadowed != lazy.evaluate("attn", coefs)
     assert shadowed == Explorer(bundle).evaluate("attn", coefs, extra=extra)
+
+
+def test_the_opening_answers_equal_what_computing_gives(bundle_dir, bundle):
+    lazy, computing = Explorer.open(bundle_dir), Explorer(dataclasses.replace(bundle, results={}))
+    assert lazy.zeroshot("test") == computing.zeroshot("test")
+    for mode in bundle.modes:
+        alpha = lazy.results["addition"][mode]["alpha"]
+        assert lazy.finetuned(mode, "test") == computing.finetuned(mode, "test"), mode
+        assert lazy.evaluate(mode, {t: alpha for t in TASKS}) == computing.evaluate(mode, {t: alpha for t in TASKS})
+    assert not lazy.loaded
+
+
+def test_a_workspace_vector_named_after_a_bundle_task_is_its_normaliser_computed(bundle_dir, bundle):
+    mine = bundle.vectors["attn"][TASKS[1]].scale(3.0)
+    got = Explorer.open(bundle_dir).finetuned("attn", "test", extra={TASKS[1]: mine})
+    alone = Explorer(bundle).evaluator().evaluate([mine], [1.0], "test", [TASKS[1]])[TASKS[1]]
+    assert got[TASKS[1]] == alone != bundle.results["accuracy"]["finetuned"]["attn"]["test"][TASKS[1]]
+
+
+def counting_loader(bundle, fail_first: int = 0, error=RuntimeError):
+    calls = []
+
+    def load():
+        calls.append(threading.get_ident())
+        time.sleep(0.05)
+        if len(calls) <= fail_first:
+            raise error("not now")
+        return bundle
+    return load, calls
+
+
+def test_threads_that_need_the_tensors_at_once_load_them_once(bundle):
+    load, calls = counting_loader(bundle)
+    ex = Explorer(index=bundle.index, loader=load)
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(ex.bundle)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(seen) == 6 and all(b is bundle for b in seen)
+
+
+def test_a_failure_that_is_not_a_damaged_bundle_is_tried_again(bundle):
+    load, calls = counting_loader(bundle, fail_first=2)
+    ex = Explorer(index=bundle.index, loader=load)
+    ex.load_in_background().join(30)  # fails (kept nowhere: logged), and lets a later call start again
+    assert not ex.loaded and ex.load_error is None
+    with pytest.raises(RuntimeError):
+        _ = ex.bundle
+    thread = ex.load_in_background()
+    assert thread is not None
+    thread.join(30)
+    assert ex.loaded and ex.bundle is bundle and len(calls) == 3
+
+
+def test_a_damaged_bundle_raises_a_fresh_error_each_time(bundle):
+    load, calls = counting_loader(bundle, fail_first=99, error=BundleError)
+    ex = Explorer(index=bundle.index, loader=load)
+    errors = []
+    for _ in range(3):
+        with pytest.raises(BundleError) as info:
+            _ = ex.bundle
+        errors.append(info.value)
+    assert len(calls) == 1 and isinstance(ex.load_error, BundleError)  # tried once; the same message every time
+    assert len({id(e) for e in errors}) == 3 and len({str(e) for e in errors}) == 1
+
+
+def test_a_file_changed_after_the_index_was_read_is_refused_when_the_tensors_load(copy):
+    ex = Explorer.open(copy)
+    rel = Files.vector("full", TASKS[2])
+    rewrite(copy, rel, lambda t: next(iter(t.values())).mul_(2.0))  # a rebuild in place: new hash in a new manifest
+    with pytest.raises(BundleError, match=rel):
+        _ = ex.bundle
+
+
+def header_file(path, header) -> None:
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text)
+
+
+@pytest.mark.parametrize("header", [[1, 2], {"test.images": {"shape": [-3, 3, 16, 16]}},
+                                    {"test.images": {"shape": [2.0, 3, 16, 16]}}, {"test.images": {}}])
+def test_the_index_refuses_data_headers_it_cannot_trust(copy, header):
+    header_file(copy / Files.data(TASKS[0]), header)
+    with pytest.raises(BundleError, match=f"{Files.data(TASKS[0])}: cannot read its safetensors header"):
+        BundleIndex.open(copy, verify=False)
 
 
 def test_the_background_load_loads_once(bundle_dir):

@@ -69,9 +69,10 @@ def main() -> None:
         page = st.navigation([st.Page(no_bundle, title="Get started", icon=":material/rocket_launch:", url_path="start")])
     else:
         page = st.navigation(pages())
-        view = next(v for v in VIEWS if v.title == page.title)
+        view = next((v for v in VIEWS if v.url_path == page.url_path), VIEWS[0])  # the default page's path is ""
         if not view.from_index and not state.tensors_ready(ctx):
             return
     page.run()
-    if ctx is not None:  # the page is drawn: load the tensors later requests need once the browser has drawn it
-        ctx.ex.load_in_background(delay=state.load_delay())
+    delay = state.load_delay()
+    if ctx is not None and delay is not None:  # the page is drawn: load the tensors once the browser has drawn it
+        ctx.ex.load_in_background(delay=delay)

@@ -15,6 +15,7 @@ Bundle discovery: ``$ARITH_BUNDLE`` if set, then ``precomputed/default``, then e
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from arith.taskvec import TaskVector
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("arith.app")
 COEF_MIN, COEF_MAX, COEF_STEP = -2.0, 2.0, 0.05
 DEFAULT_COEF = 0.3  # when a bundle has no precomputed validation α
 METHOD = "task_arithmetic"
@@ -126,14 +128,17 @@ def load_explorer(ref: BundleRef) -> Explorer:
 LOAD_DELAY_S = 2.0
 
 
-def load_delay() -> float:
+def load_delay() -> float | None:
     """Seconds between the first view's run and the start of the background load of the bundle's tensors:
-    ``$ARITH_LOAD_DELAY`` if set, else 2.  Loading them imports torch, which holds the interpreter for ~1.6 s on
-    two cores; started at once, it slowed the browser's drawing of the first view (its plotly.js is served by this
-    process) from ~4.9 to ~5.6 s on the CI machine (BENCHMARKS.md).  A request that needs the tensors sooner loads
-    them itself."""
+    ``$ARITH_LOAD_DELAY`` if set (``off``: never; they then load when a request first needs them), else 2.
+    Loading them imports torch, which holds the interpreter for ~1.6 s on two cores; started at once, it slowed the
+    browser's drawing of the first view (its plotly.js is served by this process) from 4.97 to 5.68 s on the CI
+    machine (BENCHMARKS.md).  A request that needs the tensors sooner loads them itself."""
+    value = os.environ.get("ARITH_LOAD_DELAY", "").strip().lower()
+    if value == "off":
+        return None
     try:
-        return max(0.0, float(os.environ.get("ARITH_LOAD_DELAY", LOAD_DELAY_S)))
+        return max(0.0, float(value)) if value else LOAD_DELAY_S
     except ValueError:
         return LOAD_DELAY_S
 
@@ -143,14 +148,19 @@ def cannot_open(ref: BundleRef, e: BaseException) -> None:
 
 
 def tensors_ready(ctx: Context) -> bool:
-    """Wait, with a spinner, until the bundle's tensors are loaded (a page that imports torch calls this first, so
-    that only the load imports it); False, with the error on the page, when they cannot be loaded."""
+    """Wait, with a spinner, until the bundle's tensors are loaded; False, with the error on the page, when they
+    cannot be.  ``ui.entry.main`` calls this before a page that imports torch, so that only the load imports it."""
     if not ctx.ex.loaded:
         try:
             with st.spinner("Loading the bundle's tensors…"):
                 _ = ctx.ex.bundle
         except (ValueError, FileNotFoundError, OSError) as e:
             cannot_open(ctx.ref, e)
+            return False
+        except Exception as e:  # memory, a device: not the bundle's fault, and the next run tries again
+            log.exception("loading the tensors of %s failed", ctx.ref.path)
+            st.error(f"Could not load the tensors of the bundle {ctx.ref.label!r}: {type(e).__name__}: "
+                     f"{message(e)}. Reload the page to try again.", icon="⚠️")
             return False
     return True
 
@@ -172,10 +182,6 @@ class Context:
     tie: bool
     workspace: dict[str, TaskVector] = field(default_factory=dict)  # this session's vectors for this base
     method: str = METHOD
-
-    @property
-    def bundle(self):
-        return self.ex.bundle
 
     @property
     def modes(self) -> list[str]:
