@@ -70,8 +70,8 @@ class Bundle:
                            {t: {s: len(sp) for s, sp in d.items()} for t, d in self.data.items()}, self.results)
 
     def finetune_config(self, mode: str) -> FinetuneConfig | None:
-        cfg = self.manifest.get("finetune", {}).get(mode)
-        return FinetuneConfig.from_dict(cfg) if cfg else None
+        """The fine-tuning config the ``mode`` vectors were trained with (None when not recorded)."""
+        return self.index.finetune_config(mode)
 
     def evaluator(self, max_per_task: int | None = None, **kw):
         """An :class:`arith.evaluate.Evaluator` on this bundle's evaluation splits, linear caches installed."""

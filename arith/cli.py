@@ -45,10 +45,10 @@ def _mode_arg(p: argparse.ArgumentParser, default: str = "attn") -> None:
 
 
 def _explorer(args, max_per_task=None):
-    from .bundle import load_bundle
+    """The bundle's explorer: answers what its precomputed results hold without loading (or importing) torch."""
     from .explore import Explorer
 
-    return Explorer(load_bundle(args.bundle), max_per_task=max_per_task)
+    return Explorer.open(args.bundle, max_per_task=max_per_task)
 
 
 def _config_arg(text: str) -> dict:
@@ -161,7 +161,7 @@ def _finetune_args(p):
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root", help="where the task's training data lives (real data sets)")
     p.add_argument("--train-n", type=int, help="use at most this many training images")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the task vector (.safetensors)")
 
 
@@ -177,9 +177,11 @@ def cmd_finetune(args):
     from . import distributed as D
     from .bundle import load_bundle
     from .data import get_task
+    from .explore import resolve_device
     from .finetune import finetune
     from .specs import FinetuneConfig
 
+    args.device = resolve_device(args.device)
     b = load_bundle(args.bundle)
     mode = "attn_bias" if args.mode == "attn" and args.attn_bias else args.mode
     if args.task not in b.tasks:
@@ -220,10 +222,14 @@ def _vectors_arg(p):
                    help="extra task-vector file (validated; joins under its task name, replacing the bundle's)")
 
 
-def _load_extra(b, files: list[str]) -> dict:
+def _load_extra(ex, files: list[str]) -> dict:
+    """Task-vector files given on the command line, checked against the bundle's base (loads its tensors)."""
+    if not files:
+        return {}
     from .taskvec import load_task_vector
 
-    return {tv.task: tv for tv in (load_task_vector(f, b.base) for f in files)}
+    base = ex.bundle.base
+    return {tv.task: tv for tv in (load_task_vector(f, base) for f in files)}
 
 
 def _evaluate_args(p):
@@ -240,7 +246,7 @@ def _evaluate_args(p):
 @arguments(_evaluate_args)
 def cmd_evaluate(args):
     ex = _explorer(args, args.max_per_task)
-    extra = _load_extra(ex.bundle, args.vector)
+    extra = _load_extra(ex, args.vector)
     res = ex.evaluate(args.mode, _parse_coefs(args.coef), args.split, extra=extra, method=args.method)
     _emit(args, res, lambda r: _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
           + f"\nabsolute {_pct(r['absolute'])}  normalized {_pct(r.get('normalized'))}")
@@ -296,7 +302,7 @@ def cmd_disentangle(args):
 
     ex = _explorer(args, args.max_per_task)
     grid = [float(a) for a in np.linspace(-args.range, args.range, args.grid)]
-    res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex.bundle, args.vector),
+    res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex, args.vector),
                 progress=_bar(f"ξ {args.mode}"))
     _emit(args, res, lambda r: f"{args.mode} {r['tasks'][0]} × {r['tasks'][1]}: mean ξ {r['mean']['prediction']:.3f} "
                                f"(representation {r['mean']['representation']:.3f})\n"
@@ -313,10 +319,10 @@ def _kernel_args(p):
 @command("kernel", "kernel diagnostics: non-linear vs linearized model, restricted linearization")
 @arguments(_kernel_args)
 def cmd_kernel(args):
-    from .kernel import summary_row
+    from .report import summary_row
 
     ex = _explorer(args)
-    res = ex.kernel(args.mode, args.task, extra=_load_extra(ex.bundle, args.vector), progress=_bar("kernel"))
+    res = ex.kernel(args.mode, args.task, extra=_load_extra(ex, args.vector), progress=_bar("kernel"))
     _emit(args, res, lambda r: _table([summary_row(r)]) + "\n" + _table(r["path"]))
 
 
@@ -353,12 +359,10 @@ def _similarity_args(p):
 @command("similarity", "cosine similarity between task vectors, within and across modes")
 @arguments(_similarity_args)
 def cmd_similarity(args):
-    from .build import similarity_table
-
     ex = _explorer(args)
-    extra = _load_extra(ex.bundle, args.vector)
+    extra = _load_extra(ex, args.vector)
     modes = args.modes or ex.modes + sorted({tv.mode for tv in extra.values()} - set(ex.modes))
-    res = similarity_table({m: ex.vectors(m, extra) for m in modes})
+    res = ex.similarity(modes, extra)  # the bundle's precomputed table when it covers the request
 
     def text(r):
         import pandas as pd
@@ -399,10 +403,10 @@ def _table_args(p):
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results")
 @arguments(_table_args)
 def cmd_table(args):
-    from .bundle import load_bundle
+    from .index import BundleIndex
     from .report import markdown, per_task_rows, results_rows
 
-    b = load_bundle(args.bundle)
+    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded
     res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
 
     def text(r):
@@ -417,13 +421,15 @@ def cmd_table(args):
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser: the core commands, and with ``plugins`` those defined next to what they drive."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="python -m arith", description="Task Arithmetic Explorer engine")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _load_plugins()
+    if plugins:
+        _load_plugins()
     for name, (add, _, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         add(p)
@@ -444,7 +450,11 @@ def _load_plugins() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the core commands need no plugin: without them, one that the bundle's precomputed results answer (table,
+    # addition, ...) runs without importing torch
+    command_name = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(plugins=command_name not in COMMANDS).parse_args(argv)
     keep_freed_memory()
     _, run, _ = COMMANDS[args.command]
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .specs import FORMAT_VERSION, Files, TaskInfo
+from .specs import FORMAT_VERSION, Files, FinetuneConfig, TaskInfo
 
 BUNDLE_FORMAT = "arith-bundle"
 EVAL_SPLITS = ("val", "test")
@@ -170,6 +170,11 @@ class BundleIndex:
     @property
     def modes(self) -> list[str]:
         return list(self.vectors)
+
+    def finetune_config(self, mode: str) -> FinetuneConfig | None:
+        """The fine-tuning config the bundle's ``mode`` vectors were trained with (None when not recorded)."""
+        cfg = self.manifest.get("finetune", {}).get(mode)
+        return FinetuneConfig.from_dict(cfg) if cfg else None
 
     @property
     def evaluation_tasks(self) -> list[str]:

@@ -84,15 +84,3 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
             continue
         restricted[name] = {"norm_fraction": sub.norm() / norm if norm > 0 else 0.0, "path": along(sub)}
     return {"task": task, "mode": tv.mode, "split": split, "at_1": at_1, "path": whole, "restricted": restricted}
-
-
-def summary_row(report: dict) -> dict:
-    """One flat row per (task, mode) for tables: agreement and errors at s = 1 and the restricted errors."""
-    row = {"task": report["task"], "mode": report["mode"], **report["at_1"]}
-    for name, r in report["restricted"].items():
-        if r is not None:
-            at1 = min(r["path"], key=lambda p: abs(p["s"] - 1.0))
-            row[f"{name}_agreement"] = at1["agreement"]
-            row[f"{name}_rel_error_logits"] = at1["rel_error_logits"]
-    return row
-

@@ -1,18 +1,22 @@
-"""The paper-style results table of a bundle (``python -m arith table``), from its precomputed results only."""
+"""The paper-style results table of a bundle (``python -m arith table``), from its precomputed results only: a
+loaded :class:`~arith.bundle.Bundle` or just its :class:`~arith.index.BundleIndex` (no tensors, no torch)."""
 
 from __future__ import annotations
 
-import numpy as np
+import statistics
+from typing import TYPE_CHECKING
 
-from .bundle import Bundle
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .index import BundleIndex
 
 
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
+    return statistics.fmean(vals) if vals else None
 
 
-def results_rows(bundle: Bundle) -> list[dict]:
+def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
     """One row per mode: fine-tuning lr, zero-shot and single-task accuracy, task addition (α, absolute, normalized), negation
     (target, control), mean ξ over the precomputed pairs, kernel agreement, and training cost (time per step;
     memory: ``state MB`` exact, ``peak MB`` measured, see arith/cost.py)."""
@@ -78,7 +82,7 @@ def markdown(rows: list[dict], pct: tuple[str, ...] | None = None) -> str:
     return "\n".join(lines)
 
 
-def per_task_rows(bundle: Bundle) -> list[dict]:
+def per_task_rows(bundle: Bundle | BundleIndex) -> list[dict]:
     """Per task: zero-shot and single-task accuracy per mode, and accuracy after task addition per mode."""
     r = bundle.results
     zs = r.get("accuracy", {}).get("zeroshot", {}).get("test", {})
@@ -90,3 +94,14 @@ def per_task_rows(bundle: Bundle) -> list[dict]:
             row[f"{mode} added"] = r.get("addition", {}).get(mode, {}).get("accuracy", {}).get(t)
         rows.append(row)
     return rows
+
+
+def summary_row(report: dict) -> dict:
+    """One flat row per (task, mode) for tables: agreement and errors at s = 1 and the restricted errors."""
+    row = {"task": report["task"], "mode": report["mode"], **report["at_1"]}
+    for name, r in report["restricted"].items():
+        if r is not None:
+            at1 = min(r["path"], key=lambda p: abs(p["s"] - 1.0))
+            row[f"{name}_agreement"] = at1["agreement"]
+            row[f"{name}_rel_error_logits"] = at1["rel_error_logits"]
+    return row

@@ -4,7 +4,7 @@ weights (attention vs MLP) behave like a kernel."""
 import pandas as pd
 import streamlit as st
 
-from arith.kernel import summary_row
+from arith.report import summary_row
 from ui import charts
 from ui.common import Progress, guard
 from ui.state import context, mode_label

@@ -93,3 +93,18 @@ def test_errors_are_one_line_json(cli_bundle, capsys, tmp_path):
     assert main(["evaluate", "--bundle", cli_bundle, "--coef", "nope=1", "--json"]) == 2
     assert "no attn task vector" in json.loads(capsys.readouterr().out)["error"]
     assert main(["evaluate", "--bundle", cli_bundle, "--coef", "oops", "--json"]) == 2
+
+
+def test_what_the_precomputed_results_answer_is_printed_without_torch(cli_bundle):
+    # a fresh process: the core commands load no plugin, and these read only the bundle's index
+    code = ("import sys\n"
+            "from arith.cli import main\n"
+            f"b = ['--bundle', {cli_bundle!r}, '--json']\n"
+            "for cmd in (['table'], ['addition', '--mode', 'attn'], ['negation', '--task', sys.argv[1]],\n"
+            "            ['kernel', '--task', sys.argv[1]], ['similarity']):\n"
+            "    assert main(cmd + b) == 0, cmd\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, TWO[0]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False"
+    assert '"alpha"' in out.stdout and '"cosine"' in out.stdout  # the answers were printed

@@ -7,8 +7,9 @@ import torch
 from arith.disentangle import xi_grid
 from arith.evaluate import Evaluator
 from arith.explore import Explorer, round_coefs
-from arith.kernel import kernel_report, summary_row
+from arith.kernel import kernel_report
 from arith.protocols import ALPHAS, task_addition, task_negation
+from arith.report import summary_row
 
 from conftest import TASKS
 
