@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import Split
 from .heads import Head, heads_from_tensors, heads_to_tensors
-from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, read_manifest, sha256_file, verify_files
+from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, read_manifest, sha256_file
 from .models import Base, fingerprint
 from .safefile import SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Provenance, TaskInfo
@@ -234,13 +234,13 @@ def _tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
 
 def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None = None) -> Bundle:
     """Load and check a bundle directory; :class:`BundleError` names the file at fault.  ``index``: the bundle's
-    :class:`~arith.index.BundleIndex` when already read; its manifest and results are used as they are, and with
-    ``verify`` every file is checked against that manifest again (they may have changed since)."""
+    :class:`~arith.index.BundleIndex` when already read (its files checked then); its manifest and results are used
+    as they are, and with ``verify`` every file must be unchanged since (a stat each, no second hash)."""
     root = Path(root)
     if index is None:
         index = BundleIndex.open(root, verify=verify)
     elif verify:
-        verify_files(root, dict(index.manifest))
+        index.check_unchanged()
     manifest, tasks = dict(index.manifest), dict(index.tasks)
     files = manifest["files"]
     try:

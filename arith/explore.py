@@ -85,7 +85,7 @@ class Explorer:
         def load() -> Bundle:
             from .bundle import load_bundle
 
-            # the files are checked again: they may have changed since the index read them (a rebuild in place)
+            # the files must be as the index checked them: they may have changed since (a rebuild in place)
             bundle = load_bundle(root, verify=verify, index=index)
             dev = resolve_device(device)
             return bundle if dev == "cpu" else dataclasses.replace(bundle, base=bundle.base.to(dev))

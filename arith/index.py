@@ -122,6 +122,14 @@ def split_sizes(path: Path, rel: str) -> dict[str, int]:
         raise BundleError(f"{rel}: cannot read its safetensors header ({e})") from None
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 @dataclass(frozen=True)
 class BundleIndex:
     """What a bundle holds, by name, and its precomputed results: everything but the tensors.  Read-only."""
@@ -132,12 +140,14 @@ class BundleIndex:
     vectors: Mapping[str, Mapping[str, str]]  # mode -> {vector name: its task}, modes in the manifest's order
     sizes: Mapping[str, Mapping[str, int]]  # task with evaluation data -> split -> images stored
     results: Mapping[str, Any] = field(default_factory=dict)
+    stamps: Mapping[str, tuple[int, int, int] | None] = field(default_factory=dict)  # file -> size, mtime, inode
 
     @classmethod
     def open(cls, root: str | Path, verify: bool = True) -> BundleIndex:
         """Read and check a bundle directory's manifest, files (sizes and sha256 when ``verify``) and results."""
         root = Path(root)
         manifest = read_manifest(root)
+        stamps = {rel: _stamp(root / rel) for rel in manifest["files"]}  # before the hashes: a later edit shows
         if verify:
             verify_files(root, manifest)
         try:
@@ -153,7 +163,15 @@ class BundleIndex:
         order = {m: i for i, m in enumerate(manifest.get("modes", []))}
         vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))
         sizes = {t: split_sizes(root / Files.data(t), Files.data(t)) for t in tasks if Files.data(t) in files}
-        return cls(root, manifest, tasks, vectors, sizes, read_results(root, manifest))
+        return cls(root, manifest, tasks, vectors, sizes, read_results(root, manifest), stamps)
+
+    def check_unchanged(self) -> None:
+        """Every file is as it was when the index was read (size, modification time, inode: a rebuild in place or a
+        replaced file shows), so what the index checked and answered from is what loads; :class:`BundleError`
+        names the first file that changed."""
+        for rel, stamp in sorted(self.stamps.items()):
+            if _stamp(self.root / rel) != stamp:
+                raise BundleError(f"{rel}: changed since the bundle was opened (rebuilt?); open it again")
 
     @property
     def name(self) -> str:
