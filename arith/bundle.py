@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import Split
 from .heads import Head, heads_from_tensors, heads_to_tensors
-from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, read_manifest, sha256_file
+from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, finetune_config, read_manifest, sha256_file
 from .models import Base, fingerprint
 from .safefile import SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Provenance, TaskInfo
@@ -71,7 +71,7 @@ class Bundle:
 
     def finetune_config(self, mode: str) -> FinetuneConfig | None:
         """The fine-tuning config the ``mode`` vectors were trained with (None when not recorded)."""
-        return self.index.finetune_config(mode)
+        return finetune_config(self.manifest, mode)
 
     def evaluator(self, max_per_task: int | None = None, **kw):
         """An :class:`arith.evaluate.Evaluator` on this bundle's evaluation splits, linear caches installed."""

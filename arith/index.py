@@ -122,6 +122,12 @@ def split_sizes(path: Path, rel: str) -> dict[str, int]:
         raise BundleError(f"{rel}: cannot read its safetensors header ({e})") from None
 
 
+def finetune_config(manifest: Mapping[str, Any], mode: str) -> FinetuneConfig | None:
+    """The fine-tuning config a manifest records for ``mode`` (None when it records none)."""
+    cfg = manifest.get("finetune", {}).get(mode)
+    return FinetuneConfig.from_dict(cfg) if cfg else None
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -191,8 +197,7 @@ class BundleIndex:
 
     def finetune_config(self, mode: str) -> FinetuneConfig | None:
         """The fine-tuning config the bundle's ``mode`` vectors were trained with (None when not recorded)."""
-        cfg = self.manifest.get("finetune", {}).get(mode)
-        return FinetuneConfig.from_dict(cfg) if cfg else None
+        return finetune_config(self.manifest, mode)
 
     @property
     def evaluation_tasks(self) -> list[str]:
