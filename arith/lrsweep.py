@@ -33,6 +33,12 @@ def choose_lr(scores: dict[float, float], n_images: int) -> tuple[float, float]:
     return min(lr for lr, acc in scores.items() if acc >= best - se - 1e-12), se
 
 
+def _schedule(cfg: FinetuneConfig) -> dict:
+    """What a run was trained with besides its mode and lr: runs of earlier sweeps are reused only on an equal one
+    (runs saved before schedules were recorded match on mode, lr and steps, and only when nothing is overridden)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("mode", "lr")}
+
+
 def _previous_runs(paths, tasks: list[str], base_id: str) -> list[dict]:
     runs = []
     for path in paths or ():
@@ -47,11 +53,18 @@ def _previous_runs(paths, tasks: list[str], base_id: str) -> list[dict]:
 
 
 def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progress_factory=None, log=print,
-             previous=None) -> dict:
+             previous=None, overrides=None) -> dict:
     """Validation accuracy per (mode, lr, task); returns {"runs": [...], "chosen": {mode: lr}, ...}.
 
-    ``previous``: JSON files of earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr
-    and steps), so a sweep can be extended with new candidates without retraining the old ones."""
+    ``overrides``: fine-tuning fields that differ from the bundle's schedule (e.g. ``{"weight_decay": 0.0}``), the
+    same for every mode; a run on another schedule never reuses the bundle's vectors.  ``previous``: JSON files of
+    earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr and schedule), so a sweep
+    can be extended with new candidates without retraining the old ones."""
+    overrides = dict(overrides or {})
+    fixed = sorted({"mode", "lr"} & set(overrides))
+    if fixed:
+        raise ValueError(f"lr-sweep: {fixed} cannot be overridden (the sweep sets them)")
+    FinetuneConfig.from_dict({**overrides, "mode": "full"})  # unknown fields and bad values fail before any training
     b = load_bundle(bundle_dir)
     ev = b.evaluator()
     tasks = list(tasks or b.task_names)
@@ -67,10 +80,13 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
         base_cfg = (b.finetune_config(mode) or FinetuneConfig(mode=mode)).to_dict()
         if steps:
             base_cfg.update(steps=steps, warmup_steps=min(base_cfg["warmup_steps"], steps // 10))
+        base_cfg.update(overrides)
         scores = {}
         for lr in sorted(set(lrs) | {r["lr"] for r in prev if r["mode"] == mode}):
             cfg = FinetuneConfig.from_dict({**base_cfg, "mode": mode, "lr": lr})
-            done = next((r for r in prev if (r["mode"], r["lr"], r["steps"]) == (mode, lr, cfg.steps)), None)
+            schedule = _schedule(cfg)
+            done = next((r for r in prev if (r["mode"], r["lr"], r["steps"]) == (mode, lr, cfg.steps)
+                         and (r["schedule"] == schedule if "schedule" in r else not overrides)), None)
             if done is not None:
                 scores[lr] = done["val_mean"]
                 runs.append(done)
@@ -86,7 +102,8 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
                 acc[t] = ev.evaluate([tv], [1.0], "val", [t])[t]
             scores[lr] = float(np.mean(list(acc.values())))
             runs.append({"mode": mode, "lr": lr, "steps": cfg.steps, "val_accuracy": acc, "val_mean": scores[lr],
-                         "seconds": time.perf_counter() - t0, "reused_bundle_vectors": reused})
+                         "seconds": time.perf_counter() - t0, "reused_bundle_vectors": reused,
+                         "schedule": schedule})
             log(f"lr-sweep: {mode} lr={lr:g}: mean validation accuracy {100 * scores[lr]:.1f}")
         chosen[mode], errors[mode] = choose_lr(scores, n_val)
         best[mode] = max(sorted(scores), key=lambda lr: (scores[lr], -lr))
@@ -95,7 +112,7 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
         shared = chosen["full"] == chosen["attn"]
     return {"modes": list(modes), "lrs": sorted({r["lr"] for r in runs}), "tasks": tasks, "runs": runs,
             "chosen": chosen, "best": best, "standard_error": errors, "validation_images": n_val,
-            "full_and_attn_agree": shared, "base_id": b.base.id,
+            "full_and_attn_agree": shared, "base_id": b.base.id, "overrides": overrides,
             "criterion": "smallest lr within one standard error of the best mean single-task validation accuracy"}
 
 
@@ -106,9 +123,25 @@ def _args(p):
     p.add_argument("--tasks", nargs="+", help="tasks to sweep on (default: all)")
     p.add_argument("--steps", type=int, help="override the bundle's fine-tuning steps")
     p.add_argument("--train-n", type=int)
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="fine-tuning fields that differ from the bundle's schedule, e.g. weight_decay=0")
     p.add_argument("--previous", nargs="+", metavar="JSON",
                    help="earlier sweeps (lr-sweep --json output) on this bundle: their runs are reused, not retrained")
     p.add_argument("--save", action="store_true", help="store the sweep in the bundle (results/lr_selection.json)")
+
+
+def _overrides(items) -> dict:
+    """``FIELD=VALUE`` strings -> a dict; values are JSON (``0``, ``true``, ``1e-4``), else kept as text."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"lr-sweep: --set takes FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 @command("lr-sweep", "choose fine-tuning learning rates per mode on validation splits only")
@@ -116,7 +149,7 @@ def _args(p):
 def cmd_lr_sweep(args):
     res = lr_sweep(args.bundle, args.modes, args.lrs, args.tasks, args.steps, args.train_n,
                    progress_factory=lambda d, n: _bar(d), log=lambda m: None if args.json else print(m, flush=True),
-                   previous=args.previous)
+                   previous=args.previous, overrides=_overrides(args.overrides))
     if args.save:
         b = load_bundle(args.bundle)
         w = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))

@@ -167,3 +167,28 @@ def test_lr_sweep_reuses_the_bundles_own_vectors_for_its_own_lr(quick, capsys):
     # what it reports for the reused run is the bundle vector's validation accuracy
     val = b.evaluator().evaluate([b.vectors["attn"]["digits"]], [1.0], "val", ["digits"])["digits"]
     assert runs[own]["val_accuracy"]["digits"] == val
+
+
+def test_lr_sweep_overrides_the_schedule_and_reuses_only_runs_on_the_same_one(quick, tmp_path, capsys):
+    from arith.bundle import load_bundle
+
+    own = load_bundle(quick).finetune_config("attn")
+    args = ["lr-sweep", "--bundle", str(quick), "--modes", "attn", "--tasks", "digits", "--json"]
+    assert main([*args, "--lrs", str(own.lr), "--set", "weight_decay=0", "augment=true"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (run,) = res["runs"]
+    assert res["overrides"] == {"weight_decay": 0, "augment": True}
+    # another schedule: the bundle's vector at the same lr is not taken for it
+    assert run["reused_bundle_vectors"] == [] and run["schedule"]["weight_decay"] == 0 and run["schedule"]["augment"]
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(res))
+    assert main([*args, "--lrs", str(own.lr), "--set", "weight_decay=0", "augment=true", "--previous", str(first)]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["from"] == str(first)
+    # without the overrides the earlier run is on another schedule: trained again (here: the bundle's own vector)
+    assert main([*args, "--lrs", str(own.lr), "--previous", str(first)]) == 0
+    again = json.loads(capsys.readouterr().out)["runs"][0]
+    assert again.get("from") is None and again["reused_bundle_vectors"] == ["digits"]
+    for bad, why in ((["lr=1e-3"], "cannot be overridden"), (["momentum=0.9"], "unknown field"),
+                     (["weight_decay=-1"], "non-negative"), (["weight_decay"], "FIELD=VALUE")):
+        assert main([*args, "--lrs", "1e-3", "--set", *bad]) == 2
+        assert why in json.loads(capsys.readouterr().out)["error"]
