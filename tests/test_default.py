@@ -192,3 +192,25 @@ def test_lr_sweep_overrides_the_schedule_and_reuses_only_runs_on_the_same_one(qu
                      (["weight_decay=-1"], "non-negative"), (["weight_decay"], "FIELD=VALUE")):
         assert main([*args, "--lrs", "1e-3", "--set", *bad]) == 2
         assert why in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_recipe_probe_with_no_change_retrains_the_bundles_own_vectors(quick, tmp_path, capsys):
+    from arith.bundle import load_bundle
+    from bench.recipe_probe import main
+
+    out = tmp_path / "probe.json"
+    assert main(["--bundle", str(quick), "--mode", "attn", "--tag", "same", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    b = load_bundle(quick)
+    ev = b.evaluator()
+    # seeded, same data and schedule: the probe's single-task accuracies are the bundle's vectors' (validation only)
+    for t in b.task_names:
+        assert res["per_task"][t]["single"] == ev.evaluate([b.vectors["attn"][t]], [1.0], "val", [t])[t]
+    assert res["split"] == "val" and res["config"] == b.finetune_config("attn").to_dict()
+    assert res["curve"][0]["alpha"] == 0 and res["curve"][0]["absolute"] == pytest.approx(res["zero_shot"])
+    assert res["alpha"] in [r["alpha"] for r in res["curve"]] and 0 <= res["agreement"] <= 1
+    assert "same:" in capsys.readouterr().out
+    assert main(["--bundle", str(quick), "--mode", "attn", "--set", "weight_decay=0.5", "--no-kernel",
+                 "--json", str(out)]) == 0
+    changed = json.loads(out.read_text())
+    assert changed["config"]["weight_decay"] == 0.5 and changed["agreement"] is None
