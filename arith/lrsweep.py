@@ -130,13 +130,13 @@ def _args(p):
     p.add_argument("--save", action="store_true", help="store the sweep in the bundle (results/lr_selection.json)")
 
 
-def _overrides(items) -> dict:
+def parse_overrides(items) -> dict:
     """``FIELD=VALUE`` strings -> a dict; values are JSON (``0``, ``true``, ``1e-4``), else kept as text."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"lr-sweep: --set takes FIELD=VALUE, got {item!r}")
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -149,7 +149,7 @@ def _overrides(items) -> dict:
 def cmd_lr_sweep(args):
     res = lr_sweep(args.bundle, args.modes, args.lrs, args.tasks, args.steps, args.train_n,
                    progress_factory=lambda d, n: _bar(d), log=lambda m: None if args.json else print(m, flush=True),
-                   previous=args.previous, overrides=_overrides(args.overrides))
+                   previous=args.previous, overrides=parse_overrides(args.overrides))
     if args.save:
         b = load_bundle(args.bundle)
         w = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))

@@ -29,6 +29,7 @@ def probe(bundle_dir: str, mode: str, overrides: dict, train_n: int | None = Non
     from arith.data import get_task
     from arith.finetune import finetune
     from arith.heads import Head
+    from arith.kernel import compare
     from arith.merge import merge
     from arith.specs import FinetuneConfig
 
@@ -55,10 +56,9 @@ def probe(bundle_dir: str, mode: str, overrides: dict, train_n: int | None = Non
     agree = {}
     if kernel:  # share of predictions on which the non-linear model agrees with its linearization at s = 1
         for t in tasks:
+            f0 = ev.merged_features([], [], "val", [t])
             f_nl = ev.features(merge(ev.base.params, [tvs[t]], [1.0]), "val", [t])
-            f_lin = ev.merged_features([], [], "val", [t]) + ev.jvp(tvs[t], "val", tasks=[t])
-            h = ev.heads[t]
-            agree[t] = float((h.logits(f_nl).argmax(-1) == h.logits(f_lin).argmax(-1)).float().mean())
+            agree[t] = compare(ev, t, "val", f_nl, f0 + ev.jvp(tvs[t], "val", tasks=[t]), f0)["agreement"]
     theta0 = float(torch.sqrt(sum((v.float() ** 2).sum() for v in b.base.params.values())))
     zs_mean = float(np.mean(list(zs.values())))
     return {"mode": mode, "config": cfg.to_dict(), "train_n": train_n or plan.get("train_n"), "head_scale": head_scale,
@@ -82,9 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="probe")
     args = p.parse_args(argv)
     set_threads(args.threads)
-    from arith.lrsweep import _overrides
+    from arith.lrsweep import parse_overrides
 
-    res = {"tag": args.tag, **probe(args.bundle, args.mode, _overrides(args.overrides), args.train_n,
+    res = {"tag": args.tag, **probe(args.bundle, args.mode, parse_overrides(args.overrides), args.train_n,
                                     args.head_scale, not args.no_kernel), "machine": machine()}
     rows = [{"task": t, **{k: (None if v is None else round(100 * v, 1)) for k, v in r.items()}}
             for t, r in res["per_task"].items()]
