@@ -214,3 +214,25 @@ def test_recipe_probe_with_no_change_retrains_the_bundles_own_vectors(quick, tmp
                  "--json", str(out)]) == 0
     changed = json.loads(out.read_text())
     assert changed["config"]["weight_decay"] == 0.5 and changed["agreement"] is None
+
+
+def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, capsys):
+    from arith.bundle import load_bundle
+    from bench.base_probe import main
+
+    out = tmp_path / "base.json"
+    assert main(["--quick", "--modes", "attn", "mlp", "--tag", "t", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    b = load_bundle(quick)
+    ev = b.evaluator()
+    assert res["pretrain"] == b.results["pretraining"]["config"] and [r["mode"] for r in res["runs"]] == ["attn", "mlp"]
+    # seeded: the probe's θ0 is the quick build's (zero-shot equal) and so are its vectors (single-task equal)
+    for run in res["runs"]:
+        assert run["split"] == "val" and run["config"] == b.finetune_config(run["mode"]).to_dict()
+        for t in b.task_names:
+            assert run["per_task"][t]["zero_shot"] == ev.evaluate([], [], "val", [t])[t]
+            assert run["per_task"][t]["single"] == ev.evaluate([b.vectors[run["mode"]][t]], [1.0], "val", [t])[t]
+    assert "t mlp lr 0.001:" in capsys.readouterr().out
+    assert main(["--quick", "--set", "steps=7", "--lrs", "3e-4", "--json", str(out)]) == 0
+    changed = json.loads(out.read_text())
+    assert changed["pretrain"]["steps"] == 7 and changed["runs"][0]["config"]["lr"] == 3e-4

@@ -102,11 +102,12 @@ def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None,
     return Path(out)
 
 
-def _pretrained(pcfg: PretrainConfig, log) -> tuple:
+def _pretrained(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
     """Pre-train θ0 (or reuse the result of an identical earlier run, kept next to the cached task data).
 
     Pre-training is seeded and deterministic, so a rebuild that only changes fine-tuning (e.g. after
-    ``lr-sweep``) need not repeat it; the manifest records whether it was reused.
+    ``lr-sweep``) need not repeat it; the manifest records whether it was reused.  ``device`` other than the CPU
+    (studies only) is part of the cache key, since its θ0 differs numerically.
     """
     import json
 
@@ -116,8 +117,10 @@ def _pretrained(pcfg: PretrainConfig, log) -> tuple:
     from ..models import Base
     from .tasks import POOL_VERSION, _cache_dir
 
-    key = hashlib.sha1(json.dumps([pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__],
-                                sort_keys=True).encode())
+    ident = [pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__]
+    if torch.device(device).type != "cpu":
+        ident.append(torch.device(device).type)
+    key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode())
     d = _cache_dir()
     path = d / f"pretrain-{key.hexdigest()[:16]}.safetensors" if d else None
     if path is not None and path.exists():
@@ -133,7 +136,7 @@ def _pretrained(pcfg: PretrainConfig, log) -> tuple:
     images, concepts = source_pool(pcfg.pool, seed=pcfg.seed, rich=pcfg.rich)
     log(f"build-default: pre-training {pcfg.width}w × {pcfg.layers} layers for {pcfg.steps} steps")
     base, heads, stats = pretrain(pcfg, torch.from_numpy(images), torch.from_numpy(concepts),
-                                  progress=_bar("pre-training"))
+                                  progress=_bar("pre-training"), device=device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"encoder.{k}": v.detach().clone() for k, v in base.module.state_dict().items()}

@@ -90,12 +90,17 @@ class ConceptClassifier(nn.Module):
 
 
 def pretrain(cfg: PretrainConfig, images: torch.Tensor, concepts: torch.Tensor,
-             progress: Callable[[int, int, float], None] | None = None) -> tuple[Base, dict, dict]:
-    """Pre-train on the source pool; returns (θ0 as a Base, concept rows per group as Heads, stats)."""
+             progress: Callable[[int, int, float], None] | None = None,
+             device: str | torch.device = "cpu") -> tuple[Base, dict, dict]:
+    """Pre-train on the source pool; returns (θ0 as a Base, concept rows per group as Heads, stats).
+
+    ``device`` runs the steps elsewhere (a GPU, for studies such as ``bench/base_probe.py``); the pool stays on the
+    CPU where it is augmented, batches move.  θ0 and the heads come back on the CPU.  Only the CPU run is the
+    build's (numerics differ across devices)."""
     torch.manual_seed(cfg.seed)
     spec = cfg.spec()
-    model = ConceptClassifier(spec, len(C.CONCEPTS), cfg.softmax)
-    base_tmp = Base(spec, build_visual(spec))  # only for preprocessing statistics
+    model = ConceptClassifier(spec, len(C.CONCEPTS), cfg.softmax).to(device)
+    base_tmp = Base(spec, build_visual(spec, device=device))  # only for preprocessing statistics
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "rows"]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and n != "rows")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
@@ -106,8 +111,8 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, concepts: torch.Tensor,
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     losses, start = [], time.perf_counter()
     for step, idx in enumerate(_batches(len(images), cfg.batch_size, cfg.steps, cfg.seed)):
-        x = base_tmp.preprocess(_augment(images[idx], gen))
-        loss = F.cross_entropy(model.logits(x, concepts[idx]), concepts[idx])
+        x, c = base_tmp.preprocess(_augment(images[idx], gen)), concepts[idx].to(device)
+        loss = F.cross_entropy(model.logits(x, c), c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,7 +121,7 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, concepts: torch.Tensor,
         losses.append(loss.item())
         if progress:
             progress(step + 1, cfg.steps, losses[-1])
-    model.eval()
+    model.eval().cpu()
     base = Base(spec, model.encoder)
     rows = F.normalize(model.rows.detach(), dim=-1)
     scale = float(model.log_scale.detach().clamp(max=math.log(100.0)).exp())

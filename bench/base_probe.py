@@ -1,0 +1,93 @@
+"""Study: how the pre-trained base (pre-training length, width, source pool) moves task addition and kernel
+agreement, scored on VALIDATION only.
+
+Pre-trains θ0 with the default recipe (``arith/default/build.py``) plus ``--set`` changes to its
+:class:`~arith.default.pretrain.PretrainConfig`, then fine-tunes the eight default tasks in each ``--modes`` at each
+``--lrs`` with the build's schedule and scores the vectors as ``bench/recipe_probe.py`` does (single-task,
+validation-chosen α, addition and its gain over zero-shot, normalized accuracy, agreement with the linearization,
+‖τ‖/‖θ0‖).  Test splits are never read.  The JSON is rewritten after every (mode, lr), so a run cut short keeps what
+it finished.
+
+    python -m bench.base_probe --set steps=16000 --tag steps16k --json bench/results/base_probe/steps16k.json
+
+``--device cuda`` runs pre-training, fine-tuning and evaluation on a GPU, which makes a study of several bases
+affordable (``bench/base_sweep.sh`` runs one on a lent GPU machine); the build itself runs on the CPU and its
+numbers differ from a GPU run's in the last digits, so compare variants within one device.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from bench._common import machine, parser, set_threads
+from bench.recipe_probe import score, summary_line
+
+
+def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_overrides: dict | None = None,
+               device: str = "cpu", quick: bool = False, on_result=None, log=print) -> dict:
+    """Pre-train a variant of the default base and score fine-tuning on it; ``on_result(res)`` after each run.
+    ``quick`` starts from the ``--quick`` build's recipe (3 tasks, a tiny ViT) instead of the default's."""
+    from arith.data import get_task
+    from arith.default.build import DEFAULT, QUICK, _pretrained
+    from arith.default.concepts import TASK_STYLES
+    from arith.default.pretrain import PretrainConfig
+    from arith.evaluate import Evaluator
+    from arith.specs import FinetuneConfig
+
+    recipe = QUICK if quick else DEFAULT
+    plan = recipe.plan
+    pcfg = PretrainConfig.from_dict({**recipe.pretrain.to_dict(), **pretrain_overrides})
+    start = time.perf_counter()
+    base, group_heads, stats = _pretrained(pcfg, log, device=device)
+    stats = {**stats, "wall_seconds": time.perf_counter() - start}
+    log(f"pre-training: {stats['seconds']:.0f} s, final loss {stats['final_loss']:.3f}, scale {stats['scale']:.1f}")
+    base = base.to(device)
+    group = {s.name: s.group for s in TASK_STYLES}
+    heads = {t: group_heads[group[t]] for t in plan.tasks}
+    train = {t: get_task(t).load("train", n=plan.train_n, seed=plan.seed) for t in plan.tasks}
+    ev = Evaluator(base, heads, {t: {"val": get_task(t).load("val", n=plan.eval_n, seed=plan.seed)}
+                                 for t in plan.tasks})
+    res = {"pretrain": pcfg.to_dict(), "pretraining": stats, "device": str(device),
+           "parameters": sum(v.numel() for v in base.params.values()), "runs": []}
+    for mode in modes:
+        for lr in lrs:
+            over = {**(finetune_overrides or {}), **({"lr": lr} if lr is not None else {})}
+            cfg = FinetuneConfig.from_dict({**plan.config(mode).to_dict(), **over})
+            res["runs"].append(score(ev, train, cfg))
+            if on_result:
+                on_result(res)
+    return res
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0], bundle=False)
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="pre-training fields that differ from the default recipe, e.g. steps=16000 width=128")
+    p.add_argument("--finetune-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="fine-tuning fields that differ from the build's schedule")
+    p.add_argument("--modes", nargs="+", default=["attn"])
+    p.add_argument("--lrs", nargs="+", type=float, default=[None], help="learning rates (default: the build's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="start from the --quick build's recipe (tests)")
+    p.add_argument("--tag", default="base")
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    from arith.lrsweep import parse_overrides
+
+    def write(res):
+        res = {"tag": args.tag, **res, "machine": machine()}
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        print(summary_line(f"{args.tag} {res['runs'][-1]['mode']} lr {res['runs'][-1]['config']['lr']:g}",
+                           res["runs"][-1]), flush=True)
+
+    probe_base(parse_overrides(args.overrides), args.modes, args.lrs, parse_overrides(args.finetune_set),
+               args.device, args.quick, on_result=write, log=lambda m: print(f"{args.tag}: {m}", flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
