@@ -9,6 +9,7 @@ validation-chosen α, addition and its gain over zero-shot, normalized accuracy,
 it finished.
 
     python -m bench.base_probe --set steps=16000 --tag steps16k --json bench/results/base_probe/steps16k.json
+    python -m bench.base_probe --summarize bench/results/base_probe/*.json     # the README's table
 
 ``--device cuda`` runs pre-training, fine-tuning and evaluation on a GPU, which makes a study of several bases
 affordable (``bench/base_sweep.sh`` runs one on a lent GPU machine); the build itself runs on the CPU and its
@@ -61,6 +62,24 @@ def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_
     return res
 
 
+def summarize(paths) -> str:
+    """A Markdown table of earlier ``--json`` results, one row per (variant, mode, lr) (the README's table)."""
+    head = ("variant", "steps", "width", "pool", "final loss", "mode", "lr", "zero-shot", "single-task", "α",
+            "addition", "over zero-shot", "normalized", "agreement", "‖τ‖/‖θ0‖")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        pre = r["pretrain"]
+        for run in r["runs"]:
+            pct = {k: f"{100 * run[k]:.1f}" for k in ("zero_shot", "single", "absolute", "normalized")}
+            cells = (r["tag"], f"{pre['steps']:,}", pre["width"], f"{pre['pool']:,}", f"{r['pretraining']['final_loss']:.3f}",
+                     run["mode"], f"{run['config']['lr']:g}", pct["zero_shot"], pct["single"], f"{run['alpha']:.2f}",
+                     pct["absolute"], f"{100 * run['gain']:+.1f}", pct["normalized"],
+                     "—" if run["agreement"] is None else f"{100 * run['agreement']:.1f}", f"{run['tau_relative_norm']:.3f}")
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0], bundle=False)
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -72,7 +91,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="start from the --quick build's recipe (tests)")
     p.add_argument("--tag", default="base")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="only print a table of earlier results")
     args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     set_threads(args.threads)
     from arith.lrsweep import parse_overrides
 

@@ -236,3 +236,7 @@ def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, c
     assert main(["--quick", "--set", "steps=7", "--lrs", "3e-4", "--json", str(out)]) == 0
     changed = json.loads(out.read_text())
     assert changed["pretrain"]["steps"] == 7 and changed["runs"][0]["config"]["lr"] == 3e-4
+    capsys.readouterr()
+    assert main(["--summarize", str(out)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| base | 7 | ") and " attn | 0.0003 | " in rows[2]
