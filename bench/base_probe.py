@@ -12,13 +12,15 @@ it finished.
     python -m bench.base_probe --summarize bench/results/base_probe/*.json     # the README's table
 
 ``--device cuda`` runs pre-training, fine-tuning and evaluation on a GPU, which makes a study of several bases
-affordable (``bench/base_sweep.sh`` runs one on a lent GPU machine); the build itself runs on the CPU and its
-numbers differ from a GPU run's in the last digits, so compare variants within one device.
+affordable (``bench/base_sweep.sh`` runs one on a lent GPU machine); the build itself runs on the CPU.  A GPU's θ0
+differs from the CPU's (the 8,000-step reference: validation zero-shot 62.5 on an H100, 63.6 on the CPU; means move
+by up to about a point), so compare variants within one device.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -101,9 +103,12 @@ def main(argv=None) -> int:
 
     def write(res):
         res = {"tag": args.tag, **res, "machine": machine()}
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(res, indent=1))
+        if args.json:  # atomically: a run stopped by `timeout` leaves the last complete file
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            os.replace(tmp, path)
         print(summary_line(f"{args.tag} {res['runs'][-1]['mode']} lr {res['runs'][-1]['config']['lr']:g}",
                            res["runs"][-1]), flush=True)
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Several variants of the default's pre-trained base, scored on validation by bench/base_probe.py, concurrently on
 # one GPU (the project's lent GPU machine; see the README's *The embedded default*).  Each variant pre-trains its
-# θ0, fine-tunes the eight tasks (attn, then full, at the build's learning rates) and writes $OUT/<tag>.json;
+# θ0, fine-tunes the eight tasks (attn, then full, at lr 1e-3) and writes $OUT/<tag>.json;
 # $OUT/sweep.log gathers their summary lines.  Everything stops at $DEADLINE seconds; a variant cut short keeps the
 # runs it finished.
 #
 #   OUT=/tmp/base_sweep bash bench/base_sweep.sh
 #
-# On the device machine, .devpack/ (git-ignored) carries what its image lacks: fonts.tar.xz (the Debian fonts the
+# On the device machine, .devpack/ (in .gitignore; name it in the device tool's carry) carries what its image lacks: fonts.tar.xz (the Debian fonts the
 # renderers read, see the README) and the wheels of open_clip_torch, ftfy and wcwidth.
 set -u
 cd "$(dirname "$0")/.."
@@ -26,10 +26,11 @@ if [ -d .devpack ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee -a "$OUT/sweep.log"
 
-# tag | pre-training overrides (PretrainConfig fields; the default recipe is width 80, 8,000 steps, 96,000 images).
+# tag | pre-training overrides (PretrainConfig fields; the study ran when the default was width 80, 8,000 steps,
+# 96,000 images, and "ref" pins that).
 # $VARIANTS (one "tag|overrides" per line) replaces the list; $PROBE_ARGS adds arguments to every probe.
 if [ -n "${VARIANTS:-}" ]; then mapfile -t VARIANTS <<<"$VARIANTS"; else VARIANTS=(
-  "ref|"
+  "ref|steps=8000"
   "steps12k|steps=12000"
   "steps16k|steps=16000"
   "steps16k-pool192k|steps=16000 pool=192000"
@@ -63,8 +64,9 @@ log "data ready (rc $?)"
 for v in "${VARIANTS[@]}"; do
   tag=${v%%|*}; sets=${v#*|}
   left=$(( DEADLINE - ($(date +%s) - START) ))
+  [ "$left" -gt 0 ] || { log "deadline reached before $tag started"; break; }
   # shellcheck disable=SC2086  # word splitting of the overrides is intended
-  timeout "$left" $PY -m bench.base_probe --device "${DEVICE:-cuda}" --modes attn full --tag "$tag" \
+  timeout "$left" $PY -m bench.base_probe --device "${DEVICE:-cuda}" --modes attn full --lrs 1e-3 --tag "$tag" \
     --json "$OUT/$tag.json" ${sets:+--set $sets} ${PROBE_ARGS:-} >>"$OUT/sweep.log" 2>"/tmp/base_sweep_logs/$tag.err" &
 done
 while [ -n "$(jobs -r)" ]; do

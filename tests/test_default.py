@@ -216,16 +216,18 @@ def test_recipe_probe_with_no_change_retrains_the_bundles_own_vectors(quick, tmp
     assert changed["config"]["weight_decay"] == 0.5 and changed["agreement"] is None
 
 
-def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, capsys):
+def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, capsys, monkeypatch):
     from arith.bundle import load_bundle
     from bench.base_probe import main
 
+    monkeypatch.setenv("ARITH_DATA_CACHE", "off")  # pre-train again rather than reuse the build's cached θ0
     out = tmp_path / "base.json"
     assert main(["--quick", "--modes", "attn", "mlp", "--tag", "t", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     b = load_bundle(quick)
     ev = b.evaluator()
     assert res["pretrain"] == b.results["pretraining"]["config"] and [r["mode"] for r in res["runs"]] == ["attn", "mlp"]
+    assert not res["pretraining"].get("reused")
     # seeded: the probe's θ0 is the quick build's (zero-shot equal) and so are its vectors (single-task equal)
     for run in res["runs"]:
         assert run["split"] == "val" and run["config"] == b.finetune_config(run["mode"]).to_dict()

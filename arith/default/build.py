@@ -4,7 +4,7 @@
 2. the zero-shot head of each task = the frozen concept rows of its classes;
 3. draw the eight tasks' train / validation / test splits (``tasks.py``);
 4. fine-tune every (task, mode) with one schedule; learning rates are the ones chosen on validation
-   (``LR`` below; ``python -m arith lr-sweep --bundle precomputed/default`` reruns the sweep);
+   (``LR`` below; ``python -m arith lr-sweep --bundle precomputed/default --lrs 3e-4 1e-3 3e-3`` reruns the sweep);
 5. precompute what the app shows (addition, negation, ξ grids, kernel diagnostics, similarities, linear caches)
    and the training cost per mode (one process per mode); record provenance.
 
@@ -119,8 +119,9 @@ def _pretrained(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
     from .tasks import POOL_VERSION, _cache_dir
 
     ident = [pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__]
-    if torch.device(device).type != "cpu":
-        ident.append(torch.device(device).type)
+    dev = torch.device(device)
+    if dev.type != "cpu":  # another device's θ0 differs; a GPU's also by model and CUDA version
+        ident.append([dev.type, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "", torch.version.cuda])
     key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode())
     d = _cache_dir()
     path = d / f"pretrain-{key.hexdigest()[:16]}.safetensors" if d else None
@@ -154,7 +155,7 @@ def _args(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-@command("build-default", "rebuild the embedded default bundle from offline sources (seeded, ~40 min on 2 cores)")
+@command("build-default", "rebuild the embedded default bundle from offline sources (seeded, ~38 min on 2 cores)")
 @arguments(_args)
 def cmd_build_default(args):
     line = "python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
