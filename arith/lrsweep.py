@@ -6,6 +6,11 @@ retraining them: the same seeded run). Per mode the chosen lr is the smallest wi
 (:func:`choose_lr`), and the result says whether ``full`` and ``attn`` got the same one. The sweep is stored in the
 bundle as ``results/lr_selection.json`` so the choice behind a bundle's task vectors can be audited; test splits are
 never looked at.
+
+``--seeds`` fine-tunes every (mode, lr, task) once per fine-tuning seed and scores an lr by the mean over the seeds,
+so that a choice does not rest on one seed's luck (the standard error of the rule stays the binomial one of the
+validation images, which seed-averaging does not shrink; the spread over seeds is reported beside it).  ``--device``
+trains and evaluates on a GPU; runs on another device than the CPU never reuse the bundle's (CPU-trained) vectors.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from .bundle import BundleWriter, load_bundle, trained_with
 from .cli import _bar, _emit, arguments, command
 from .data import get_task
+from .explore import resolve_device
 from .finetune import finetune
 from .specs import FinetuneConfig
 
@@ -53,67 +59,91 @@ def _previous_runs(paths, tasks: list[str], base_id: str) -> list[dict]:
 
 
 def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progress_factory=None, log=print,
-             previous=None, overrides=None) -> dict:
-    """Validation accuracy per (mode, lr, task); returns {"runs": [...], "chosen": {mode: lr}, ...}.
+             previous=None, overrides=None, seeds=None, device="cpu", vectors_dir=None) -> dict:
+    """Validation accuracy per (mode, lr, seed, task); returns {"runs": [...], "chosen": {mode: lr}, ...}.
 
     ``overrides``: fine-tuning fields that differ from the bundle's schedule (e.g. ``{"weight_decay": 0.0}``), the
     same for every mode; a run on another schedule never reuses the bundle's vectors.  ``previous``: JSON files of
-    earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr and schedule), so a sweep
-    can be extended with new candidates without retraining the old ones."""
+    earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr, seed and schedule), so a
+    sweep can be extended with new candidates or seeds without retraining the old ones.  ``seeds``: fine-tuning
+    seeds (default: the schedule's own); an lr scores the mean over them.  ``vectors_dir``: every task vector is
+    also written there, as ``<mode>_lr<lr>_seed<seed>/<task>.safetensors`` (for studies of the same runs)."""
+    from .evaluate import Evaluator
+
     overrides = dict(overrides or {})
-    fixed = sorted({"mode", "lr"} & set(overrides))
+    fixed = sorted(({"mode", "lr"} | ({"seed"} if seeds else set())) & set(overrides))
     if fixed:
         raise ValueError(f"lr-sweep: {fixed} cannot be overridden (the sweep sets them)")
     FinetuneConfig.from_dict({**overrides, "mode": "full"})  # unknown fields and bad values fail before any training
     b = load_bundle(bundle_dir)
-    ev = b.evaluator()
+    # on another device the evaluator holds a copy of θ0 there (the bundle's own stays read-only on the CPU)
+    ev = b.evaluator() if str(device) == "cpu" else Evaluator(b.base.to(device), b.heads, b.data)
     tasks = list(tasks or b.task_names)
     plan = b.manifest.get("plan", {})
     train_n = train_n or plan.get("train_n")
     data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
                                 root=plan.get("data_root")) for t in tasks}
-    same_data = train_n == plan.get("train_n")
+    same_data = train_n == plan.get("train_n") and str(device) == "cpu"
     prev = _previous_runs(previous, tasks, b.base.id)
     n_val = sum(len(b.data[t]["val"]) for t in tasks)
-    runs, chosen, best, errors = [], {}, {}, {}
+    runs, chosen, best, errors, means, spread = [], {}, {}, {}, {}, {}
     for mode in modes:
         base_cfg = (b.finetune_config(mode) or FinetuneConfig(mode=mode)).to_dict()
         if steps:
             base_cfg.update(steps=steps, warmup_steps=min(base_cfg["warmup_steps"], steps // 10))
         base_cfg.update(overrides)
-        scores = {}
+        own_seed = base_cfg["seed"]
+        scores, sds = {}, {}
         for lr in sorted(set(lrs) | {r["lr"] for r in prev if r["mode"] == mode}):
-            cfg = FinetuneConfig.from_dict({**base_cfg, "mode": mode, "lr": lr})
-            schedule = _schedule(cfg)
-            done = next((r for r in prev if (r["mode"], r["lr"], r["steps"]) == (mode, lr, cfg.steps)
-                         and (r["schedule"] == schedule if "schedule" in r else not overrides)), None)
-            if done is not None:
-                scores[lr] = done["val_mean"]
+            per_seed = []
+            for seed in seeds or [own_seed]:
+                cfg = FinetuneConfig.from_dict({**base_cfg, "mode": mode, "lr": lr, "seed": seed})
+                schedule = _schedule(cfg)
+                # runs saved before schedules were recorded were trained with the schedule's own seed
+                done = next((r for r in prev if (r["mode"], r["lr"], r["steps"]) == (mode, lr, cfg.steps)
+                             and (r["schedule"] == schedule if "schedule" in r
+                                  else not overrides and seed == own_seed)), None)
+                if done is None:
+                    done = _run(b, ev, mode, lr, cfg, tasks, data, same_data, progress_factory, vectors_dir)
+                    log(f"lr-sweep: {mode} lr={lr:g} seed={seed}: mean validation accuracy "
+                        f"{100 * done['val_mean']:.1f}")
                 runs.append(done)
-                continue
-            acc, reused, t0 = {}, [], time.perf_counter()
-            for t in tasks:
-                tv = b.vectors.get(mode, {}).get(t)
-                if tv is not None and same_data and trained_with(tv.meta, cfg):  # the bundle's own vector: no retraining
-                    reused.append(t)
-                else:
-                    bar = progress_factory(f"{mode} lr={lr:g} {t}", cfg.steps) if progress_factory else None
-                    tv = finetune(b.base, b.heads[t], data[t], cfg, task=t, progress=bar).vector
-                acc[t] = ev.evaluate([tv], [1.0], "val", [t])[t]
-            scores[lr] = float(np.mean(list(acc.values())))
-            runs.append({"mode": mode, "lr": lr, "steps": cfg.steps, "val_accuracy": acc, "val_mean": scores[lr],
-                         "seconds": time.perf_counter() - t0, "reused_bundle_vectors": reused,
-                         "schedule": schedule})
-            log(f"lr-sweep: {mode} lr={lr:g}: mean validation accuracy {100 * scores[lr]:.1f}")
+                per_seed.append(done["val_mean"])
+            scores[lr] = float(np.mean(per_seed))
+            sds[lr] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
         chosen[mode], errors[mode] = choose_lr(scores, n_val)
         best[mode] = max(sorted(scores), key=lambda lr: (scores[lr], -lr))
+        means[mode] = {f"{lr:g}": v for lr, v in scores.items()}
+        spread[mode] = {f"{lr:g}": v for lr, v in sds.items()}
     shared = None
     if "full" in chosen and "attn" in chosen:
         shared = chosen["full"] == chosen["attn"]
+    n_seeds = len(seeds or [None])
     return {"modes": list(modes), "lrs": sorted({r["lr"] for r in runs}), "tasks": tasks, "runs": runs,
+            "seeds": list(seeds) if seeds else None, "device": str(device),
             "chosen": chosen, "best": best, "standard_error": errors, "validation_images": n_val,
+            "val_mean": means, "seed_sd": spread,
             "full_and_attn_agree": shared, "base_id": b.base.id, "overrides": overrides,
-            "criterion": "smallest lr within one standard error of the best mean single-task validation accuracy"}
+            "criterion": "smallest lr within one standard error of the best mean single-task validation accuracy"
+                         + (f" (mean over {n_seeds} fine-tuning seeds)" if n_seeds > 1 else "")}
+
+
+def _run(b, ev, mode, lr, cfg, tasks, data, reuse, progress_factory, vectors_dir) -> dict:
+    """Fine-tune (or take the bundle's own vector for) every task with ``cfg``; one run record."""
+    acc, reused, t0 = {}, [], time.perf_counter()
+    for t in tasks:
+        tv = b.vectors.get(mode, {}).get(t)
+        if tv is not None and reuse and trained_with(tv.meta, cfg):  # the bundle's own vector: no retraining
+            reused.append(t)
+        else:
+            bar = progress_factory(f"{mode} lr={lr:g} seed={cfg.seed} {t}", cfg.steps) if progress_factory else None
+            tv = finetune(ev.base, b.heads[t], data[t], cfg, task=t, progress=bar).vector
+        if vectors_dir:
+            tv.save(Path(vectors_dir) / f"{mode}_lr{lr:g}_seed{cfg.seed}" / f"{t}.safetensors")
+        acc[t] = ev.evaluate([tv], [1.0], "val", [t])[t]
+    return {"mode": mode, "lr": lr, "seed": cfg.seed, "steps": cfg.steps, "val_accuracy": acc,
+            "val_mean": float(np.mean(list(acc.values()))), "seconds": time.perf_counter() - t0,
+            "reused_bundle_vectors": reused, "device": str(ev.base.device), "schedule": _schedule(cfg)}
 
 
 def _args(p):
@@ -127,6 +157,10 @@ def _args(p):
                    help="fine-tuning fields that differ from the bundle's schedule, e.g. weight_decay=0")
     p.add_argument("--previous", nargs="+", metavar="JSON",
                    help="earlier sweeps (lr-sweep --json output) on this bundle: their runs are reused, not retrained")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="fine-tuning seeds; an lr scores the mean over them (default: the schedule's own seed)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto; other devices retrain every run")
+    p.add_argument("--vectors", metavar="DIR", help="also write every task vector under DIR (for later studies)")
     p.add_argument("--save", action="store_true", help="store the sweep in the bundle (results/lr_selection.json)")
 
 
@@ -149,7 +183,8 @@ def parse_overrides(items) -> dict:
 def cmd_lr_sweep(args):
     res = lr_sweep(args.bundle, args.modes, args.lrs, args.tasks, args.steps, args.train_n,
                    progress_factory=lambda d, n: _bar(d), log=lambda m: None if args.json else print(m, flush=True),
-                   previous=args.previous, overrides=parse_overrides(args.overrides))
+                   previous=args.previous, overrides=parse_overrides(args.overrides), seeds=args.seeds,
+                   device=resolve_device(args.device), vectors_dir=args.vectors)
     if args.save:
         b = load_bundle(args.bundle)
         w = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))

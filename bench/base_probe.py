@@ -20,11 +20,10 @@ by up to about a point), so compare variants within one device.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-from bench._common import machine, parser, set_threads
+from bench._common import machine, parser, set_threads, write_json_atomic
 from bench.recipe_probe import score, summary_line
 
 
@@ -103,12 +102,8 @@ def main(argv=None) -> int:
 
     def write(res):
         res = {"tag": args.tag, **res, "machine": machine()}
-        if args.json:  # atomically: a run stopped by `timeout` leaves the last complete file
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(res, indent=1))
-            os.replace(tmp, path)
+        if args.json:
+            write_json_atomic(args.json, res)
         print(summary_line(f"{args.tag} {res['runs'][-1]['mode']} lr {res['runs'][-1]['config']['lr']:g}",
                            res["runs"][-1]), flush=True)
 

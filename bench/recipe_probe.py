@@ -40,21 +40,32 @@ def probe(bundle_dir: str, mode: str, overrides: dict, train_n: int | None = Non
 
 
 def score(ev, train: dict, cfg, heads: dict | None = None, kernel: bool = True) -> dict:
-    """Fine-tune every task of ``train`` with ``cfg`` from ``ev.base`` and score the vectors on ``ev``'s "val"
-    splits: single-task accuracy, task addition at the α (0 … 1 step 0.05) chosen by normalized accuracy, its gain
-    over zero-shot, agreement with the linearization at s = 1, ‖τ‖/‖θ0‖.  ``heads`` (default ``ev.heads``) are
-    the ones fine-tuning trains against."""
+    """Fine-tune every task of ``train`` with ``cfg`` from ``ev.base`` and score the vectors with
+    :func:`score_vectors`.  ``heads`` (default ``ev.heads``) are the ones fine-tuning trains against."""
+    from arith.finetune import finetune
+
+    heads = heads or ev.heads
+    start = time.perf_counter()
+    tvs = {t: finetune(ev.base, heads[t], train[t], cfg, task=t).vector for t in train}
+    seconds = time.perf_counter() - start
+    return {"mode": cfg.mode, "config": cfg.to_dict(), "finetune_seconds": seconds, **score_vectors(ev, tvs, kernel)}
+
+
+def score_vectors(ev, tvs: dict, kernel: bool = True, xi_ev=None, xi_pairs: int = 6, xi_grid: int = 15) -> dict:
+    """Score task vectors ``{task: τ}`` on ``ev``'s "val" splits: single-task accuracy, task addition at the α
+    (0 … 1 step 0.05) chosen by normalized accuracy, its gain over zero-shot, agreement with the linearization at
+    s = 1, ‖τ‖/‖θ0‖; with ``xi_ev`` (an evaluator, e.g. on fewer images per task) also the mean ξ over the first
+    ``xi_pairs`` task pairs on a ``xi_grid``² grid over [−2, 2]² (the build's pairs and grid), on validation."""
+    import itertools
+
     import torch
 
-    from arith.finetune import finetune
+    from arith.disentangle import xi_grid as xi_of
     from arith.kernel import compare
     from arith.merge import merge
+    from arith.metrics import GRID
 
-    tasks, heads = list(train), heads or ev.heads
-    start, tvs = time.perf_counter(), {}
-    for t in tasks:
-        tvs[t] = finetune(ev.base, heads[t], train[t], cfg, task=t).vector
-    seconds = time.perf_counter() - start
+    tasks = list(tvs)
     single = {t: ev.evaluate([tvs[t]], [1.0], "val", [t])[t] for t in tasks}
     zs = ev.evaluate([], [], "val", tasks)
     # task addition θ0 + α Σ_t τ_t, α chosen by mean normalized accuracy (method.md §4), on validation
@@ -70,12 +81,17 @@ def score(ev, train: dict, cfg, heads: dict | None = None, kernel: bool = True) 
             f0 = ev.merged_features([], [], "val", [t])
             f_nl = ev.features(merge(ev.base.params, [tvs[t]], [1.0]), "val", [t])
             agree[t] = compare(ev, t, "val", f_nl, f0 + ev.jvp(tvs[t], "val", tasks=[t]), f0)["agreement"]
+    xi = {}
+    if xi_ev is not None:  # weight disentanglement error (method.md §4), prediction level, on validation
+        grid = [float(a) for a in torch.linspace(GRID[0], GRID[-1], xi_grid)]
+        for a, b in list(itertools.combinations(tasks, 2))[:xi_pairs]:
+            xi[f"{a}|{b}"] = xi_of(xi_ev, tvs[a], tvs[b], a, b, grid, split="val")["mean"]["prediction"]
     theta0 = float(torch.sqrt(sum((v.float() ** 2).sum() for v in ev.base.params.values())))
     zs_mean = float(np.mean(list(zs.values())))
-    return {"mode": cfg.mode, "config": cfg.to_dict(), "finetune_seconds": seconds, "zero_shot": zs_mean,
-            "single": float(np.mean(list(single.values()))),
+    return {"zero_shot": zs_mean, "single": float(np.mean(list(single.values()))),
             "alpha": best["alpha"], "absolute": best["absolute"], "normalized": best["normalized"],
             "gain": best["absolute"] - zs_mean, "agreement": float(np.mean(list(agree.values()))) if agree else None,
+            "xi": float(np.mean(list(xi.values()))) if xi else None, "xi_pairs": xi or None,
             "tau_relative_norm": float(np.mean([float(tvs[t].norm()) for t in tasks])) / theta0,
             "per_task": {t: {"zero_shot": zs[t], "single": single[t], "added": best["accuracy"][t],
                              "agreement": agree.get(t)} for t in tasks},

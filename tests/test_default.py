@@ -194,6 +194,39 @@ def test_lr_sweep_overrides_the_schedule_and_reuses_only_runs_on_the_same_one(qu
         assert why in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_lr_sweep_averages_over_seeds_and_extends_a_sweep_by_seed(quick, tmp_path, capsys):
+    from arith.bundle import load_bundle
+    from arith.taskvec import load_task_vector
+
+    args = ["lr-sweep", "--bundle", str(quick), "--modes", "attn", "--lrs", "1e-3", "--tasks", "digits", "terrain",
+            "--steps", "3", "--json"]
+    assert main([*args, "--seeds", "0", "1", "--vectors", str(tmp_path / "vec")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    runs = res["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and res["seeds"] == [0, 1]
+    assert [r["schedule"]["seed"] for r in runs] == [0, 1]
+    assert res["val_mean"]["attn"]["0.001"] == pytest.approx(np.mean([r["val_mean"] for r in runs]))
+    assert res["seed_sd"]["attn"]["0.001"] == pytest.approx(np.std([r["val_mean"] for r in runs], ddof=1))
+    assert "mean over 2 fine-tuning seeds" in res["criterion"]
+    # the vectors of every run are written, and score what the run recorded
+    b = load_bundle(quick)
+    ev = b.evaluator()
+    tvs = []
+    for r in runs:
+        tvs.append(load_task_vector(tmp_path / "vec" / f"attn_lr0.001_seed{r['seed']}" / "digits.safetensors", b.base))
+        assert ev.evaluate([tvs[-1]], [1.0], "val", ["digits"])["digits"] == r["val_accuracy"]["digits"]
+    assert any(not torch.equal(tvs[0].tensors[k], tvs[1].tensors[k]) for k in tvs[0].tensors)  # seeds differ
+    # a second sweep with one more seed trains only that seed
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(res))
+    assert main([*args, "--seeds", "0", "1", "2", "--previous", str(first)]) == 0
+    again = json.loads(capsys.readouterr().out)["runs"]
+    assert [(r["seed"], r.get("from")) for r in again] == [(0, str(first)), (1, str(first)), (2, None)]
+    # the sweep sets the seed: overriding it is refused
+    assert main([*args, "--seeds", "0", "--set", "seed=3"]) == 2
+    assert "cannot be overridden" in json.loads(capsys.readouterr().out)["error"]
+
+
 def test_recipe_probe_with_no_change_retrains_the_bundles_own_vectors(quick, tmp_path, capsys):
     from arith.bundle import load_bundle
     from bench.recipe_probe import main
@@ -214,6 +247,35 @@ def test_recipe_probe_with_no_change_retrains_the_bundles_own_vectors(quick, tmp
                  "--json", str(out)]) == 0
     changed = json.loads(out.read_text())
     assert changed["config"]["weight_decay"] == 0.5 and changed["agreement"] is None
+
+
+def test_seed_study_scores_the_vectors_an_lr_sweep_wrote(quick, tmp_path, capsys):
+    import itertools
+
+    from arith.bundle import load_bundle
+    from bench.seed_study import main as study
+
+    b = load_bundle(quick)
+    assert main(["lr-sweep", "--bundle", str(quick), "--modes", "attn", "--lrs", "1e-3", "--steps", "3",
+                 "--seeds", "0", "1", "--vectors", str(tmp_path / "vec"), "--json"]) == 0
+    sweep = json.loads(capsys.readouterr().out)
+    out = tmp_path / "seeds.json"
+    assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--json", str(out)]) == 0
+    sets = json.loads(out.read_text())["sets"]
+    assert [(s["mode"], s["lr"], s["seed"]) for s in sets] == [("attn", 1e-3, 0), ("attn", 1e-3, 1)]
+    for s, run in zip(sets, sweep["runs"]):
+        # the same vectors on the same validation images: the study's single-task accuracy is the sweep's
+        assert s["single"] == pytest.approx(run["val_mean"]) and s["split"] == "val"
+        pairs = list(itertools.combinations(b.task_names, 2))[: b.manifest["plan"]["xi_pairs"]]
+        assert sorted(s["xi_pairs"]) == sorted(f"{a}|{c}" for a, c in pairs) and 0 <= s["xi"] <= 2
+        assert 0 <= s["agreement"] <= 1 and s["alpha"] in [r["alpha"] for r in s["curve"]]
+    capsys.readouterr()
+    assert study(["--summarize", str(out)]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| attn")]
+    assert len(row) == 1 and "| 0, 1 |" in row[0] and "±" in row[0]
+    assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--only", "full_*",
+                  "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["sets"] == []  # --only filters the sets
 
 
 def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, capsys, monkeypatch):

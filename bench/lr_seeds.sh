@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The learning-rate sweep of the default bundle repeated over fine-tuning seeds, on one GPU (the project's lent GPU
+# machine), and every (mode, lr, seed) set of vectors scored on validation (bench/seed_study.py: addition, agreement,
+# ξ).  One shard per (mode, lr), concurrently: `python -m arith lr-sweep --seeds … --device cuda --vectors`, then
+# `bench.seed_study` on the vectors that shard wrote.  Results: $OUT/results.tgz (sweep_<mode>_<lr>.json and
+# study_<mode>_<lr>.json; refreshed at every poll, so a run stopped at its deadline keeps what it finished) and
+# $OUT/lr_seeds.log.  Combine the shards afterwards, without training, on any machine:
+#
+#   python -m arith lr-sweep --bundle precomputed/default --modes full attn --lrs 3e-4 1e-3 3e-3 --seeds 0 1 2 \
+#       --previous sweep_*.json --json
+#   python -m bench.seed_study --summarize study_*.json
+#
+# On the device machine, .devpack/ (in .gitignore; name it in the device tool's carry) carries what its image lacks:
+# fonts.tar.xz (the Debian fonts the renderers read, see the README) and the wheels of open_clip_torch, ftfy, wcwidth.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/lr_seeds}
+DEADLINE=${DEADLINE:-470}
+PY=${PY:-python3}
+# $MODES, $LRS, $SEEDS: the shards; $DEVICE (default cuda); $SWEEP_ARGS: more lr-sweep arguments (e.g. --steps 2)
+MODES=${MODES:-"full attn"}
+LRS=${LRS:-"3e-4 1e-3 3e-3"}
+SEEDS=${SEEDS:-"0 1 2"}
+START=$(date +%s)
+W=/tmp/lr_seeds_work
+mkdir -p "$OUT" "$W/json" "$W/logs"
+export ARITH_DATA_CACHE=${ARITH_DATA_CACHE:-/tmp/arith-data} PYTHONPATH=. PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/lr_seeds.log"; }
+pack() { tar czf "$OUT/results.tgz.part" -C "$W/json" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"; }
+
+if [ -d .devpack ]; then
+  [ -f .devpack/fonts.tar.xz ] && tar xJf .devpack/fonts.tar.xz -C /
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devpack/*.whl \
+    && export PYTHONPATH=.:/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee -a "$OUT/lr_seeds.log"
+
+log "drawing the eight tasks' training splits (the bundle carries validation and test)"
+$PY - <<'EOF' 2>>"$W/logs/data.err"
+import json
+from multiprocessing import get_context
+
+plan = json.load(open("precomputed/default/manifest.json"))["plan"]
+
+def job(t):
+    from arith.data import get_task
+    get_task(t).load("train", n=plan["train_n"], seed=plan["seed"], root=plan["data_root"])
+    return t
+
+with get_context("fork").Pool(8) as p:
+    print(list(p.imap_unordered(job, plan["tasks"])), flush=True)
+EOF
+log "data ready (rc $?)"
+
+for mode in $MODES; do
+  for lr in $LRS; do
+    left=$(( DEADLINE - ($(date +%s) - START) ))
+    tag="${mode}_${lr}"
+    # shellcheck disable=SC2086  # word splitting of $SEEDS and $SWEEP_ARGS is intended
+    (timeout "$left" $PY -m arith lr-sweep --bundle precomputed/default --modes "$mode" --lrs "$lr" --seeds $SEEDS \
+        --device "${DEVICE:-cuda}" --vectors "$W/vec" ${SWEEP_ARGS:-} --json >"$W/json/sweep_$tag.json.part" 2>"$W/logs/sweep_$tag.err" \
+      && mv "$W/json/sweep_$tag.json.part" "$W/json/sweep_$tag.json" && log "$tag: sweep done"
+     left=$(( DEADLINE - ($(date +%s) - START) ))
+     # scores whatever vectors the shard finished, also when its sweep was cut short
+     timeout "$left" $PY -m bench.seed_study --bundle precomputed/default --vectors "$W/vec" --device "${DEVICE:-cuda}" \
+        --only "${mode}_lr$($PY -c "print(f'{float(\"$lr\"):g}')")_seed*" --json "$W/json/study_$tag.json" \
+        >>"$OUT/lr_seeds.log" 2>"$W/logs/study_$tag.err"
+     log "$tag: study done (rc $?)") &
+  done
+done
+while [ -n "$(jobs -r)" ]; do
+  sleep "${POLL:-45}"
+  pack
+  log "running: $(jobs -r | wc -l); $(ls "$W/vec" 2>/dev/null | wc -l) vector sets; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)"
+done
+wait
+pack
+log "done"
+for f in "$W"/logs/*.err; do
+  echo "--- $(basename "$f"): $(tail -c 300 "$f" | tr '\r' '\n' | grep -v '^\s*$' | tail -n 2)"
+done | tee -a "$OUT/lr_seeds.log"
