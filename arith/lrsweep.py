@@ -59,73 +59,97 @@ def _previous_runs(paths, tasks: list[str], base_id: str) -> list[dict]:
 
 
 def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progress_factory=None, log=print,
-             previous=None, overrides=None, seeds=None, device="cpu", vectors_dir=None) -> dict:
+             previous=None, overrides=None, seeds=None, device="cpu", vectors_dir=None, train=True) -> dict:
     """Validation accuracy per (mode, lr, seed, task); returns {"runs": [...], "chosen": {mode: lr}, ...}.
 
     ``overrides``: fine-tuning fields that differ from the bundle's schedule (e.g. ``{"weight_decay": 0.0}``), the
     same for every mode; a run on another schedule never reuses the bundle's vectors.  ``previous``: JSON files of
-    earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr, seed and schedule), so a
-    sweep can be extended with new candidates or seeds without retraining the old ones.  ``seeds``: fine-tuning
-    seeds (default: the schedule's own); an lr scores the mean over them.  ``vectors_dir``: every task vector is
-    also written there, as ``<mode>_lr<lr>_seed<seed>/<task>.safetensors`` (for studies of the same runs)."""
+    earlier sweeps on the same bundle and tasks; their runs count as done (same mode, lr, seed and schedule; the
+    first file that has one wins), so a sweep can be extended with new candidates or seeds without retraining the old
+    ones; an lr only they have joins when they have it for every seed.  ``seeds``: fine-tuning seeds (default: the
+    schedule's own); an lr scores the mean over them.  ``vectors_dir``: the vectors of every run this call trains are
+    also written there, as ``<mode>_lr<lr>_seed<seed>/<task>.safetensors`` (for studies of the same runs).
+    ``train=False`` only combines: it fails, naming them, when runs are missing from ``previous``."""
     from .evaluate import Evaluator
 
     overrides = dict(overrides or {})
     fixed = sorted(({"mode", "lr"} | ({"seed"} if seeds else set())) & set(overrides))
     if fixed:
         raise ValueError(f"lr-sweep: {fixed} cannot be overridden (the sweep sets them)")
+    if seeds and len(set(seeds)) != len(seeds):
+        raise ValueError(f"lr-sweep: --seeds repeats a seed ({list(seeds)})")
     FinetuneConfig.from_dict({**overrides, "mode": "full"})  # unknown fields and bad values fail before any training
     b = load_bundle(bundle_dir)
-    # on another device the evaluator holds a copy of θ0 there (the bundle's own stays read-only on the CPU)
-    ev = b.evaluator() if str(device) == "cpu" else Evaluator(b.base.to(device), b.heads, b.data)
     tasks = list(tasks or b.task_names)
     plan = b.manifest.get("plan", {})
-    train_n = train_n or plan.get("train_n")
-    data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
-                                root=plan.get("data_root")) for t in tasks}
-    same_data = train_n == plan.get("train_n") and str(device) == "cpu"
     prev = _previous_runs(previous, tasks, b.base.id)
     n_val = sum(len(b.data[t]["val"]) for t in tasks)
-    runs, chosen, best, errors, means, spread = [], {}, {}, {}, {}, {}
+    # every (mode, lr, seed) cell first, with the earlier run that answers it: nothing trains before all are known
+    cells = []
     for mode in modes:
         base_cfg = (b.finetune_config(mode) or FinetuneConfig(mode=mode)).to_dict()
         if steps:
             base_cfg.update(steps=steps, warmup_steps=min(base_cfg["warmup_steps"], steps // 10))
         base_cfg.update(overrides)
         own_seed = base_cfg["seed"]
-        scores, sds = {}, {}
-        for lr in sorted(set(lrs) | {r["lr"] for r in prev if r["mode"] == mode}):
-            per_seed = []
-            for seed in seeds or [own_seed]:
+        wanted = list(seeds or [own_seed])
+        extra = {r["lr"] for r in prev if r["mode"] == mode
+                 and all(any(_seed_of(q, own_seed) == sd for q in prev if (q["mode"], q["lr"]) == (mode, r["lr"]))
+                         for sd in wanted)}
+        for lr in sorted(set(lrs) | extra):
+            for seed in wanted:
                 cfg = FinetuneConfig.from_dict({**base_cfg, "mode": mode, "lr": lr, "seed": seed})
                 schedule = _schedule(cfg)
                 # runs saved before schedules were recorded were trained with the schedule's own seed
                 done = next((r for r in prev if (r["mode"], r["lr"], r["steps"]) == (mode, lr, cfg.steps)
                              and (r["schedule"] == schedule if "schedule" in r
                                   else not overrides and seed == own_seed)), None)
-                if done is None:
-                    done = _run(b, ev, mode, lr, cfg, tasks, data, same_data, progress_factory, vectors_dir)
-                    log(f"lr-sweep: {mode} lr={lr:g} seed={seed}: mean validation accuracy "
-                        f"{100 * done['val_mean']:.1f}")
-                runs.append(done)
-                per_seed.append(done["val_mean"])
-            scores[lr] = float(np.mean(per_seed))
-            sds[lr] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
+                cells.append((mode, lr, cfg, done))
+    missing = [f"{m} lr={lr:g} seed={cfg.seed}" for m, lr, cfg, done in cells if done is None]
+    if missing and not train:
+        raise ValueError(f"lr-sweep: --no-train, but the earlier sweeps lack {len(missing)} run(s): "
+                         + ", ".join(missing))
+    ev = data = None
+    runs = []
+    for mode, lr, cfg, done in cells:
+        if done is None:
+            if ev is None:  # on another device the evaluator holds a copy of θ0 there (the bundle's stays on the CPU)
+                ev = b.evaluator() if str(device) == "cpu" else Evaluator(b.base.to(device), b.heads, b.data)
+                train_n = train_n or plan.get("train_n")
+                data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
+                                            root=plan.get("data_root")) for t in tasks}
+            # the bundle's own vectors stand for runs on the same data, on the CPU that trained them
+            reuse = train_n == plan.get("train_n") and str(device) == "cpu"
+            done = _run(b, ev, mode, lr, cfg, tasks, data, reuse, progress_factory, vectors_dir)
+            log(f"lr-sweep: {mode} lr={lr:g} seed={cfg.seed}: mean validation accuracy {100 * done['val_mean']:.1f}")
+        runs.append(done)
+    chosen, best, errors, means, spread = {}, {}, {}, {}, {}
+    for mode in modes:
+        per_lr: dict[float, list] = {}
+        for r in runs:
+            if r["mode"] == mode:
+                per_lr.setdefault(r["lr"], []).append(r["val_mean"])
+        scores = {lr: float(np.mean(v)) for lr, v in per_lr.items()}
         chosen[mode], errors[mode] = choose_lr(scores, n_val)
         best[mode] = max(sorted(scores), key=lambda lr: (scores[lr], -lr))
-        means[mode] = {f"{lr:g}": v for lr, v in scores.items()}
-        spread[mode] = {f"{lr:g}": v for lr, v in sds.items()}
+        means[mode] = {repr(lr): v for lr, v in scores.items()}
+        spread[mode] = {repr(lr): float(np.std(v, ddof=1)) if len(v) > 1 else None for lr, v in per_lr.items()}
     shared = None
     if "full" in chosen and "attn" in chosen:
         shared = chosen["full"] == chosen["attn"]
     n_seeds = len(seeds or [None])
     return {"modes": list(modes), "lrs": sorted({r["lr"] for r in runs}), "tasks": tasks, "runs": runs,
-            "seeds": list(seeds) if seeds else None, "device": str(device),
+            "seeds": list(seeds) if seeds else None, "trained_on": sorted({r.get("device", "cpu") for r in runs}),
             "chosen": chosen, "best": best, "standard_error": errors, "validation_images": n_val,
             "val_mean": means, "seed_sd": spread,
             "full_and_attn_agree": shared, "base_id": b.base.id, "overrides": overrides,
             "criterion": "smallest lr within one standard error of the best mean single-task validation accuracy"
                          + (f" (mean over {n_seeds} fine-tuning seeds)" if n_seeds > 1 else "")}
+
+
+def _seed_of(run: dict, own_seed: int) -> int:
+    """The fine-tuning seed of an earlier run (runs saved before schedules were recorded used the schedule's own)."""
+    return run["schedule"]["seed"] if "schedule" in run else own_seed
 
 
 def _run(b, ev, mode, lr, cfg, tasks, data, reuse, progress_factory, vectors_dir) -> dict:
@@ -159,8 +183,11 @@ def _args(p):
                    help="earlier sweeps (lr-sweep --json output) on this bundle: their runs are reused, not retrained")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="fine-tuning seeds; an lr scores the mean over them (default: the schedule's own seed)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto; other devices retrain every run")
-    p.add_argument("--vectors", metavar="DIR", help="also write every task vector under DIR (for later studies)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, auto; on another device than the CPU the bundle's vectors are not reused")
+    p.add_argument("--no-train", action="store_true",
+                   help="only combine --previous sweeps: fail, naming them, if any run is missing")
+    p.add_argument("--vectors", metavar="DIR", help="also write every task vector this run trains under DIR")
     p.add_argument("--save", action="store_true", help="store the sweep in the bundle (results/lr_selection.json)")
 
 
@@ -184,7 +211,7 @@ def cmd_lr_sweep(args):
     res = lr_sweep(args.bundle, args.modes, args.lrs, args.tasks, args.steps, args.train_n,
                    progress_factory=lambda d, n: _bar(d), log=lambda m: None if args.json else print(m, flush=True),
                    previous=args.previous, overrides=parse_overrides(args.overrides), seeds=args.seeds,
-                   device=resolve_device(args.device), vectors_dir=args.vectors)
+                   device=resolve_device(args.device), vectors_dir=args.vectors, train=not args.no_train)
     if args.save:
         b = load_bundle(args.bundle)
         w = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))

@@ -2,12 +2,13 @@
 # The learning-rate sweep of the default bundle repeated over fine-tuning seeds, on one GPU (the project's lent GPU
 # machine), and every (mode, lr, seed) set of vectors scored on validation (bench/seed_study.py: addition, agreement,
 # ξ).  One shard per (mode, lr), concurrently: `python -m arith lr-sweep --seeds … --device cuda --vectors`, then
-# `bench.seed_study` on the vectors that shard wrote.  Results: $OUT/results.tgz (sweep_<mode>_<lr>.json and
-# study_<mode>_<lr>.json; refreshed at every poll, so a run stopped at its deadline keeps what it finished) and
-# $OUT/lr_seeds.log.  Combine the shards afterwards, without training, on any machine:
+# `bench.seed_study` on the vectors that shard wrote.  Results: $OUT/results.tgz (sweep_<mode>_<lr>.json, written when
+# a shard's sweep ends, and study_<mode>_<lr>.json, rewritten after every complete vector set; the archive is refreshed
+# at every poll) and $OUT/lr_seeds.log.  Everything stops at $DEADLINE seconds.  Combine the shards afterwards on any
+# machine; --no-train fails, naming them, if runs are missing instead of training them there:
 #
 #   python -m arith lr-sweep --bundle precomputed/default --modes full attn --lrs 3e-4 1e-3 3e-3 --seeds 0 1 2 \
-#       --previous sweep_*.json --json
+#       --previous sweep_*.json --no-train --json
 #   python -m bench.seed_study --summarize study_*.json
 #
 # On the device machine, .devpack/ (in .gitignore; name it in the device tool's carry) carries what its image lacks:
@@ -23,10 +24,12 @@ LRS=${LRS:-"3e-4 1e-3 3e-3"}
 SEEDS=${SEEDS:-"0 1 2"}
 START=$(date +%s)
 W=/tmp/lr_seeds_work
+rm -rf "$W"  # nothing from an earlier run on the same machine is packed or scored
 mkdir -p "$OUT" "$W/json" "$W/logs"
 export ARITH_DATA_CACHE=${ARITH_DATA_CACHE:-/tmp/arith-data} PYTHONPATH=. PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/lr_seeds.log"; }
-pack() { tar czf "$OUT/results.tgz.part" -C "$W/json" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"; }
+pack() { tar czf "$OUT/results.tgz.part" --exclude='*.part' --exclude='*.tmp' -C "$W/json" . \
+  && mv "$OUT/results.tgz.part" "$OUT/results.tgz"; }
 
 if [ -d .devpack ]; then
   [ -f .devpack/fonts.tar.xz ] && tar xJf .devpack/fonts.tar.xz -C /
@@ -56,12 +59,15 @@ for mode in $MODES; do
   for lr in $LRS; do
     left=$(( DEADLINE - ($(date +%s) - START) ))
     tag="${mode}_${lr}"
+    [ "$left" -gt 0 ] || { log "deadline reached before $tag started"; break 2; }
     # shellcheck disable=SC2086  # word splitting of $SEEDS and $SWEEP_ARGS is intended
     (timeout "$left" $PY -m arith lr-sweep --bundle precomputed/default --modes "$mode" --lrs "$lr" --seeds $SEEDS \
         --device "${DEVICE:-cuda}" --vectors "$W/vec" ${SWEEP_ARGS:-} --json >"$W/json/sweep_$tag.json.part" 2>"$W/logs/sweep_$tag.err" \
-      && mv "$W/json/sweep_$tag.json.part" "$W/json/sweep_$tag.json" && log "$tag: sweep done"
+      && mv "$W/json/sweep_$tag.json.part" "$W/json/sweep_$tag.json"
+     log "$tag: sweep ended (rc $?)"
      left=$(( DEADLINE - ($(date +%s) - START) ))
-     # scores whatever vectors the shard finished, also when its sweep was cut short
+     [ "$left" -gt 0 ] || { log "$tag: no time left for the study"; exit 0; }
+     # scores every complete vector set the shard wrote, also when its sweep was cut short
      timeout "$left" $PY -m bench.seed_study --bundle precomputed/default --vectors "$W/vec" --device "${DEVICE:-cuda}" \
         --only "${mode}_lr$($PY -c "print(f'{float(\"$lr\"):g}')")_seed*" --json "$W/json/study_$tag.json" \
         >>"$OUT/lr_seeds.log" 2>"$W/logs/study_$tag.err"
@@ -69,7 +75,7 @@ for mode in $MODES; do
   done
 done
 while [ -n "$(jobs -r)" ]; do
-  sleep "${POLL:-45}"
+  sleep "${POLL:-15}"
   pack
   log "running: $(jobs -r | wc -l); $(ls "$W/vec" 2>/dev/null | wc -l) vector sets; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)"
 done

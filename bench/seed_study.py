@@ -4,11 +4,12 @@ Scores the task vectors that ``python -m arith lr-sweep --seeds … --vectors DI
 (mode, lr, seed) in ``DIR/<mode>_lr<lr>_seed<seed>/<task>.safetensors``, with ``bench.recipe_probe.score_vectors``:
 single-task accuracy, the validation-chosen α of task addition, its absolute and normalized accuracy and gain over
 zero-shot, agreement with the linearization, and the mean ξ over the build's six task pairs (15×15 over [−2, 2]²,
-128 validation images per task).  Test splits are never read.  The JSON is rewritten after every set, so a run cut
+128 validation images per task).  A set that lacks one of the bundle's tasks (a sweep cut short) is skipped, with a
+line saying so.  Test splits are never read.  The JSON is rewritten after every set, so a run cut
 short keeps what it finished; ``--summarize`` prints mean ± standard deviation over seeds per (mode, lr).
 
     python -m arith lr-sweep --bundle precomputed/default --modes full attn --lrs 1e-3 3e-3 --seeds 0 1 2 \\
-        --vectors /tmp/vec --json /tmp/sweep.json
+        --vectors /tmp/vec --json > /tmp/sweep.json
     python -m bench.seed_study --vectors /tmp/vec --json /tmp/seeds.json [--only 'attn_*'] [--device cuda]
     python -m bench.seed_study --summarize /tmp/seeds.json
 """
@@ -28,7 +29,7 @@ from bench.recipe_probe import score_vectors
 SET = re.compile(r"^(?P<mode>[a-z_]+)_lr(?P<lr>[0-9.e+-]+)_seed(?P<seed>-?\d+)$")
 MEASURES = (("single", "single-task", 100), ("alpha", "α", 1), ("absolute", "addition", 100),
             ("gain", "over zero-shot", 100), ("normalized", "normalized", 100), ("agreement", "agreement", 100),
-            ("xi", "mean ξ", 1))
+            ("xi", "mean ξ", 1), ("tau_relative_norm", "‖τ‖/‖θ0‖", 1))
 
 
 def vector_sets(root, only=None) -> list[tuple[dict, Path]]:
@@ -45,18 +46,22 @@ def study(bundle_dir: str, root, only=None, device: str = "cpu", xi: bool = True
     """Score every vector set under ``root`` on the bundle's validation splits (see the module docstring)."""
     from arith.bundle import load_bundle
     from arith.evaluate import Evaluator
+    from arith.explore import resolve_device
     from arith.taskvec import load_task_vector
 
     b = load_bundle(bundle_dir, verify=False)
     plan = b.manifest.get("plan", {})
+    device = resolve_device(device)
     base = b.base if device == "cpu" else b.base.to(device)
     ev = Evaluator(base, b.heads, b.data)
     xi_ev = Evaluator(base, b.heads, b.data, max_per_task=plan.get("xi_eval_n")) if xi else None
     res = {"bundle": str(bundle_dir), "base_id": b.base.id, "device": str(device), "sets": []}
     for key, d in vector_sets(root, only):
-        # the tasks the sweep covered (all of the bundle's unless it was given --tasks)
-        tvs = {t: load_task_vector(d / f"{t}.safetensors", b.base) for t in b.task_names
-               if (d / f"{t}.safetensors").exists()}
+        lacking = [t for t in b.task_names if not (d / f"{t}.safetensors").exists()]
+        if lacking:
+            log(f"{d.name}: skipped, no vector for {', '.join(lacking)}")
+            continue
+        tvs = {t: load_task_vector(d / f"{t}.safetensors", b.base) for t in b.task_names}
         res["sets"].append({**key, **score_vectors(ev, tvs, xi_ev=xi_ev, xi_pairs=plan.get("xi_pairs", 6),
                                                    xi_grid=plan.get("xi_grid", 15))})
         log(f"{d.name}: " + "  ".join(f"{label} {_fmt(res['sets'][-1][k], scale, k == 'gain')}" for k, label, scale in MEASURES))
@@ -71,10 +76,11 @@ def _fmt(v, scale, sign=False) -> str:
 
 def summarize(paths) -> str:
     """A Markdown table: per (mode, lr), the seeds scored and mean ± sd over them of every measure."""
-    groups: dict[tuple, list] = {}
-    for path in paths:
+    groups: dict[tuple, dict] = {}
+    for path in paths:  # a set in two files counts once
         for s in json.loads(Path(path).read_text())["sets"]:
-            groups.setdefault((s["mode"], s["lr"]), []).append(s)
+            groups.setdefault((s["mode"], s["lr"]), {})[s["seed"]] = s
+    groups = {k: list(v.values()) for k, v in groups.items()}
     head = ["mode", "lr", "seeds", *(label for _, label, _ in MEASURES)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (mode, lr), sets in sorted(groups.items()):
@@ -86,7 +92,8 @@ def summarize(paths) -> str:
                 continue
             mean, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
             digits = 1 if scale == 100 else (2 if key == "alpha" else 3)
-            cells.append(f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}")
+            sign = "+" if key == "gain" else ""
+            cells.append(f"{scale * mean:{sign}.{digits}f} ± {scale * sd:.{digits}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -222,9 +222,30 @@ def test_lr_sweep_averages_over_seeds_and_extends_a_sweep_by_seed(quick, tmp_pat
     assert main([*args, "--seeds", "0", "1", "2", "--previous", str(first)]) == 0
     again = json.loads(capsys.readouterr().out)["runs"]
     assert [(r["seed"], r.get("from")) for r in again] == [(0, str(first)), (1, str(first)), (2, None)]
-    # the sweep sets the seed: overriding it is refused
+    # --no-train only combines: a missing seed is named, and nothing is trained
+    assert main([*args, "--seeds", "0", "1", "3", "--previous", str(first), "--no-train"]) == 2
+    assert "lack 1 run(s): attn lr=0.001 seed=3" in json.loads(capsys.readouterr().out)["error"]
+    assert main([*args, "--seeds", "0", "1", "--previous", str(first), "--no-train"]) == 0
+    combined = json.loads(capsys.readouterr().out)
+    assert combined["val_mean"] == res["val_mean"] and combined["trained_on"] == ["cpu"]
+    # an lr only the earlier sweep has joins when it has every seed (1e-3 for seeds 0, 1), else not (seeds 0-2)
+    assert main([*args, "--lrs", "3e-4", "--seeds", "0", "1", "--previous", str(first), "--no-train"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert "lack 2 run(s): attn lr=0.0003 seed=0, attn lr=0.0003 seed=1" in error
+    assert main([*args, "--lrs", "3e-4", "--seeds", "0", "1", "2", "--previous", str(first), "--no-train"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert "lack 3 run(s)" in error and "lr=0.001" not in error
+    # a run saved before schedules were recorded counts as the schedule's own seed only
+    old = dict(res, runs=[{k: v for k, v in r.items() if k not in ("schedule", "seed")} for r in runs[:1]])
+    first.write_text(json.dumps(old))
+    assert main([*args, "--seeds", "0", "--previous", str(first), "--no-train"]) == 0
+    assert main([*args, "--seeds", "1", "--previous", str(first), "--no-train"]) == 2
+    capsys.readouterr()
+    # the sweep sets the seed: overriding it is refused; a repeated seed too
     assert main([*args, "--seeds", "0", "--set", "seed=3"]) == 2
     assert "cannot be overridden" in json.loads(capsys.readouterr().out)["error"]
+    assert main([*args, "--seeds", "0", "0"]) == 2
+    assert "repeats a seed" in json.loads(capsys.readouterr().out)["error"]
 
 
 def test_recipe_probe_with_no_change_retrains_the_bundles_own_vectors(quick, tmp_path, capsys):
@@ -273,9 +294,15 @@ def test_seed_study_scores_the_vectors_an_lr_sweep_wrote(quick, tmp_path, capsys
     assert study(["--summarize", str(out)]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| attn")]
     assert len(row) == 1 and "| 0, 1 |" in row[0] and "±" in row[0]
-    assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--only", "full_*",
+    # --only filters the sets by the folder names lr-sweep writes (bench/lr_seeds.sh relies on them)
+    assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--only", "attn_lr0.001_seed1",
                   "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["sets"] == []  # --only filters the sets
+    assert [s["seed"] for s in json.loads(out.read_text())["sets"]] == [1]
+    # a set that lacks a task (a sweep cut short) is skipped, not scored on fewer tasks
+    (tmp_path / "vec" / "attn_lr0.001_seed0" / f"{b.task_names[-1]}.safetensors").unlink()
+    assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--json", str(out)]) == 0
+    assert [s["seed"] for s in json.loads(out.read_text())["sets"]] == [1]
+    assert f"attn_lr0.001_seed0: skipped, no vector for {b.task_names[-1]}" in capsys.readouterr().out
 
 
 def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, capsys, monkeypatch):
