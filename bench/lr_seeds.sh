@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/lr_seeds}
 DEADLINE=${DEADLINE:-470}
 PY=${PY:-python3}
-# $MODES, $LRS, $SEEDS: the shards; $DEVICE (default cuda); $SWEEP_ARGS: more lr-sweep arguments (e.g. --steps 2)
+# $MODES, $LRS, $SEEDS: the shards (SHARD_SEEDS=1: one per seed too); $DEVICE (default cuda); $SWEEP_ARGS and
+# $STUDY_ARGS: more lr-sweep / seed_study arguments (e.g. --steps 2; --split test)
 MODES=${MODES:-"full attn"}
 LRS=${LRS:-"3e-4 1e-3 3e-3"}
 SEEDS=${SEEDS:-"0 1 2"}
@@ -55,13 +56,17 @@ with get_context("fork").Pool(8) as p:
 EOF
 log "data ready (rc $?)"
 
+# one shard per (mode, lr), or per (mode, lr, seed) with SHARD_SEEDS=1
+if [ -n "${SHARD_SEEDS:-}" ]; then GROUPS_=($SEEDS); else GROUPS_=("$SEEDS"); fi
 for mode in $MODES; do
   for lr in $LRS; do
+   for group in "${GROUPS_[@]}"; do
     left=$(( DEADLINE - ($(date +%s) - START) ))
-    tag="${mode}_${lr}"
-    [ "$left" -gt 0 ] || { log "deadline reached before $tag started"; break 2; }
-    # shellcheck disable=SC2086  # word splitting of $SEEDS and $SWEEP_ARGS is intended
-    (timeout "$left" $PY -m arith lr-sweep --bundle precomputed/default --modes "$mode" --lrs "$lr" --seeds $SEEDS \
+    tag="${mode}_${lr}${SHARD_SEEDS:+_seed$group}"
+    sets="${mode}_lr$($PY -c "print(f'{float(\"$lr\"):g}')")_seed${SHARD_SEEDS:+$group}*"
+    [ "$left" -gt 0 ] || { log "deadline reached before $tag started"; break 3; }
+    # shellcheck disable=SC2086  # word splitting of $group, $SWEEP_ARGS and $STUDY_ARGS is intended
+    (timeout "$left" $PY -m arith lr-sweep --bundle precomputed/default --modes "$mode" --lrs "$lr" --seeds $group \
         --device "${DEVICE:-cuda}" --vectors "$W/vec" ${SWEEP_ARGS:-} --json >"$W/json/sweep_$tag.json.part" 2>"$W/logs/sweep_$tag.err" \
       && mv "$W/json/sweep_$tag.json.part" "$W/json/sweep_$tag.json"
      log "$tag: sweep ended (rc $?)"
@@ -69,9 +74,10 @@ for mode in $MODES; do
      [ "$left" -gt 0 ] || { log "$tag: no time left for the study"; exit 0; }
      # scores every complete vector set the shard wrote, also when its sweep was cut short
      timeout "$left" $PY -m bench.seed_study --bundle precomputed/default --vectors "$W/vec" --device "${DEVICE:-cuda}" \
-        --only "${mode}_lr$($PY -c "print(f'{float(\"$lr\"):g}')")_seed*" --json "$W/json/study_$tag.json" \
+        --only "$sets" --json "$W/json/study_$tag.json" ${STUDY_ARGS:-} \
         >>"$OUT/lr_seeds.log" 2>"$W/logs/study_$tag.err"
      log "$tag: study done (rc $?)") &
+   done
   done
 done
 while [ -n "$(jobs -r)" ]; do

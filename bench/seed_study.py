@@ -1,12 +1,14 @@
-"""Study: how much the fine-tuning seed moves single-task accuracy and the merge measures, on VALIDATION only.
+"""Study: how much the fine-tuning seed moves single-task accuracy and the merge measures (validation by default).
 
 Scores the task vectors that ``python -m arith lr-sweep --seeds … --vectors DIR`` wrote, one set per
 (mode, lr, seed) in ``DIR/<mode>_lr<lr>_seed<seed>/<task>.safetensors``, with ``bench.recipe_probe.score_vectors``:
 single-task accuracy, the validation-chosen α of task addition, its absolute and normalized accuracy and gain over
 zero-shot, agreement with the linearization, and the mean ξ over the build's six task pairs (15×15 over [−2, 2]²,
 128 validation images per task).  A set that lacks one of the bundle's tasks (a sweep cut short) is skipped, with a
-line saying so.  Test splits are never read.  The JSON is rewritten after every set, so a run cut
-short keeps what it finished; ``--summarize`` prints mean ± standard deviation over seeds per (mode, lr).
+line saying so.  Test splits are read only with ``--split test``, which reports what the build reports (α still chosen
+on validation) to show the seed spread of a finished bundle's numbers; choices are made on validation.  The JSON is
+rewritten after every set, so a run cut short keeps what it finished; ``--summarize`` prints mean ± standard
+deviation over seeds per (split, mode, lr).
 
     python -m arith lr-sweep --bundle precomputed/default --modes full attn --lrs 1e-3 3e-3 --seeds 0 1 2 \\
         --vectors /tmp/vec --json > /tmp/sweep.json
@@ -42,8 +44,10 @@ def vector_sets(root, only=None) -> list[tuple[dict, Path]]:
     return out
 
 
-def study(bundle_dir: str, root, only=None, device: str = "cpu", xi: bool = True, on_result=None, log=print) -> dict:
-    """Score every vector set under ``root`` on the bundle's validation splits (see the module docstring)."""
+def study(bundle_dir: str, root, only=None, device: str = "cpu", xi: bool = True, on_result=None, log=print,
+          split: str = "val") -> dict:
+    """Score every vector set under ``root`` on the bundle's ``split`` (see the module docstring; α is chosen on
+    validation either way)."""
     from arith.bundle import load_bundle
     from arith.evaluate import Evaluator
     from arith.explore import resolve_device
@@ -55,7 +59,7 @@ def study(bundle_dir: str, root, only=None, device: str = "cpu", xi: bool = True
     base = b.base if device == "cpu" else b.base.to(device)
     ev = Evaluator(base, b.heads, b.data)
     xi_ev = Evaluator(base, b.heads, b.data, max_per_task=plan.get("xi_eval_n")) if xi else None
-    res = {"bundle": str(bundle_dir), "base_id": b.base.id, "device": str(device), "sets": []}
+    res = {"bundle": str(bundle_dir), "base_id": b.base.id, "device": str(device), "split": split, "sets": []}
     for key, d in vector_sets(root, only):
         lacking = [t for t in b.task_names if not (d / f"{t}.safetensors").exists()]
         if lacking:
@@ -63,7 +67,7 @@ def study(bundle_dir: str, root, only=None, device: str = "cpu", xi: bool = True
             continue
         tvs = {t: load_task_vector(d / f"{t}.safetensors", b.base) for t in b.task_names}
         res["sets"].append({**key, **score_vectors(ev, tvs, xi_ev=xi_ev, xi_pairs=plan.get("xi_pairs", 6),
-                                                   xi_grid=plan.get("xi_grid", 15))})
+                                                   xi_grid=plan.get("xi_grid", 15), split=split)})
         log(f"{d.name}: " + "  ".join(f"{label} {_fmt(res['sets'][-1][k], scale, k == 'gain')}" for k, label, scale in MEASURES))
         if on_result:
             on_result(res)
@@ -79,12 +83,12 @@ def summarize(paths) -> str:
     groups: dict[tuple, dict] = {}
     for path in paths:  # a set in two files counts once
         for s in json.loads(Path(path).read_text())["sets"]:
-            groups.setdefault((s["mode"], s["lr"]), {})[s["seed"]] = s
+            groups.setdefault((s.get("split", "val"), s["mode"], s["lr"]), {})[s["seed"]] = s
     groups = {k: list(v.values()) for k, v in groups.items()}
-    head = ["mode", "lr", "seeds", *(label for _, label, _ in MEASURES)]
+    head = ["split", "mode", "lr", "seeds", *(label for _, label, _ in MEASURES)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (mode, lr), sets in sorted(groups.items()):
-        cells = [mode, f"{lr:g}", ", ".join(str(s["seed"]) for s in sorted(sets, key=lambda s: s["seed"]))]
+    for (split, mode, lr), sets in sorted(groups.items()):
+        cells = [split, mode, f"{lr:g}", ", ".join(str(s["seed"]) for s in sorted(sets, key=lambda s: s["seed"]))]
         for key, _, scale in MEASURES:
             vals = [s[key] for s in sets if s.get(key) is not None]
             if not vals:
@@ -104,6 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", metavar="GLOB", help="score only these sets, e.g. 'attn_lr0.001_*'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-xi", action="store_true", help="skip the ξ grids (the slowest part on a CPU)")
+    p.add_argument("--split", default="val", choices=("val", "test"),
+                   help="where to score (α is chosen on validation either way); test is for reports, never choices")
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="only print a table of earlier results")
     args = p.parse_args(argv)
     if args.summarize:
@@ -118,7 +124,7 @@ def main(argv=None) -> int:
             write_json_atomic(args.json, {**res, "machine": machine()})
 
     write(study(args.bundle, args.vectors, args.only, args.device, not args.no_xi, on_result=write,
-                log=lambda m: print(m, flush=True)))
+                log=lambda m: print(m, flush=True), split=args.split))
     return 0
 
 

@@ -274,9 +274,11 @@ def test_seed_study_scores_the_vectors_an_lr_sweep_wrote(quick, tmp_path, capsys
     import itertools
 
     from arith.bundle import load_bundle
+    from arith.taskvec import load_task_vector
     from bench.seed_study import main as study
 
     b = load_bundle(quick)
+    ev = b.evaluator()
     assert main(["lr-sweep", "--bundle", str(quick), "--modes", "attn", "--lrs", "1e-3", "--steps", "3",
                  "--seeds", "0", "1", "--vectors", str(tmp_path / "vec"), "--json"]) == 0
     sweep = json.loads(capsys.readouterr().out)
@@ -292,12 +294,20 @@ def test_seed_study_scores_the_vectors_an_lr_sweep_wrote(quick, tmp_path, capsys
         assert 0 <= s["agreement"] <= 1 and s["alpha"] in [r["alpha"] for r in s["curve"]]
     capsys.readouterr()
     assert study(["--summarize", str(out)]) == 0
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| attn")]
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| val | attn")]
     assert len(row) == 1 and "| 0, 1 |" in row[0] and "±" in row[0]
     # --only filters the sets by the folder names lr-sweep writes (bench/lr_seeds.sh relies on them)
     assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--only", "attn_lr0.001_seed1",
                   "--json", str(out)]) == 0
     assert [s["seed"] for s in json.loads(out.read_text())["sets"]] == [1]
+    # --split test reports on test what the build reports, with α still chosen on validation
+    test_out = tmp_path / "test.json"
+    assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--only", "attn_lr0.001_seed1",
+                  "--split", "test", "--no-xi", "--json", str(test_out)]) == 0
+    (on_test,) = json.loads(test_out.read_text())["sets"]
+    assert on_test["split"] == "test" and on_test["alpha"] == sets[1]["alpha"] and on_test["curve"] == sets[1]["curve"]
+    tv = load_task_vector(tmp_path / "vec" / "attn_lr0.001_seed1" / "digits.safetensors", b.base)
+    assert on_test["per_task"]["digits"]["single"] == ev.evaluate([tv], [1.0], "test", ["digits"])["digits"]
     # a set that lacks a task (a sweep cut short) is skipped, not scored on fewer tasks
     (tmp_path / "vec" / "attn_lr0.001_seed0" / f"{b.task_names[-1]}.safetensors").unlink()
     assert study(["--bundle", str(quick), "--vectors", str(tmp_path / "vec"), "--json", str(out)]) == 0
