@@ -70,8 +70,6 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
     schedule's own); an lr scores the mean over them.  ``vectors_dir``: the vectors of every run this call trains are
     also written there, as ``<mode>_lr<lr>_seed<seed>/<task>.safetensors`` (for studies of the same runs).
     ``train=False`` only combines: it fails, naming them, when runs are missing from ``previous``."""
-    from .evaluate import Evaluator
-
     overrides = dict(overrides or {})
     fixed = sorted(({"mode", "lr"} | ({"seed"} if seeds else set())) & set(overrides))
     if fixed:
@@ -113,8 +111,8 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
     runs = []
     for mode, lr, cfg, done in cells:
         if done is None:
-            if ev is None:  # on another device the evaluator holds a copy of θ0 there (the bundle's stays on the CPU)
-                ev = b.evaluator() if str(device) == "cpu" else Evaluator(b.base.to(device), b.heads, b.data)
+            if ev is None:
+                ev = b.evaluator(device=device)
                 train_n = train_n or plan.get("train_n")
                 data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
                                             root=plan.get("data_root")) for t in tasks}

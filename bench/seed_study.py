@@ -49,16 +49,14 @@ def study(bundle_dir: str, root, only=None, device: str = "cpu", xi: bool = True
     """Score every vector set under ``root`` on the bundle's ``split`` (see the module docstring; α is chosen on
     validation either way)."""
     from arith.bundle import load_bundle
-    from arith.evaluate import Evaluator
     from arith.explore import resolve_device
     from arith.taskvec import load_task_vector
 
     b = load_bundle(bundle_dir, verify=False)
     plan = b.manifest.get("plan", {})
     device = resolve_device(device)
-    base = b.base if device == "cpu" else b.base.to(device)
-    ev = Evaluator(base, b.heads, b.data)
-    xi_ev = Evaluator(base, b.heads, b.data, max_per_task=plan.get("xi_eval_n")) if xi else None
+    ev = b.evaluator(device=device)
+    xi_ev = b.evaluator(max_per_task=plan.get("xi_eval_n"), device=device) if xi else None
     res = {"bundle": str(bundle_dir), "base_id": b.base.id, "device": str(device), "split": split, "sets": []}
     for key, d in vector_sets(root, only):
         lacking = [t for t in b.task_names if not (d / f"{t}.safetensors").exists()]
