@@ -91,9 +91,8 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
         base_cfg.update(overrides)
         own_seed = base_cfg["seed"]
         wanted = list(seeds or [own_seed])
-        extra = {r["lr"] for r in prev if r["mode"] == mode
-                 and all(any(_seed_of(q, own_seed) == sd for q in prev if (q["mode"], q["lr"]) == (mode, r["lr"]))
-                         for sd in wanted)}
+        have = {(r["lr"], _seed_of(r, own_seed)) for r in prev if r["mode"] == mode}
+        extra = {lr for lr, _ in have if all((lr, sd) in have for sd in wanted)}
         for lr in sorted(set(lrs) | extra):
             for seed in wanted:
                 cfg = FinetuneConfig.from_dict({**base_cfg, "mode": mode, "lr": lr, "seed": seed})
@@ -107,17 +106,17 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
     if missing and not train:
         raise ValueError(f"lr-sweep: --no-train, but the earlier sweeps lack {len(missing)} run(s): "
                          + ", ".join(missing))
+    train_n = train_n or plan.get("train_n")
+    # the bundle's own vectors stand for runs on the same data, on the CPU that trained them
+    reuse = train_n == plan.get("train_n") and str(device) == "cpu"
     ev = data = None
     runs = []
     for mode, lr, cfg, done in cells:
         if done is None:
-            if ev is None:
+            if ev is None:  # the first run to train: evaluator and training splits
                 ev = b.evaluator(device=device)
-                train_n = train_n or plan.get("train_n")
                 data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
                                             root=plan.get("data_root")) for t in tasks}
-            # the bundle's own vectors stand for runs on the same data, on the CPU that trained them
-            reuse = train_n == plan.get("train_n") and str(device) == "cpu"
             done = _run(b, ev, mode, lr, cfg, tasks, data, reuse, progress_factory, vectors_dir)
             log(f"lr-sweep: {mode} lr={lr:g} seed={cfg.seed}: mean validation accuracy {100 * done['val_mean']:.1f}")
         runs.append(done)

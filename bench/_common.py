@@ -96,6 +96,11 @@ def table(rows: list[dict], columns: Sequence[str] | None = None, floatfmt: str 
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
+def markdown_table(head: Sequence[str], rows) -> str:
+    """A Markdown table (the studies' ``--summarize`` output, pasted into the README)."""
+    return "\n".join(["| " + " | ".join(map(str, r)) + " |" for r in [head, ["---"] * len(head), *rows]])
+
+
 def emit(args, result: dict, text: str) -> None:
     """Print the table; write ``result`` (with the machine description) to ``--json FILE`` when given."""
     print(text, flush=True)

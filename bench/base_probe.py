@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from bench._common import machine, parser, set_threads, write_json_atomic
+from bench._common import machine, markdown_table, parser, set_threads, write_json_atomic
 from bench.recipe_probe import score, summary_line
 
 
@@ -67,7 +67,7 @@ def summarize(paths) -> str:
     """A Markdown table of earlier ``--json`` results, one row per (variant, mode, lr) (the README's table)."""
     head = ("variant", "steps", "width", "pool", "final loss", "mode", "lr", "zero-shot", "single-task", "α",
             "addition", "over zero-shot", "normalized", "agreement", "‖τ‖/‖θ0‖")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for path in paths:
         r = json.loads(Path(path).read_text())
         pre = r["pretrain"]
@@ -77,8 +77,8 @@ def summarize(paths) -> str:
                      run["mode"], f"{run['config']['lr']:g}", pct["zero_shot"], pct["single"], f"{run['alpha']:.2f}",
                      pct["absolute"], f"{100 * run['gain']:+.1f}", pct["normalized"],
                      "—" if run["agreement"] is None else f"{100 * run['agreement']:.1f}", f"{run['tau_relative_norm']:.3f}")
-            lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
+            rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def main(argv=None) -> int:

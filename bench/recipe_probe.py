@@ -69,7 +69,6 @@ def score_vectors(ev, tvs: dict, kernel: bool = True, xi_ev=None, xi_pairs: int 
 
     tasks = list(tvs)
     single = {sp: {t: ev.evaluate([tvs[t]], [1.0], sp, [t])[t] for t in tasks} for sp in {"val", split}}
-    zs = ev.evaluate([], [], split, tasks)
 
     def addition(sp, alpha):
         acc = ev.evaluate([tvs[t] for t in tasks], [float(alpha)] * len(tasks), sp, tasks)
@@ -79,8 +78,9 @@ def score_vectors(ev, tvs: dict, kernel: bool = True, xi_ev=None, xi_pairs: int 
     # task addition θ0 + α Σ_t τ_t, α chosen by mean normalized accuracy on validation (method.md §3)
     curve = [addition("val", alpha) for alpha in np.arange(0, 1.0001, 0.05)]
     best = max(curve, key=lambda r: r["normalized"])
+    zs = curve[0]["accuracy"]  # α = 0 is θ0 itself
     if split != "val":
-        best = addition(split, best["alpha"])
+        best, zs = addition(split, best["alpha"]), ev.evaluate([], [], split, tasks)
     agree = {}
     if kernel:  # share of predictions on which the non-linear model agrees with its linearization at s = 1
         for t in tasks:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import machine, parser, set_threads, write_json_atomic
+from bench._common import machine, markdown_table, parser, set_threads, write_json_atomic
 from bench.recipe_probe import score_vectors
 
 SET = re.compile(r"^(?P<mode>[a-z_]+)_lr(?P<lr>[0-9.e+-]+)_seed(?P<seed>-?\d+)$")
@@ -84,7 +84,7 @@ def summarize(paths) -> str:
             groups.setdefault((s.get("split", "val"), s["mode"], s["lr"]), {})[s["seed"]] = s
     groups = {k: list(v.values()) for k, v in groups.items()}
     head = ["split", "mode", "lr", "seeds", *(label for _, label, _ in MEASURES)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for (split, mode, lr), sets in sorted(groups.items()):
         cells = [split, mode, f"{lr:g}", ", ".join(str(s["seed"]) for s in sorted(sets, key=lambda s: s["seed"]))]
         for key, _, scale in MEASURES:
@@ -96,8 +96,8 @@ def summarize(paths) -> str:
             digits = 1 if scale == 100 else (2 if key == "alpha" else 3)
             sign = "+" if key == "gain" else ""
             cells.append(f"{scale * mean:{sign}.{digits}f} ± {scale * sd:.{digits}f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def main(argv=None) -> int:
