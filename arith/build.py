@@ -201,5 +201,6 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
     writer.manifest["plan"] = plan.to_dict()
     writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(),
                                      minutes=round((time.perf_counter() - start) / 60, 2),
-                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     threads=torch.get_num_threads()))
     return Path(out)

@@ -379,14 +379,21 @@ def _cost_args(p):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch's intra-op threads for the measurement (default: torch's own)")
 
 
 @command("cost", "seconds per step and peak memory of fine-tuning one mode (run one process per mode)")
 @arguments(_cost_args)
 def cmd_cost(args):
+    import torch
+
     from .bundle import load_bundle
     from .cost import measure
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"cost: --threads must be ≥ 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
     b = load_bundle(args.bundle)
     task = args.task or b.task_names[0]
     split = b.data[task]["val"]

@@ -110,10 +110,11 @@ def measure(base, head, images, labels, mode: str, steps: int = 20, batch_size: 
 
 
 def measure_modes(bundle_dir: str, modes, task: str | None = None, steps: int = 20, batch_size: int = 64,
-                  device: str = "cpu", fresh_process: bool = True) -> dict:
+                  device: str = "cpu", fresh_process: bool = True, threads: int | None = None) -> dict:
     """Run ``python -m arith cost`` once per mode in a fresh process; {mode: measurement}.
 
-    ``fresh_process=False`` measures in this process (fast, for tests; peak memory is then not comparable)."""
+    ``fresh_process=False`` measures in this process (fast, for tests; peak memory is then not comparable).
+    ``threads`` gives the fresh processes that intra-op thread count (default: torch's own)."""
     out = {}
     if not fresh_process:
         from .bundle import load_bundle
@@ -128,6 +129,8 @@ def measure_modes(bundle_dir: str, modes, task: str | None = None, steps: int = 
                "--batch-size", str(batch_size), "--device", device, "--json"]
         if task:
             cmd += ["--task", task]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])

@@ -172,7 +172,8 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     writer.manifest["plan"] = plan.to_dict()
     minutes = round((time.perf_counter() - start) / 60, 2)
     writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(), minutes=minutes,
-                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     threads=torch.get_num_threads()))
     return {**summary, "minutes": minutes}
 
 

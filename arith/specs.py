@@ -177,3 +177,6 @@ class Provenance(_JsonRecord):
     minutes: float | None = None
     created: str = ""
     notes: str = ""
+    # torch's intra-op thread count on the CPU: the batch reductions of LayerNorm's and the patch convolution's weight
+    # gradients are split by thread, so a CPU build is bit-for-bit reproducible only at the same count
+    threads: int | None = None

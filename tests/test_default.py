@@ -9,7 +9,7 @@ import torch
 from arith.cli import main
 from arith.data import get_task
 from arith.default import concepts as C
-from arith.default.build import build_default
+from arith.default.build import THREADS, build_default, intra_op_threads
 from arith.default.pretrain import PretrainConfig, competition_mask, pretrain
 from arith.default.tasks import DEFAULT_TASKS, source_pool
 
@@ -83,6 +83,8 @@ def test_quick_build_has_everything(quick):
     assert 0 < cost["attn"]["grads_and_adam_mb"] < cost["full"]["grads_and_adam_mb"]
     assert cost["attn"]["state_mb"] < cost["full"]["state_mb"] < cost["linear"]["state_mb"]
     assert b.manifest["provenance"]["command"] is not None and b.manifest["provenance"]["minutes"] > 0
+    # built, and its cost measured, at the pinned intra-op thread count, which the provenance records
+    assert b.manifest["provenance"]["threads"] == THREADS and cost["attn"]["threads"] == THREADS
     # zero-shot heads are the frozen concept rows of each task's classes
     assert b.heads["digits"].num_classes == 10 and b.heads["terrain"].num_classes == 8
 
@@ -153,6 +155,30 @@ def test_pretraining_is_reused_from_the_cache_bit_for_bit(tmp_path, monkeypatch)
     assert a[1]["digits"].scale == b[1]["digits"].scale
     other = PretrainConfig.from_dict({**cfg.to_dict(), "seed": 3})
     assert not _pretrained(other, logs.append)[2].get("reused")  # another recipe is not served from the cache
+    with intra_op_threads(torch.get_num_threads() + 1):  # nor is θ0 made at another thread count (its bits differ)
+        assert not _pretrained(cfg, logs.append)[2].get("reused")
+
+
+def test_intra_op_threads_are_pinned_for_the_block_and_restored_after_it():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"), intra_op_threads(before + 1) as n:
+        assert n == torch.get_num_threads() == before + 1
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with intra_op_threads(None) as n:
+        assert n == before
+    with pytest.raises(ValueError, match="threads must be ≥ 1"), intra_op_threads(0):
+        pass
+    assert torch.get_num_threads() == before
+
+
+def test_cost_in_a_fresh_process_runs_at_the_threads_asked_for(quick):
+    from arith.cost import measure_modes
+
+    before = torch.get_num_threads()
+    out = measure_modes(str(quick), ["attn"], steps=2, batch_size=8, threads=before + 1)
+    assert out["attn"]["threads"] == before + 1 and out["attn"]["seconds_per_step"] > 0
+    assert torch.get_num_threads() == before
 
 
 def test_lr_sweep_reuses_the_bundles_own_vectors_for_its_own_lr(quick, capsys):

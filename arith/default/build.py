@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,14 @@ FINETUNE = {"steps": 500, "batch_size": 64, "weight_decay": 0.0, "warmup_steps":
 # a CPU sweep with one seed reproduces it, and with it the old full and attn choices).
 LR = {"full": 3e-4, "attn": 1e-3, "linear": 3e-4, "mlp": 1e-3}
 
+# torch's intra-op thread count of the committed build (this project's 2-core machine). The CPU kernels reduce
+# LayerNorm's and the patch convolution's weight gradients over the batch in per-thread chunks, so pre-training and
+# the modes that train those weights change with the count. Measured on 30 steps of digits: full's τ differs between
+# 1, 2 and 4 threads, linear's between 2 and 4, attn's and mlp's are equal; θ0's LayerNorm gradients on one batch
+# differ at 1, 3 and 4. The build pins the count, so a machine with more cores rebuilds this bundle (bit for bit where
+# its CPU runs the same kernels), and records it in the manifest's provenance; the θ0 cache is keyed by it.
+THREADS = 2
+
 DEFAULT = Recipe(
     PretrainConfig(width=80, layers=4, head_width=20, embed_dim=80, pool=96_000, steps=16_000, batch_size=128, lr=1e-3,
                    rich=True, softmax="global"),
@@ -76,8 +85,29 @@ QUICK = Recipe(
 )
 
 
-def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None, command_line: str = "") -> Path:
-    """Rebuild the default (or the quick) bundle into ``out``; returns the directory."""
+@contextmanager
+def intra_op_threads(n: int | None):
+    """Run the block at ``n`` intra-op threads (None: leave torch's count alone) and restore the count after it."""
+    before = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"threads must be ≥ 1 (got {n})")
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None, command_line: str = "",
+                  threads: int | None = THREADS) -> Path:
+    """Rebuild the default (or the quick) bundle into ``out`` at ``threads`` intra-op threads (None: torch's own
+    count; the results then hold bit for bit only on machines with that count); returns the directory."""
+    with intra_op_threads(threads):
+        return _build_default(out, quick, seed, log, command_line)
+
+
+def _build_default(out, quick: bool, seed: int, log, command_line: str) -> Path:
     from .concepts import TASK_STYLES
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -95,7 +125,7 @@ def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None,
     from ..bundle import BundleWriter, load_bundle
 
     cost = measure_modes(out, plan.modes, steps=recipe.cost_steps, batch_size=plan.config("full").batch_size,
-                         fresh_process=not quick)
+                         fresh_process=not quick, threads=torch.get_num_threads())
     b = load_bundle(out, verify=False)
     writer = BundleWriter(out, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
     writer.put_result("cost", cost)
@@ -126,6 +156,8 @@ def _pretrained(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
     dev = torch.device(device)
     if dev.type != "cpu":  # another device's θ0 differs; a GPU's also by model and CUDA version
         ident.append([dev.type, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "", torch.version.cuda])
+    else:  # and on the CPU by the thread count (see THREADS)
+        ident.append(["threads", torch.get_num_threads()])
     key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode())
     d = _cache_dir()
     path = d / f"pretrain-{key.hexdigest()[:16]}.safetensors" if d else None
@@ -157,13 +189,16 @@ def _args(p):
     p.add_argument("--out", default=str(DEFAULT_BUNDLE), help="bundle directory (default precomputed/default)")
     p.add_argument("--quick", action="store_true", help="tiny bundle for tests (3 tasks, few steps, < 1 minute)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help=f"torch's intra-op threads (default {THREADS}, the committed bundle's: pre-training and the full "
+                        "and linear vectors differ bit-wise at another count)")
 
 
 @command("build-default", "rebuild the embedded default bundle from offline sources (seeded, ~40 min on 2 cores)")
 @arguments(_args)
 def cmd_build_default(args):
     line = "python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line)
+    out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line, threads=args.threads)
     from ..bundle import load_bundle
 
     b = load_bundle(out)
