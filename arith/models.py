@@ -266,9 +266,16 @@ class Base:
 
     # -- forward ------------------------------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [N,3,H,W] (or float in [0,1]) -> normalised float on the encoder's device."""
+        """uint8 [N,3,H,W] (or float in [0,1]) -> normalised float on the encoder's device.
+
+        Images of another size get open_clip's evaluation geometry: a centred square crop of the shorter side, then
+        a resize to the encoder's size (never a stretch of a non-square image)."""
         x = images.to(self.device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[-1] != x.shape[-2]:
+            from torchvision.transforms.functional import center_crop
+
+            x = center_crop(x, [min(x.shape[-2:])] * 2)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                                 antialias=True, align_corners=False)

@@ -32,7 +32,7 @@ def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_
     """Pre-train a variant of the default base and score fine-tuning on it; ``on_result(res)`` after each run.
     ``quick`` starts from the ``--quick`` build's recipe (3 tasks, a tiny ViT) instead of the default's."""
     from arith.data import get_task
-    from arith.default.build import DEFAULT, QUICK, _pretrained
+    from arith.default.build import DEFAULT, QUICK, pretrained_base
     from arith.default.concepts import TASK_STYLES
     from arith.default.pretrain import PretrainConfig
     from arith.evaluate import Evaluator
@@ -42,7 +42,7 @@ def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_
     plan = recipe.plan
     pcfg = PretrainConfig.from_dict({**recipe.pretrain.to_dict(), **pretrain_overrides})
     start = time.perf_counter()
-    base, group_heads, stats = _pretrained(pcfg, log, device=device)
+    base, group_heads, stats = pretrained_base(pcfg, log, device=device)
     stats = {**stats, "wall_seconds": time.perf_counter() - start}
     log(f"pre-training: {stats['seconds']:.0f} s, final loss {stats['final_loss']:.3f}, scale {stats['scale']:.1f}")
     base = base.to(device)

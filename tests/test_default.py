@@ -9,7 +9,7 @@ import torch
 from arith.cli import main
 from arith.data import get_task
 from arith.default import concepts as C
-from arith.default.build import THREADS, build_default, intra_op_threads
+from arith.default.build import QUICK, THREADS, build_default, intra_op_threads, with_lrs
 from arith.default.pretrain import PretrainConfig, competition_mask, pretrain
 from arith.default.tasks import DEFAULT_TASKS, source_pool
 
@@ -89,6 +89,45 @@ def test_quick_build_has_everything(quick):
     assert b.heads["digits"].num_classes == 10 and b.heads["terrain"].num_classes == 8
 
 
+def test_lr_overrides_replace_only_the_named_modes_learning_rate():
+    plan = QUICK.plan
+    ft = with_lrs(plan, {"attn": 5e-3})
+    assert ft["attn"]["lr"] == 5e-3
+    for m in plan.modes:  # every other setting, and every other mode, is the recipe's
+        want = {**plan.config(m).to_dict(), **({"lr": 5e-3} if m == "attn" else {})}
+        assert ft[m] == want
+    with pytest.raises(ValueError, match=r"does not train.*full, attn"):
+        with_lrs(plan, {"atn": 1e-3})
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            with_lrs(plan, {"full": bad})
+    with pytest.raises(SystemExit):
+        main(["build-default", "--quick", "--lr", "full"])  # not MODE=LR: refused before anything is built
+
+
+def test_rebuild_with_another_lr_retrains_only_that_mode(quick, tmp_path):
+    import shutil
+
+    from arith.bundle import load_bundle
+
+    out = tmp_path / "default"
+    shutil.copytree(quick, out)
+    before = load_bundle(quick)
+    new_lr = before.finetune_config("attn").lr * 2
+    logs = []
+    build_default(out, quick=True, log=logs.append, lrs={"attn": new_lr})
+    trained = sorted(m.split(":")[1].strip() for m in logs if m.startswith("build: ") and " steps in " in m)
+    assert trained == sorted(f"attn/{t}" for t in before.task_names)  # the other modes' vectors are kept
+    b = load_bundle(out)
+    assert b.finetune_config("attn").lr == new_lr and b.manifest["plan"]["finetune"]["attn"]["lr"] == new_lr
+    assert b.finetune_config("full") == before.finetune_config("full") and b.base.id == before.base.id
+    for t in b.task_names:
+        kept = before.vectors["full"][t].tensors
+        assert all(torch.equal(b.vectors["full"][t].tensors[k], kept[k]) for k in kept)
+        moved = before.vectors["attn"][t].tensors
+        assert any(not torch.equal(b.vectors["attn"][t].tensors[k], moved[k]) for k in moved)
+
+
 def test_table_command(quick, capsys):
     assert main(["table", "--bundle", str(quick), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -142,21 +181,21 @@ def test_lr_sweep_extends_an_earlier_sweep_without_retraining_it(quick, tmp_path
 
 
 def test_pretraining_is_reused_from_the_cache_bit_for_bit(tmp_path, monkeypatch):
-    from arith.default.build import _pretrained
+    from arith.default.build import pretrained_base
 
     monkeypatch.setenv("ARITH_DATA_CACHE", str(tmp_path))
     cfg = PretrainConfig(width=32, layers=1, head_width=16, embed_dim=16, pool=96, steps=3, batch_size=16, seed=2)
     logs = []
-    a = _pretrained(cfg, logs.append)
-    b = _pretrained(cfg, logs.append)
+    a = pretrained_base(cfg, logs.append)
+    b = pretrained_base(cfg, logs.append)
     assert not a[2].get("reused") and b[2]["reused"] and any("reusing" in m for m in logs)
     assert a[0].id == b[0].id
     assert set(a[1]) == set(b[1]) and all(torch.equal(a[1][g].weight, b[1][g].weight) for g in a[1])
     assert a[1]["digits"].scale == b[1]["digits"].scale
     other = PretrainConfig.from_dict({**cfg.to_dict(), "seed": 3})
-    assert not _pretrained(other, logs.append)[2].get("reused")  # another recipe is not served from the cache
+    assert not pretrained_base(other, logs.append)[2].get("reused")  # another recipe is not served from the cache
     with intra_op_threads(torch.get_num_threads() + 1):  # nor is θ0 made at another thread count (its bits differ)
-        assert not _pretrained(cfg, logs.append)[2].get("reused")
+        assert not pretrained_base(cfg, logs.append)[2].get("reused")
 
 
 def test_intra_op_threads_are_pinned_for_the_block_and_restored_after_it():

@@ -99,6 +99,15 @@ def test_preprocess_resizes_and_normalises(base):
     assert torch.allclose(x[0, :, 0, 0], (1 - base.mean.flatten()) / base.std.flatten())
 
 
+def test_preprocess_centre_crops_a_non_square_image_instead_of_stretching_it(base):
+    x = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    x[..., :, :8] = 0  # the margins the crop removes: a stretch would mix them in
+    x[..., :, 40:] = 255
+    assert torch.equal(base.preprocess(x), base.preprocess(x[..., :, 8:40]))
+    tall = x.transpose(-1, -2)  # 48 × 32: the same crop along the height
+    assert torch.equal(base.preprocess(tall), base.preprocess(tall[..., 8:40, :]))
+
+
 def test_every_registered_mode_has_trainable_tensors(base):
     for mode in MODES.values():
         assert mode.trainable_keys(base.params), mode.name

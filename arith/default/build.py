@@ -14,11 +14,15 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
+import math
 import os
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,22 +104,39 @@ def intra_op_threads(n: int | None):
 
 
 def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None, command_line: str = "",
-                  threads: int | None = THREADS) -> Path:
+                  threads: int | None = THREADS, lrs: Mapping[str, float] | None = None) -> Path:
     """Rebuild the default (or the quick) bundle into ``out`` at ``threads`` intra-op threads (None: torch's own
-    count; the results then hold bit for bit only on machines with that count); returns the directory."""
+    count; the results then hold bit for bit only on machines with that count); returns the directory.
+
+    ``lrs`` replaces the recipe's learning rate of the modes it names (``--lr MODE=LR``: e.g. one shared lr for full
+    and attn); the manifest's plan and provenance command record it."""
+    recipe = QUICK if quick else DEFAULT
+    plan = BuildPlan.from_dict({**recipe.plan.to_dict(), "seed": seed})
+    if lrs:
+        plan = dataclasses.replace(plan, finetune=with_lrs(plan, lrs))
     with intra_op_threads(threads):
-        return _build_default(out, quick, seed, log, command_line)
+        return _build_default(out, recipe, plan, seed, log, command_line, quick)
 
 
-def _build_default(out, quick: bool, seed: int, log, command_line: str) -> Path:
+def with_lrs(plan: BuildPlan, lrs: Mapping[str, float]) -> dict:
+    """``plan``'s per-mode fine-tuning settings with the learning rates of ``lrs`` in place of the recipe's."""
+    unknown = sorted(set(lrs) - set(plan.modes))
+    if unknown:
+        raise ValueError(f"build-default: --lr names mode(s) {unknown} that the recipe does not train "
+                         f"(its modes: {', '.join(plan.modes)})")
+    bad = {m: lr for m, lr in lrs.items() if not (math.isfinite(lr) and lr > 0)}
+    if bad:
+        raise ValueError(f"build-default: learning rates must be finite and > 0 (got {bad})")
+    return {m: {**plan.config(m).to_dict(), **({"lr": float(lrs[m])} if m in lrs else {})} for m in plan.modes}
+
+
+def _build_default(out, recipe: Recipe, plan: BuildPlan, seed: int, log, command_line: str, quick: bool) -> Path:
     from .concepts import TASK_STYLES
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    recipe = QUICK if quick else DEFAULT
     pcfg = PretrainConfig.from_dict({**recipe.pretrain.to_dict(), "seed": seed})
-    plan = BuildPlan.from_dict({**recipe.plan.to_dict(), "seed": seed})
     start = time.perf_counter()
-    base, group_heads, stats = _pretrained(pcfg, log)
+    base, group_heads, stats = pretrained_base(pcfg, log)
     stats["config"] = pcfg.to_dict()
     style = {s.name: s.group for s in TASK_STYLES}
     heads = {t: group_heads[style[t]] for t in plan.tasks}
@@ -131,18 +152,19 @@ def _build_default(out, quick: bool, seed: int, log, command_line: str) -> Path:
     writer.put_result("cost", cost)
     prov = dict(writer.manifest["provenance"])
     prov["minutes"] = round((time.perf_counter() - start) / 60, 2)
-    prov["pretraining_reused"] = bool(stats.get("reused"))  # True: minutes exclude pre-training (see _pretrained)
+    prov["pretraining_reused"] = bool(stats.get("reused"))  # True: minutes exclude pre-training (see pretrained_base)
     writer.manifest["provenance"] = prov
     writer.save_manifest()
     return Path(out)
 
 
-def _pretrained(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
+def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
     """Pre-train θ0 (or reuse the result of an identical earlier run, kept next to the cached task data).
 
     Pre-training is seeded and deterministic, so a rebuild that only changes fine-tuning (e.g. after
     ``lr-sweep``) need not repeat it; the manifest records whether it was reused.  ``device`` other than the CPU
-    (studies only) is part of the cache key, since its θ0 differs numerically.
+    (studies only) is part of the cache key, since its θ0 differs numerically, and so is the CPU's thread count.
+    Returns (θ0 as a Base, the concept rows per group as Heads, stats).
     """
     import json
 
@@ -185,10 +207,22 @@ def _pretrained(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
     return base, heads, stats
 
 
+def _mode_lr(text: str) -> tuple[str, float]:
+    mode, sep, value = text.partition("=")
+    try:
+        if sep and mode:
+            return mode, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"--lr takes MODE=LR (e.g. full=1e-3), got {text!r}")
+
+
 def _args(p):
     p.add_argument("--out", default=str(DEFAULT_BUNDLE), help="bundle directory (default precomputed/default)")
     p.add_argument("--quick", action="store_true", help="tiny bundle for tests (3 tasks, few steps, < 1 minute)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", action="append", default=[], metavar="MODE=LR", type=_mode_lr,
+                   help="train MODE at LR instead of the recipe's (repeatable; e.g. --lr full=1e-3 for one shared lr)")
     p.add_argument("--threads", type=int, default=THREADS,
                    help=f"torch's intra-op threads (default {THREADS}, the committed bundle's: pre-training and the full "
                         "and linear vectors differ bit-wise at another count)")
@@ -198,7 +232,8 @@ def _args(p):
 @arguments(_args)
 def cmd_build_default(args):
     line = "python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line, threads=args.threads)
+    out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line, threads=args.threads,
+                        lrs=dict(args.lr))
     from ..bundle import load_bundle
 
     b = load_bundle(out)
