@@ -256,6 +256,9 @@ def _addition_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--tasks", nargs="+", help="tasks to add (default: all)")
+    p.add_argument("--alone", action="store_true",
+                   help="also each task alone at every α (θ0 + α τ_t on task t) and, at the chosen α, what the other "
+                        "vectors cost (alone − merged): the result's `alone` and `interference`")
 
 
 @command("addition", "task addition: shared α chosen on validation, test absolute / normalized accuracy")
@@ -263,9 +266,23 @@ def _addition_args(p):
 def cmd_addition(args):
     ex = _explorer(args)
     res = ex.addition(args.mode, args.tasks, progress=_bar(f"addition {args.mode}"))
-    _emit(args, res, lambda r: f"{args.mode}: α={r['alpha']:.2f}  absolute {_pct(r['absolute'])}  "
-                               f"normalized {_pct(r['normalized'])}\n"
-                               + _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()]))
+    if args.alone:
+        alone = ex.alone(args.mode, args.tasks, progress=_bar(f"alone {args.mode}"))
+        res = {**res, "alone": {k: v for k, v in alone.items() if k != "interference"},
+               "interference": alone["interference"]}
+
+    def text(r):
+        out = (f"{args.mode}: α={r['alpha']:.2f}  absolute {_pct(r['absolute'])}  normalized {_pct(r['normalized'])}\n")
+        i = r.get("interference")
+        if i is None:
+            return out + _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
+        out += (f"at α={i['alpha']:.2f} (test): each task alone {_pct(i['alone_absolute'])}, merged "
+                f"{_pct(i['merged_absolute'])}; the other vectors cost {100 * i['cost_of_others']:.1f} points, "
+                f"scaling τ to α {100 * i['cost_of_alpha']:.1f} (single-task {_pct(i['single_absolute'])})\n")
+        return out + _table([{"task": t, "alone": _pct(v["alone"]), "merged": _pct(v["merged"])}
+                             for t, v in i["per_task"].items()])
+
+    _emit(args, res, text)
 
 
 def _negation_args(p):

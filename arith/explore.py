@@ -316,6 +316,21 @@ class Explorer:
         return self._memoised(("add", mode, tuple(tasks)), lambda: task_addition(
             self.evaluator(), {t: vs[t] for t in tasks}, progress=progress))
 
+    def alone(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
+        """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`), and at the
+        addition's chosen α the gap between alone and merged (``interference``); computed on demand, memoised."""
+        tasks = list(tasks or self.tasks)
+        add = self.addition(mode, tasks)
+        vs = self.vectors(mode)
+        from .protocols import alone_curve, interference
+
+        def compute():
+            curve = alone_curve(self.evaluator(), {t: vs[t] for t in tasks}, progress=progress,
+                                finetuned=add.get("finetuned"))
+            return {**curve, "interference": interference(add, curve)}
+
+        return self._memoised(("alone", mode, tuple(tasks)), compute)
+
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
         controls = [c for c in (controls or self.tasks) if c != target]
         pre = self._precomputed("negation", mode, target, need=("controls", "alpha", "target", "control", "curve"))

@@ -3,6 +3,10 @@
 * Addition: θ0 + α Σ_t τ_t with one shared α ∈ {0, 0.05, …, 1}, chosen to maximise mean *normalized* accuracy on
   the validation splits (normalisers: each task's fine-tuned accuracy in the same mode, on validation), then
   reported on test (absolute and normalized with test normalisers).
+* Each task alone at the shared α: θ0 + α τ_t on task t, the addition sweep without the other vectors. At one α the
+  gap between the two (alone − merged) is what the other task vectors cost: the interference that weight
+  disentanglement (method.md §5) is about; what remains between "alone at α" and single-task accuracy is the price of
+  the small α that interference forces.
 * Negation: θ0 − λ τ_target, λ chosen on validation to minimise target accuracy subject to the control tasks'
   mean accuracy staying ≥ 0.95 × their zero-shot accuracy; reported on test.
 """
@@ -52,6 +56,53 @@ def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequ
     return {"method": method, "tasks": tasks, "alpha": best["alpha"], "absolute": best["test"]["absolute"],
             "normalized": best["test"]["normalized"], "accuracy": best["test"]["accuracy"],
             "val_normalized": best["val"]["normalized"], "finetuned": ft, "curve": curve}
+
+
+def alone_curve(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequence[float] = ALPHAS,
+                progress: Progress | None = None, finetuned: Mapping[str, Mapping[str, float]] | None = None) -> dict:
+    """Each task alone at every α of the addition sweep: θ0 + α τ_t evaluated on task t (val and test).
+
+    ``curve`` has the rows of :func:`task_addition`'s (per α and split: ``absolute``, ``normalized``, ``accuracy``),
+    with the same normalisers, so the two curves subtract row by row.  α = 0 is the zero-shot model and α = 1 the
+    single-task accuracy, exactly.
+    """
+    tasks = list(vectors)
+    ft = {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in ("val", "test")}
+    curve = []
+    for i, a in enumerate(alphas):
+        row = {"alpha": float(a)}
+        for split in ("val", "test"):
+            acc = {t: ev.evaluate([vectors[t]], [a], split, [t])[t] for t in tasks}
+            s = summarize(acc, ft[split])
+            row[split] = {"absolute": s["absolute"], "normalized": s["normalized"], "accuracy": s["accuracy"]}
+        curve.append(row)
+        if progress:
+            progress(i + 1, len(alphas))
+    return {"tasks": tasks, "finetuned": ft, "curve": curve}
+
+
+def interference(addition: Mapping, alone: Mapping, split: str = "test") -> dict:
+    """At the addition's chosen α: each task alone vs merged (absolute and normalized) and the gap between them.
+
+    ``addition`` is :func:`task_addition`'s result, ``alone`` :func:`alone_curve`'s over the same tasks and α grid.
+    ``cost_of_others`` = alone − merged (what adding the other vectors costs, in accuracy points as fractions);
+    ``cost_of_alpha`` = single-task − alone (what scaling every τ to α costs before any other vector is added).
+    """
+    if list(addition["tasks"]) != list(alone["tasks"]):
+        raise ValueError(f"interference: addition over {addition['tasks']} but alone curve over {alone['tasks']}")
+    alpha = float(addition["alpha"])
+    rows = {round(r["alpha"], 4): r for r in alone["curve"]}
+    merged = {round(r["alpha"], 4): r for r in addition["curve"]}
+    if round(alpha, 4) not in rows or round(alpha, 4) not in merged:
+        raise ValueError(f"interference: α = {alpha} is not on the alone curve's grid")
+    a, m = rows[round(alpha, 4)][split], merged[round(alpha, 4)][split]
+    single = summarize(alone["finetuned"][split], alone["finetuned"][split])
+    out = {"alpha": alpha, "split": split, "single_absolute": single["absolute"],
+           "alone_absolute": a["absolute"], "merged_absolute": m["absolute"],
+           "alone_normalized": a["normalized"], "merged_normalized": m["normalized"],
+           "cost_of_others": a["absolute"] - m["absolute"], "cost_of_alpha": single["absolute"] - a["absolute"],
+           "per_task": {t: {"alone": a["accuracy"][t], "merged": m["accuracy"][t]} for t in alone["tasks"]}}
+    return out
 
 
 def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequence[str],

@@ -85,10 +85,32 @@ with guard("Task-addition sweep"):
         st.info("Select at least one of the bundle's task vectors to see the sweep.")
     else:
         metric = st.radio("Metric", ["normalized", "absolute"], horizontal=True, key="sweep_metric")
-        st.plotly_chart(charts.addition_curves(curves, metric, ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks else None),
-                        key="sweep")
+        alone = {}
+        if st.toggle("Each task alone at α (dashed)", key="sweep_alone",
+                     help="θ0 + α τ_t on task t, without the other vectors. At one α, the gap down to the solid line "
+                          "is what the other task vectors cost (interference); the gap up to α = 1 is the price of "
+                          "the small α that interference forces. Computed on demand."):
+            for m in curves:
+                bar = Progress(f"Each task alone for {mode_label(m)}")
+                try:
+                    alone[m] = ex.alone(m, curves[m]["tasks"], progress=bar)
+                finally:
+                    bar.done()
+        st.plotly_chart(charts.addition_curves(curves, metric, ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks else None,
+                                               alone), key="sweep")
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "validation-chosen α": c["alpha"],
                                     "absolute (%)": 100 * c["absolute"], "normalized (%)": 100 * c["normalized"]}
                                    for m, c in curves.items()]), hide_index=True, key="sweep_table",
                      column_config={"absolute (%)": st.column_config.NumberColumn(format="%.1f"),
                                     "normalized (%)": st.column_config.NumberColumn(format="%.1f")})
+        if alone:
+            gaps = pd.DataFrame([{"mode": mode_label(m), "α": a["interference"]["alpha"],
+                                  "single-task (%)": 100 * a["interference"]["single_absolute"],
+                                  "each alone at α (%)": 100 * a["interference"]["alone_absolute"],
+                                  "merged at α (%)": 100 * a["interference"]["merged_absolute"],
+                                  "cost of the other vectors": 100 * a["interference"]["cost_of_others"],
+                                  "cost of scaling to α": 100 * a["interference"]["cost_of_alpha"]}
+                                 for m, a in alone.items()])
+            st.caption("At each mode's validation-chosen α (test, absolute accuracy; costs in points).")
+            st.dataframe(gaps, hide_index=True, key="interference_table",
+                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in gaps.columns[2:]})

@@ -20,6 +20,7 @@ from arith.explore import Explorer
 from arith.export import parse_coefficient_set
 from arith.models import fingerprint
 from arith.specs import Files, Meta
+from ui.state import mode_label
 
 from conftest import rewrite, tiny_base
 
@@ -117,6 +118,21 @@ def test_moving_a_slider_changes_the_shown_accuracies(new_app, engine):
     assert coefs_in_url(at)[STRIPES] == -1.5  # mirrored in the link
     coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
     assert after == pytest.approx({t: 100 * a for t, a in engine.evaluate("attn", coefs)["accuracy"].items()})
+
+
+def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_app, engine):
+    at = new_app()
+    assert not [d for d in at.dataframe if "cost of the other vectors" in d.value.columns]  # not computed up front
+    at.toggle(key="sweep_alone").set_value(True).run(timeout=120)
+    clean(at)
+    gaps = table(at, "cost of the other vectors")
+    assert len(gaps) == len(engine.bundle.modes) and charts(at) == 3
+    ref = engine.alone("attn")["interference"]
+    row = gaps[gaps["mode"].str.startswith(mode_label("attn"))].iloc[0]
+    assert row["cost of the other vectors"] == pytest.approx(100 * ref["cost_of_others"])
+    assert row["each alone at α (%)"] == pytest.approx(100 * ref["alone_absolute"])
+    fig = next(c for c in at.get("plotly_chart") if "each task alone" in c.proto.spec)
+    assert fig.proto.spec.count("each task alone") == len(engine.bundle.modes)  # one dashed line per mode
 
 
 def test_mode_switch_and_task_selection(new_app, engine):

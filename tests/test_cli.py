@@ -62,6 +62,11 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
 
     add = run(capsys, "addition", *b, "--mode", "attn")
     assert 0 <= add["alpha"] <= 1 and {"absolute", "normalized", "accuracy"} <= set(add)
+    alone = run(capsys, "addition", *b, "--mode", "attn", "--alone")  # the same addition, plus each task alone
+    gap = alone["interference"]
+    assert {k: alone[k] for k in add} == add and gap["alpha"] == add["alpha"]
+    assert gap["merged_absolute"] == add["absolute"] and set(gap["per_task"]) == set(TWO)
+    assert alone["alone"]["curve"][-1]["test"]["accuracy"] == alone["alone"]["finetuned"]["test"]
 
     neg = run(capsys, "negation", *b, "--mode", "full", "--task", TWO[0])
     assert {"target", "control", "alpha", "zeroshot_target", "zeroshot_control"} <= set(neg)

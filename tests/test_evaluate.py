@@ -8,7 +8,7 @@ from arith.disentangle import xi_grid
 from arith.evaluate import Evaluator
 from arith.explore import Explorer, round_coefs
 from arith.kernel import kernel_report
-from arith.protocols import ALPHAS, task_addition, task_negation
+from arith.protocols import ALPHAS, alone_curve, interference, task_addition, task_negation
 from arith.report import summary_row
 
 from conftest import TASKS
@@ -62,6 +62,31 @@ def test_task_addition_protocol(bundle, ev):
     row = next(r for r in res["curve"] if r["alpha"] == res["alpha"])
     assert res["absolute"] == row["test"]["absolute"] == pytest.approx(np.mean(list(res["accuracy"].values())))
     assert res["curve"][0]["test"]["accuracy"] == ev.zeroshot("test")
+
+
+@pytest.mark.parametrize("mode", ["attn", "linear"])
+def test_each_task_alone_runs_from_zero_shot_to_single_task_and_gives_the_interference(bundle, ev, mode):
+    vs = bundle.vectors[mode]
+    add = task_addition(ev, vs)
+    alone = alone_curve(ev, vs)
+    assert [r["alpha"] for r in alone["curve"]] == [r["alpha"] for r in add["curve"]]
+    for split in ("val", "test"):  # α = 0 is θ0 and α = 1 each fine-tuned model, exactly
+        assert alone["curve"][0][split]["accuracy"] == ev.zeroshot(split)
+        assert alone["curve"][-1][split]["accuracy"] == ev.finetuned(vs, split) == alone["finetuned"][split]
+        assert alone["curve"][-1][split]["normalized"] == pytest.approx(1.0)
+    mid = alone["curve"][len(ALPHAS) // 2]  # at one α, each entry is θ0 + α τ_t on task t alone
+    for t, tv in vs.items():
+        assert mid["test"]["accuracy"][t] == ev.evaluate([tv], [mid["alpha"]], "test", [t])[t]
+    gap = interference(add, alone)
+    row = next(r for r in add["curve"] if r["alpha"] == add["alpha"])
+    assert gap["alpha"] == add["alpha"] and gap["merged_absolute"] == add["absolute"] == row["test"]["absolute"]
+    assert gap["cost_of_others"] == pytest.approx(gap["alone_absolute"] - gap["merged_absolute"])
+    assert gap["cost_of_alpha"] == pytest.approx(np.mean(list(alone["finetuned"]["test"].values())) - gap["alone_absolute"])
+    assert {t: v["merged"] for t, v in gap["per_task"].items()} == add["accuracy"]
+    with pytest.raises(ValueError, match="alone curve over"):
+        interference(add, alone_curve(ev, {t: vs[t] for t in list(vs)[:2]}, alphas=(0.0, 1.0)))
+    with pytest.raises(ValueError, match="not on the alone curve's grid"):
+        interference({**add, "alpha": 0.123}, alone)
 
 
 def test_task_negation_protocol(bundle, ev):

@@ -54,8 +54,10 @@ def modes_bars(per_mode: Mapping[str, Mapping[str, float]]) -> go.Figure:
     return _layout(fig, barmode="group")
 
 
-def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", current: float | None = None) -> go.Figure:
-    """Test accuracy along the shared α of task addition, one line per mode; the validation-chosen α is marked."""
+def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", current: float | None = None,
+                    alone: Mapping[str, dict] | None = None) -> go.Figure:
+    """Test accuracy along the shared α of task addition, one line per mode; the validation-chosen α is marked.
+    ``alone`` (mode -> the engine's alone curve) adds each task alone at α as a dashed line in the mode's colour."""
     fig = go.Figure()
     for i, (mode, res) in enumerate(curves.items()):
         xs = [r["alpha"] for r in res["curve"]]
@@ -63,6 +65,10 @@ def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", curr
         colour = mode_colour(mode, i)
         fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=mode_label(mode), line=dict(color=colour),
                         marker=dict(size=5))
+        if alone and mode in alone:
+            rows = alone[mode]["curve"]
+            fig.add_scatter(x=[r["alpha"] for r in rows], y=[_p(r["test"][metric]) for r in rows], mode="lines",
+                            name=f"{mode_label(mode)}, each task alone", line=dict(color=colour, dash="dash"))
         best = next((r for r in res["curve"] if abs(r["alpha"] - res["alpha"]) < 1e-9), None)
         if best is not None:
             fig.add_scatter(x=[best["alpha"]], y=[_p(best["test"][metric])], mode="markers", showlegend=False,
