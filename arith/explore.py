@@ -317,8 +317,8 @@ class Explorer:
             self.evaluator(), {t: vs[t] for t in tasks}, progress=progress))
 
     def alone(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
-        """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`), and at the
-        addition's chosen α the gap between alone and merged (``interference``); computed on demand, memoised."""
+        """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`, test split), and at
+        the addition's chosen α the gap between alone and merged (``interference``); computed on demand, memoised."""
         tasks = list(tasks or self.tasks)
         add = self.addition(mode, tasks)
         vs = self.vectors(mode)
@@ -326,7 +326,7 @@ class Explorer:
 
         def compute():
             curve = alone_curve(self.evaluator(), {t: vs[t] for t in tasks}, progress=progress,
-                                finetuned=add.get("finetuned"))
+                                finetuned=add.get("finetuned"), splits=("test",))
             return {**curve, "interference": interference(add, curve)}
 
         return self._memoised(("alone", mode, tuple(tasks)), compute)

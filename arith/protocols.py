@@ -59,19 +59,20 @@ def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequ
 
 
 def alone_curve(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequence[float] = ALPHAS,
-                progress: Progress | None = None, finetuned: Mapping[str, Mapping[str, float]] | None = None) -> dict:
-    """Each task alone at every α of the addition sweep: θ0 + α τ_t evaluated on task t (val and test).
+                progress: Progress | None = None, finetuned: Mapping[str, Mapping[str, float]] | None = None,
+                splits: Sequence[str] = ("val", "test")) -> dict:
+    """Each task alone at every α of the addition sweep: θ0 + α τ_t evaluated on task t, on ``splits``.
 
     ``curve`` has the rows of :func:`task_addition`'s (per α and split: ``absolute``, ``normalized``, ``accuracy``),
     with the same normalisers, so the two curves subtract row by row.  α = 0 is the zero-shot model and α = 1 the
     single-task accuracy, exactly.
     """
     tasks = list(vectors)
-    ft = {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in ("val", "test")}
+    ft = {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in splits}
     curve = []
     for i, a in enumerate(alphas):
         row = {"alpha": float(a)}
-        for split in ("val", "test"):
+        for split in splits:
             acc = {t: ev.evaluate([vectors[t]], [a], split, [t])[t] for t in tasks}
             s = summarize(acc, ft[split])
             row[split] = {"absolute": s["absolute"], "normalized": s["normalized"], "accuracy": s["accuracy"]}
