@@ -407,10 +407,10 @@ def cmd_cost(args):
     from .bundle import load_bundle
     from .cost import measure
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"cost: --threads must be ≥ 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"cost: --threads must be ≥ 1 (got {args.threads})")
+    if args.threads is not None and args.threads != torch.get_num_threads():
+        torch.set_num_threads(args.threads)  # only when it differs: it also turns MKL's dynamic threading off
     b = load_bundle(args.bundle)
     task = args.task or b.task_names[0]
     split = b.data[task]["val"]

@@ -320,7 +320,7 @@ class Explorer:
         """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`, test split), and at
         the addition's chosen α the gap between alone and merged (``interference``); computed on demand, memoised."""
         tasks = list(tasks or self.tasks)
-        add = self.addition(mode, tasks)
+        add = self.addition(mode, tasks, progress=progress)  # precomputed, memoised, or (rarely) swept first
         vs = self.vectors(mode)
         from .protocols import alone_curve, interference
 

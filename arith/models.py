@@ -268,8 +268,9 @@ class Base:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N,3,H,W] (or float in [0,1]) -> normalised float on the encoder's device.
 
-        Images of another size get open_clip's evaluation geometry: a centred square crop of the shorter side, then
-        a resize to the encoder's size (never a stretch of a non-square image)."""
+        Images of another size are cropped to a centred square of their shorter side, then resized (bilinear,
+        antialiased) to the encoder's size: close to open_clip's evaluation geometry (resize, then centre-crop), and
+        never a stretch of a non-square image.  The data loaders already deliver the encoder's size."""
         x = images.to(self.device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != x.shape[-2]:

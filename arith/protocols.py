@@ -31,6 +31,12 @@ def _mean(d: Mapping[str, float], keys: Sequence[str]) -> float:
     return float(np.mean([d[k] for k in keys]))
 
 
+def _normalisers(ev: Evaluator, vectors: Mapping[str, TaskVector], splits: Sequence[str],
+                 finetuned: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
+    """Per split, each task's single-task accuracy (method.md §4's normaliser): the ones passed in, else evaluated."""
+    return {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in splits}
+
+
 def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequence[float] = ALPHAS,
                   method: str = "task_arithmetic", progress: Progress | None = None,
                   finetuned: Mapping[str, Mapping[str, float]] | None = None) -> dict:
@@ -42,7 +48,7 @@ def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequ
     """
     tasks = list(vectors)
     tvs = [vectors[t] for t in tasks]
-    ft = {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in ("val", "test")}
+    ft = _normalisers(ev, vectors, ("val", "test"), finetuned)
     curve = []
     for i, a in enumerate(alphas):
         row = {"alpha": float(a)}
@@ -68,7 +74,7 @@ def alone_curve(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequen
     single-task accuracy, exactly.
     """
     tasks = list(vectors)
-    ft = {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in splits}
+    ft = _normalisers(ev, vectors, splits, finetuned)
     curve = []
     for i, a in enumerate(alphas):
         row = {"alpha": float(a)}
@@ -88,22 +94,28 @@ def interference(addition: Mapping, alone: Mapping, split: str = "test") -> dict
     ``addition`` is :func:`task_addition`'s result, ``alone`` :func:`alone_curve`'s over the same tasks and α grid.
     ``cost_of_others`` = alone − merged (what adding the other vectors costs, in accuracy points as fractions);
     ``cost_of_alpha`` = single-task − alone (what scaling every τ to α costs before any other vector is added).
+    ``same_zero_shot``: whether the two curves agree at α = 0 (both are θ0 there); False means they were computed
+    on machines whose forward passes differ (e.g. a bundle's precomputed sweep against a live alone curve), so the
+    gaps carry that difference too.
     """
     if list(addition["tasks"]) != list(alone["tasks"]):
         raise ValueError(f"interference: addition over {addition['tasks']} but alone curve over {alone['tasks']}")
+    if split not in alone["finetuned"]:
+        raise ValueError(f"interference: the alone curve has no {split!r} split (it has {sorted(alone['finetuned'])})")
     alpha = float(addition["alpha"])
     rows = {round(r["alpha"], 4): r for r in alone["curve"]}
     merged = {round(r["alpha"], 4): r for r in addition["curve"]}
     if round(alpha, 4) not in rows or round(alpha, 4) not in merged:
         raise ValueError(f"interference: α = {alpha} is not on the alone curve's grid")
     a, m = rows[round(alpha, 4)][split], merged[round(alpha, 4)][split]
-    single = summarize(alone["finetuned"][split], alone["finetuned"][split])
-    out = {"alpha": alpha, "split": split, "single_absolute": single["absolute"],
-           "alone_absolute": a["absolute"], "merged_absolute": m["absolute"],
-           "alone_normalized": a["normalized"], "merged_normalized": m["normalized"],
-           "cost_of_others": a["absolute"] - m["absolute"], "cost_of_alpha": single["absolute"] - a["absolute"],
-           "per_task": {t: {"alone": a["accuracy"][t], "merged": m["accuracy"][t]} for t in alone["tasks"]}}
-    return out
+    single = _mean(alone["finetuned"][split], alone["tasks"])
+    return {"alpha": alpha, "split": split, "single_absolute": single,
+            "alone_absolute": a["absolute"], "merged_absolute": m["absolute"],
+            "alone_normalized": a["normalized"], "merged_normalized": m["normalized"],
+            "cost_of_others": a["absolute"] - m["absolute"], "cost_of_alpha": single - a["absolute"],
+            "per_task": {t: {"alone": a["accuracy"][t], "merged": m["accuracy"][t]} for t in alone["tasks"]},
+            "same_zero_shot": 0.0 in rows and 0.0 in merged
+            and rows[0.0][split]["accuracy"] == merged[0.0][split]["accuracy"]}
 
 
 def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequence[str],

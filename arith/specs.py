@@ -177,6 +177,7 @@ class Provenance(_JsonRecord):
     minutes: float | None = None
     created: str = ""
     notes: str = ""
-    # torch's intra-op thread count on the CPU: the batch reductions of LayerNorm's and the patch convolution's weight
-    # gradients are split by thread, so a CPU build is bit-for-bit reproducible only at the same count
+    # torch's intra-op thread count of the building process (what CPU results depend on: the batch reductions of
+    # LayerNorm's and the patch convolution's weight gradients are split by thread, so a CPU build is bit-for-bit
+    # reproducible only at the same count; recorded for GPU builds too, where it matters little)
     threads: int | None = None

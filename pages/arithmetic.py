@@ -87,9 +87,10 @@ with guard("Task-addition sweep"):
         metric = st.radio("Metric", ["normalized", "absolute"], horizontal=True, key="sweep_metric")
         alone = {}
         if st.toggle("Each task alone at α (dashed)", key="sweep_alone",
-                     help="θ0 + α τ_t on task t, without the other vectors. At one α, the gap down to the solid line "
-                          "is what the other task vectors cost (interference); the gap up to α = 1 is the price of "
-                          "the small α that interference forces. Computed on demand."):
+                     help="θ0 + α τ_t on task t, without the other vectors. At one α, the gap from the dashed line "
+                          "down to the solid one is what the other task vectors cost (interference); the rise of the "
+                          "dashed line from there up to α = 1 (each task's own fine-tuned model) is what the small α "
+                          "costs. Computed on demand."):
             for m in curves:
                 bar = Progress(f"Each task alone for {mode_label(m)}")
                 try:

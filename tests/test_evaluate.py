@@ -80,13 +80,35 @@ def test_each_task_alone_runs_from_zero_shot_to_single_task_and_gives_the_interf
     gap = interference(add, alone)
     row = next(r for r in add["curve"] if r["alpha"] == add["alpha"])
     assert gap["alpha"] == add["alpha"] and gap["merged_absolute"] == add["absolute"] == row["test"]["absolute"]
-    assert gap["cost_of_others"] == pytest.approx(gap["alone_absolute"] - gap["merged_absolute"])
-    assert gap["cost_of_alpha"] == pytest.approx(np.mean(list(alone["finetuned"]["test"].values())) - gap["alone_absolute"])
+    assert gap["alone_absolute"] == row_at(alone, add["alpha"])["test"]["absolute"]
+    assert gap["cost_of_alpha"] == pytest.approx(np.mean(list(ev.finetuned(vs, "test").values())) - gap["alone_absolute"])
     assert {t: v["merged"] for t, v in gap["per_task"].items()} == add["accuracy"]
+    assert gap["same_zero_shot"]  # both curves are θ0 at α = 0, on this machine
+    with pytest.raises(ValueError, match="no 'val' split"):
+        interference(add, alone_curve(ev, vs, alphas=(0.0, add["alpha"]), splits=("test",)), split="val")
     with pytest.raises(ValueError, match="alone curve over"):
         interference(add, alone_curve(ev, {t: vs[t] for t in list(vs)[:2]}, alphas=(0.0, 1.0)))
     with pytest.raises(ValueError, match="not on the alone curve's grid"):
         interference({**add, "alpha": 0.123}, alone)
+
+
+def row_at(curve: dict, alpha: float) -> dict:
+    return next(r for r in curve["curve"] if r["alpha"] == alpha)
+
+
+def test_explorer_alone_uses_the_precomputed_sweep_and_follows_a_task_subset(bundle, ev):
+    ex = Explorer(bundle)
+    pre = bundle.results["addition"]["attn"]
+    full = ex.alone("attn")
+    assert full["tasks"] == pre["tasks"] and set(full["finetuned"]) == {"test"}
+    gap = full["interference"]
+    assert gap["merged_absolute"] == pre["absolute"] and gap["same_zero_shot"] and ex.alone("attn") is full
+    two = ex.alone("attn", TASKS[:2])  # a subset: its own addition sweep and α
+    assert two["tasks"] == list(TASKS[:2]) and set(two["interference"]["per_task"]) == set(TASKS[:2])
+    assert two["interference"]["merged_absolute"] == ex.addition("attn", TASKS[:2])["absolute"]
+    chosen = row_at(two, two["interference"]["alpha"])["test"]["accuracy"]
+    vs = bundle.vectors["attn"]
+    assert chosen == {t: ev.evaluate([vs[t]], [two["interference"]["alpha"]], "test", [t])[t] for t in TASKS[:2]}
 
 
 def test_task_negation_protocol(bundle, ev):

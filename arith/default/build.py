@@ -91,22 +91,29 @@ QUICK = Recipe(
 
 @contextmanager
 def intra_op_threads(n: int | None):
-    """Run the block at ``n`` intra-op threads (None: leave torch's count alone) and restore the count after it."""
+    """Run the block at ``n`` intra-op threads (None: leave torch's count alone) and restore the count after it.
+
+    torch's count is set only when it differs: ``torch.set_num_threads`` also turns MKL's dynamic threading off,
+    which made fine-tuning steps of this small ViT ~25 % slower at an unchanged count of 2 (attn, 150 steps of digits:
+    53 against 43 ms per step on this machine), and the results are the same bits either way."""
     before = torch.get_num_threads()
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"threads must be ≥ 1 (got {n})")
+    if n is not None and n < 1:
+        raise ValueError(f"threads must be ≥ 1 (got {n})")
+    change = n is not None and n != before
+    if change:
         torch.set_num_threads(n)
     try:
         yield torch.get_num_threads()
     finally:
-        torch.set_num_threads(before)
+        if change:
+            torch.set_num_threads(before)
 
 
 def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None, command_line: str = "",
                   threads: int | None = THREADS, lrs: Mapping[str, float] | None = None) -> Path:
-    """Rebuild the default (or the quick) bundle into ``out`` at ``threads`` intra-op threads (None: torch's own
-    count; the results then hold bit for bit only on machines with that count); returns the directory.
+    """Rebuild the default (or the quick) bundle into ``out`` at ``threads`` intra-op threads (None, from Python only:
+    torch's own count; the results then hold bit for bit only on machines with that count); returns the directory.
+    A rebuild into an earlier build at another count starts over: its θ0 differs, and the bundle is keyed by θ0's id.
 
     ``lrs`` replaces the recipe's learning rate of the modes it names (``--lr MODE=LR``: e.g. one shared lr for full
     and attn); the manifest's plan and provenance command record it."""
@@ -217,6 +224,14 @@ def _mode_lr(text: str) -> tuple[str, float]:
     raise argparse.ArgumentTypeError(f"--lr takes MODE=LR (e.g. full=1e-3), got {text!r}")
 
 
+def _lr_overrides(pairs: list[tuple[str, float]]) -> dict[str, float]:
+    modes = [m for m, _ in pairs]
+    twice = sorted({m for m in modes if modes.count(m) > 1})
+    if twice:
+        raise ValueError(f"build-default: --lr given more than once for {twice}")
+    return dict(pairs)
+
+
 def _args(p):
     p.add_argument("--out", default=str(DEFAULT_BUNDLE), help="bundle directory (default precomputed/default)")
     p.add_argument("--quick", action="store_true", help="tiny bundle for tests (3 tasks, few steps, < 1 minute)")
@@ -233,7 +248,7 @@ def _args(p):
 def cmd_build_default(args):
     line = "python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line, threads=args.threads,
-                        lrs=dict(args.lr))
+                        lrs=_lr_overrides(args.lr))
     from ..bundle import load_bundle
 
     b = load_bundle(out)
