@@ -89,7 +89,7 @@ def test_quick_build_has_everything(quick):
     assert b.heads["digits"].num_classes == 10 and b.heads["terrain"].num_classes == 8
 
 
-def test_lr_overrides_replace_only_the_named_modes_learning_rate():
+def test_lr_overrides_replace_only_the_named_modes_learning_rate(capsys):
     plan = QUICK.plan
     ft = with_lrs(plan, {"attn": 5e-3})
     assert ft["attn"]["lr"] == 5e-3
@@ -103,6 +103,8 @@ def test_lr_overrides_replace_only_the_named_modes_learning_rate():
             with_lrs(plan, {"full": bad})
     with pytest.raises(SystemExit):
         main(["build-default", "--quick", "--lr", "full"])  # not MODE=LR: refused before anything is built
+    assert main(["build-default", "--quick", "--out", "/nonexistent/x", "--lr", "full=1e-3", "--lr", "full=2e-3"]) == 2
+    assert "more than once" in capsys.readouterr().err
 
 
 def test_rebuild_with_another_lr_retrains_only_that_mode(quick, tmp_path):
