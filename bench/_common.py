@@ -39,7 +39,8 @@ def set_threads(n: int | None) -> int:
     keep_freed_memory()  # what the app does at start (arith/memory.py); every benchmark calls set_threads first
     if n is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
-        torch.set_num_threads(n)
+        if n != torch.get_num_threads():  # the call also turns MKL's dynamic threading off (arith.default.build)
+            torch.set_num_threads(n)
     return torch.get_num_threads()
 
 
