@@ -115,3 +115,15 @@ with guard("Task-addition sweep"):
             st.caption("At each mode's validation-chosen α (test, absolute accuracy; costs in points).")
             st.dataframe(gaps, hide_index=True, key="interference_table",
                          column_config={c: st.column_config.NumberColumn(format="%.1f") for c in gaps.columns[2:]})
+            with st.expander("Per task: alone and merged at the chosen α"):
+                rows = []
+                for t in dict.fromkeys(t for a in alone.values() for t in a["tasks"]):  # every mode's tasks, in order
+                    row = {"task": t}
+                    for m, a in alone.items():
+                        if t in a["interference"]["per_task"]:
+                            row[f"{mode_label(m)} alone (%)"] = 100 * a["interference"]["per_task"][t]["alone"]
+                            row[f"{mode_label(m)} merged (%)"] = 100 * a["interference"]["per_task"][t]["merged"]
+                    rows.append(row)
+                per_task = pd.DataFrame(rows)
+                st.dataframe(per_task, hide_index=True, key="interference_per_task",
+                             column_config={c: st.column_config.NumberColumn(format="%.1f") for c in per_task.columns[1:]})

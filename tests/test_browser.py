@@ -7,9 +7,10 @@ Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwrig
     python -m pytest -m browser tests/test_browser.py
 
 It changes a coefficient and checks that a shown number changes, clicks a ξ heatmap cell and checks that it sets
-the two coefficients, and takes a screenshot of every view.  Screenshots go to ``$ARITH_SCREENSHOTS`` (default
-``assets/screenshots/tmp/``, ignored by git); ``ARITH_SCREENSHOTS=assets/screenshots`` refreshes the ones the
-README shows.  The app opens the tiny test bundle unless ``$ARITH_BROWSER_BUNDLE`` names another one (e.g.
+the two coefficients, turns on "each task alone" and checks its dashed curves and table, and takes a screenshot of
+every view (and of the task-addition sweep with the dashed curves, ``1b-interference.png``).  Screenshots go to
+``$ARITH_SCREENSHOTS`` (default ``assets/screenshots/tmp/``, ignored by git); ``ARITH_SCREENSHOTS=assets/screenshots``
+refreshes the ones the README shows.  The app opens the tiny test bundle unless ``$ARITH_BROWSER_BUNDLE`` names another one (e.g.
 ``precomputed/default`` for the README's screenshots).
 """
 
@@ -145,6 +146,29 @@ def test_change_a_coefficient_see_a_number_change_and_screenshot_every_view(serv
         assert not page.locator('[data-testid="stException"]').count(), title
         page.screenshot(path=str(shots / f"{name}.png"))
     assert len(list(shots.glob("*.png"))) >= len(VIEWS)
+
+
+def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, page):
+    shots = Path(os.environ.get("ARITH_SCREENSHOTS") or ROOT / "assets" / "screenshots" / "tmp")
+    shots.mkdir(parents=True, exist_ok=True)
+    page.goto(server + "/")
+    _settle(page, "Task arithmetic")
+    page.get_by_text("Each task alone at α (dashed)").click()
+    page.get_by_text("At each mode's validation-chosen α").wait_for(timeout=300_000)  # computed on demand
+    _settle(page, "Task arithmetic")
+    assert not page.locator('[data-testid="stException"]').count()
+    chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="each task alone").first
+    assert chart.count() and "each task alone" in chart.inner_text()
+    # from the sweep's heading down to the per-task expander (the main column scrolls, not the window)
+    heading = page.get_by_role("heading", name="Accuracy vs the shared α (task addition)")
+    heading.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(500)
+    top = heading.bounding_box()["y"]
+    end = page.locator('[data-testid="stExpander"]').last.bounding_box()
+    assert end["y"] > top
+    page.screenshot(path=str(shots / "1b-interference.png"),
+                    clip={"x": 300, "y": max(0, top - 10), "width": page.viewport_size["width"] - 300,
+                          "height": end["y"] + end["height"] - top + 30})
 
 
 def test_clicking_a_xi_cell_sets_both_coefficients(server, page):
