@@ -422,21 +422,31 @@ def cmd_cost(args):
 def _table_args(p):
     _bundle_arg(p)
     p.add_argument("--per-task", action="store_true", help="also print the per-task table")
+    p.add_argument("--alone", action="store_true",
+                   help="also where task addition loses its points: each task alone at α against the merged model, "
+                        "per mode (computed: loads the tensors, seconds per mode)")
 
 
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results")
 @arguments(_table_args)
 def cmd_table(args):
     from .index import BundleIndex
-    from .report import markdown, per_task_rows, results_rows
+    from .report import interference_rows, markdown, per_task_rows, results_rows
 
-    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded
+    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone)
     res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
+    if args.alone:
+        ex = _explorer(args)
+        alone = {m: ex.alone(m, progress=_bar(f"alone {m}")) for m in ex.modes}
+        res["alone"], res["alone_by_alpha"] = interference_rows(b, alone)
 
     def text(r):
         out = markdown(r["rows"])
         if args.per_task and r["per_task"]:
             out += "\n\n" + markdown(r["per_task"], pct=tuple(k for k in r["per_task"][0] if k != "task"))
+        if "alone" in r:
+            out += "\n\n" + markdown(r["alone"], pct=tuple(k for k in r["alone"][0] if k not in ("mode", "lr", "addition α")))
+            out += "\n\n" + markdown(r["alone_by_alpha"], pct=tuple(k for k in r["alone_by_alpha"][0] if k != "mode"))
         return out
     _emit(args, res, text)
 

@@ -64,7 +64,8 @@ def markdown(rows: list[dict], pct: tuple[str, ...] | None = None) -> str:
         if v is None:
             return "—"
         if col in pct:
-            return f"{100 * v:.1f}"
+            text = f"{100 * v:.1f}"
+            return "0.0" if text == "-0.0" else text
         if col == "lr":
             return f"{v:g}"
         if col == "addition α":
@@ -94,6 +95,29 @@ def per_task_rows(bundle: Bundle | BundleIndex) -> list[dict]:
             row[f"{mode} added"] = r.get("addition", {}).get(mode, {}).get("accuracy", {}).get(t)
         rows.append(row)
     return rows
+
+
+COST_ALPHAS = (0.2, 0.3, 0.4, 0.5, 1.0)
+
+
+def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """Where task addition loses its points, per mode (``alone``: mode -> :meth:`arith.explore.Explorer.alone`).
+
+    First table: at the validation-chosen α, single-task, each task alone at α, merged at α and the two costs
+    (scaling every τ to α; adding the other vectors).  Second: the other vectors' cost at the α of ``COST_ALPHAS``,
+    in points, from the alone and addition curves (test, absolute accuracy)."""
+    at_alpha, by_alpha = [], []
+    for mode, a in alone.items():
+        i, cfg = a["interference"], bundle.finetune_config(mode)
+        at_alpha.append({"mode": mode, "lr": cfg.lr if cfg else None, "addition α": i["alpha"],
+                         "single-task": i["single_absolute"], "each task alone at α": i["alone_absolute"],
+                         "merged at α": i["merged_absolute"], "cost of scaling to α": i["cost_of_alpha"],
+                         "cost of the other vectors": i["cost_of_others"]})
+        merged = {round(r["alpha"], 4): r["test"]["absolute"] for r in bundle.results["addition"][mode]["curve"]}
+        solo = {round(r["alpha"], 4): r["test"]["absolute"] for r in a["curve"]}
+        by_alpha.append({"mode": mode, **{f"α = {x:g}": solo[x] - merged[x] if x in solo and x in merged else None
+                                          for x in COST_ALPHAS}})
+    return at_alpha, by_alpha
 
 
 def summary_row(report: dict) -> dict:

@@ -141,6 +141,25 @@ def test_table_command(quick, capsys):
     text = capsys.readouterr().out
     assert text.startswith("| mode |") and "| digits |" in text
     assert np.isfinite([r["mean ξ"] for r in res["rows"]]).all()
+    assert "alone" not in res  # computed only when asked
+
+
+def test_table_alone_tabulates_each_task_alone_against_the_merge(quick, capsys):
+    from arith.explore import Explorer
+
+    assert main(["table", "--bundle", str(quick), "--alone", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ex = Explorer.open(str(quick))
+    for row, by_alpha in zip(res["alone"], res["alone_by_alpha"]):
+        ref = ex.alone(row["mode"])["interference"]
+        add = {r["alpha"]: r["test"]["absolute"] for r in ex.addition(row["mode"])["curve"]}
+        solo = {r["alpha"]: r["test"]["absolute"] for r in ex.alone(row["mode"])["curve"]}
+        assert row["addition α"] == ref["alpha"] and row["merged at α"] == add[ref["alpha"]]
+        assert row["cost of the other vectors"] == pytest.approx(row["each task alone at α"] - row["merged at α"])
+        assert by_alpha["α = 0.3"] == pytest.approx(solo[0.3] - add[0.3])  # read off the two curves
+    assert main(["table", "--bundle", str(quick), "--alone"]) == 0
+    text = capsys.readouterr().out
+    assert "| cost of the other vectors |" in text and "| α = 1 |" in text and "-0.0" not in text
 
 
 def test_lr_sweep_uses_validation_and_is_saved(quick, capsys):
