@@ -438,7 +438,7 @@ def cmd_table(args):
     if args.alone:
         ex = _explorer(args)
         alone = {m: ex.alone(m, progress=_bar(f"alone {m}")) for m in ex.modes}
-        res["alone"], res["alone_by_alpha"] = interference_rows(b, alone)
+        res["alone"], res["alone_by_alpha"] = interference_rows(b, alone, {m: ex.addition(m) for m in alone})
 
     def text(r):
         out = markdown(r["rows"])

@@ -100,12 +100,14 @@ def per_task_rows(bundle: Bundle | BundleIndex) -> list[dict]:
 COST_ALPHAS = (0.2, 0.3, 0.4, 0.5, 1.0)
 
 
-def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict]) -> tuple[list[dict], list[dict]]:
-    """Where task addition loses its points, per mode (``alone``: mode -> :meth:`arith.explore.Explorer.alone`).
+def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict],
+                      additions: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """Where task addition loses its points, per mode (``alone``: mode -> :meth:`arith.explore.Explorer.alone`;
+    ``additions``: mode -> the task addition it was measured against, :meth:`arith.explore.Explorer.addition`).
 
     First table: at the validation-chosen α, single-task, each task alone at α, merged at α and the two costs
     (scaling every τ to α; adding the other vectors).  Second: the other vectors' cost at the α of ``COST_ALPHAS``,
-    in points, from the alone and addition curves (test, absolute accuracy)."""
+    from the alone and addition curves.  Test split, absolute accuracy, as fractions."""
     at_alpha, by_alpha = [], []
     for mode, a in alone.items():
         i, cfg = a["interference"], bundle.finetune_config(mode)
@@ -113,11 +115,24 @@ def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict]) -> t
                          "single-task": i["single_absolute"], "each task alone at α": i["alone_absolute"],
                          "merged at α": i["merged_absolute"], "cost of scaling to α": i["cost_of_alpha"],
                          "cost of the other vectors": i["cost_of_others"]})
-        merged = {round(r["alpha"], 4): r["test"]["absolute"] for r in bundle.results["addition"][mode]["curve"]}
+        merged = {round(r["alpha"], 4): r["test"]["absolute"] for r in additions[mode]["curve"]}
         solo = {round(r["alpha"], 4): r["test"]["absolute"] for r in a["curve"]}
         by_alpha.append({"mode": mode, **{f"α = {x:g}": solo[x] - merged[x] if x in solo and x in merged else None
                                           for x in COST_ALPHAS}})
     return at_alpha, by_alpha
+
+
+def interference_per_task(alone: dict[str, dict]) -> list[dict]:
+    """One row per task (every mode's tasks, in order): each task alone and merged at each mode's chosen α."""
+    rows = []
+    for t in dict.fromkeys(t for a in alone.values() for t in a["tasks"]):
+        row = {"task": t}
+        for mode, a in alone.items():
+            v = a["interference"]["per_task"].get(t)
+            if v is not None:
+                row[f"{mode} alone"], row[f"{mode} merged"] = v["alone"], v["merged"]
+        rows.append(row)
+    return rows
 
 
 def summary_row(report: dict) -> dict:

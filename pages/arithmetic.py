@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from arith.metrics import summarize
+from arith.report import interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
 from ui.state import context, mode_label
@@ -15,6 +16,9 @@ st.caption("θ = θ0 + Σ_t λ_t τ_t, evaluated with each task's frozen head on
            "in the sidebar; negative λ negates (forgets) a task.")
 ex, mode = ctx.ex, ctx.mode
 tasks = ctx.eval_tasks()
+
+
+PCT = ("single-task", "each task alone at α", "merged at α", "cost of scaling to α", "cost of the other vectors")
 
 
 def subset_summary(acc: dict, ft: dict | None) -> dict:
@@ -105,25 +109,15 @@ with guard("Task-addition sweep"):
                      column_config={"absolute (%)": st.column_config.NumberColumn(format="%.1f"),
                                     "normalized (%)": st.column_config.NumberColumn(format="%.1f")})
         if alone:
-            gaps = pd.DataFrame([{"mode": mode_label(m), "α": a["interference"]["alpha"],
-                                  "single-task (%)": 100 * a["interference"]["single_absolute"],
-                                  "each alone at α (%)": 100 * a["interference"]["alone_absolute"],
-                                  "merged at α (%)": 100 * a["interference"]["merged_absolute"],
-                                  "cost of the other vectors": 100 * a["interference"]["cost_of_others"],
-                                  "cost of scaling to α": 100 * a["interference"]["cost_of_alpha"]}
-                                 for m, a in alone.items()])
-            st.caption("At each mode's validation-chosen α (test, absolute accuracy; costs in points).")
+            at_alpha, _ = interference_rows(ex.index, alone, curves)
+            gaps = pd.DataFrame([{**r, "mode": mode_label(r["mode"]), **{k: 100 * v for k, v in r.items() if k in PCT}}
+                                 for r in at_alpha]).drop(columns="lr")
+            st.caption("At each mode's validation-chosen α (test, absolute accuracy in %; costs in points).")
             st.dataframe(gaps, hide_index=True, key="interference_table",
-                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in gaps.columns[2:]})
+                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in PCT})
             with st.expander("Per task: alone and merged at the chosen α"):
-                rows = []
-                for t in dict.fromkeys(t for a in alone.values() for t in a["tasks"]):  # every mode's tasks, in order
-                    row = {"task": t}
-                    for m, a in alone.items():
-                        if t in a["interference"]["per_task"]:
-                            row[f"{mode_label(m)} alone (%)"] = 100 * a["interference"]["per_task"][t]["alone"]
-                            row[f"{mode_label(m)} merged (%)"] = 100 * a["interference"]["per_task"][t]["merged"]
-                    rows.append(row)
-                per_task = pd.DataFrame(rows)
+                label = {f"{m} {k}": f"{mode_label(m)} {k} (%)" for m in alone for k in ("alone", "merged")}
+                per_task = pd.DataFrame([{"task": r["task"], **{label[k]: 100 * v for k, v in r.items() if k != "task"}}
+                                         for r in interference_per_task(alone)])
                 st.dataframe(per_task, hide_index=True, key="interference_per_task",
                              column_config={c: st.column_config.NumberColumn(format="%.1f") for c in per_task.columns[1:]})

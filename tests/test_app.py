@@ -130,7 +130,7 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     ref = engine.alone("attn")["interference"]
     row = gaps[gaps["mode"].str.startswith(mode_label("attn"))].iloc[0]
     assert row["cost of the other vectors"] == pytest.approx(100 * ref["cost_of_others"])
-    assert row["each alone at α (%)"] == pytest.approx(100 * ref["alone_absolute"])
+    assert row["each task alone at α"] == pytest.approx(100 * ref["alone_absolute"])
     per_task = table(at, f"{mode_label('attn')} merged (%)")
     assert list(per_task["task"]) == list(ref["per_task"])
     assert dict(zip(per_task["task"], per_task[f"{mode_label('attn')} alone (%)"])) == pytest.approx(

@@ -162,6 +162,7 @@ def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, 
     # from the sweep's heading down to the per-task expander (the main column scrolls, not the window)
     heading = page.get_by_role("heading", name="Accuracy vs the shared α (task addition)")
     heading.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.mouse.move(5, 5)  # off the chart: no plotly toolbar over the legend
     page.wait_for_timeout(500)
     top = heading.bounding_box()["y"]
     end = page.locator('[data-testid="stExpander"]').last.bounding_box()
