@@ -427,7 +427,8 @@ def _table_args(p):
                         "per mode (computed: loads the tensors, seconds per mode)")
 
 
-@command("table", "the paper-style results table of a bundle (markdown), from its precomputed results")
+@command("table", "the paper-style results table of a bundle (markdown), from its precomputed results "
+                  "(--alone: also each task alone against task addition, computed)")
 @arguments(_table_args)
 def cmd_table(args):
     from .index import BundleIndex

@@ -107,7 +107,8 @@ def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict],
 
     First table: at the validation-chosen α, single-task, each task alone at α, merged at α and the two costs
     (scaling every τ to α; adding the other vectors).  Second: the other vectors' cost at the α of ``COST_ALPHAS``,
-    from the alone and addition curves.  Test split, absolute accuracy, as fractions."""
+    from the alone and addition curves (None where ``additions`` lacks the mode or the α).  Test split, absolute
+    accuracy, as fractions."""
     at_alpha, by_alpha = [], []
     for mode, a in alone.items():
         i, cfg = a["interference"], bundle.finetune_config(mode)
@@ -115,7 +116,7 @@ def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict],
                          "single-task": i["single_absolute"], "each task alone at α": i["alone_absolute"],
                          "merged at α": i["merged_absolute"], "cost of scaling to α": i["cost_of_alpha"],
                          "cost of the other vectors": i["cost_of_others"]})
-        merged = {round(r["alpha"], 4): r["test"]["absolute"] for r in additions[mode]["curve"]}
+        merged = {round(r["alpha"], 4): r["test"]["absolute"] for r in (additions.get(mode) or {}).get("curve", [])}
         solo = {round(r["alpha"], 4): r["test"]["absolute"] for r in a["curve"]}
         by_alpha.append({"mode": mode, **{f"α = {x:g}": solo[x] - merged[x] if x in solo and x in merged else None
                                           for x in COST_ALPHAS}})

@@ -32,6 +32,9 @@ def child(args) -> dict:
     set_threads(args.threads)
     import torch
 
+    if args.mkl_static:  # the call turns MKL's dynamic threading off, even at an unchanged count
+        torch.set_num_threads(torch.get_num_threads())
+
     from arith.bundle import load_bundle
     from arith.cost import reset_peak_rss, training_state_mb
     from arith.data import Split
@@ -65,7 +68,8 @@ def child(args) -> dict:
     cpu = (time.process_time() - cpu0) / cfg.steps
     steady = sorted(times[args.warmup:])
     return {"mode": args.child, "task": task, "batch_size": args.batch_size, "steps": args.steps,
-            "threads": torch.get_num_threads(), "seconds_per_step": steady[len(steady) // 2], "cpu_seconds_per_step": cpu,
+            "threads": torch.get_num_threads(), "mkl_static": bool(args.mkl_static),
+            "seconds_per_step": steady[len(steady) // 2], "cpu_seconds_per_step": cpu,
             "mean_seconds_per_step": sum(steady) / len(steady),
             "peak_rss_growth_mb": (peak_rss_mb() - rss0) if reset else None, "final_loss": res.losses[-1], **state}
 
@@ -78,6 +82,9 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=1, help="run each mode this many times (in turn) and keep the median")
+    p.add_argument("--mkl-static", action="store_true",
+                   help="each child calls torch.set_num_threads at its own count first, which turns MKL's dynamic "
+                        "threading off (what --threads did before 2026-11-26; compare with a run without it)")
     p.add_argument("--child", help=argparse_hidden())
     args = p.parse_args(argv)
     if args.child:
@@ -93,6 +100,8 @@ def main(argv=None) -> dict:
                 cmd += ["--task", args.task]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            if args.mkl_static:
+                cmd += ["--mkl-static"]
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=os.environ.copy())
             if out.returncode:
                 raise SystemExit(f"{mode} failed:\n{out.stderr[-3000:]}")

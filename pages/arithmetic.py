@@ -114,7 +114,8 @@ with guard("Task-addition sweep"):
                                  for r in at_alpha]).drop(columns="lr")
             st.caption("At each mode's validation-chosen α (test, absolute accuracy in %; costs in points).")
             st.dataframe(gaps, hide_index=True, key="interference_table",
-                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in PCT})
+                         column_config={"addition α": st.column_config.NumberColumn(format="%.2f"),
+                                        **{c: st.column_config.NumberColumn(format="%.1f") for c in PCT}})
             with st.expander("Per task: alone and merged at the chosen α"):
                 label = {f"{m} {k}": f"{mode_label(m)} {k} (%)" for m in alone for k in ("alone", "merged")}
                 per_task = pd.DataFrame([{"task": r["task"], **{label[k]: 100 * v for k, v in r.items() if k != "task"}}

@@ -38,7 +38,10 @@ def test_finetune_cost_benchmark(bundle_dir, tmp_path):
                 "--batch-size", "8", "--json", str(tmp_path / "f.json")])
     attn = res["modes"]["attn"]
     assert attn["trainable_params"] < res["modes"]["full"]["trainable_params"]
-    assert attn["state_vs_full"] < 1 and attn["time_vs_full"] > 0
+    assert attn["state_vs_full"] < 1 and attn["time_vs_full"] > 0 and not attn["mkl_static"]
+    static = main(["--bundle", str(bundle_dir), "--modes", "attn", "--steps", "2", "--warmup", "1", "--batch-size", "8",
+                   "--mkl-static"])
+    assert static["modes"]["attn"]["mkl_static"] and static["modes"]["attn"]["seconds_per_step"] > 0
 
 
 @pytest.mark.slow

@@ -94,8 +94,8 @@ def intra_op_threads(n: int | None):
     """Run the block at ``n`` intra-op threads (None: leave torch's count alone) and restore the count after it.
 
     torch's count is set only when it differs: ``torch.set_num_threads`` also turns MKL's dynamic threading off,
-    which made fine-tuning steps of this small ViT 10–30 % slower at an unchanged count of 2 (full and attn, 150 steps
-    of digits, two runs each on this machine), and the results are the same bits either way."""
+    which made fine-tuning steps of this small ViT 6–36 % slower at an unchanged count of 2 on this machine
+    (``python -m bench.finetune_cost --mkl-static``, BENCHMARKS.md), and the results are the same bits either way."""
     before = torch.get_num_threads()
     if n is not None and n < 1:
         raise ValueError(f"threads must be ≥ 1 (got {n})")
