@@ -402,15 +402,10 @@ def _cost_args(p):
 @command("cost", "seconds per step and peak memory of fine-tuning one mode (run one process per mode)")
 @arguments(_cost_args)
 def cmd_cost(args):
-    import torch
-
     from .bundle import load_bundle
-    from .cost import measure
+    from .cost import measure, set_intra_op_threads
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"cost: --threads must be ≥ 1 (got {args.threads})")
-    if args.threads is not None and args.threads != torch.get_num_threads():
-        torch.set_num_threads(args.threads)  # only when it differs: it also turns MKL's dynamic threading off
+    set_intra_op_threads(args.threads)
     b = load_bundle(args.bundle)
     task = args.task or b.task_names[0]
     split = b.data[task]["val"]

@@ -67,6 +67,19 @@ def training_state_mb(base, head, images, labels, mode: str) -> dict:
             "trainable": sum(p.numel() for p in model.parameters())}
 
 
+def set_intra_op_threads(n: int | None) -> int:
+    """Set torch's intra-op thread count to ``n`` (None: leave it); returns the count in use.
+
+    ``torch.set_num_threads`` is called only when the count differs: the call also turns MKL's dynamic threading
+    off, which made fine-tuning steps of the default's small ViT 6–36 % slower at an unchanged count of 2 (same
+    bits; ``python -m bench.finetune_cost --mkl-static``, BENCHMARKS.md)."""
+    if n is not None and n < 1:
+        raise ValueError(f"threads must be ≥ 1 (got {n})")
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def measure(base, head, images, labels, mode: str, steps: int = 20, batch_size: int = 64, warmup: int = 3,
             device: str = "cpu") -> dict:
     """Seconds per step (median after ``warmup`` steps), ``state_mb`` and ``peak_mb`` of fine-tuning ``mode``."""

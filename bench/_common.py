@@ -32,16 +32,13 @@ def parser(description: str, bundle: bool = True) -> argparse.ArgumentParser:
 
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count (and the env vars child processes inherit); returns the count in use."""
-    import torch
-
+    from arith.cost import set_intra_op_threads
     from arith.memory import keep_freed_memory
 
     keep_freed_memory()  # what the app does at start (arith/memory.py); every benchmark calls set_threads first
     if n is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
-        if n != torch.get_num_threads():  # the call also turns MKL's dynamic threading off (arith.default.build)
-            torch.set_num_threads(n)
-    return torch.get_num_threads()
+    return set_intra_op_threads(n)
 
 
 def machine() -> dict:

@@ -44,6 +44,19 @@ def test_finetune_cost_benchmark(bundle_dir, tmp_path):
     assert static["modes"]["attn"]["mkl_static"] and static["modes"]["attn"]["seconds_per_step"] > 0
 
 
+def test_thread_bits_study_compares_every_count_with_the_first(bundle_dir):
+    import torch
+
+    from bench.thread_bits import main
+
+    before = torch.get_num_threads()
+    res = main(["--bundle", str(bundle_dir), "--modes", "attn", "--counts", "2", "1", "--steps", "2"])
+    rows = res["rows"]
+    assert [(r["what"].split()[0], r["threads"]) for r in rows] == [("θ0", 2), ("θ0", 1), ("attn", 2), ("attn", 1)]
+    assert rows[0]["bit-identical"] and rows[2]["bit-identical"]  # the reference against itself
+    assert torch.get_num_threads() == before  # the study leaves the process's count as it found it
+
+
 @pytest.mark.slow
 def test_app_start_benchmark_without_a_browser(bundle_dir, tmp_path):
     from bench.app_start import main

@@ -32,7 +32,7 @@ from safetensors import safe_open
 
 from ..build import BuildPlan, build_bundle
 from ..cli import DEFAULT_BUNDLE, _bar, _emit, arguments, command
-from ..cost import measure_modes
+from ..cost import measure_modes, set_intra_op_threads
 from .pretrain import PRETRAIN_VERSION, PretrainConfig, pretrain
 from .tasks import DEFAULT_TASKS, source_pool
 
@@ -61,10 +61,11 @@ LR = {"full": 3e-4, "attn": 1e-3, "linear": 3e-4, "mlp": 1e-3}
 
 # torch's intra-op thread count of the committed build (this project's 2-core machine). The CPU kernels reduce
 # LayerNorm's and the patch convolution's weight gradients over the batch in per-thread chunks, so pre-training and
-# the modes that train those weights change with the count. Measured on 30 steps of digits: full's τ differs between
-# 1, 2 and 4 threads, linear's between 2 and 4, attn's and mlp's are equal; θ0's LayerNorm gradients on one batch
-# differ at 1, 3 and 4. The build pins the count, so a machine with more cores rebuilds this bundle (bit for bit where
-# its CPU runs the same kernels), and records it in the manifest's provenance; the θ0 cache is keyed by it.
+# the modes that train those weights change with the count. `python -m bench.thread_bits` (30 steps of one task,
+# bench/results/thread_bits.json): full's τ differs at 1, 3 and 4 threads from 2, linear's at 3 and 4, attn's and
+# mlp's never; θ0's gradient on one batch differs at 1, 3 and 4. The build pins the count, so a machine with more
+# cores rebuilds this bundle (bit for bit where its CPU runs the same kernels), and records it in the manifest's
+# provenance; the θ0 cache is keyed by it.
 THREADS = 2
 
 DEFAULT = Recipe(
@@ -91,22 +92,13 @@ QUICK = Recipe(
 
 @contextmanager
 def intra_op_threads(n: int | None):
-    """Run the block at ``n`` intra-op threads (None: leave torch's count alone) and restore the count after it.
-
-    torch's count is set only when it differs: ``torch.set_num_threads`` also turns MKL's dynamic threading off,
-    which made fine-tuning steps of this small ViT 6–36 % slower at an unchanged count of 2 on this machine
-    (``python -m bench.finetune_cost --mkl-static``, BENCHMARKS.md), and the results are the same bits either way."""
+    """Run the block at ``n`` intra-op threads (None: leave torch's count alone) and restore the count after it
+    (:func:`arith.cost.set_intra_op_threads`: torch is called only when the count differs)."""
     before = torch.get_num_threads()
-    if n is not None and n < 1:
-        raise ValueError(f"threads must be ≥ 1 (got {n})")
-    change = n is not None and n != before
-    if change:
-        torch.set_num_threads(n)
     try:
-        yield torch.get_num_threads()
+        yield set_intra_op_threads(n)
     finally:
-        if change:
-            torch.set_num_threads(before)
+        set_intra_op_threads(before)
 
 
 def build_default(out: str | Path, quick: bool = False, seed: int = 0, log=None, command_line: str = "",
