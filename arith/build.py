@@ -11,7 +11,8 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,30 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class Stopwatch:
+    """Wall-clock time per named stage of a build (the provenance's ``stages``: [name, minutes] in run order)."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self._seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` (a stage timed twice adds up)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def stages(self) -> list[list]:
+        return [[k, round(v / 60, 2)] for k, v in self._seconds.items()]
+
+    def minutes(self) -> float:
+        """Minutes since the stopwatch was made."""
+        return round((time.perf_counter() - self._start) / 60, 2)
 
 
 @dataclass(frozen=True)
@@ -157,13 +182,32 @@ def build_signature(plan: BuildPlan, sources) -> dict:
 
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,
                  heads: dict[str, Head] | None = None, log: Log = _stderr, progress_factory=None,
-                 command: str = "", extra_results: dict | None = None) -> Path:
+                 command: str = "", extra_results: dict | None = None, stopwatch: Stopwatch | None = None) -> Path:
     """Build (or resume) the bundle of ``plan`` for ``base`` in ``out``; returns the directory.
 
     Heads come from ``heads`` when given (e.g. the default's concept rows), else from ``clip``'s text tower, else
-    prototypes.  ``extra_results`` are stored as results/<name>.json before precomputation.
+    prototypes.  ``extra_results`` are stored as results/<name>.json before precomputation.  ``stopwatch`` (one
+    started earlier, e.g. before pre-training) times the stages; the provenance records them and its minutes.
     """
-    start = time.perf_counter()
+    watch = stopwatch or Stopwatch()
+    with watch.stage("task data"):
+        writer, sources, infos, train = _prepare(out, base, plan, heads, clip, tokenizer, log, extra_results)
+    heads = load_bundle(out, verify=False).heads
+    with watch.stage("fine-tuning"):
+        _finetune_all(out, writer, base, plan, sources, train, heads, log, progress_factory)
+    with watch.stage("precompute"):
+        precompute(out, plan, log)
+    writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+    writer.manifest["plan"] = plan.to_dict()
+    writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(),
+                                     minutes=watch.minutes(), stages=watch.stages(),
+                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     threads=torch.get_num_threads()))
+    return Path(out)
+
+
+def _prepare(out, base: Base, plan: BuildPlan, heads, clip, tokenizer, log: Log, extra_results):
+    """The bundle's base, evaluation data, heads and extra results (each kept when a resumed build has it)."""
     sources = [get_task(t) for t in plan.tasks]
     infos = [s.info() for s in sources]
     writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
@@ -182,7 +226,12 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
         writer.put_heads(heads if heads is not None else make_heads(base, infos, train, plan.head, clip, tokenizer))
     for name, obj in (extra_results or {}).items():
         writer.put_result(name, obj)
-    heads = load_bundle(out, verify=False).heads
+    return writer, sources, infos, train
+
+
+def _finetune_all(out, writer: BundleWriter, base: Base, plan: BuildPlan, sources, train, heads, log: Log,
+                  progress_factory) -> None:
+    """Train every (mode, task) vector the bundle lacks (or holds with another config), recording its timing."""
     timing = json.loads((Path(out) / Files.result("training")).read_text()) if writer.has(Files.result("training")) else {}
     for mode in plan.modes:
         cfg = plan.config(mode)
@@ -196,11 +245,3 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
                                                    "final_loss": res.losses[-1], "peak_memory_bytes": res.peak_memory_bytes}
             writer.put_result("training", timing)
             log(f"build: {mode}/{s.name}: {cfg.steps} steps in {res.seconds:.1f}s, loss {res.losses[-1]:.3f}")
-    precompute(out, plan, log)
-    writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
-    writer.manifest["plan"] = plan.to_dict()
-    writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(),
-                                     minutes=round((time.perf_counter() - start) / 60, 2),
-                                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     threads=torch.get_num_threads()))
-    return Path(out)

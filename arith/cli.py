@@ -259,6 +259,9 @@ def _addition_args(p):
     p.add_argument("--alone", action="store_true",
                    help="also each task alone at every α (θ0 + α τ_t on task t) and, at the chosen α, what the other "
                         "vectors cost (alone − merged): the result's `alone` and `interference`")
+    p.add_argument("--pairs", action="store_true",
+                   help="also which vector costs which task at the chosen α: task i with θ0 + α τ_i + α τ_j against "
+                        "θ0 + α τ_i, every ordered pair (test split; the result's `pairs`)")
 
 
 @command("addition", "task addition: shared α chosen on validation, test absolute / normalized accuracy")
@@ -270,17 +273,29 @@ def cmd_addition(args):
         alone = ex.alone(args.mode, args.tasks, progress=_bar(f"alone {args.mode}"))
         res = {**res, "alone": {k: v for k, v in alone.items() if k != "interference"},
                "interference": alone["interference"]}
+    if args.pairs:
+        res = {**res, "pairs": ex.pairs(args.mode, args.tasks, progress=_bar(f"pairs {args.mode}"))}
 
     def text(r):
         out = (f"{args.mode}: α={r['alpha']:.2f}  absolute {_pct(r['absolute'])}  normalized {_pct(r['normalized'])}\n")
         i = r.get("interference")
         if i is None:
-            return out + _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
-        out += (f"at α={i['alpha']:.2f} (test): each task alone {_pct(i['alone_absolute'])}, merged "
-                f"{_pct(i['merged_absolute'])}; the other vectors cost {100 * i['cost_of_others']:.1f} points, "
-                f"scaling τ to α {100 * i['cost_of_alpha']:.1f} (single-task {_pct(i['single_absolute'])})\n")
-        return out + _table([{"task": t, "alone": _pct(v["alone"]), "merged": _pct(v["merged"])}
-                             for t, v in i["per_task"].items()])
+            out += _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
+        else:
+            out += (f"at α={i['alpha']:.2f} (test): each task alone {_pct(i['alone_absolute'])}, merged "
+                    f"{_pct(i['merged_absolute'])}; the other vectors cost {100 * i['cost_of_others']:.1f} points, "
+                    f"scaling τ to α {100 * i['cost_of_alpha']:.1f} (single-task {_pct(i['single_absolute'])})\n")
+            out += _table([{"task": t, "alone": _pct(v["alone"]), "merged": _pct(v["merged"])}
+                           for t, v in i["per_task"].items()])
+        if "pairs" in r:
+            from .report import pair_matrix_rows
+
+            p = r["pairs"]
+            out += (f"\n\nat α={p['alpha']:.2f} (test), points task i loses when τ_j joins θ0 + α τ_i (rows: i, "
+                    f"columns: j); the mean row sum is {100 * p['mean_pair_cost']:.1f}\n")
+            out += _table([{k: (v if isinstance(v, str) else "" if v is None else f"{100 * v:.1f}") for k, v in row.items()}
+                           for row in pair_matrix_rows(p)])
+        return out
 
     _emit(args, res, text)
 
@@ -420,21 +435,30 @@ def _table_args(p):
     p.add_argument("--alone", action="store_true",
                    help="also where task addition loses its points: each task alone at α against the merged model, "
                         "per mode (computed: loads the tensors, seconds per mode)")
+    p.add_argument("--pairs", action="store_true",
+                   help="also which vector costs which task at each mode's chosen α: a summary per mode and the matrix "
+                        "of every mode (computed, as --alone)")
 
 
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results "
-                  "(--alone: also each task alone against task addition, computed)")
+                  "(--alone, --pairs: also where task addition loses its points, computed)")
 @arguments(_table_args)
 def cmd_table(args):
     from .index import BundleIndex
-    from .report import interference_rows, markdown, per_task_rows, results_rows
+    from .report import PAIR_LABEL, interference_rows, markdown, pair_matrix_rows, pair_summary_rows, per_task_rows, results_rows
 
-    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone)
+    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone / --pairs)
     res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
-    if args.alone:
+    alone = {}
+    if args.alone or args.pairs:
         ex = _explorer(args)
+    if args.alone:
         alone = {m: ex.alone(m, progress=_bar(f"alone {m}")) for m in ex.modes}
         res["alone"], res["alone_by_alpha"] = interference_rows(b, alone, {m: ex.addition(m) for m in alone})
+    if args.pairs:
+        pairs = {m: ex.pairs(m, progress=_bar(f"pairs {m}")) for m in ex.modes}
+        res["pairs"] = pair_summary_rows(pairs, alone)
+        res["pair_matrices"] = {m: pair_matrix_rows(p) for m, p in pairs.items()}
 
     def text(r):
         out = markdown(r["rows"])
@@ -443,6 +467,11 @@ def cmd_table(args):
         if "alone" in r:
             out += "\n\n" + markdown(r["alone"], pct=tuple(k for k in r["alone"][0] if k not in ("mode", "lr", "addition α")))
             out += "\n\n" + markdown(r["alone_by_alpha"], pct=tuple(k for k in r["alone_by_alpha"][0] if k != "mode"))
+        if "pairs" in r:
+            out += "\n\n" + markdown(r["pairs"], pct=("mean pair cost", "cost of the other vectors", "its cost",
+                                                       "inflicted", "hurt"))
+            for mode, rows in r["pair_matrices"].items():
+                out += f"\n\n{mode}:\n\n" + markdown(rows, pct=tuple(k for k in rows[0] if k != PAIR_LABEL))
         return out
     _emit(args, res, text)
 

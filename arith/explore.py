@@ -331,6 +331,17 @@ class Explorer:
 
         return self._memoised(("alone", mode, tuple(tasks)), compute)
 
+    def pairs(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
+        """Which vector costs which task at the addition's chosen α (:func:`arith.protocols.pair_costs`, test
+        split; every ordered pair of ``tasks``); computed on demand, memoised."""
+        tasks = list(tasks or self.tasks)
+        add = self.addition(mode, tasks, progress=progress)
+        vs = self.vectors(mode)
+        from .protocols import pair_costs
+
+        return self._memoised(("pairs", mode, tuple(tasks), float(add["alpha"])), lambda: pair_costs(
+            self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], progress=progress))
+
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
         controls = [c for c in (controls or self.tasks) if c != target]
         pre = self._precomputed("negation", mode, target, need=("controls", "alpha", "target", "control", "curve"))

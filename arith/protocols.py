@@ -7,6 +7,7 @@
   gap between the two (alone − merged) is what the other task vectors cost: the interference that weight
   disentanglement (method.md §5) is about; what remains between "alone at α" and single-task accuracy is the price of
   the small α that interference forces.
+* Pairs at the shared α: θ0 + α τ_i + α τ_j on task i, against task i alone: which vector costs which task.
 * Negation: θ0 − λ τ_target, λ chosen on validation to minimise target accuracy subject to the control tasks'
   mean accuracy staying ≥ 0.95 × their zero-shot accuracy; reported on test.
 """
@@ -116,6 +117,37 @@ def interference(addition: Mapping, alone: Mapping, split: str = "test") -> dict
             "per_task": {t: {"alone": a["accuracy"][t], "merged": m["accuracy"][t]} for t in alone["tasks"]},
             "same_zero_shot": 0.0 in rows and 0.0 in merged
             and rows[0.0][split]["accuracy"] == merged[0.0][split]["accuracy"]}
+
+
+def pair_costs(ev: Evaluator, vectors: Mapping[str, TaskVector], alpha: float, split: str = "test",
+               progress: Progress | None = None) -> dict:
+    """Which vector costs which task, at one shared α: for every ordered pair (i, j), task i's accuracy with θ0 +
+    α τ_i + α τ_j against θ0 + α τ_i alone (the alone curve's row at α).
+
+    ``cost[i][j]`` = alone_i − pair_ij (fractions; positive: adding τ_j hurts task i; the diagonal is 0), rows and
+    columns in ``tasks`` order.  ``hurt`` = each row's sum (what the other vectors, one at a time, cost task i) and
+    ``inflicted`` = each column's sum (what τ_j costs the other tasks, one at a time).  Their mean over tasks
+    (``mean_pair_cost``) is what the other vectors would cost task addition at α if their costs simply added up;
+    set beside :func:`interference`'s ``cost_of_others`` it shows how far they do.
+    """
+    tasks = list(vectors)
+    a = float(alpha)
+    alone = {t: ev.evaluate([vectors[t]], [a], split, [t])[t] for t in tasks}
+    n, done = len(tasks) * (len(tasks) - 1), 0
+    pair = [[alone[i]] * len(tasks) for i in tasks]
+    for r, i in enumerate(tasks):
+        for c, j in enumerate(tasks):
+            if i == j:
+                continue
+            pair[r][c] = ev.evaluate([vectors[i], vectors[j]], [a, a], split, [i])[i]
+            done += 1
+            if progress:
+                progress(done, n)
+    cost = [[alone[i] - pair[r][c] for c in range(len(tasks))] for r, i in enumerate(tasks)]
+    hurt = {i: float(sum(cost[r])) for r, i in enumerate(tasks)}
+    inflicted = {j: float(sum(cost[r][c] for r in range(len(tasks)))) for c, j in enumerate(tasks)}
+    return {"tasks": tasks, "alpha": a, "split": split, "alone": alone, "pair": pair, "cost": cost,
+            "hurt": hurt, "inflicted": inflicted, "mean_pair_cost": _mean(hurt, tasks)}
 
 
 def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequence[str],

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .build import BuildPlan, Log, build_signature, make_heads, precompute
+from .build import BuildPlan, Log, Stopwatch, build_signature, make_heads, precompute
 from .bundle import BundleWriter, load_bundle
 from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
 from .data import get_task
@@ -99,7 +99,7 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     Works in one process and under torchrun (every rank calls it; rank 0 writes).  ``device`` runs the
     precomputation (default: ``base``'s device).
     """
-    start = time.perf_counter()
+    watch = Stopwatch()
     main = D.is_main()
     log = log if main else (lambda m: None)
     device = device or str(base.device)
@@ -147,31 +147,34 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
         log(f"build: resuming; {len(kept)} finished (mode, task) vector(s) kept")
     timing_path = Path(out) / Files.result("training")
     timing = json.loads(timing_path.read_text()) if main and writer.has(Files.result("training")) else {}
-    for i, (mode, task) in enumerate(pending):
-        cfg = plan.config(mode)
-        train = sources[task].load("train", size=size, n=plan.train_n, seed=plan.seed, root=root)
-        bar = progress_factory(f"[{i + 1}/{len(pending)}] {mode}/{task}", cfg.steps) if progress_factory and main else None
-        res = finetune(base, heads[task], train, cfg, task=task, progress=bar)
-        if main:
-            writer.put_vector(res.vector, cfg)
-            timing.setdefault(mode, {})[task] = {
-                "seconds": res.seconds, "seconds_per_step": res.seconds_per_step, "final_loss": res.losses[-1],
-                "peak_memory_bytes": res.peak_memory_bytes, "device": str(base.device), "processes": D.world_size(),
-                "train_images": len(train)}
-            writer.put_result("training", timing)
-            log(f"build: [{i + 1}/{len(pending)}] {mode}/{task}: {cfg.steps} steps in {res.seconds:.1f}s "
-                f"({D.world_size()} process(es)), loss {res.losses[-1]:.3f}")
+    with watch.stage("fine-tuning"):
+        for i, (mode, task) in enumerate(pending):
+            cfg = plan.config(mode)
+            train = sources[task].load("train", size=size, n=plan.train_n, seed=plan.seed, root=root)
+            bar = progress_factory(f"[{i + 1}/{len(pending)}] {mode}/{task}", cfg.steps) if progress_factory and main else None
+            res = finetune(base, heads[task], train, cfg, task=task, progress=bar)
+            if main:
+                writer.put_vector(res.vector, cfg)
+                timing.setdefault(mode, {})[task] = {
+                    "seconds": res.seconds, "seconds_per_step": res.seconds_per_step, "final_loss": res.losses[-1],
+                    "peak_memory_bytes": res.peak_memory_bytes, "device": str(base.device), "processes": D.world_size(),
+                    "train_images": len(train)}
+                writer.put_result("training", timing)
+                log(f"build: [{i + 1}/{len(pending)}] {mode}/{task}: {cfg.steps} steps in {res.seconds:.1f}s "
+                    f"({D.world_size()} process(es)), loss {res.losses[-1]:.3f}")
     world = D.world_size()
     D.shutdown()  # the other ranks are done; rank 0 precomputes alone (no collective can time out meanwhile)
     summary = {"trained": [f"{m}/{t}" for m, t in pending], "kept": [f"{m}/{t}" for m, t in kept], "processes": world}
     if not main:
         return summary
     log(f"build: precomputing diagnostics on {device}")
-    precompute(out, plan, log, device=device)
+    with watch.stage("precompute"):
+        precompute(out, plan, log, device=device)
     writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
     writer.manifest["plan"] = plan.to_dict()
-    minutes = round((time.perf_counter() - start) / 60, 2)
+    minutes = watch.minutes()
     writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(), minutes=minutes,
+                                     stages=watch.stages(),
                                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      threads=torch.get_num_threads()))
     return {**summary, "minutes": minutes}

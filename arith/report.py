@@ -136,6 +136,36 @@ def interference_per_task(alone: dict[str, dict]) -> list[dict]:
     return rows
 
 
+PAIR_LABEL = "task hurt / τ added"
+
+
+def pair_matrix_rows(pairs: dict) -> list[dict]:
+    """:func:`arith.protocols.pair_costs` as rows: one per task hurt, one column per vector added (its cost to that
+    task, as a fraction; None on the diagonal) and the row's sum; a last row ``Σ (inflicted)`` sums each column."""
+    tasks, cost = pairs["tasks"], pairs["cost"]
+    rows = [{PAIR_LABEL: i, **{j: (None if i == j else cost[r][c]) for c, j in enumerate(tasks)},
+             "Σ (hurt)": pairs["hurt"][i]} for r, i in enumerate(tasks)]
+    rows.append({PAIR_LABEL: "Σ (inflicted)", **pairs["inflicted"], "Σ (hurt)": None})
+    return rows
+
+
+def pair_summary_rows(pairs: dict[str, dict], alone: dict[str, dict] | None = None) -> list[dict]:
+    """Per mode (``pairs``: mode -> :meth:`arith.explore.Explorer.pairs`): the mean pair cost (what the other vectors
+    would cost if their one-at-a-time costs added up), beside the merged model's actual cost of the other vectors
+    when ``alone`` has the mode, and the costliest pair, vector and most-hurt task (fractions; test split)."""
+    rows = []
+    for mode, p in pairs.items():
+        tasks, cost = p["tasks"], p["cost"]
+        r, c = max(((r, c) for r in range(len(tasks)) for c in range(len(tasks)) if r != c), key=lambda rc: cost[rc[0]][rc[1]])
+        worst_j, worst_i = max(p["inflicted"], key=p["inflicted"].get), max(p["hurt"], key=p["hurt"].get)
+        actual = (alone or {}).get(mode, {}).get("interference", {}).get("cost_of_others")
+        rows.append({"mode": mode, "addition α": p["alpha"], "mean pair cost": p["mean_pair_cost"],
+                     "cost of the other vectors": actual, "costliest pair": f"{tasks[c]} → {tasks[r]}",
+                     "its cost": cost[r][c], "costliest vector": worst_j, "inflicted": p["inflicted"][worst_j],
+                     "most hurt task": worst_i, "hurt": p["hurt"][worst_i]})
+    return rows
+
+
 def summary_row(report: dict) -> dict:
     """One flat row per (task, mode) for tables: agreement and errors at s = 1 and the restricted errors."""
     row = {"task": report["task"], "mode": report["mode"], **report["at_1"]}

@@ -181,3 +181,7 @@ class Provenance(_JsonRecord):
     # LayerNorm's and the patch convolution's weight gradients are split by thread, so a CPU build is bit-for-bit
     # reproducible only at the same count; recorded for GPU builds too, where it matters little)
     threads: int | None = None
+    # [stage, minutes] in the order the build ran them (e.g. "pre-training", "fine-tuning", "precompute"; a list,
+    # since the manifest's keys are sorted): where the build's time went, so a build near its budget shows which
+    # stage to look at; a stage with nothing to do (a reused θ0, kept vectors) takes ~0 or is absent
+    stages: list = field(default_factory=list)

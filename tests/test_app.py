@@ -137,6 +137,17 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
         {t: 100 * v["alone"] for t, v in ref["per_task"].items()})
     fig = next(c for c in at.get("plotly_chart") if "each task alone" in c.proto.spec)
     assert fig.proto.spec.count("each task alone") == len(engine.bundle.modes)  # one dashed line per mode
+    # which vector costs which task: computed only when asked, for the chosen mode, the engine's matrix in points
+    assert not [c for c in at.get("plotly_chart") if "task hurt" in c.proto.spec]
+    at.selectbox(key="pairs_mode").set_value("full").run(timeout=120)
+    at.toggle(key="sweep_pairs").set_value(True).run(timeout=120)
+    clean(at)
+    pairs = engine.pairs("full")
+    heat = json.loads(next(c for c in at.get("plotly_chart") if "task hurt" in c.proto.spec).proto.spec)
+    z = heat["data"][0]["z"]
+    assert heat["data"][0]["x"] == pairs["tasks"] and z[0][0] is None
+    assert z[0][1] == pytest.approx(100 * pairs["cost"][0][1]) and z[1][0] == pytest.approx(100 * pairs["cost"][1][0])
+    assert any(f"{100 * pairs['mean_pair_cost']:.1f} points" in c.value for c in at.caption)
 
 
 def test_mode_switch_and_task_selection(new_app, engine):

@@ -67,6 +67,11 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert {k: alone[k] for k in add} == add and gap["alpha"] == add["alpha"]
     assert gap["merged_absolute"] == add["absolute"] and set(gap["per_task"]) == set(TWO)
     assert alone["alone"]["curve"][-1]["test"]["accuracy"] == alone["alone"]["finetuned"]["test"]
+    pairs = run(capsys, "addition", *b, "--mode", "attn", "--pairs")  # which vector costs which task, at that α
+    assert pairs["pairs"]["alpha"] == add["alpha"] and pairs["pairs"]["tasks"] == list(TWO)
+    assert pairs["pairs"]["alone"] == {t: v["alone"] for t, v in gap["per_task"].items()}
+    assert main(["addition", *b, "--mode", "attn", "--pairs"]) == 0
+    assert "points task i loses" in capsys.readouterr().out
 
     neg = run(capsys, "negation", *b, "--mode", "full", "--task", TWO[0])
     assert {"target", "control", "alpha", "zeroshot_target", "zeroshot_control"} <= set(neg)

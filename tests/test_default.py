@@ -85,6 +85,11 @@ def test_quick_build_has_everything(quick):
     assert b.manifest["provenance"]["command"] is not None and b.manifest["provenance"]["minutes"] > 0
     # built, and its cost measured, at the pinned intra-op thread count, which the provenance records
     assert b.manifest["provenance"]["threads"] == THREADS and cost["attn"]["threads"] == THREADS
+    # where the build's time went, stage by stage (no pool or pre-training stage when θ0 came from the cache)
+    stages = b.manifest["provenance"]["stages"]
+    first = [] if b.results["pretraining"].get("reused") else ["source pool", "pre-training"]
+    assert [k for k, _ in stages] == [*first, "task data", "fine-tuning", "precompute", "cost"]
+    assert all(v >= 0 for _, v in stages) and sum(v for _, v in stages) <= b.manifest["provenance"]["minutes"] + 0.05
     # zero-shot heads are the frozen concept rows of each task's classes
     assert b.heads["digits"].num_classes == 10 and b.heads["terrain"].num_classes == 8
 
@@ -160,6 +165,26 @@ def test_table_alone_tabulates_each_task_alone_against_the_merge(quick, capsys):
     assert main(["table", "--bundle", str(quick), "--alone"]) == 0
     text = capsys.readouterr().out
     assert "| cost of the other vectors |" in text and "| α = 1 |" in text and "-0.0" not in text
+
+
+def test_table_pairs_says_which_vector_costs_which_task(quick, capsys):
+    from arith.explore import Explorer
+
+    assert main(["table", "--bundle", str(quick), "--alone", "--pairs", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ex = Explorer.open(str(quick))
+    for row in res["pairs"]:
+        p = ex.pairs(row["mode"])
+        assert row["addition α"] == ex.addition(row["mode"])["alpha"] == p["alpha"]
+        assert row["mean pair cost"] == pytest.approx(np.mean([sum(r) for r in p["cost"]]))
+        assert row["cost of the other vectors"] == ex.alone(row["mode"])["interference"]["cost_of_others"]
+        assert row["its cost"] == max(v for r, costs in enumerate(p["cost"]) for c, v in enumerate(costs) if r != c)
+        matrix = res["pair_matrices"][row["mode"]]
+        assert [r["task hurt / τ added"] for r in matrix] == [*p["tasks"], "Σ (inflicted)"]
+        assert matrix[0][p["tasks"][0]] is None and matrix[0][p["tasks"][1]] == p["cost"][0][1]
+    assert main(["table", "--bundle", str(quick), "--pairs"]) == 0
+    text = capsys.readouterr().out
+    assert "| costliest pair |" in text and "| Σ (inflicted) |" in text and "attn:" in text
 
 
 def test_lr_sweep_uses_validation_and_is_saved(quick, capsys):

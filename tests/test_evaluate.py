@@ -8,7 +8,7 @@ from arith.disentangle import xi_grid
 from arith.evaluate import Evaluator
 from arith.explore import Explorer, round_coefs
 from arith.kernel import kernel_report
-from arith.protocols import ALPHAS, alone_curve, interference, task_addition, task_negation
+from arith.protocols import ALPHAS, alone_curve, interference, pair_costs, task_addition, task_negation
 from arith.report import summary_row
 
 from conftest import TASKS
@@ -90,6 +90,32 @@ def test_each_task_alone_runs_from_zero_shot_to_single_task_and_gives_the_interf
         interference(add, alone_curve(ev, {t: vs[t] for t in list(vs)[:2]}, alphas=(0.0, 1.0)))
     with pytest.raises(ValueError, match="not on the alone curve's grid"):
         interference({**add, "alpha": 0.123}, alone)
+
+
+@pytest.mark.parametrize("mode", ["attn", "linear"])
+def test_pair_costs_set_each_pair_against_the_task_alone(bundle, ev, mode):
+    vs = bundle.vectors[mode]
+    tasks = list(vs)
+    add = task_addition(ev, vs)
+    p = pair_costs(ev, vs, add["alpha"])
+    assert p["alone"] == row_at(alone_curve(ev, vs, splits=("test",)), add["alpha"])["test"]["accuracy"]
+    for r, i in enumerate(tasks):
+        assert p["cost"][r][r] == 0
+        for c, j in enumerate(tasks):
+            if i != j:  # task i with θ0 + α τ_i + α τ_j, against θ0 + α τ_i
+                pair = ev.evaluate([vs[i], vs[j]], [add["alpha"]] * 2, "test", [i])[i]
+                assert p["pair"][r][c] == pair and p["cost"][r][c] == pytest.approx(p["alone"][i] - pair)
+    assert p["hurt"][tasks[0]] == pytest.approx(sum(p["cost"][0]))
+    assert p["inflicted"][tasks[0]] == pytest.approx(sum(row[0] for row in p["cost"]))
+    # with two tasks the pair is the whole merge, so the mean pair cost is the other vectors' cost in interference()
+    two = {t: vs[t] for t in tasks[:2]}
+    add2 = task_addition(ev, two)
+    assert pair_costs(ev, two, add2["alpha"])["mean_pair_cost"] == pytest.approx(
+        interference(add2, alone_curve(ev, two))["cost_of_others"])
+    # a vector scaled to zero costs no task anything, and at α = 0 nothing costs anything
+    quiet = pair_costs(ev, {**vs, tasks[1]: vs[tasks[1]].scale(0.0)}, add["alpha"])
+    assert [row[1] for row in quiet["cost"]] == [0.0] * len(tasks)
+    assert pair_costs(ev, vs, 0.0)["cost"] == [[0.0] * len(tasks)] * len(tasks)
 
 
 def row_at(curve: dict, alpha: float) -> dict:

@@ -171,6 +171,22 @@ def cosine_heatmap(labels: Sequence[str], cosine: Sequence[Sequence[float]]) -> 
     return _layout(fig, height=max(360, 34 * len(labels) + 120))
 
 
+def pair_heatmap(pairs: Mapping) -> go.Figure:
+    """:func:`arith.protocols.pair_costs`: rows the task hurt, columns the vector added, the cost in points on a
+    colour range symmetric about 0 (red: τ_j hurts task i; blue: it helps); the diagonal is blank."""
+    tasks, cost = list(pairs["tasks"]), pairs["cost"]
+    z = [[None if r == c else 100.0 * v for c, v in enumerate(row)] for r, row in enumerate(cost)]
+    top = max([abs(v) for row in z for v in row if v is not None] or [1.0])
+    fig = go.Figure()
+    fig.add_heatmap(x=tasks, y=tasks, z=z, zmin=-top, zmax=top, colorscale="RdBu_r",
+                    text=[["" if v is None else f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
+                    hovertemplate="adding τ %{x} costs %{y} %{z:.1f} points<extra></extra>",
+                    colorbar=dict(title="points", thickness=12))
+    fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})")
+    fig.update_yaxes(title="task hurt", autorange="reversed", scaleanchor="x")
+    return _layout(fig, height=max(360, 34 * len(tasks) + 140))
+
+
 def loss_curve(losses: Sequence[float]) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=list(range(1, len(losses) + 1)), y=list(losses), mode="lines", name="loss")

@@ -21,7 +21,6 @@ import math
 import os
 import shlex
 import sys
-import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..build import BuildPlan, build_bundle
+from ..build import BuildPlan, Stopwatch, build_bundle
 from ..cli import DEFAULT_BUNDLE, _bar, _emit, arguments, command
 from ..cost import measure_modes, set_intra_op_threads
 from .pretrain import PRETRAIN_VERSION, PretrainConfig, pretrain
@@ -134,36 +133,38 @@ def _build_default(out, recipe: Recipe, plan: BuildPlan, seed: int, log, command
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     pcfg = PretrainConfig.from_dict({**recipe.pretrain.to_dict(), "seed": seed})
-    start = time.perf_counter()
-    base, group_heads, stats = pretrained_base(pcfg, log)
+    watch = Stopwatch()
+    base, group_heads, stats = pretrained_base(pcfg, log, stopwatch=watch)
     stats["config"] = pcfg.to_dict()
     style = {s.name: s.group for s in TASK_STYLES}
     heads = {t: group_heads[style[t]] for t in plan.tasks}
     out = build_bundle(out, base, plan, heads=heads, log=log, progress_factory=lambda d, n: _bar(d),
-                       command=command_line, extra_results={"pretraining": stats})
+                       command=command_line, extra_results={"pretraining": stats}, stopwatch=watch)
     log("build-default: measuring training cost per mode (one process each)")
     from ..bundle import BundleWriter, load_bundle
 
-    cost = measure_modes(out, plan.modes, steps=recipe.cost_steps, batch_size=plan.config("full").batch_size,
-                         fresh_process=not quick, threads=torch.get_num_threads())
+    with watch.stage("cost"):
+        cost = measure_modes(out, plan.modes, steps=recipe.cost_steps, batch_size=plan.config("full").batch_size,
+                             fresh_process=not quick, threads=torch.get_num_threads())
     b = load_bundle(out, verify=False)
     writer = BundleWriter(out, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
     writer.put_result("cost", cost)
     prov = dict(writer.manifest["provenance"])
-    prov["minutes"] = round((time.perf_counter() - start) / 60, 2)
+    prov["minutes"], prov["stages"] = watch.minutes(), watch.stages()
     prov["pretraining_reused"] = bool(stats.get("reused"))  # True: minutes exclude pre-training (see pretrained_base)
     writer.manifest["provenance"] = prov
     writer.save_manifest()
     return Path(out)
 
 
-def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
+def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu", stopwatch: Stopwatch | None = None) -> tuple:
     """Pre-train θ0 (or reuse the result of an identical earlier run, kept next to the cached task data).
 
     Pre-training is seeded and deterministic, so a rebuild that only changes fine-tuning (e.g. after
     ``lr-sweep``) need not repeat it; the manifest records whether it was reused.  ``device`` other than the CPU
     (studies only) is part of the cache key, since its θ0 differs numerically, and so is the CPU's thread count.
-    Returns (θ0 as a Base, the concept rows per group as Heads, stats).
+    Returns (θ0 as a Base, the concept rows per group as Heads, stats); ``stopwatch`` times drawing the source
+    pool and pre-training (as the stages "source pool" and "pre-training"; neither runs when θ0 is reused).
     """
     import json
 
@@ -191,11 +192,14 @@ def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu") -> tuple:
         stats = {**json.loads(meta["stats"]), "reused": True}
         heads = {k[len("head."):]: Head(v, stats["scale"]) for k, v in tensors.items() if k.startswith("head.")}
         return Base.from_state_dict(pcfg.spec(), theta0), heads, stats
+    watch = stopwatch or Stopwatch()
     log(f"build-default: drawing the source pool ({pcfg.pool} images)")
-    images, concepts = source_pool(pcfg.pool, seed=pcfg.seed, rich=pcfg.rich)
+    with watch.stage("source pool"):
+        images, concepts = source_pool(pcfg.pool, seed=pcfg.seed, rich=pcfg.rich)
     log(f"build-default: pre-training {pcfg.width}w × {pcfg.layers} layers for {pcfg.steps} steps")
-    base, heads, stats = pretrain(pcfg, torch.from_numpy(images), torch.from_numpy(concepts),
-                                  progress=_bar("pre-training"), device=device)
+    with watch.stage("pre-training"):
+        base, heads, stats = pretrain(pcfg, torch.from_numpy(images), torch.from_numpy(concepts),
+                                      progress=_bar("pre-training"), device=device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"encoder.{k}": v.detach().clone() for k, v in base.module.state_dict().items()}
@@ -244,5 +248,8 @@ def cmd_build_default(args):
     from ..bundle import load_bundle
 
     b = load_bundle(out)
-    res = {"out": str(out), "tasks": b.task_names, "modes": b.modes, "minutes": b.manifest["provenance"]["minutes"]}
-    _emit(args, res, lambda r: f"default bundle written to {r['out']} in {r['minutes']} minutes")
+    prov = b.manifest["provenance"]
+    res = {"out": str(out), "tasks": b.task_names, "modes": b.modes, "minutes": prov["minutes"],
+           "stages": prov.get("stages", [])}
+    _emit(args, res, lambda r: f"default bundle written to {r['out']} in {r['minutes']} minutes ("
+          + ", ".join(f"{k} {v}" for k, v in r["stages"]) + ")")
