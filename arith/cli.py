@@ -292,7 +292,8 @@ def cmd_addition(args):
 
             p = r["pairs"]
             out += (f"\n\nat α={p['alpha']:.2f} (test), points task i loses when τ_j joins θ0 + α τ_i (rows: i, "
-                    f"columns: j); the mean row sum is {100 * p['mean_pair_cost']:.1f}\n")
+                    "columns: j); if these costs added up, the other vectors would cost a task "
+                    f"{100 * p['additive_cost']:.1f} points on average (the rows' mean sum)\n")
             out += _table([{k: (v if isinstance(v, str) else "" if v is None else f"{100 * v:.1f}") for k, v in row.items()}
                            for row in pair_matrix_rows(p)])
         return out
@@ -468,7 +469,7 @@ def cmd_table(args):
             out += "\n\n" + markdown(r["alone"], pct=tuple(k for k in r["alone"][0] if k not in ("mode", "lr", "addition α")))
             out += "\n\n" + markdown(r["alone_by_alpha"], pct=tuple(k for k in r["alone_by_alpha"][0] if k != "mode"))
         if "pairs" in r:
-            out += "\n\n" + markdown(r["pairs"], pct=("mean pair cost", "cost of the other vectors", "its cost",
+            out += "\n\n" + markdown(r["pairs"], pct=("cost if pairs added up", "cost of the other vectors", "its cost",
                                                        "inflicted", "hurt"))
             for mode, rows in r["pair_matrices"].items():
                 out += f"\n\n{mode}:\n\n" + markdown(rows, pct=tuple(k for k in rows[0] if k != PAIR_LABEL))

@@ -126,11 +126,13 @@ def pair_costs(ev: Evaluator, vectors: Mapping[str, TaskVector], alpha: float, s
 
     ``cost[i][j]`` = alone_i − pair_ij (fractions; positive: adding τ_j hurts task i; the diagonal is 0), rows and
     columns in ``tasks`` order.  ``hurt`` = each row's sum (what the other vectors, one at a time, cost task i) and
-    ``inflicted`` = each column's sum (what τ_j costs the other tasks, one at a time).  Their mean over tasks
-    (``mean_pair_cost``) is what the other vectors would cost task addition at α if their costs simply added up;
+    ``inflicted`` = each column's sum (what τ_j costs the other tasks, one at a time).  The rows' mean over tasks
+    (``additive_cost``) is what the other vectors would cost task addition at α if their costs simply added up;
     set beside :func:`interference`'s ``cost_of_others`` it shows how far they do.
     """
     tasks = list(vectors)
+    if len(tasks) < 2:
+        raise ValueError(f"pair costs need at least two task vectors (got {tasks})")
     a = float(alpha)
     alone = {t: ev.evaluate([vectors[t]], [a], split, [t])[t] for t in tasks}
     n, done = len(tasks) * (len(tasks) - 1), 0
@@ -147,7 +149,7 @@ def pair_costs(ev: Evaluator, vectors: Mapping[str, TaskVector], alpha: float, s
     hurt = {i: float(sum(cost[r])) for r, i in enumerate(tasks)}
     inflicted = {j: float(sum(cost[r][c] for r in range(len(tasks)))) for c, j in enumerate(tasks)}
     return {"tasks": tasks, "alpha": a, "split": split, "alone": alone, "pair": pair, "cost": cost,
-            "hurt": hurt, "inflicted": inflicted, "mean_pair_cost": _mean(hurt, tasks)}
+            "hurt": hurt, "inflicted": inflicted, "additive_cost": _mean(hurt, tasks)}
 
 
 def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequence[str],

@@ -150,8 +150,8 @@ def pair_matrix_rows(pairs: dict) -> list[dict]:
 
 
 def pair_summary_rows(pairs: dict[str, dict], alone: dict[str, dict] | None = None) -> list[dict]:
-    """Per mode (``pairs``: mode -> :meth:`arith.explore.Explorer.pairs`): the mean pair cost (what the other vectors
-    would cost if their one-at-a-time costs added up), beside the merged model's actual cost of the other vectors
+    """Per mode (``pairs``: mode -> :meth:`arith.explore.Explorer.pairs`): what the other vectors would cost a task if
+    their one-at-a-time costs added up, beside the merged model's actual cost of the other vectors
     when ``alone`` has the mode, and the costliest pair, vector and most-hurt task (fractions; test split)."""
     rows = []
     for mode, p in pairs.items():
@@ -159,7 +159,7 @@ def pair_summary_rows(pairs: dict[str, dict], alone: dict[str, dict] | None = No
         r, c = max(((r, c) for r in range(len(tasks)) for c in range(len(tasks)) if r != c), key=lambda rc: cost[rc[0]][rc[1]])
         worst_j, worst_i = max(p["inflicted"], key=p["inflicted"].get), max(p["hurt"], key=p["hurt"].get)
         actual = (alone or {}).get(mode, {}).get("interference", {}).get("cost_of_others")
-        rows.append({"mode": mode, "addition α": p["alpha"], "mean pair cost": p["mean_pair_cost"],
+        rows.append({"mode": mode, "addition α": p["alpha"], "cost if pairs added up": p["additive_cost"],
                      "cost of the other vectors": actual, "costliest pair": f"{tasks[c]} → {tasks[r]}",
                      "its cost": cost[r][c], "costliest vector": worst_j, "inflicted": p["inflicted"][worst_j],
                      "most hurt task": worst_i, "hurt": p["hurt"][worst_i]})

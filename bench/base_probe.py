@@ -65,18 +65,20 @@ def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_
 
 def summarize(paths) -> str:
     """A Markdown table of earlier ``--json`` results, one row per (variant, mode, lr) (the README's table)."""
-    head = ("variant", "steps", "width", "pool", "final loss", "mode", "lr", "zero-shot", "single-task", "α",
-            "addition", "over zero-shot", "normalized", "agreement", "‖τ‖/‖θ0‖")
+    head = ("variant", "steps", "width", "layers", "pool", "final loss", "mode", "lr", "zero-shot", "single-task", "α",
+            "addition", "over zero-shot", "normalized", "agreement", "‖τ‖/‖θ0‖", "device")
     rows = []
     for path in paths:
         r = json.loads(Path(path).read_text())
         pre = r["pretrain"]
         for run in r["runs"]:
             pct = {k: f"{100 * run[k]:.1f}" for k in ("zero_shot", "single", "absolute", "normalized")}
-            cells = (r["tag"], f"{pre['steps']:,}", pre["width"], f"{pre['pool']:,}", f"{r['pretraining']['final_loss']:.3f}",
+            cells = (r["tag"], f"{pre['steps']:,}", pre["width"], pre["layers"], f"{pre['pool']:,}",
+                     f"{r['pretraining']['final_loss']:.3f}",
                      run["mode"], f"{run['config']['lr']:g}", pct["zero_shot"], pct["single"], f"{run['alpha']:.2f}",
                      pct["absolute"], f"{100 * run['gain']:+.1f}", pct["normalized"],
-                     "—" if run["agreement"] is None else f"{100 * run['agreement']:.1f}", f"{run['tau_relative_norm']:.3f}")
+                     "—" if run["agreement"] is None else f"{100 * run['agreement']:.1f}", f"{run['tau_relative_norm']:.3f}",
+                     r.get("device", "cpu").split(":")[0])
             rows.append(cells)
     return markdown_table(head, rows)
 

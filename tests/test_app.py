@@ -147,7 +147,7 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     z = heat["data"][0]["z"]
     assert heat["data"][0]["x"] == pairs["tasks"] and z[0][0] is None
     assert z[0][1] == pytest.approx(100 * pairs["cost"][0][1]) and z[1][0] == pytest.approx(100 * pairs["cost"][1][0])
-    assert any(f"{100 * pairs['mean_pair_cost']:.1f} points" in c.value for c in at.caption)
+    assert any(f"{100 * pairs['additive_cost']:.1f} points" in c.value for c in at.caption)
 
 
 def test_mode_switch_and_task_selection(new_app, engine):

@@ -7,9 +7,10 @@ Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwrig
     python -m pytest -m browser tests/test_browser.py
 
 It changes a coefficient and checks that a shown number changes, clicks a ξ heatmap cell and checks that it sets
-the two coefficients, turns on "each task alone" and checks its dashed curves and table, and takes a screenshot of
-every view (and of the task-addition sweep with the dashed curves, ``1b-interference.png``).  Screenshots go to
-``$ARITH_SCREENSHOTS`` (default ``assets/screenshots/tmp/``, ignored by git); ``ARITH_SCREENSHOTS=assets/screenshots``
+the two coefficients, turns on "each task alone" and checks its dashed curves and table, computes the pair
+heatmap, and takes a screenshot of every view (and of the task-addition sweep with the dashed curves,
+``1b-interference.png``, and of the pair heatmap, ``1c-pairs.png``).  Screenshots go to ``$ARITH_SCREENSHOTS``
+(default ``assets/screenshots/tmp/``, ignored by git); ``ARITH_SCREENSHOTS=assets/screenshots``
 refreshes the ones the README shows.  The app opens the tiny test bundle unless ``$ARITH_BROWSER_BUNDLE`` names another one (e.g.
 ``precomputed/default`` for the README's screenshots).
 """
@@ -170,6 +171,41 @@ def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, 
     page.screenshot(path=str(shots / "1b-interference.png"),
                     clip={"x": 300, "y": max(0, top - 10), "width": page.viewport_size["width"] - 300,
                           "height": end["y"] + end["height"] - top + 30})
+
+
+def test_the_pair_heatmap_shows_which_vector_costs_which_task(server, page):
+    shots = Path(os.environ.get("ARITH_SCREENSHOTS") or ROOT / "assets" / "screenshots" / "tmp")
+    shots.mkdir(parents=True, exist_ok=True)
+    page.goto(server + "/")
+    _settle(page, "Task arithmetic")
+    page.get_by_text("Each task alone at α (dashed)").click()
+    page.get_by_text("At each mode's validation-chosen α").wait_for(timeout=300_000)
+    _settle(page, "Task arithmetic")
+    expander = page.locator('[data-testid="stExpander"]').filter(has_text="Which vector costs which task")
+    expander.get_by_text("Which vector costs which task").click()
+    select = expander.locator('[data-testid="stSelectbox"] input')
+    assert select.input_value() == "Full fine-tuning"  # the mode selector opens on the first mode; the next is attn
+    for _ in range(3):  # keyboard choice; a key pressed while the list is still opening can be lost, so retry
+        select.click()
+        page.wait_for_timeout(1000)
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Enter")
+        _settle(page, "Task arithmetic")
+        if select.input_value() != "Full fine-tuning":
+            break
+    assert select.input_value() == "Attention-only"
+    expander.get_by_text("Compute every pair").click()
+    page.get_by_text("If their one-at-a-time costs added up").wait_for(timeout=300_000)  # computed on demand
+    _settle(page, "Task arithmetic")
+    assert not page.locator('[data-testid="stException"]').count()
+    chart = expander.locator('[data-testid="stPlotlyChart"]')
+    assert chart.count() == 1 and "task hurt" in chart.inner_text()
+    expander.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.mouse.move(5, 5)  # off the chart: no plotly toolbar
+    page.wait_for_timeout(500)
+    box = expander.bounding_box()
+    page.screenshot(path=str(shots / "1c-pairs.png"),
+                    clip={"x": box["x"], "y": max(0, box["y"]), "width": box["width"], "height": box["height"]})
 
 
 def test_clicking_a_xi_cell_sets_both_coefficients(server, page):

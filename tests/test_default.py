@@ -176,7 +176,7 @@ def test_table_pairs_says_which_vector_costs_which_task(quick, capsys):
     for row in res["pairs"]:
         p = ex.pairs(row["mode"])
         assert row["addition α"] == ex.addition(row["mode"])["alpha"] == p["alpha"]
-        assert row["mean pair cost"] == pytest.approx(np.mean([sum(r) for r in p["cost"]]))
+        assert row["cost if pairs added up"] == pytest.approx(np.mean([sum(r) for r in p["cost"]]))
         assert row["cost of the other vectors"] == ex.alone(row["mode"])["interference"]["cost_of_others"]
         assert row["its cost"] == max(v for r, costs in enumerate(p["cost"]) for c, v in enumerate(costs) if r != c)
         matrix = res["pair_matrices"][row["mode"]]

@@ -107,15 +107,17 @@ def test_pair_costs_set_each_pair_against_the_task_alone(bundle, ev, mode):
                 assert p["pair"][r][c] == pair and p["cost"][r][c] == pytest.approx(p["alone"][i] - pair)
     assert p["hurt"][tasks[0]] == pytest.approx(sum(p["cost"][0]))
     assert p["inflicted"][tasks[0]] == pytest.approx(sum(row[0] for row in p["cost"]))
-    # with two tasks the pair is the whole merge, so the mean pair cost is the other vectors' cost in interference()
+    # with two tasks the pair is the whole merge, so the cost if pairs added up is the other vectors' cost in interference()
     two = {t: vs[t] for t in tasks[:2]}
     add2 = task_addition(ev, two)
-    assert pair_costs(ev, two, add2["alpha"])["mean_pair_cost"] == pytest.approx(
+    assert pair_costs(ev, two, add2["alpha"])["additive_cost"] == pytest.approx(
         interference(add2, alone_curve(ev, two))["cost_of_others"])
     # a vector scaled to zero costs no task anything, and at α = 0 nothing costs anything
     quiet = pair_costs(ev, {**vs, tasks[1]: vs[tasks[1]].scale(0.0)}, add["alpha"])
     assert [row[1] for row in quiet["cost"]] == [0.0] * len(tasks)
     assert pair_costs(ev, vs, 0.0)["cost"] == [[0.0] * len(tasks)] * len(tasks)
+    with pytest.raises(ValueError, match="at least two task vectors"):
+        pair_costs(ev, {tasks[0]: vs[tasks[0]]}, 0.5)
 
 
 def row_at(curve: dict, alpha: float) -> dict:

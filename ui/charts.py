@@ -182,8 +182,8 @@ def pair_heatmap(pairs: Mapping) -> go.Figure:
                     text=[["" if v is None else f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
                     hovertemplate="adding τ %{x} costs %{y} %{z:.1f} points<extra></extra>",
                     colorbar=dict(title="points", thickness=12))
-    fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})")
-    fig.update_yaxes(title="task hurt", autorange="reversed", scaleanchor="x")
+    fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})", showgrid=False)
+    fig.update_yaxes(title="task hurt", autorange="reversed", scaleanchor="x", showgrid=False)
     return _layout(fig, height=max(360, 34 * len(tasks) + 140))
 
 
