@@ -288,14 +288,14 @@ def cmd_addition(args):
             out += _table([{"task": t, "alone": _pct(v["alone"]), "merged": _pct(v["merged"])}
                            for t, v in i["per_task"].items()])
         if "pairs" in r:
-            from .report import pair_matrix_rows
+            from .report import PAIR_LABEL, markdown, pair_matrix_rows
 
             p = r["pairs"]
             out += (f"\n\nat α={p['alpha']:.2f} (test), points task i loses when τ_j joins θ0 + α τ_i (rows: i, "
                     "columns: j); if these costs added up, the other vectors would cost a task "
                     f"{100 * p['additive_cost']:.1f} points on average (the rows' mean sum)\n")
-            out += _table([{k: (v if isinstance(v, str) else "" if v is None else f"{100 * v:.1f}") for k, v in row.items()}
-                           for row in pair_matrix_rows(p)])
+            rows = pair_matrix_rows(p)
+            out += markdown(rows, pct=tuple(k for k in rows[0] if k != PAIR_LABEL))
         return out
 
     _emit(args, res, text)

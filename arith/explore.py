@@ -335,6 +335,8 @@ class Explorer:
         """Which vector costs which task at the addition's chosen α (:func:`arith.protocols.pair_costs`, test
         split; every ordered pair of ``tasks``); computed on demand, memoised."""
         tasks = list(tasks or self.tasks)
+        if len(tasks) < 2:  # before the addition sweep it needs
+            raise ValueError(f"pair costs need at least two task vectors (got {tasks})")
         add = self.addition(mode, tasks, progress=progress)
         vs = self.vectors(mode)
         from .protocols import pair_costs

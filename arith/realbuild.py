@@ -108,35 +108,36 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     infos = [s.info() for s in sources.values()]
     size = base.image_size
     writer = None
-    if main:
-        writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
-        if writer.start_over_unless(build_signature(plan, sources.values())):
-            log(f"build: {out} holds a build of other data or settings; starting over")
-        if not writer.has(Files.BASE):
-            writer.put_base(base)
-        records = {}
-        for name, s in sources.items():
-            if not writer.has(Files.data(name)):
-                log(f"build: {name}: storing {plan.eval_n or 'all'} validation and test images per split")
-                writer.put_data(name, {sp: _in_memory(s.load(sp, size=size, n=plan.eval_n, seed=plan.seed, root=root))
-                                       for sp in ("val", "test")})
-            if hasattr(s, "splits"):
-                from .datasets import split_record
+    with watch.stage("task data"):  # evaluation splits and heads (rank 0; the others wait at the barrier)
+        if main:
+            writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+            if writer.start_over_unless(build_signature(plan, sources.values())):
+                log(f"build: {out} holds a build of other data or settings; starting over")
+            if not writer.has(Files.BASE):
+                writer.put_base(base)
+            records = {}
+            for name, s in sources.items():
+                if not writer.has(Files.data(name)):
+                    log(f"build: {name}: storing {plan.eval_n or 'all'} validation and test images per split")
+                    writer.put_data(name, {sp: _in_memory(s.load(sp, size=size, n=plan.eval_n, seed=plan.seed, root=root))
+                                           for sp in ("val", "test")})
+                if hasattr(s, "splits"):
+                    from .datasets import split_record
 
-                records[name] = split_record(name, root, eval_n=plan.eval_n, train_n=plan.train_n, seed=plan.seed)
-        if records:
-            writer.put_result("splits", records)
-        if not writer.has(Files.HEADS):
-            needs_train = clip is None or plan.head == "prototype"
-            train = None
-            if needs_train:
-                log("build: prototype heads from θ0 features of the training images")
-                train = {n: s.load("train", size=size, seed=plan.seed, root=root,  # lazy: encoded batch by batch
-                                   n=min(plan.train_n or PROTOTYPE_N, PROTOTYPE_N) if hasattr(s, "splits")
-                                   else plan.train_n) for n, s in sources.items()}
-            else:
-                log(f"build: zero-shot heads from the text tower ({sum(len(i.templates) for i in infos)} templates)")
-            writer.put_heads(make_heads(base, infos, train, plan.head, clip, tokenizer))
+                    records[name] = split_record(name, root, eval_n=plan.eval_n, train_n=plan.train_n, seed=plan.seed)
+            if records:
+                writer.put_result("splits", records)
+            if not writer.has(Files.HEADS):
+                needs_train = clip is None or plan.head == "prototype"
+                train = None
+                if needs_train:
+                    log("build: prototype heads from θ0 features of the training images")
+                    train = {n: s.load("train", size=size, seed=plan.seed, root=root,  # lazy: encoded batch by batch
+                                       n=min(plan.train_n or PROTOTYPE_N, PROTOTYPE_N) if hasattr(s, "splits")
+                                       else plan.train_n) for n, s in sources.items()}
+                else:
+                    log(f"build: zero-shot heads from the text tower ({sum(len(i.templates) for i in infos)} templates)")
+                writer.put_heads(make_heads(base, infos, train, plan.head, clip, tokenizer))
     D.barrier()
     heads = _read_heads(out, list(sources), base.embed_dim)
     pending = [(m, t) for m in plan.modes for t in plan.tasks
@@ -177,7 +178,7 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
                                      stages=watch.stages(),
                                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      threads=torch.get_num_threads()))
-    return {**summary, "minutes": minutes}
+    return {**summary, "minutes": minutes, "stages": watch.stages()}
 
 
 # -- exact full-split evaluation ------------------------------------------------------------------------------------
@@ -329,7 +330,8 @@ def cmd_build_bundle(args):
     res = {"out": str(args.out), "base_id": b.base.id, "tasks": b.task_names, "modes": b.modes,
            "results": sorted(b.results), **summary}
     _emit(args, res, lambda r: f"bundle written to {r['out']} ({len(r['tasks'])} tasks × {len(r['modes'])} modes; "
-                               f"trained {len(r['trained'])}, kept {len(r['kept'])})")
+                               f"trained {len(r['trained'])}, kept {len(r['kept'])}) in {r['minutes']} minutes ("
+                               + ", ".join(f"{k} {v}" for k, v in r["stages"]) + ")")
 
 
 def _full_args(p):

@@ -123,21 +123,21 @@ with guard("Task-addition sweep"):
                 st.dataframe(per_task, hide_index=True, key="interference_per_task",
                              column_config={c: st.column_config.NumberColumn(format="%.1f") for c in per_task.columns[1:]})
             with st.expander("Which vector costs which task"):
-                if max(len(c["tasks"]) for c in curves.values()) < 2:
+                choices = [m for m in alone if len(curves[m]["tasks"]) > 1]
+                if not choices:
                     st.info("Select at least two tasks to see which vector costs which.")
-                pm = st.selectbox("Mode", [m for m in alone if len(curves[m]["tasks"]) > 1], format_func=mode_label,
-                                  key="pairs_mode")
-                on = st.toggle("Compute every pair", key="sweep_pairs",
-                               help="Task i with θ0 + α τ_i + α τ_j against θ0 + α τ_i, for every ordered pair, at the "
-                                    "mode's validation-chosen α (test split). Computed on demand.")
-                if on and pm is not None:
-                    bar = Progress(f"Pairs for {mode_label(pm)}")
-                    try:
-                        pairs = ex.pairs(pm, curves[pm]["tasks"], progress=bar)
-                    finally:
-                        bar.done()
-                    st.plotly_chart(charts.pair_heatmap(pairs), key="pairs_heatmap")
-                    others = alone[pm]["interference"]["cost_of_others"]
-                    st.caption(f"If their one-at-a-time costs added up, the other vectors would cost a task "
-                               f"{100 * pairs['additive_cost']:.1f} points on average (the rows' mean sum); all of them "
-                               f"at once cost it {100 * others:.1f} (the table above).")
+                else:
+                    pm = st.selectbox("Mode", choices, format_func=mode_label, key="pairs_mode")
+                    if st.toggle("Compute every pair", key="sweep_pairs",
+                                 help="Task i with θ0 + α τ_i + α τ_j against θ0 + α τ_i, for every ordered pair, at "
+                                      "the mode's validation-chosen α (test split). Computed on demand."):
+                        bar = Progress(f"Pairs for {mode_label(pm)}")
+                        try:
+                            pairs = ex.pairs(pm, curves[pm]["tasks"], progress=bar)
+                        finally:
+                            bar.done()
+                        st.plotly_chart(charts.pair_heatmap(pairs), key="pairs_heatmap")
+                        others = alone[pm]["interference"]["cost_of_others"]
+                        st.caption(f"If their one-at-a-time costs added up, the other vectors would cost a task "
+                                   f"{100 * pairs['additive_cost']:.1f} points on average (the rows' mean sum); all "
+                                   f"of them at once cost it {100 * others:.1f} (the table above).")

@@ -120,6 +120,19 @@ def test_pair_costs_set_each_pair_against_the_task_alone(bundle, ev, mode):
         pair_costs(ev, {tasks[0]: vs[tasks[0]]}, 0.5)
 
 
+def test_explorer_pairs_follow_the_tasks_asked_for(bundle, ev):
+    ex = Explorer(bundle)
+    a, b = list(bundle.vectors["attn"])[:2]
+    everything = ex.pairs("attn")
+    sub = ex.pairs("attn", [b, a])  # its own addition, α and order, not the all-task entry's
+    alpha = ex.addition("attn", [b, a])["alpha"]
+    assert sub["tasks"] == [b, a] and sub["alpha"] == alpha and everything["tasks"] == list(ex.tasks)
+    vs = bundle.vectors["attn"]
+    assert sub["pair"][0][1] == ev.evaluate([vs[b], vs[a]], [alpha, alpha], "test", [b])[b]
+    with pytest.raises(ValueError, match="at least two task vectors"):
+        ex.pairs("attn", [a])
+
+
 def row_at(curve: dict, alpha: float) -> dict:
     return next(r for r in curve["curve"] if r["alpha"] == alpha)
 

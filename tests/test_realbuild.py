@@ -72,6 +72,8 @@ def test_build_writes_a_bundle_the_app_loads(built, data):
     out, res = built
     assert sorted(res["trained"]) == sorted(f"{m}/{t}" for m in ("attn", "full", "linear") for t in ("mnist", "blooms"))
     b = load_bundle(out)  # checksums, shapes, dtypes
+    stages = b.manifest["provenance"]["stages"]  # where the time went, as the command returns it
+    assert [k for k, _ in stages] == ["task data", "fine-tuning", "precompute"] and stages == res["stages"]
     assert b.task_names == ["mnist", "blooms"] and b.modes == ["attn", "full", "linear"]
     assert {"accuracy", "addition", "disentanglement", "kernel", "similarity", "splits", "training"} <= set(b.results)
     assert b.data["mnist"]["test"].images.shape == (8, 3, 16, 16) and b.data["blooms"]["test"].images.dtype == torch.uint8

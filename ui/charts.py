@@ -176,7 +176,7 @@ def pair_heatmap(pairs: Mapping) -> go.Figure:
     colour range symmetric about 0 (red: τ_j hurts task i; blue: it helps); the diagonal is blank."""
     tasks, cost = list(pairs["tasks"]), pairs["cost"]
     z = [[None if r == c else 100.0 * v for c, v in enumerate(row)] for r, row in enumerate(cost)]
-    top = max([abs(v) for row in z for v in row if v is not None] or [1.0])
+    top = max((abs(v) for row in z for v in row if v is not None), default=0.0) or 1.0  # all 0: a range still
     fig = go.Figure()
     fig.add_heatmap(x=tasks, y=tasks, z=z, zmin=-top, zmax=top, colorscale="RdBu_r",
                     text=[["" if v is None else f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
