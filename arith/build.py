@@ -25,7 +25,7 @@ from .finetune import finetune
 from .heads import Head, prototype_head, zeroshot_head
 from .kernel import kernel_report
 from .models import Base
-from .protocols import task_addition, task_negation
+from .protocols import alone_curve, task_addition, task_negation
 from .specs import Files, FinetuneConfig, Provenance, TaskInfo, _JsonRecord
 from .taskvec import cosine_matrix, library_versions
 
@@ -104,11 +104,24 @@ def make_heads(base: Base, tasks: Sequence[TaskInfo], train: dict[str, Split] | 
     return heads
 
 
-def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, device: str | None = None) -> dict:
+PRECOMPUTED = ("accuracy", "addition", "alone", "negation", "disentanglement", "kernel", "similarity", "linear_cache")
+
+
+def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, device: str | None = None,
+               only: Sequence[str] | None = None) -> dict:
     """Compute the results the app shows first and store them in the bundle (results/*.json, linear caches).
 
-    ``device`` (e.g. ``"cuda"``) runs the evaluations there; the default is the CPU.
+    ``device`` (e.g. ``"cuda"``) runs the evaluations there; the default is the CPU.  ``only`` (names from
+    ``PRECOMPUTED``) recomputes just those results and keeps the bundle's others (``python -m arith precompute``);
+    the single-task accuracies that addition and alone need are then read from the bundle.
     """
+    unknown = sorted(set(only or ()) - set(PRECOMPUTED))
+    if unknown:
+        raise ValueError(f"precompute: unknown result(s) {unknown} (known: {', '.join(PRECOMPUTED)})")
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
     bundle = load_bundle(bundle_dir)
     if device is not None and device != "cpu":
         bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
@@ -117,25 +130,34 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     ev = bundle.evaluator()  # every stored image: the Explorer serves these results when it evaluates on all
     tasks = [t for t in bundle.task_names if t in ev.tasks]
     out: dict = {}
-    log("precompute: zero-shot and single-task accuracies")
-    out["accuracy"] = {"zeroshot": {s: ev.zeroshot(s) for s in ("val", "test")},
-                       "finetuned": {m: {s: ev.finetuned(vs, s) for s in ("val", "test")}
-                                     for m, vs in bundle.vectors.items()}}
-    writer.put_result("accuracy", out["accuracy"])
-    out["addition"] = {}
-    for mode, vs in bundle.vectors.items():
-        log(f"precompute: task addition ({mode})")
-        out["addition"][mode] = task_addition(ev, {t: vs[t] for t in tasks if t in vs},
-                                              finetuned=out["accuracy"]["finetuned"][mode])
-    writer.put_result("addition", out["addition"])
-    if plan.negation and len(tasks) > 1:
+    if want("accuracy") or "accuracy" not in bundle.results:
+        log("precompute: zero-shot and single-task accuracies")
+        out["accuracy"] = {"zeroshot": {s: ev.zeroshot(s) for s in ("val", "test")},
+                           "finetuned": {m: {s: ev.finetuned(vs, s) for s in ("val", "test")}
+                                         for m, vs in bundle.vectors.items()}}
+        writer.put_result("accuracy", out["accuracy"])
+    finetuned = (out.get("accuracy") or bundle.results["accuracy"])["finetuned"]
+    if want("addition"):
+        out["addition"] = {}
+        for mode, vs in bundle.vectors.items():
+            log(f"precompute: task addition ({mode})")
+            out["addition"][mode] = task_addition(ev, {t: vs[t] for t in tasks if t in vs}, finetuned=finetuned[mode])
+        writer.put_result("addition", out["addition"])
+    if want("alone"):  # each task alone at every α of the sweep (test): the app's toggle and table --alone, instantly
+        out["alone"] = {}
+        for mode, vs in bundle.vectors.items():
+            log(f"precompute: each task alone ({mode})")
+            out["alone"][mode] = alone_curve(ev, {t: vs[t] for t in tasks if t in vs}, finetuned=finetuned[mode],
+                                             splits=("test",))
+        writer.put_result("alone", out["alone"])
+    if want("negation") and plan.negation and len(tasks) > 1:
         out["negation"] = {}
         for mode, vs in bundle.vectors.items():
             log(f"precompute: task negation ({mode})")
             out["negation"][mode] = {t: task_negation(ev, vs[t], t, [c for c in tasks if c != t]) for t in vs}
         writer.put_result("negation", out["negation"])
     pairs = list(itertools.combinations(tasks, 2))[: plan.xi_pairs]
-    if pairs:
+    if want("disentanglement") and pairs:
         grid = [float(a) for a in torch.linspace(GRID[0], GRID[-1], plan.xi_grid)]
         out["disentanglement"] = {}
         xev = ev if plan.xi_eval_n is None else bundle.evaluator(max_per_task=plan.xi_eval_n)
@@ -144,16 +166,17 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
             out["disentanglement"][mode] = {f"{a}|{b}": xi_grid(xev, vs[a], vs[b], a, b, grid) for a, b in pairs}
             log(f"precompute: ξ grids ({mode}, {len(pairs)} pairs, {time.perf_counter() - t0:.0f}s)")
         writer.put_result("disentanglement", out["disentanglement"])
-    if plan.kernel:
+    if want("kernel") and plan.kernel:
         out["kernel"] = {}
         for mode, vs in bundle.vectors.items():
             log(f"precompute: kernel diagnostics ({mode})")
             out["kernel"][mode] = {t: kernel_report(ev, vs[t], t) for t in vs}
         writer.put_result("kernel", out["kernel"])
-    out["similarity"] = similarity_table(bundle.vectors)
-    writer.put_result("similarity", out["similarity"])
+    if want("similarity"):
+        out["similarity"] = similarity_table(bundle.vectors)
+        writer.put_result("similarity", out["similarity"])
     linear = [m for m, vs in bundle.vectors.items() if vs and next(iter(vs.values())).linearized]
-    if linear:
+    if want("linear_cache") and linear:
         vecs = [tv for m in linear for tv in bundle.vectors[m].values()]
         for split in plan.linear_cache_splits:  # every stored image; an evaluator on a subset slices it
             writer.put_tensors(Files.linear_cache(split), ev.export_linear_cache(vecs, split))

@@ -477,6 +477,41 @@ def cmd_table(args):
     _emit(args, res, text)
 
 
+def _precompute_args(p):
+    _bundle_arg(p)
+    p.add_argument("--only", nargs="+", metavar="RESULT",
+                   help="recompute only these results (accuracy, addition, alone, negation, disentanglement, kernel, "
+                        "similarity, linear_cache); the bundle's others are kept")
+    p.add_argument("--device", default=None, help="run the evaluations there (e.g. cuda; default the CPU)")
+
+
+@command("precompute", "recompute a bundle's precomputed results from its own vectors, with its build plan's settings "
+                       "(all of them, or --only some: e.g. a result added after the bundle was built)")
+@arguments(_precompute_args)
+def cmd_precompute(args):
+    import time
+
+    from .build import BuildPlan, precompute
+    from .bundle import BundleWriter, load_bundle
+
+    b = load_bundle(args.bundle)
+    if not isinstance(b.manifest.get("plan"), dict):
+        raise ValueError(f"{args.bundle}: the manifest has no build plan (build-default and build-bundle record one), "
+                         "so the settings of its precomputed results are unknown")
+    t0 = time.perf_counter()
+    out = precompute(b.root, BuildPlan.from_dict(b.manifest["plan"]), device=args.device, only=args.only)
+    b = load_bundle(b.root, verify=False)
+    writer = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
+    prov = dict(writer.manifest.get("provenance") or {})
+    line = (time.strftime("%Y-%m-%d", time.gmtime()) + ": python -m arith precompute"
+            + (" --only " + " ".join(args.only) if args.only else ""))
+    prov["notes"] = "\n".join(x for x in (prov.get("notes"), line) if x)  # the build's own record stays as it was
+    writer.manifest["provenance"] = prov
+    writer.save_manifest()
+    res = {"bundle": str(b.root), "results": sorted(out), "seconds": round(time.perf_counter() - t0, 1)}
+    _emit(args, res, lambda r: f"{r['bundle']}: recomputed {', '.join(r['results'])} in {r['seconds']} s")
+
+
 # ``build-bundle`` lives in arith/realbuild.py (real CLIP data sets, torchrun); ``import`` in arith/convert.py.
 
 

@@ -318,11 +318,20 @@ class Explorer:
 
     def alone(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`, test split), and at
-        the addition's chosen α the gap between alone and merged (``interference``); computed on demand, memoised."""
+        the addition's chosen α the gap between alone and merged (``interference``); precomputed in bundles built
+        since the alone curve joined the build (or added by ``python -m arith precompute --only alone``), else
+        computed on demand; memoised."""
         tasks = list(tasks or self.tasks)
         add = self.addition(mode, tasks, progress=progress)  # precomputed, memoised, or (rarely) swept first
-        vs = self.vectors(mode)
         from .protocols import alone_curve, interference
+
+        pre = self._precomputed("alone", mode, need=("tasks", "finetuned", "curve"))
+        if pre and pre.get("tasks") == tasks and self.uses_all_images:  # the build's curve: no tensor is touched
+            try:
+                return self._memoised(("alone", mode, tuple(tasks)), lambda: {**pre, "interference": interference(add, pre)})
+            except (KeyError, TypeError, ValueError):  # a malformed stored result: compute it instead
+                pass
+        vs = self.vectors(mode)
 
         def compute():
             curve = alone_curve(self.evaluator(), {t: vs[t] for t in tasks}, progress=progress,

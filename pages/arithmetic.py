@@ -94,7 +94,7 @@ with guard("Task-addition sweep"):
                      help="θ0 + α τ_t on task t, without the other vectors. At one α, the gap from the dashed line "
                           "down to the solid one is what the other task vectors cost (interference); the rise of the "
                           "dashed line from there up to α = 1 (each task's own fine-tuned model) is what the small α "
-                          "costs. Computed on demand."):
+                          "costs. Stored in bundles built with it, else computed on demand."):
             for m in curves:
                 bar = Progress(f"Each task alone for {mode_label(m)}")
                 try:

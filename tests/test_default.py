@@ -74,7 +74,7 @@ def test_quick_build_has_everything(quick):
 
     b = load_bundle(quick)
     assert b.task_names == ["digits", "terrain", "scenes"] and b.modes == ["full", "attn", "linear", "mlp"]
-    for key in ("accuracy", "addition", "negation", "disentanglement", "kernel", "similarity", "training", "cost",
+    for key in ("accuracy", "addition", "alone", "negation", "disentanglement", "kernel", "similarity", "training", "cost",
                 "pretraining"):
         assert key in b.results, key
     cost = b.results["cost"]
@@ -147,6 +147,47 @@ def test_table_command(quick, capsys):
     assert text.startswith("| mode |") and "| digits |" in text
     assert np.isfinite([r["mean ξ"] for r in res["rows"]]).all()
     assert "alone" not in res  # computed only when asked
+
+
+def test_the_alone_curves_are_precomputed_and_served_as_computed(quick):
+    from arith.bundle import load_bundle
+    from arith.explore import Explorer
+    from arith.protocols import alone_curve
+
+    b = load_bundle(quick)
+    ex = Explorer.open(str(quick))
+    for mode, vs in b.vectors.items():
+        stored = b.results["alone"][mode]
+        fresh = alone_curve(b.evaluator(), {t: vs[t] for t in ex.tasks}, finetuned=b.results["accuracy"]["finetuned"][mode],
+                            splits=("test",))
+        assert json.loads(json.dumps(fresh)) == stored  # the build's curve is the engine's, bit for bit
+        served = ex.alone(mode)
+        assert {k: served[k] for k in stored} == stored and served["interference"]["same_zero_shot"]
+
+
+def test_precompute_recomputes_only_what_it_is_asked_to(quick, tmp_path, capsys):
+    import shutil
+
+    from arith.bundle import load_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(quick, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())  # as if built before the alone curve joined the build
+    del manifest["files"]["results/alone.json"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "results" / "alone.json").unlink()
+    before = load_bundle(copy).manifest
+    assert "alone" not in load_bundle(copy).results
+    assert main(["precompute", "--bundle", str(copy), "--only", "alone", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    after = load_bundle(copy)  # checksums verified: the manifest records the rewritten file
+    assert res["results"] == ["alone"] and after.results["alone"] == load_bundle(quick).results["alone"]
+    same = [f for f in before["files"] if f != "results/alone.json"]
+    assert all(after.manifest["files"][f] == before["files"][f] for f in same)  # every other file kept as it was
+    prov = after.manifest["provenance"]
+    assert prov["command"] == before["provenance"]["command"] and prov["notes"].endswith("precompute --only alone")
+    assert main(["precompute", "--bundle", str(copy), "--only", "alones"]) == 2
+    assert "unknown result(s) ['alones']" in capsys.readouterr().err
 
 
 def test_table_alone_tabulates_each_task_alone_against_the_merge(quick, capsys):
