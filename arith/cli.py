@@ -435,10 +435,10 @@ def _table_args(p):
     p.add_argument("--per-task", action="store_true", help="also print the per-task table")
     p.add_argument("--alone", action="store_true",
                    help="also where task addition loses its points: each task alone at α against the merged model, "
-                        "per mode (computed: loads the tensors, seconds per mode)")
+                        "per mode (the bundle's stored alone curves, or computed: seconds per mode)")
     p.add_argument("--pairs", action="store_true",
                    help="also which vector costs which task at each mode's chosen α: a summary per mode and the matrix "
-                        "of every mode (computed, as --alone)")
+                        "of every mode (computed: loads the tensors, seconds per mode)")
 
 
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results "
@@ -448,7 +448,8 @@ def cmd_table(args):
     from .index import BundleIndex
     from .report import PAIR_LABEL, interference_rows, markdown, pair_matrix_rows, pair_summary_rows, per_task_rows, results_rows
 
-    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone / --pairs)
+    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --pairs, or --alone
+    # on a bundle without stored alone curves)
     res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
     alone = {}
     if args.alone or args.pairs:
