@@ -204,6 +204,18 @@ def test_explorer_uses_precomputed_results_and_memoises(bundle):
     assert flipped["prediction"] == [list(r) for r in zip(*pre["prediction"])]
 
 
+def test_explorer_serves_the_stored_alone_curve_and_computes_past_a_malformed_one(bundle):
+    import dataclasses
+
+    stored = bundle.results["alone"]["attn"]
+    served = Explorer(bundle).alone("attn")
+    assert served["curve"] is stored["curve"] and served["interference"]["same_zero_shot"]  # served, not recomputed
+    broken = {**bundle.results, "alone": {"attn": {**stored, "curve": [{"alpha": 0.0}]}}}  # no row at the chosen α
+    fresh = Explorer(dataclasses.replace(bundle, results=broken)).alone("attn")
+    assert fresh["curve"] is not stored["curve"] and fresh["curve"] == stored["curve"]  # computed: what was stored
+    assert fresh["interference"] == served["interference"]
+
+
 def test_explorer_extra_vectors_are_per_call(bundle):
     ex = Explorer(bundle)
     tv = bundle.vectors["attn"][TASKS[0]]
