@@ -125,8 +125,7 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     bundle = load_bundle(bundle_dir)
     if device is not None and device != "cpu":
         bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
-    writer = BundleWriter(bundle.root, bundle.name, bundle.base.spec, bundle.base.id, list(bundle.tasks.values()),
-                          bundle.manifest.get("description", ""))
+    writer = BundleWriter.reopen(bundle)
     ev = bundle.evaluator()  # every stored image: the Explorer serves these results when it evaluates on all
     tasks = [t for t in bundle.task_names if t in ev.tasks]
     out: dict = {}

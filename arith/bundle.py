@@ -134,6 +134,12 @@ class BundleWriter:
             "provenance": old.get("provenance", {}), **{k: old[k] for k in ("plan", "signature") if k in old},
         }
 
+    @classmethod
+    def reopen(cls, bundle) -> BundleWriter:
+        """A writer on a loaded bundle's directory, to add or replace results and manifest entries in place."""
+        return cls(bundle.root, bundle.name, bundle.base.spec, bundle.base.id, list(bundle.tasks.values()),
+                   bundle.manifest.get("description", ""))
+
     def has(self, rel: str) -> bool:
         """Whether ``rel`` is already written and intact (used to resume a build)."""
         entry, path = self.manifest["files"].get(rel), self.root / rel

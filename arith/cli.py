@@ -501,8 +501,7 @@ def cmd_precompute(args):
                          "so the settings of its precomputed results are unknown")
     t0 = time.perf_counter()
     out = precompute(b.root, BuildPlan.from_dict(b.manifest["plan"]), device=args.device, only=args.only)
-    b = load_bundle(b.root, verify=False)
-    writer = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
+    writer = BundleWriter.reopen(b)  # reads the manifest as precompute left it
     prov = dict(writer.manifest.get("provenance") or {})
     line = (time.strftime("%Y-%m-%d", time.gmtime()) + ": python -m arith precompute"
             + (" --only " + " ".join(args.only) if args.only else ""))

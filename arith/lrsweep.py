@@ -211,6 +211,6 @@ def cmd_lr_sweep(args):
                    device=resolve_device(args.device), vectors_dir=args.vectors, train=not args.no_train)
     if args.save:
         b = load_bundle(args.bundle)
-        w = BundleWriter(b.root, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
+        w = BundleWriter.reopen(b)
         w.put_result("lr_selection", res)
     _emit(args, res, lambda r: "chosen: " + ", ".join(f"{m} {lr:g}" for m, lr in r["chosen"].items()))

@@ -149,14 +149,20 @@ def test_change_a_coefficient_see_a_number_change_and_screenshot_every_view(serv
     assert len(list(shots.glob("*.png"))) >= len(VIEWS)
 
 
-def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, page):
+def _with_alone(server, page) -> Path:
+    """Open the task-arithmetic view with "each task alone" on; returns the screenshot folder."""
     shots = Path(os.environ.get("ARITH_SCREENSHOTS") or ROOT / "assets" / "screenshots" / "tmp")
     shots.mkdir(parents=True, exist_ok=True)
     page.goto(server + "/")
     _settle(page, "Task arithmetic")
     page.get_by_text("Each task alone at α (dashed)").click()
-    page.get_by_text("At each mode's validation-chosen α").wait_for(timeout=300_000)  # computed on demand
+    page.get_by_text("At each mode's validation-chosen α").wait_for(timeout=300_000)  # stored, or computed on demand
     _settle(page, "Task arithmetic")
+    return shots
+
+
+def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, page):
+    shots = _with_alone(server, page)
     assert not page.locator('[data-testid="stException"]').count()
     chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="each task alone").first
     assert chart.count() and "each task alone" in chart.inner_text()
@@ -174,13 +180,7 @@ def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, 
 
 
 def test_the_pair_heatmap_shows_which_vector_costs_which_task(server, page):
-    shots = Path(os.environ.get("ARITH_SCREENSHOTS") or ROOT / "assets" / "screenshots" / "tmp")
-    shots.mkdir(parents=True, exist_ok=True)
-    page.goto(server + "/")
-    _settle(page, "Task arithmetic")
-    page.get_by_text("Each task alone at α (dashed)").click()
-    page.get_by_text("At each mode's validation-chosen α").wait_for(timeout=300_000)
-    _settle(page, "Task arithmetic")
+    shots = _with_alone(server, page)
     expander = page.locator('[data-testid="stExpander"]').filter(has_text="Which vector costs which task")
     expander.get_by_text("Which vector costs which task").click()
     select = expander.locator('[data-testid="stSelectbox"] input')

@@ -147,7 +147,7 @@ def _build_default(out, recipe: Recipe, plan: BuildPlan, seed: int, log, command
         cost = measure_modes(out, plan.modes, steps=recipe.cost_steps, batch_size=plan.config("full").batch_size,
                              fresh_process=not quick, threads=torch.get_num_threads())
     b = load_bundle(out, verify=False)
-    writer = BundleWriter(out, b.name, b.base.spec, b.base.id, list(b.tasks.values()), b.manifest.get("description", ""))
+    writer = BundleWriter.reopen(b)
     writer.put_result("cost", cost)
     prov = dict(writer.manifest["provenance"])
     prov["minutes"], prov["stages"] = watch.minutes(), watch.stages()
