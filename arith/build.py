@@ -25,8 +25,8 @@ from .finetune import finetune
 from .heads import Head, prototype_head, zeroshot_head
 from .kernel import kernel_report
 from .models import Base
-from .protocols import alone_curve, task_addition, task_negation
-from .specs import Files, FinetuneConfig, Provenance, TaskInfo, _JsonRecord
+from .protocols import alone_curve, pair_costs, task_addition, task_negation
+from .specs import PRECOMPUTED, Files, FinetuneConfig, Provenance, TaskInfo, _JsonRecord
 from .taskvec import cosine_matrix, library_versions
 
 Log = Callable[[str], None]
@@ -104,9 +104,6 @@ def make_heads(base: Base, tasks: Sequence[TaskInfo], train: dict[str, Split] | 
     return heads
 
 
-PRECOMPUTED = ("accuracy", "addition", "alone", "negation", "disentanglement", "kernel", "similarity", "linear_cache")
-
-
 def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, device: str | None = None,
                only: Sequence[str] | None = None) -> dict:
     """Compute the results the app shows first and store them in the bundle (results/*.json, linear caches).
@@ -149,6 +146,13 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
             out["alone"][mode] = alone_curve(ev, {t: vs[t] for t in tasks if t in vs}, finetuned=finetuned[mode],
                                              splits=("test",))
         writer.put_result("alone", out["alone"])
+    if want("pairs") and len(tasks) > 1:  # which vector costs which task, at each mode's chosen α: the app's heatmap
+        additions = out.get("addition") or bundle.results["addition"]
+        out["pairs"] = {}
+        for mode, vs in bundle.vectors.items():
+            log(f"precompute: pair costs ({mode})")
+            out["pairs"][mode] = pair_costs(ev, {t: vs[t] for t in tasks if t in vs}, additions[mode]["alpha"])
+        writer.put_result("pairs", out["pairs"])
     if want("negation") and plan.negation and len(tasks) > 1:
         out["negation"] = {}
         for mode, vs in bundle.vectors.items():

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .memory import keep_freed_memory
+from .specs import PRECOMPUTED
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "precomputed" / "default"
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}  # name -> (add_arguments, run, help)
@@ -438,18 +439,18 @@ def _table_args(p):
                         "per mode (the bundle's stored alone curves, or computed: seconds per mode)")
     p.add_argument("--pairs", action="store_true",
                    help="also which vector costs which task at each mode's chosen α: a summary per mode and the matrix "
-                        "of every mode (computed: loads the tensors, seconds per mode)")
+                        "of every mode (the bundle's stored pair costs, or computed: seconds per mode)")
 
 
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results "
-                  "(--alone, --pairs: also where task addition loses its points, computed)")
+                  "(--alone, --pairs: also where task addition loses its points, stored or computed)")
 @arguments(_table_args)
 def cmd_table(args):
     from .index import BundleIndex
     from .report import PAIR_LABEL, interference_rows, markdown, pair_matrix_rows, pair_summary_rows, per_task_rows, results_rows
 
-    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --pairs, or --alone
-    # on a bundle without stored alone curves)
+    b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone or --pairs on
+    # a bundle without those results stored)
     res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
     alone = {}
     if args.alone or args.pairs:
@@ -481,8 +482,7 @@ def cmd_table(args):
 def _precompute_args(p):
     _bundle_arg(p)
     p.add_argument("--only", nargs="+", metavar="RESULT",
-                   help="recompute only these results (accuracy, addition, alone, negation, disentanglement, kernel, "
-                        "similarity, linear_cache); the bundle's others are kept")
+                   help=f"recompute only these results ({', '.join(PRECOMPUTED)}); the bundle's others are kept")
     p.add_argument("--device", default=None, help="run the evaluations there (e.g. cuda; default the CPU)")
 
 

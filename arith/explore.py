@@ -340,12 +340,32 @@ class Explorer:
 
         return self._memoised(("alone", mode, tuple(tasks)), compute)
 
+    def _stored_pairs(self, mode: str, tasks: Sequence[str]) -> dict | None:
+        """The build's pair costs for ``mode`` when they answer this request: the same tasks, in order, at the
+        precomputed addition's chosen α, and well formed (an n × n cost matrix); else None."""
+        pre = self._precomputed("pairs", mode, need=("tasks", "alpha", "cost", "hurt", "inflicted", "additive_cost"))
+        add = self._precomputed("addition", mode, need=("tasks", "alpha"))
+        if not (pre and add and self.uses_all_images and pre["tasks"] == list(tasks) == add["tasks"]):
+            return None
+        cost, n = pre["cost"], len(tasks)
+        ok = (pre["alpha"] == add["alpha"] and isinstance(cost, list) and len(cost) == n
+              and all(isinstance(r, list) and len(r) == n for r in cost))
+        return pre if ok else None
+
+    def pairs_stored(self, mode: str, tasks: Sequence[str] | None = None) -> bool:
+        """Whether :meth:`pairs` for these tasks is served from the bundle (instant) rather than computed."""
+        return self._stored_pairs(mode, list(tasks or self.tasks)) is not None
+
     def pairs(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Which vector costs which task at the addition's chosen α (:func:`arith.protocols.pair_costs`, test
-        split; every ordered pair of ``tasks``); computed on demand, memoised."""
+        split; every ordered pair of ``tasks``); precomputed in bundles built since pair costs joined the build (or
+        added by ``python -m arith precompute --only pairs``), else computed on demand; memoised."""
         tasks = list(tasks or self.tasks)
         if len(tasks) < 2:  # before the addition sweep it needs
             raise ValueError(f"pair costs need at least two task vectors (got {tasks})")
+        pre = self._stored_pairs(mode, tasks)
+        if pre is not None:  # the build's matrix: no tensor is touched
+            return pre
         add = self.addition(mode, tasks, progress=progress)
         vs = self.vectors(mode)
         from .protocols import pair_costs

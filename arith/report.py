@@ -157,7 +157,7 @@ def pair_summary_rows(pairs: dict[str, dict], alone: dict[str, dict] | None = No
     for mode, p in pairs.items():
         tasks, cost = p["tasks"], p["cost"]
         r, c = max(((r, c) for r in range(len(tasks)) for c in range(len(tasks)) if r != c), key=lambda rc: cost[rc[0]][rc[1]])
-        worst_j, worst_i = max(p["inflicted"], key=p["inflicted"].get), max(p["hurt"], key=p["hurt"].get)
+        worst_j, worst_i = max(tasks, key=p["inflicted"].get), max(tasks, key=p["hurt"].get)  # ties: the first task
         actual = (alone or {}).get(mode, {}).get("interference", {}).get("cost_of_others")
         rows.append({"mode": mode, "addition α": p["alpha"], "cost if pairs added up": p["additive_cost"],
                      "cost of the other vectors": actual, "costliest pair": f"{tasks[c]} → {tasks[r]}",

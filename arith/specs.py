@@ -63,6 +63,12 @@ class Files:
         return f"{Files.CACHE_DIR}/linear-{split}.safetensors"
 
 
+# The results a build precomputes (``arith.build.precompute``; ``python -m arith precompute --only NAME``): each a
+# results/<name>.json file, except the linear caches (cache/linear-<split>.safetensors).
+PRECOMPUTED = ("accuracy", "addition", "alone", "pairs", "negation", "disentanglement", "kernel", "similarity",
+               "linear_cache")
+
+
 class _JsonRecord:
     """Mixin: dataclass <-> plain JSON dict, refusing unknown fields so typos do not pass silently."""
 

@@ -128,9 +128,11 @@ with guard("Task-addition sweep"):
                     st.info("Select at least two tasks to see which vector costs which.")
                 else:
                     pm = st.selectbox("Mode", choices, format_func=mode_label, key="pairs_mode")
-                    if st.toggle("Compute every pair", key="sweep_pairs",
-                                 help="Task i with θ0 + α τ_i + α τ_j against θ0 + α τ_i, for every ordered pair, at "
-                                      "the mode's validation-chosen α (test split). Computed on demand."):
+                    # the bundle's stored matrix is drawn at once; any other is computed only when asked
+                    if ex.pairs_stored(pm, curves[pm]["tasks"]) or st.toggle(
+                            "Compute every pair", key="sweep_pairs",
+                            help="Task i with θ0 + α τ_i + α τ_j against θ0 + α τ_i, for every ordered pair, at the "
+                                 "mode's validation-chosen α (test split). Computed on demand."):
                         bar = Progress(f"Pairs for {mode_label(pm)}")
                         try:
                             pairs = ex.pairs(pm, curves[pm]["tasks"], progress=bar)

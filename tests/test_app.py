@@ -126,7 +126,7 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     at.toggle(key="sweep_alone").set_value(True).run(timeout=120)
     clean(at)
     gaps = table(at, "cost of the other vectors")
-    assert len(gaps) == len(engine.bundle.modes) and charts(at) == 3
+    assert len(gaps) == len(engine.bundle.modes) and charts(at) == 4  # with the stored pair heatmap
     ref = engine.alone("attn")["interference"]
     row = gaps[gaps["mode"].str.startswith(mode_label("attn"))].iloc[0]
     assert row["cost of the other vectors"] == pytest.approx(100 * ref["cost_of_others"])
@@ -137,12 +137,24 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
         {t: 100 * v["alone"] for t, v in ref["per_task"].items()})
     fig = next(c for c in at.get("plotly_chart") if "each task alone" in c.proto.spec)
     assert fig.proto.spec.count("each task alone") == len(engine.bundle.modes)  # one dashed line per mode
-    # which vector costs which task: computed only when asked, for the chosen mode, the engine's matrix in points
-    assert not [c for c in at.get("plotly_chart") if "task hurt" in c.proto.spec]
+    # which vector costs which task, for the chosen mode, the engine's matrix in points: the bundle's stored matrix
+    # at once (no toggle) ...
     at.selectbox(key="pairs_mode").set_value("full").run(timeout=120)
+    clean(at)
+    assert engine.pairs_stored("full") and not [t for t in at.toggle if t.key == "sweep_pairs"]
+    assert_heatmap(at, engine.pairs("full"))
+    # ... and for any other selection of tasks, computed only when asked
+    at.sidebar.multiselect(key="w_tasks").set_value([STRIPES, QUADS]).run(timeout=120)
+    clean(at)
+    assert not engine.pairs_stored("full", [STRIPES, QUADS])
+    assert not [c for c in at.get("plotly_chart") if "task hurt" in c.proto.spec]
     at.toggle(key="sweep_pairs").set_value(True).run(timeout=120)
     clean(at)
-    pairs = engine.pairs("full")
+    assert_heatmap(at, engine.pairs("full", [STRIPES, QUADS]))
+
+
+def assert_heatmap(at, pairs):
+    """The shown pair heatmap is ``pairs``' cost matrix in points, and its caption its additive cost."""
     heat = json.loads(next(c for c in at.get("plotly_chart") if "task hurt" in c.proto.spec).proto.spec)
     z = heat["data"][0]["z"]
     assert heat["data"][0]["x"] == pairs["tasks"] and z[0][0] is None

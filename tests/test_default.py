@@ -74,8 +74,8 @@ def test_quick_build_has_everything(quick):
 
     b = load_bundle(quick)
     assert b.task_names == ["digits", "terrain", "scenes"] and b.modes == ["full", "attn", "linear", "mlp"]
-    for key in ("accuracy", "addition", "alone", "negation", "disentanglement", "kernel", "similarity", "training", "cost",
-                "pretraining"):
+    for key in ("accuracy", "addition", "alone", "pairs", "negation", "disentanglement", "kernel", "similarity",
+                "training", "cost", "pretraining"):
         assert key in b.results, key
     cost = b.results["cost"]
     assert cost["attn"]["seconds_per_step"] > 0
@@ -165,27 +165,43 @@ def test_the_alone_curves_are_precomputed_and_served_as_computed(quick):
         assert {k: served[k] for k in stored} == stored and served["interference"]["same_zero_shot"]
 
 
-def test_precompute_recomputes_only_what_it_is_asked_to(quick, tmp_path, capsys):
+def test_the_pair_costs_are_precomputed_at_the_chosen_alpha_and_served_as_computed(quick):
+    from arith.bundle import load_bundle
+    from arith.explore import Explorer
+    from arith.protocols import pair_costs
+
+    b = load_bundle(quick)
+    ex = Explorer.open(str(quick))
+    for mode, vs in b.vectors.items():
+        stored = b.results["pairs"][mode]
+        assert stored["alpha"] == b.results["addition"][mode]["alpha"] and stored["tasks"] == ex.tasks
+        fresh = pair_costs(b.evaluator(), {t: vs[t] for t in ex.tasks}, stored["alpha"])
+        assert json.loads(json.dumps(fresh)) == stored  # the build's matrix is the engine's, bit for bit
+        assert ex.pairs_stored(mode) and ex.pairs(mode) == stored
+
+
+@pytest.mark.parametrize("result", ["alone", "pairs"])
+def test_precompute_recomputes_only_what_it_is_asked_to(quick, tmp_path, capsys, result):
     import shutil
 
     from arith.bundle import load_bundle
 
     copy = tmp_path / "b"
     shutil.copytree(quick, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())  # as if built before the alone curve joined the build
-    del manifest["files"]["results/alone.json"]
+    manifest = json.loads((copy / "manifest.json").read_text())  # as if built before the result joined the build
+    del manifest["files"][f"results/{result}.json"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    (copy / "results" / "alone.json").unlink()
+    (copy / "results" / f"{result}.json").unlink()
     before = load_bundle(copy).manifest
-    assert "alone" not in load_bundle(copy).results
-    assert main(["precompute", "--bundle", str(copy), "--only", "alone", "--json"]) == 0
+    assert result not in load_bundle(copy).results
+    assert main(["precompute", "--bundle", str(copy), "--only", result, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     after = load_bundle(copy)  # checksums verified: the manifest records the rewritten file
-    assert res["results"] == ["alone"] and after.results["alone"] == load_bundle(quick).results["alone"]
-    same = [f for f in before["files"] if f != "results/alone.json"]
+    assert res["results"] == [result] and after.results[result] == load_bundle(quick).results[result]
+    same = [f for f in before["files"] if f != f"results/{result}.json"]
     assert all(after.manifest["files"][f] == before["files"][f] for f in same)  # every other file kept as it was
     prov = after.manifest["provenance"]
-    assert prov["command"] == before["provenance"]["command"] and prov["notes"].endswith("precompute --only alone")
+    assert prov["command"] == before["provenance"]["command"] and prov["notes"].endswith(f"precompute --only {result}")
     assert main(["precompute", "--bundle", str(copy), "--only", "alones"]) == 2
     assert "unknown result(s) ['alones']" in capsys.readouterr().err
 
@@ -492,3 +508,15 @@ def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, c
     assert main(["--summarize", str(out)]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 3 and rows[2].startswith("| base | 7 | ") and " attn | 0.0003 | " in rows[2]
+
+
+def test_pair_summary_breaks_ties_in_task_order_whatever_the_stored_key_order():
+    from arith.report import pair_summary_rows
+
+    tasks = ["b", "a", "c"]  # a stored result's dicts come back with sorted keys: a, b, c
+    cost = [[0.0, 0.02, 0.01], [0.02, 0.0, 0.01], [0.0, 0.0, 0.0]]
+    p = {"tasks": tasks, "alpha": 0.3, "cost": cost, "additive_cost": 0.02,
+         "hurt": {"a": 0.03, "b": 0.03, "c": 0.0}, "inflicted": {"a": 0.02, "b": 0.02, "c": 0.02}}
+    row = pair_summary_rows({"attn": p})[0]
+    assert row["most hurt task"] == "b" and row["costliest vector"] == "b"  # the first of the tied tasks in order
+    assert row["costliest pair"] == "a → b" and row["its cost"] == 0.02 and row["cost of the other vectors"] is None

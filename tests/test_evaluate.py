@@ -216,6 +216,24 @@ def test_explorer_serves_the_stored_alone_curve_and_computes_past_a_malformed_on
     assert fresh["interference"] == served["interference"]
 
 
+def test_explorer_serves_the_stored_pair_costs_only_where_they_answer_the_request(bundle):
+    import dataclasses
+
+    stored = bundle.results["pairs"]["attn"]
+    ex = Explorer(bundle)
+    assert ex.pairs_stored("attn") and ex.pairs("attn") is stored  # served, not recomputed
+    sub = list(TASKS[:2])  # another set of tasks: computed, and equal to the stored matrix's block
+    assert not ex.pairs_stored("attn", sub)
+    vs = bundle.vectors["attn"]
+    assert ex.pairs("attn", sub) == pair_costs(bundle.evaluator(), {t: vs[t] for t in sub}, ex.addition("attn", sub)["alpha"])
+    for broken in ({**stored, "cost": stored["cost"][:1]},  # not n × n
+                   {**stored, "alpha": stored["alpha"] + 0.05}):  # not at the addition's chosen α
+        other = Explorer(dataclasses.replace(bundle, results={**bundle.results, "pairs": {"attn": broken}}))
+        assert not other.pairs_stored("attn")
+        fresh = other.pairs("attn")
+        assert fresh is not stored and fresh == stored  # computed past it: what was stored
+
+
 def test_explorer_extra_vectors_are_per_call(bundle):
     ex = Explorer(bundle)
     tv = bundle.vectors["attn"][TASKS[0]]
