@@ -5,6 +5,8 @@ Cold start: a headless Chromium is started first (not counted); then the clock s
 app.py`` (a fresh process: imports, the bundle's index with every sha256 checked, the first view) and stops when the
 browser shows the Task-arithmetic view complete: its title, its three charts drawn, no script running.  Repeated
 ``--runs`` times; with several ``--load-delay`` values (the app's ``ARITH_LOAD_DELAY``) the variants are interleaved.
+``--floor`` interleaves a minimal Streamlit page (a title, a metric, three small plotly charts and a table, no engine)
+timed the same way: what Streamlit and a fresh headless Chromium take on the machine before the app does anything.
 Then, on the last server: a session with coefficients of its own opened at once (it needs the tensors, which may
 still be loading), a new session of the default view, and ``--sessions`` more sessions with their own coefficients,
 the server's resident memory read after each: the growth per session, against the size of the bundle's tensors,
@@ -62,7 +64,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: str, port: int, log: Path, threads: int | None, load_delay: float | None = None) -> subprocess.Popen:
+FLOOR_PAGE = """import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(layout="wide")
+st.title("Task arithmetic")
+st.metric("Absolute accuracy", "80.4%")
+for i in range(3):
+    st.plotly_chart(go.Figure(go.Bar(x=list("abcdefgh"), y=list(range(8)))), key=f"chart{i}")
+st.dataframe(pd.DataFrame({"task": ["a", "b"], "accuracy": [0.8, 0.9]}))
+"""
+
+
+def start_server(bundle: str, port: int, log: Path, threads: int | None, load_delay: float | None = None,
+                 script: Path | None = None) -> subprocess.Popen:
+    """``streamlit run app.py`` (or ``script``, run in its own folder) on ``port``, output to ``log``."""
     env = {**os.environ, "ARITH_BUNDLE": bundle, "ARITH_DEVICE": "cpu",
            "ARITH_PRECOMPUTED_DIR": tempfile.mkdtemp(prefix="arith-none-")}
     if load_delay is not None:
@@ -70,10 +87,10 @@ def start_server(bundle: str, port: int, log: Path, threads: int | None, load_de
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     out = open(log, "wb")
-    return subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "streamlit", "run", script.name if script else "app.py",
+                             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=script.parent if script else ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float = 120) -> None:
@@ -128,20 +145,30 @@ def with_browser(args, bundle_tasks: list[str]) -> dict:
     from playwright.sync_api import sync_playwright
 
     profile = tempfile.mkdtemp(prefix="arith-bench-chromium-")
-    runs, sessions = [], []
+    floor = Path(profile) / "floor" / "floor.py"
+    floor.parent.mkdir()
+    floor.write_text(FLOOR_PAGE)
+    runs, sessions, floor_runs = [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            plan = [(run, delay) for run in range(args.runs) for delay in args.load_delay]  # variants interleaved
-            for i, (run, delay) in enumerate(plan):
+            # variants interleaved; the floor page first in each round, so that the app's last run comes last
+            plan = [(run, delay, page_) for run in range(args.runs)
+                    for delay, page_ in ([(None, floor)] if args.floor else []) + [(d, None) for d in args.load_delay]]
+            for i, (run, delay, script) in enumerate(plan):
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 ctx = browser.new_context(viewport={"width": 1400, "height": 1800})
                 page = ctx.new_page()
                 t0 = time.perf_counter()
-                proc = start_server(args.bundle, port, Path(profile) / f"server-{i}.log", args.threads, delay)
+                proc = start_server(args.bundle, port, Path(profile) / f"server-{i}.log", args.threads, delay, script)
                 try:
                     wait_healthy(url, proc)
+                    if script is not None:  # the floor page: no title check of the app's, the same full render
+                        page.goto(url + "/")
+                        page.wait_for_function(RENDERED, timeout=300_000, polling=50)
+                        floor_runs.append(time.perf_counter() - t0)
+                        continue
                     t_health = time.perf_counter() - t0
                     page.goto(url + "/")  # returns once the frontend's page has loaded
                     t_loaded = time.perf_counter() - t0
@@ -173,7 +200,7 @@ def with_browser(args, bundle_tasks: list[str]) -> dict:
         finally:
             browser.close()
             shutil.rmtree(profile, ignore_errors=True)
-    return {"runs": runs, "sessions": sessions}
+    return {"runs": runs, "sessions": sessions, **({"floor_runs": floor_runs} if args.floor else {})}
 
 
 def without_browser(args) -> dict:
@@ -203,6 +230,9 @@ def main(argv=None) -> dict:
     p.add_argument("--load-delay", type=float, nargs="+", default=[None], metavar="S",
                    help="ARITH_LOAD_DELAY for the server (default: the app's own); several values are run interleaved "
                         "and each gets its median (the first is the one reported against the target)")
+    p.add_argument("--floor", action="store_true",
+                   help="also time a minimal Streamlit page (title, metric, three plotly charts, a table), interleaved: "
+                        "the part of the cold start that is Streamlit and the browser on this machine")
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
     args.bundle = str(Path(args.bundle).resolve())
@@ -228,6 +258,11 @@ def main(argv=None) -> dict:
              "met": "yes" if res["cold_start_median_s"] <= TARGET_S else "no"}]
     rows += [{"measure": f"  the same, ARITH_LOAD_DELAY={d:g} (interleaved, median of {len(v)})",
               "value": statistics.median(v), "unit": "s"} for d, v in list(by_delay.items())[1:]]
+    if res.get("floor_runs"):
+        res["floor_median_s"] = statistics.median(res["floor_runs"])
+        rows.append({"measure": f"  a minimal Streamlit page, the same way (interleaved, median of {len(res['floor_runs'])})",
+                     "value": res["floor_median_s"], "unit": "s", "met": "Streamlit + browser floor: "
+                     + ", ".join(f"{v:.2f}" for v in res["floor_runs"])})
     rows += [{"measure": f"  run {r['run']}: rendered"
                          + (f" (delay {r['load_delay']:g})" if len(delays) > 1 and r.get("load_delay") is not None else ""),
               "value": r["first_render_s"], "unit": "s", "target": None,

@@ -66,6 +66,19 @@ def test_app_start_benchmark_without_a_browser(bundle_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
+def test_app_start_benchmark_times_the_minimal_page_beside_the_app(bundle_dir, tmp_path):
+    from bench.app_start import browser_missing, main
+
+    if browser_missing():
+        pytest.skip(browser_missing())
+    res = main(["--bundle", str(bundle_dir), "--runs", "1", "--sessions", "0", "--floor", "--json", str(tmp_path / "a.json")])
+    assert res["browser"] and len(res["runs"]) == 1 and len(res["floor_runs"]) == 1
+    assert res["floor_median_s"] == res["floor_runs"][0] > 0 and res["cold_start_median_s"] > 0
+    assert "warm_session_render_s" in res["runs"][0]  # the app's run stays the last: the session probes ran on it
+
+
+@pytest.mark.slow
 def test_allocator_benchmark(bundle_dir, tmp_path):
     from bench.allocator import main
 
