@@ -65,4 +65,4 @@ with guard("Kernel diagnostics"):
                          for m, r in reports.items()])
     st.dataframe(frac, hide_index=True, key="kernel_fracs",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frac.columns if c != "mode"})
-    st.caption("Share of ‖τ‖ on each part (blank: the mode's vector has none there).")
+    st.caption("Share of ‖τ‖ on each part (None: the mode's vector has none there).")

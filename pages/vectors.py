@@ -37,7 +37,8 @@ with guard("Norms"):
     profiles = {lab: stats[lab.split("/", 1)[0]][lab.split("/", 1)[1]]["blocks"] for lab in chosen}
     st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
     st.caption("L2 norm of τ per transformer block (resblocks.i) and per top-level module (conv1, proj, ...). "
-               "Attention-only vectors are zero outside the attention weights.")
+               "Colour: the task; line: the mode (solid attention-only, dashed full, dotted linearized, dash-dot "
+               "MLP-only). Attention-only vectors are zero outside the attention weights.")
 
 with guard("Cosine similarity"):
     st.subheader("Cosine similarity across tasks and modes")

@@ -94,6 +94,15 @@ def test_every_view_renders_on_the_bundle(new_app, page):
         assert len(table(at, "accuracy, non-linear (%)")) == 4
     if page.endswith("vectors.py"):
         assert len(table(at, "L2 norm")) == 12
+        # the per-layer profile: one colour per task whatever the mode, one line style per mode
+        traces = json.loads(next(c for c in at.get("plotly_chart") if "L2 norm of" in c.proto.spec).proto.spec)["data"]
+        style = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in traces}
+        shown = at.multiselect(key="vec_profile").value
+        assert list(style) == shown and len(shown) > len({n.split("/")[1] for n in shown})  # some task in two modes
+        for a in shown:
+            for b in shown:
+                (ma, ta), (mb, tb) = a.split("/"), b.split("/")
+                assert (style[a][0] == style[b][0]) == (ta == tb) and (style[a][1] == style[b][1]) == (ma == mb)
 
 
 def test_shown_accuracies_are_the_engines(new_app, engine):

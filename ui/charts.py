@@ -146,15 +146,20 @@ def _block_order(name: str) -> tuple:
     return (3, 0, name)
 
 
+DASHES = {"attn": "solid", "attn_bias": "solid", "full": "dash", "linear": "dot", "mlp": "dashdot"}  # norm_profile
+
+
 def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
-    """Per-block L2 norm of each task vector (``label -> {block: norm}``), in the order the input flows."""
+    """Per-block L2 norm of each task vector (``label -> {block: norm}``, labels ``mode/vector``), in the order the
+    input flows.  Colour: the vector (one task's vectors in every mode share it); line style: the mode (``DASHES``)."""
     fig = go.Figure()
-    for i, (label, blocks) in enumerate(profiles.items()):
-        mode = label.split("/", 1)[0]
+    vectors = list(dict.fromkeys(label.split("/", 1)[-1] for label in profiles))
+    for label, blocks in profiles.items():
+        mode, vector = label.split("/", 1) if "/" in label else ("", label)
         names = sorted(blocks, key=_block_order)
         fig.add_scatter(x=names, y=[blocks[n] for n in names], mode="lines+markers", name=label,
-                        line=dict(color=PALETTE[i % len(PALETTE)], dash="solid" if mode in ("attn", "attn_bias") else
-                                  "dot" if mode == "linear" else "dash"))
+                        line=dict(color=PALETTE[vectors.index(vector) % len(PALETTE)],
+                                  dash=DASHES.get(mode, "longdash")))
     order = sorted({n for b in profiles.values() for n in b}, key=_block_order)
     fig.update_xaxes(title="block / module", categoryorder="array", categoryarray=order)
     fig.update_yaxes(title="L2 norm of τ")
