@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -347,9 +348,17 @@ class Explorer:
         add = self._precomputed("addition", mode, need=("tasks", "alpha"))
         if not (pre and add and self.uses_all_images and pre["tasks"] == list(tasks) == add["tasks"]):
             return None
-        cost, n = pre["cost"], len(tasks)
-        ok = (pre["alpha"] == add["alpha"] and isinstance(cost, list) and len(cost) == n
-              and all(isinstance(r, list) and len(r) == n for r in cost))
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def per_task(d) -> bool:
+            return isinstance(d, dict) and set(d) == set(tasks) and all(number(v) for v in d.values())
+
+        ok = (pre["alpha"] == add["alpha"] and number(pre["additive_cost"])
+              and all(per_task(pre.get(k)) for k in ("alone", "hurt", "inflicted"))
+              and all(isinstance(m, list) and len(m) == len(tasks)
+                      and all(isinstance(r, list) and len(r) == len(tasks) and all(number(v) for v in r) for r in m)
+                      for m in (pre["cost"], pre.get("pair"))))
         return pre if ok else None
 
     def pairs_stored(self, mode: str, tasks: Sequence[str] | None = None) -> bool:

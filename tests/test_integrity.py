@@ -131,6 +131,11 @@ def answers(ex: Explorer) -> dict:
         out[f"xi/{mode}"] = (xi["prediction"], [[round(v, 4) for v in r] for r in xi["representation"]])
         k = ex.kernel(mode, TASKS[2])
         out[f"kernel/{mode}"] = [(p["s"], p["acc_nonlinear"], p["acc_linear"], p["agreement"]) for p in k["path"]]
+    for mode in ("full", "attn"):  # where task addition loses its points: stored, or computed
+        alone = ex.alone(mode)
+        out[f"alone/{mode}"] = (alone["curve"], alone["interference"]["cost_of_others"])
+        pairs = ex.pairs(mode)
+        out[f"pairs/{mode}"] = (pairs["alpha"], pairs["cost"], pairs["hurt"], pairs["additive_cost"])
     sim = ex.similarity()
     out["similarity"] = (sim["all"]["labels"], [[round(v, 5) for v in r] for r in sim["all"]["cosine"]])
     return out
@@ -141,8 +146,8 @@ def reference(bundle):
     return answers(Explorer(bundle))
 
 
-@pytest.mark.parametrize("missing", ["accuracy", "addition", "negation", "disentanglement", "kernel", "similarity",
-                                     "training", "linear caches", "everything"])
+@pytest.mark.parametrize("missing", ["accuracy", "addition", "alone", "pairs", "negation", "disentanglement", "kernel",
+                                     "similarity", "training", "linear caches", "everything"])
 def test_a_missing_optional_result_is_recomputed(copy, missing, reference):
     rels = {"linear caches": [Files.linear_cache("val"), Files.linear_cache("test")]}.get(missing)
     if missing == "everything":
@@ -167,4 +172,16 @@ def test_a_precomputed_result_of_the_wrong_form_is_recomputed(copy, reference):
     rehash(copy, Files.result("addition"))
     rehash(copy, Files.result("accuracy"))
     got = answers(Explorer(load_bundle(copy)))
+    assert got == reference
+
+
+def test_stored_pair_costs_of_the_wrong_form_are_computed_instead(copy, reference):
+    pairs = json.loads((copy / Files.result("pairs")).read_text())
+    pairs["attn"]["cost"][0][1] = "high"  # a cell that is not a number
+    pairs["full"]["hurt"] = {TASKS[0]: 0.1}  # not every task
+    (copy / Files.result("pairs")).write_text(json.dumps(pairs))
+    rehash(copy, Files.result("pairs"))
+    ex = Explorer(load_bundle(copy))
+    assert ex.pairs_stored("linear") and not ex.pairs_stored("attn") and not ex.pairs_stored("full")
+    got = answers(ex)
     assert got == reference
