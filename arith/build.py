@@ -147,11 +147,17 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
                                              splits=("test",))
         writer.put_result("alone", out["alone"])
     if want("pairs") and len(tasks) > 1:  # which vector costs which task, at each mode's chosen α: the app's heatmap
-        additions = out.get("addition") or bundle.results["addition"]
+        additions = out.get("addition") or bundle.results.get("addition") or {}
         out["pairs"] = {}
         for mode, vs in bundle.vectors.items():
+            own = {t: vs[t] for t in tasks if t in vs}
+            if len(own) < 2:  # nothing to pair
+                continue
+            if not isinstance(additions.get(mode), dict) or "alpha" not in additions[mode]:
+                raise ValueError(f"precompute pairs: the bundle has no task addition for {mode} (its chosen α); "
+                                 "precompute addition first (--only addition pairs)")
             log(f"precompute: pair costs ({mode})")
-            out["pairs"][mode] = pair_costs(ev, {t: vs[t] for t in tasks if t in vs}, additions[mode]["alpha"])
+            out["pairs"][mode] = pair_costs(ev, own, additions[mode]["alpha"])
         writer.put_result("pairs", out["pairs"])
     if want("negation") and plan.negation and len(tasks) > 1:
         out["negation"] = {}

@@ -306,10 +306,15 @@ class Explorer:
         return None
 
     # -- protocols and diagnostics --------------------------------------------------------------------------------
+    def _stored_addition(self, mode: str, tasks: Sequence[str]) -> dict | None:
+        """The build's task-addition sweep for ``mode`` when it answers a request for ``tasks``, else None."""
+        pre = self._precomputed("addition", mode, need=("tasks", "alpha", "absolute", "normalized", "accuracy", "curve"))
+        return pre if pre and pre.get("tasks") == list(tasks) and self.uses_all_images else None
+
     def addition(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         tasks = list(tasks or self.tasks)
-        pre = self._precomputed("addition", mode, need=("tasks", "alpha", "absolute", "normalized", "accuracy", "curve"))
-        if pre and pre.get("tasks") == tasks and self.uses_all_images:
+        pre = self._stored_addition(mode, tasks)
+        if pre is not None:
             return pre
         vs = self.vectors(mode)
         from .protocols import task_addition  # after self.vectors: torch is imported by the bundle's load
@@ -342,12 +347,15 @@ class Explorer:
         return self._memoised(("alone", mode, tuple(tasks)), compute)
 
     def _stored_pairs(self, mode: str, tasks: Sequence[str]) -> dict | None:
-        """The build's pair costs for ``mode`` when they answer this request: the same tasks, in order, at the
-        precomputed addition's chosen α, and well formed (an n × n cost matrix); else None."""
-        pre = self._precomputed("pairs", mode, need=("tasks", "alpha", "cost", "hurt", "inflicted", "additive_cost"))
-        add = self._precomputed("addition", mode, need=("tasks", "alpha"))
-        if not (pre and add and self.uses_all_images and pre["tasks"] == list(tasks) == add["tasks"]):
+        """The build's pair costs for ``mode`` when they answer this request: the same tasks, in order, on the test
+        split, at the chosen α of the stored addition sweep that :meth:`addition` serves, and well formed (finite
+        numbers: n × n cost and pair matrices, per-task alone, hurt and inflicted); else None."""
+        pre = self._precomputed("pairs", mode, need=("tasks", "alpha", "split", "cost", "hurt", "inflicted",
+                                                     "additive_cost"))
+        add = self._stored_addition(mode, tasks)
+        if not (pre and add and pre["tasks"] == list(tasks) and pre["split"] == "test"):
             return None
+
         def number(v) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

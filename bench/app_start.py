@@ -5,8 +5,9 @@ Cold start: a headless Chromium is started first (not counted); then the clock s
 app.py`` (a fresh process: imports, the bundle's index with every sha256 checked, the first view) and stops when the
 browser shows the Task-arithmetic view complete: its title, its three charts drawn, no script running.  Repeated
 ``--runs`` times; with several ``--load-delay`` values (the app's ``ARITH_LOAD_DELAY``) the variants are interleaved.
-``--floor`` interleaves a minimal Streamlit page (a title, a metric, three small plotly charts and a table, no engine)
-timed the same way: what Streamlit and a fresh headless Chromium take on the machine before the app does anything.
+``--floor`` interleaves a minimal Streamlit page (a title, a metric, three small plotly charts and a table, no engine;
+served with the app's ``.streamlit/config.toml``) timed the same way: what Streamlit and a fresh headless Chromium
+take on the machine before the app does anything.
 Then, on the last server: a session with coefficients of its own opened at once (it needs the tensors, which may
 still be loading), a new session of the default view, and ``--sessions`` more sessions with their own coefficients,
 the server's resident memory read after each: the growth per session, against the size of the bundle's tensors,
@@ -146,8 +147,10 @@ def with_browser(args, bundle_tasks: list[str]) -> dict:
 
     profile = tempfile.mkdtemp(prefix="arith-bench-chromium-")
     floor = Path(profile) / "floor" / "floor.py"
-    floor.parent.mkdir()
+    (floor.parent / ".streamlit").mkdir(parents=True)
     floor.write_text(FLOOR_PAGE)
+    # the app's server settings (no file watcher, fast reruns, theme, toolbar): like for like
+    shutil.copy(ROOT / ".streamlit" / "config.toml", floor.parent / ".streamlit" / "config.toml")
     runs, sessions, floor_runs = [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -236,6 +239,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
     args.bundle = str(Path(args.bundle).resolve())
+    host = machine()  # before the runs: its load average is the machine's, not this benchmark's
 
     from arith.bundle import load_bundle
 
@@ -243,8 +247,10 @@ def main(argv=None) -> dict:
     missing = None if args.no_browser else browser_missing()
     if missing:
         print(f"no browser ({missing}): timing the first script run instead", file=sys.stderr)
+    if args.floor and (args.no_browser or missing):
+        print("--floor needs the browser: the minimal page is not timed", file=sys.stderr)
     res = without_browser(args) if (args.no_browser or missing) else with_browser(args, tasks)
-    res.update(machine=machine(), bundle=args.bundle, threads=threads, browser=not (args.no_browser or missing),
+    res.update(machine=host, bundle=args.bundle, threads=threads, browser=not (args.no_browser or missing),
                bundle_tensors_mb=bundle_tensor_mb(args.bundle))
     delays = list(dict.fromkeys(r.get("load_delay") for r in res["runs"]))
     by_delay = {d: [r["first_render_s"] for r in res["runs"] if r.get("load_delay") == d] for d in delays}

@@ -36,9 +36,11 @@ with guard("Norms"):
     chosen = st.multiselect("Vectors", labels, default=default, key="vec_profile")
     profiles = {lab: stats[lab.split("/", 1)[0]][lab.split("/", 1)[1]]["blocks"] for lab in chosen}
     st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
+    shown = dict.fromkeys(lab.split("/", 1)[0] for lab in chosen)
     st.caption("L2 norm of τ per transformer block (resblocks.i) and per top-level module (conv1, proj, ...). "
-               "Colour: the task; line: the mode (solid attention-only, dashed full, dotted linearized, dash-dot "
-               "MLP-only). Attention-only vectors are zero outside the attention weights.")
+               "Colour: the task; line: the mode ("
+               + "; ".join(f"{mode_label(m)}: {charts.mode_dash(m)}" for m in shown)
+               + "). Attention-only vectors are zero outside the attention weights.")
 
 with guard("Cosine similarity"):
     st.subheader("Cosine similarity across tasks and modes")

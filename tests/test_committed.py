@@ -34,8 +34,30 @@ def test_the_committed_default_holds_every_precomputed_result_for_every_mode(ind
             assert set(index.results[name]) == set(index.modes), name
 
 
-def test_the_readme_results_tables_are_what_the_table_command_prints_from_the_bundle(capsys):
-    assert main(["table", "--bundle", str(DEFAULT), "--per-task"]) == 0
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    readme = (ROOT / "README.md").read_text().splitlines()
-    assert len(printed) > 10 and [line for line in printed if line not in readme] == []
+def tables(text: str) -> list[list[str]]:
+    """The markdown tables in ``text``: each a run of consecutive lines that start with ``|``."""
+    out, run = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            run.append(line)
+        elif run:
+            out.append(run)
+            run = []
+    return out
+
+
+@pytest.mark.parametrize("args", [["--per-task"], ["--alone", "--pairs"]])
+def test_the_readme_tables_are_what_the_table_command_prints_from_the_bundle(capsys, args):
+    """Each table the command prints is in the README whole (header to last row, in order), as the README says."""
+    assert main(["table", "--bundle", str(DEFAULT), *args]) == 0
+    out = capsys.readouterr().out
+    readme = tables((ROOT / "README.md").read_text())
+    if args == ["--per-task"]:
+        targets = tables(out)  # the results table and the per-task table
+    else:  # the pair summary, and the matrix of attention-only (the only mode whose matrix the README quotes)
+        before, attn = out.split("\n\nattn:\n\n")
+        targets = [t for t in tables(before) if t[0].startswith("| mode | addition α | cost if pairs")]
+        targets.append(tables(attn)[0])
+    assert len(targets) == 2
+    for table in targets:
+        assert table in readme, table[0]

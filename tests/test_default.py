@@ -520,3 +520,20 @@ def test_pair_summary_breaks_ties_in_task_order_whatever_the_stored_key_order():
     row = pair_summary_rows({"attn": p})[0]
     assert row["most hurt task"] == "b" and row["costliest vector"] == "b"  # the first of the tied tasks in order
     assert row["costliest pair"] == "a → b" and row["its cost"] == 0.02 and row["cost of the other vectors"] is None
+
+
+def test_precompute_pairs_without_a_stored_addition_says_what_to_run(quick, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(quick, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["results/addition.json"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "results" / "addition.json").unlink()
+    before = (copy / "results" / "pairs.json").read_bytes()
+    assert main(["precompute", "--bundle", str(copy), "--only", "pairs"]) == 2
+    assert "no task addition for full (its chosen α); precompute addition first" in capsys.readouterr().err
+    assert (copy / "results" / "pairs.json").read_bytes() == before  # nothing written
+    assert main(["precompute", "--bundle", str(copy), "--only", "addition", "pairs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == ["addition", "pairs"]

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from arith.modes import MODES
+
 from .state import mode_label
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
@@ -146,12 +148,21 @@ def _block_order(name: str) -> tuple:
     return (3, 0, name)
 
 
-DASHES = {"attn": "solid", "attn_bias": "solid", "full": "dash", "linear": "dot", "mlp": "dashdot"}  # norm_profile
+# norm_profile's line style per mode, in the mode registry's order (full, attn, attn_bias, linear, mlp, then any
+# registered later): one record there gets a style here without a new branch
+DASHES = ("dash", "solid", "longdash", "dot", "dashdot", "longdashdot")
+
+
+def mode_dash(mode: str) -> str:
+    """The line style of ``mode`` in :func:`norm_profile` (plotly's dash names)."""
+    names = list(MODES)
+    return DASHES[names.index(mode) % len(DASHES)] if mode in names else "longdashdot"
 
 
 def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
     """Per-block L2 norm of each task vector (``label -> {block: norm}``, labels ``mode/vector``), in the order the
-    input flows.  Colour: the vector (one task's vectors in every mode share it); line style: the mode (``DASHES``)."""
+    input flows.  Colour: the vector (one task's vectors in every mode share it); line style: the mode
+    (:func:`mode_dash`)."""
     fig = go.Figure()
     vectors = list(dict.fromkeys(label.split("/", 1)[-1] for label in profiles))
     for label, blocks in profiles.items():
@@ -159,7 +170,7 @@ def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
         names = sorted(blocks, key=_block_order)
         fig.add_scatter(x=names, y=[blocks[n] for n in names], mode="lines+markers", name=label,
                         line=dict(color=PALETTE[vectors.index(vector) % len(PALETTE)],
-                                  dash=DASHES.get(mode, "longdash")))
+                                  dash=mode_dash(mode)))
     order = sorted({n for b in profiles.values() for n in b}, key=_block_order)
     fig.update_xaxes(title="block / module", categoryorder="array", categoryarray=order)
     fig.update_yaxes(title="L2 norm of τ")
