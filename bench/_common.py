@@ -30,12 +30,18 @@ def parser(description: str, bundle: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+_LOAD_AT_START: tuple[float, float, float] | None = None  # see set_threads and machine
+
+
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count (and the env vars child processes inherit); returns the count in use."""
     from arith.cost import set_intra_op_threads
     from arith.memory import keep_freed_memory
 
     keep_freed_memory()  # what the app does at start (arith/memory.py); every benchmark calls set_threads first
+    global _LOAD_AT_START
+    if _LOAD_AT_START is None and hasattr(os, "getloadavg"):  # the machine's load before the benchmark's own work
+        _LOAD_AT_START = os.getloadavg()
     if n is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
     return set_intra_op_threads(n)
@@ -59,7 +65,8 @@ def machine() -> dict:
         affinity = sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         affinity = list(range(os.cpu_count() or 1))
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    # the load average when the benchmark started (set_threads, its first call), not the load it made itself
+    load = _LOAD_AT_START or (os.getloadavg() if hasattr(os, "getloadavg") else None)
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "affinity": affinity, "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "malloc": settings(),

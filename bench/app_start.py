@@ -239,7 +239,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
     args.bundle = str(Path(args.bundle).resolve())
-    host = machine()  # before the runs: its load average is the machine's, not this benchmark's
 
     from arith.bundle import load_bundle
 
@@ -250,7 +249,7 @@ def main(argv=None) -> dict:
     if args.floor and (args.no_browser or missing):
         print("--floor needs the browser: the minimal page is not timed", file=sys.stderr)
     res = without_browser(args) if (args.no_browser or missing) else with_browser(args, tasks)
-    res.update(machine=host, bundle=args.bundle, threads=threads, browser=not (args.no_browser or missing),
+    res.update(machine=machine(), bundle=args.bundle, threads=threads, browser=not (args.no_browser or missing),
                bundle_tensors_mb=bundle_tensor_mb(args.bundle))
     delays = list(dict.fromkeys(r.get("load_delay") for r in res["runs"]))
     by_delay = {d: [r["first_render_s"] for r in res["runs"] if r.get("load_delay") == d] for d in delays}

@@ -96,3 +96,17 @@ def test_standin_tasks_register_and_load():
     assert len(names) == 8 == len(set(names))
     a, b = get_task(names[0]).load("test", n=4), get_task(names[3]).load("test", n=4)  # same family, other draws
     assert a.images.shape == (4, 3, 32, 32) and not (a.images == b.images).all()
+
+
+def test_machine_reports_the_load_average_from_before_the_benchmark_ran(monkeypatch):
+    import torch
+
+    from bench import _common
+
+    monkeypatch.setattr(_common, "_LOAD_AT_START", None)
+    loads = iter([(0.5, 0.6, 0.7), (3.0, 3.0, 3.0)])
+    monkeypatch.setattr(_common.os, "getloadavg", lambda: next(loads))
+    before = torch.get_num_threads()
+    _common.set_threads(None)  # every benchmark's first call: the snapshot
+    assert _common.machine()["loadavg_at_start"] == [0.5, 0.6, 0.7]  # not the (3, 3, 3) its own work made later
+    assert torch.get_num_threads() == before
