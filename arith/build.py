@@ -125,6 +125,7 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     writer = BundleWriter.reopen(bundle)
     ev = bundle.evaluator()  # every stored image: the Explorer serves these results when it evaluates on all
     tasks = [t for t in bundle.task_names if t in ev.tasks]
+    own = {m: {t: vs[t] for t in tasks if t in vs} for m, vs in bundle.vectors.items()}  # each mode's, in task order
     out: dict = {}
     if want("accuracy") or "accuracy" not in bundle.results:
         log("precompute: zero-shot and single-task accuracies")
@@ -135,29 +136,27 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     finetuned = (out.get("accuracy") or bundle.results["accuracy"])["finetuned"]
     if want("addition"):
         out["addition"] = {}
-        for mode, vs in bundle.vectors.items():
+        for mode, vs in own.items():
             log(f"precompute: task addition ({mode})")
-            out["addition"][mode] = task_addition(ev, {t: vs[t] for t in tasks if t in vs}, finetuned=finetuned[mode])
+            out["addition"][mode] = task_addition(ev, vs, finetuned=finetuned[mode])
         writer.put_result("addition", out["addition"])
     if want("alone"):  # each task alone at every α of the sweep (test): the app's toggle and table --alone, instantly
         out["alone"] = {}
-        for mode, vs in bundle.vectors.items():
+        for mode, vs in own.items():
             log(f"precompute: each task alone ({mode})")
-            out["alone"][mode] = alone_curve(ev, {t: vs[t] for t in tasks if t in vs}, finetuned=finetuned[mode],
-                                             splits=("test",))
+            out["alone"][mode] = alone_curve(ev, vs, finetuned=finetuned[mode], splits=("test",))
         writer.put_result("alone", out["alone"])
     if want("pairs") and len(tasks) > 1:  # which vector costs which task, at each mode's chosen α: the app's heatmap
         additions = out.get("addition") or bundle.results.get("addition") or {}
         out["pairs"] = {}
-        for mode, vs in bundle.vectors.items():
-            own = {t: vs[t] for t in tasks if t in vs}
-            if len(own) < 2:  # nothing to pair
+        for mode, vs in own.items():
+            if len(vs) < 2:  # nothing to pair
                 continue
             if not isinstance(additions.get(mode), dict) or "alpha" not in additions[mode]:
                 raise ValueError(f"precompute pairs: the bundle has no task addition for {mode} (its chosen α); "
                                  "precompute addition first (--only addition pairs)")
             log(f"precompute: pair costs ({mode})")
-            out["pairs"][mode] = pair_costs(ev, own, additions[mode]["alpha"])
+            out["pairs"][mode] = pair_costs(ev, vs, additions[mode]["alpha"])
         writer.put_result("pairs", out["pairs"])
     if want("negation") and plan.negation and len(tasks) > 1:
         out["negation"] = {}
