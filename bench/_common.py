@@ -102,7 +102,7 @@ def table(rows: list[dict], columns: Sequence[str] | None = None, floatfmt: str 
 
 
 def markdown_table(head: Sequence[str], rows) -> str:
-    """A Markdown table (the studies' ``--summarize`` output, pasted into the README)."""
+    """A Markdown table (the studies' ``--summarize`` output, pasted into docs/default-bundle.md)."""
     return "\n".join(["| " + " | ".join(map(str, r)) + " |" for r in [head, ["---"] * len(head), *rows]])
 
 

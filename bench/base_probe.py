@@ -9,7 +9,7 @@ validation-chosen α, addition and its gain over zero-shot, normalized accuracy,
 it finished.
 
     python -m bench.base_probe --set steps=16000 --tag steps16k --json bench/results/base_probe/steps16k.json
-    python -m bench.base_probe --summarize bench/results/base_probe/*.json     # the README's table
+    python -m bench.base_probe --summarize bench/results/base_probe/*.json     # docs/default-bundle.md's table
 
 ``--device cuda`` runs pre-training, fine-tuning and evaluation on a GPU, which makes a study of several bases
 affordable (``bench/base_sweep.sh`` runs one on a lent GPU machine); the build itself runs on the CPU.  A GPU's θ0
@@ -64,7 +64,7 @@ def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_
 
 
 def summarize(paths) -> str:
-    """A Markdown table of earlier ``--json`` results, one row per (variant, mode, lr) (the README's table)."""
+    """A Markdown table of earlier ``--json`` results, one row per (variant, mode, lr) (docs/default-bundle.md's table)."""
     head = ("variant", "steps", "width", "layers", "pool", "final loss", "mode", "lr", "zero-shot", "single-task", "α",
             "addition", "over zero-shot", "normalized", "agreement", "‖τ‖/‖θ0‖", "device")
     rows = []

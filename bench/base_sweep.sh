@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Several variants of the default's pre-trained base, scored on validation by bench/base_probe.py, concurrently on
-# one GPU (the project's lent GPU machine; see the README's *The embedded default*).  Each variant pre-trains its
+# one GPU (the project's lent GPU machine; see docs/default-bundle.md, *A stronger base*).  Each variant pre-trains its
 # θ0, fine-tunes the eight tasks (attn, then full, at lr 1e-3) and writes $OUT/<tag>.json;
 # $OUT/sweep.log gathers their summary lines.  Everything stops at $DEADLINE seconds; a variant cut short keeps the
 # runs it finished.

@@ -1,6 +1,6 @@
-"""The committed default bundle (``precomputed/default``) and what the README says about it: the bundle opens with
-every checksum verified and every result the build precomputes, and the README's results tables are what
-``python -m arith table --per-task`` prints from it (no tensor is loaded: a second or two)."""
+"""The committed default bundle (``precomputed/default``) and what the docs say about it: the bundle opens with
+every checksum verified and every result the build precomputes, and the results tables of the README and of
+``docs/default-bundle.md`` are what ``python -m arith table`` prints from it (no tensor is loaded: a second or two)."""
 
 from __future__ import annotations
 
@@ -46,15 +46,16 @@ def tables(text: str) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("args", [["--per-task"], ["--alone", "--pairs"]])
-def test_the_readme_tables_are_what_the_table_command_prints_from_the_bundle(capsys, args):
-    """Each table the command prints is in the README whole (header to last row, in order), as the README says."""
+@pytest.mark.parametrize(("args", "doc"), [(["--per-task"], "README.md"),
+                                         (["--alone", "--pairs"], "docs/default-bundle.md")])
+def test_the_documented_tables_are_what_the_table_command_prints_from_the_bundle(capsys, args, doc):
+    """Each table the command prints is in the document whole (header to last row, in order), as the text says."""
     assert main(["table", "--bundle", str(DEFAULT), *args]) == 0
     out = capsys.readouterr().out
-    readme = tables((ROOT / "README.md").read_text())
+    readme = tables((ROOT / doc).read_text())
     if args == ["--per-task"]:
         targets = tables(out)  # the results table and the per-task table
-    else:  # the pair summary, and the matrix of attention-only (the only mode whose matrix the README quotes)
+    else:  # the pair summary, and the matrix of attention-only (the only mode whose matrix the docs quote)
         before, attn = out.split("\n\nattn:\n\n")
         targets = [t for t in tables(before) if t[0].startswith("| mode | addition α | cost if pairs")]
         targets.append(tables(attn)[0])

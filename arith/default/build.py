@@ -5,7 +5,7 @@
 3. draw the eight tasks' train / validation / test splits (``tasks.py``);
 4. fine-tune every (task, mode) with one schedule; learning rates are the ones chosen on validation
    (``LR`` below, with the sweeps behind them; a sweep is stored in the bundle by ``lr-sweep … --save`` after a
-   rebuild, as the README's *Learning rates, chosen on validation only* shows);
+   rebuild, as docs/default-bundle.md's *Learning rates, chosen on validation only* shows);
 5. precompute what the app shows (addition, negation, ξ grids, kernel diagnostics, similarities, linear caches)
    and the training cost per mode (one process per mode); record provenance.
 
@@ -47,7 +47,7 @@ MODES = ("full", "attn", "linear", "mlp")
 # No weight decay: AdamW's decoupled decay pulls every trained weight towards 0, not towards θ0. At the paper's lr
 # (1e-5) that is negligible; at 1e-3 it shrinks the trained weights by ~2.5 % over 500 steps, a component of τ that
 # every task shares (−c·θ0), which task addition sums eight times. Validation (bench/recipe_probe.py, attn): same
-# single-task accuracy, task addition +1.5 points; see the README's *The embedded default*.
+# single-task accuracy, task addition +1.5 points; see docs/default-bundle.md, *Weight decay 0*.
 FINETUNE = {"steps": 500, "batch_size": 64, "weight_decay": 0.0, "warmup_steps": 50, "augment": False}
 # Chosen on validation only. full and attn: `python -m arith lr-sweep --lrs 3e-4 1e-3 3e-3 --seeds 0 1 2` on this
 # recipe's base (all eight tasks, this schedule, three fine-tuning seeds per cell, run on a GPU by bench/lr_seeds.sh;

@@ -5,7 +5,7 @@ Everything is drawn with PIL at 64×64 and downsampled to 32×32, from a ``numpy
 styles feed pre-training, the *task* styles (held-out fonts, false colour, warps, clutter...) define the eight
 downstream tasks, so zero-shot transfer is possible but imperfect, as for CLIP on the paper's data sets.
 
-Fonts come from Debian packages (see ``arith/default/README`` / the main README): source fonts are DejaVu,
+Fonts come from Debian packages (see the README, *The embedded default*): source fonts are DejaVu,
 Liberation and FreeFont; the held-out task fonts are URW base35.  Missing fonts fall back to Pillow's built-in
 font so that the tests' ``--quick`` build still runs (with a warning); the real build requires them.
 """
