@@ -54,10 +54,10 @@ st.subheader("The same coefficients under every mode")
 st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")
 with guard("Comparing modes"):
     per_mode, rows = {}, []
-    skipped = []
+    skipped = set()  # selected vectors that some mode lacks (λ = 0 there)
     for m in ctx.modes:
         coefs = ctx.coefs_in(m)
-        skipped += [f"{n} ({m})" for n in ctx.coefs if n not in coefs]
+        skipped.update(n for n in ctx.coefs if n not in coefs)
         r = ex.evaluate(m, coefs, "test", extra=ctx.extra(m), method=ctx.method)
         f = ex.finetuned(m, "test", extra=ctx.extra(m))
         s = subset_summary(r["accuracy"], f) if tasks else r
@@ -69,7 +69,7 @@ with guard("Comparing modes"):
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="modes_table",
                  column_config={c: st.column_config.NumberColumn(format="%.1f") for c in rows[0] if c != "mode"})
     if skipped:
-        st.caption("Not in every mode (λ = 0 there): " + ", ".join(sorted(set(n.split(" (")[0] for n in skipped))))
+        st.caption("Not in every mode (λ = 0 there): " + ", ".join(sorted(skipped)))
 
 st.subheader("Accuracy vs the shared α (task addition)")
 st.caption("The papers' protocol: θ0 + α Σ_t τ_t for α ∈ {0, 0.05, …, 1}; ★ = α chosen on validation by "
@@ -88,9 +88,11 @@ with guard("Task-addition sweep"):
     if not curves:
         st.info("Select at least one of the bundle's task vectors to see the sweep.")
     else:
-        metric = st.radio("Metric", ["normalized", "absolute"], horizontal=True, key="sweep_metric")
+        metric = st.radio("Metric", ["normalized", "absolute"], horizontal=True, key="sweep_metric",
+                          persist_state="session")
         alone = {}
-        if st.toggle("Each task alone at α (dashed)", key="sweep_alone",
+        # persist_state: a widget's choice survives the runs that do not draw it (a hidden toggle, another page)
+        if st.toggle("Each task alone at α (dashed)", key="sweep_alone", persist_state="session",
                      help="θ0 + α τ_t on task t, without the other vectors. At one α, the gap from the dashed line "
                           "down to the solid one is what the other task vectors cost (interference); the rise of the "
                           "dashed line from there up to α = 1 (each task's own fine-tuned model) is what the small α "
@@ -127,10 +129,12 @@ with guard("Task-addition sweep"):
                 if not choices:
                     st.info("Select at least two tasks to see which vector costs which.")
                 else:
-                    pm = st.selectbox("Mode", choices, format_func=mode_label, key="pairs_mode")
+                    if st.session_state.get("pairs_mode") not in choices:
+                        st.session_state.pop("pairs_mode", None)
+                    pm = st.selectbox("Mode", choices, format_func=mode_label, key="pairs_mode", persist_state="session")
                     # the bundle's stored matrix is drawn at once; any other is computed only when asked
                     if ex.pairs_stored(pm, curves[pm]["tasks"]) or st.toggle(
-                            "Compute every pair", key="sweep_pairs",
+                            "Compute every pair", key="sweep_pairs", persist_state="session",
                             help="Task i with θ0 + α τ_i + α τ_j against θ0 + α τ_i, for every ordered pair, at the "
                                  "mode's validation-chosen α (test split). Computed on demand."):
                         bar = Progress(f"Pairs for {mode_label(pm)}")

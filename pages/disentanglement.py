@@ -9,7 +9,7 @@ import streamlit as st
 from arith.disentangle import GRID
 from ui import charts
 from ui.common import Progress, guard
-from ui.state import context, mode_label, set_coefs, xi_click
+from ui.state import context, mode_label, set_coefs, snap, xi_click
 
 ctx = context()
 ex = ctx.ex
@@ -29,13 +29,14 @@ first = next((k.split("|") for k in pre if all(p in names for p in k.split("|"))
 if st.session_state.get("xi_t1") not in names:
     st.session_state["xi_t1"] = first[0]
 c1, c2, c3 = st.columns([2, 2, 3])
-t1 = c1.selectbox("Task 1 (rows, α1)", names, key="xi_t1")
+t1 = c1.selectbox("Task 1 (rows, α1)", names, key="xi_t1", persist_state="session")
 others = [n for n in names if n != t1]
 if st.session_state.get("xi_t2") not in others:
     st.session_state["xi_t2"] = first[1] if first[1] in others else others[0]
-t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2")
+t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2", persist_state="session")
 with c3:
-    rep = st.toggle("Representation level (heads dropped: 1 − cos of encoder outputs)", key="xi_rep")
+    rep = st.toggle("Representation level (heads dropped: 1 − cos of encoder outputs)", key="xi_rep",
+                    persist_state="session")
 variant = "representation" if rep else "prediction"
 
 # the grid: the one the bundle precomputed, else the papers' 15 × 15 on [−2, 2]
@@ -43,6 +44,7 @@ pre_pair = next((pre[k] for k in (f"{t1}|{t2}", f"{t2}|{t1}") if k in pre), None
 grid = [float(a) for a in (pre_pair["alpha1"] if pre_pair else GRID)]
 sizes = sorted({5, 9, 15, len(grid)})
 n = st.select_slider("Grid points per axis (α ∈ [−2, 2])", sizes, value=len(grid), key=f"xi_n_{len(grid)}",
+                     persist_state="session",
                      help="Precomputed grids show at once; other grids are computed (n² merged models per mode).")
 if n != len(grid):
     grid = [float(a) for a in np.linspace(GRID[0], GRID[-1], n)]
@@ -87,7 +89,7 @@ with guard("ξ grids"):
         for i, (m, r) in enumerate(shown.items()):
             key = f"xi_{m}_{t1}_{t2}_{variant}_{len(grid)}"
             with cols[i % len(cols)]:
-                st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current),
+                st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current, names=(t1, t2), snap=snap),
                                 key=key, on_select=partial(on_click, key), selection_mode="points")
         st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2}).")
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "mean ξ (prediction)": r["mean"]["prediction"],

@@ -47,7 +47,13 @@ with st.expander("Load a coefficient set"):
         try:
             up.seek(0)
             rec = parse_coefficient_set(up, b.base.id)  # checks the size before reading
-            known = set(ex.vectors(rec["mode"], ctx.extra(rec["mode"]))) if rec["mode"] in ctx.modes else set()
+            if rec["mode"] not in ctx.modes:
+                raise ValueError(f"it is for mode {rec['mode']!r}, which this bundle and workspace lack "
+                                 f"(modes here: {', '.join(ctx.modes)}); nothing was changed")
+            known = set(ex.vectors(rec["mode"], ctx.extra(rec["mode"])))
+            if rec["coefficients"] and not known & set(rec["coefficients"]):
+                raise ValueError(f"none of its vectors ({', '.join(sorted(rec['coefficients']))}) is in this session's "
+                                 f"{rec['mode']} vectors; nothing was changed")
             missing = sorted(set(rec["coefficients"]) - known)
             st.session_state["export_note"] = (f"Loaded {up.name}" + (f"; not available in this session, ignored: "
                                                                       f"{', '.join(missing)}" if missing else ""))

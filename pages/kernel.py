@@ -22,7 +22,7 @@ if not names:
     st.stop()
 if st.session_state.get("kernel_task") not in names:
     st.session_state["kernel_task"] = ctx.tasks[0] if ctx.tasks else names[0]
-name = st.selectbox("Task", names, key="kernel_task")
+name = st.selectbox("Task", names, key="kernel_task", persist_state="session")
 modes = [m for m in ctx.modes if name in ctx.names(m)]
 
 with guard("Kernel diagnostics"):
@@ -51,7 +51,7 @@ with guard("Kernel diagnostics"):
     st.subheader("Along θ0 + sτ")
     a, b = st.columns(2)
     a.plotly_chart(charts.kernel_path(reports, "rel_error_logits", "relative error of the logits"), key="kernel_err")
-    b.plotly_chart(charts.kernel_path(reports, "agreement", "prediction agreement"), key="kernel_agree")
+    b.plotly_chart(charts.kernel_path(reports, "agreement", "prediction agreement (%)", percent=True), key="kernel_agree")
 
     st.subheader("Restricted linearization: attention-only vs MLP-only vs whole model")
     st.caption("τ kept only on the attention weights (W_q, W_k, W_v, W_o), only on the MLP weights, or whole, each "
@@ -59,7 +59,7 @@ with guard("Kernel diagnostics"):
                "attention modules behave like kernels. Missing bars: the mode's vector has no such weights.")
     a, b = st.columns(2)
     a.plotly_chart(charts.restricted_bars(rows, "rel_error_logits", "relative error of the logits"), key="kernel_r_err")
-    b.plotly_chart(charts.restricted_bars(rows, "agreement", "prediction agreement"), key="kernel_r_agree")
+    b.plotly_chart(charts.restricted_bars(rows, "agreement", "prediction agreement (%)", percent=True), key="kernel_r_agree")
     frac = pd.DataFrame([{"mode": mode_label(m), **{f"share of ‖τ‖, {s}": (r["restricted"][s] or {}).get("norm_fraction")
                                                      for s in ("attention", "mlp", "all")}}
                          for m, r in reports.items()])

@@ -45,9 +45,21 @@ if st.session_state.get("train_task") not in tasks:
 task = c1.selectbox("Task", tasks, key="train_task")
 if st.session_state.get("train_mode") not in modes:
     st.session_state["train_mode"] = ctx.mode if ctx.mode in modes else "attn"
-mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label)
-cfg0 = b.finetune_config(mode) or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) \
-    or FinetuneConfig(mode=mode)
+RECIPE_KEYS = ("train_steps", "train_lr", "train_batch", "train_seed")
+
+
+def recipe_changed() -> None:
+    """A keyed input keeps its value whatever default it is given later: a new mode's recipe replaces the fields."""
+    for k in RECIPE_KEYS:
+        st.session_state.pop(k, None)
+
+
+mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label, on_change=recipe_changed)
+own = b.finetune_config(mode)
+cfg0 = own or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) or FinetuneConfig(mode=mode)
+recipe = (f"Bundle recipe for {mode_label(mode)}" if own else
+          f"The bundle has no recipe for {mode_label(mode)}; {mode_label(cfg0.mode)}'s" if cfg0.mode != mode else
+          f"The bundle has no recipe for {mode_label(mode)}; the engine's defaults")
 plan = b.manifest.get("plan", {})
 
 with st.form("train_form", border=True):
@@ -60,14 +72,16 @@ with st.form("train_form", border=True):
     train_n = c1.number_input("Training images (0 = all)", 0, 10_000_000, int(plan.get("train_n") or 0),
                               key="train_n")
     name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name")
-    st.caption(f"Bundle recipe for {mode_label(mode)}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
+    st.caption(f"{recipe}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
                f"weight decay {cfg0.weight_decay:g}, warm-up {cfg0.warmup_steps}, gradient clip {cfg0.grad_clip:g}. "
                f"Runs on {b.base.device}.")
     go = st.form_submit_button("Train", type="primary")
 
 cancel = st.button("Cancel training", key="train_cancel", help="Stops a running fine-tuning; nothing is added.")
+# a press during a run interrupts it (Streamlit reruns the page), leaving the flag set by the run
+was_running = st.session_state.pop("train_running", False)
 if cancel:
-    st.warning("Training cancelled; nothing was added to the workspace.")
+    st.warning("Training cancelled; nothing was added to the workspace." if was_running else "No training is running.")
 
 if go:
     with guard("Training"):
@@ -77,14 +91,19 @@ if go:
         root = plan.get("data_root") or os.environ.get("ARITH_DATA_ROOT")
         data = train_split(task, b.base.image_size, int(train_n) or None, cfg.seed, root)
         bar = Progress(f"Fine-tuning {task} ({mode_label(mode)})")
+        st.session_state["train_running"] = True
         try:
             res = finetune(b.base, b.heads[task], data, cfg, task=task, progress=bar,
                            should_stop=lambda: bool(st.session_state.get("train_cancel")))
         except Cancelled as e:
             st.warning(f"Training cancelled: {e}.")
             res = None
+        except Exception:
+            st.session_state.pop("train_running", None)
+            raise
         finally:
             bar.done()
+        st.session_state.pop("train_running", None)  # not reached when a rerun interrupts the run
         if res is not None:
             label = add_to_workspace(ex, res.vector, name or f"{task} ({mode}, trained)",
                                      f"trained: {cfg.steps} steps, lr {cfg.lr:g}")

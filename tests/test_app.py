@@ -160,6 +160,14 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     at.toggle(key="sweep_pairs").set_value(True).run(timeout=120)
     clean(at)
     assert_heatmap(at, engine.pairs("full", [STRIPES, QUADS]))
+    # the toggle keeps its state while a selection with a stored matrix hides it
+    at.sidebar.multiselect(key="w_tasks").set_value(list(engine.bundle.task_names)).run(timeout=120)
+    clean(at)
+    assert not [t for t in at.toggle if t.key == "sweep_pairs"]
+    at.sidebar.multiselect(key="w_tasks").set_value([STRIPES, QUADS]).run(timeout=120)
+    clean(at)
+    assert at.toggle(key="sweep_pairs").value
+    assert_heatmap(at, engine.pairs("full", [STRIPES, QUADS]))
 
 
 def assert_heatmap(at, pairs):
@@ -352,6 +360,28 @@ def test_training_a_few_steps_adds_a_vector(new_app):
     assert "quads-quick" in at.sidebar.multiselect(key="w_tasks").value
 
 
+def test_the_train_form_follows_the_chosen_modes_recipe_and_selects_in_that_mode(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_lr").set_value(0.0123).run()
+    at.selectbox(key="train_mode").set_value("full").run()
+    clean(at)
+    assert at.number_input(key="train_lr").value == pytest.approx(bundle.finetune_config("full").lr)
+    assert any(c.value.startswith(f"Bundle recipe for {mode_label('full')}") for c in at.caption)
+    at.button(key="train_cancel").click().run()
+    assert any(w.value == "No training is running." for w in at.warning)
+    at.selectbox(key="train_task").set_value(QUADS)
+    at.number_input(key="train_steps").set_value(2)
+    at.number_input(key="train_batch").set_value(16)
+    at.text_input(key="train_name").set_value("quads-full")
+    next(b for b in at.button if b.label == "Train").click().run(timeout=300)
+    clean(at)
+    assert workspace(at)["quads-full"].mode == "full"
+    assert "quads-full" not in at.sidebar.multiselect(key="w_tasks").options  # the sidebar shows attn ...
+    at.sidebar.selectbox(key="w_mode").set_value("full").run()
+    assert "quads-full" in at.sidebar.multiselect(key="w_tasks").value  # ... and selects it where it lives
+
+
 # -- export ---------------------------------------------------------------------------------------------------------
 def test_export_and_load_a_coefficient_set(new_app, bundle):
     at = new_app()
@@ -372,6 +402,14 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
     assert coefs_in_url(at) == {STRIPES: 0.25, COLOURS: -1.0}
     at.file_uploader(key="export_import").set_value(("bad.json", b"{\"format\": \"nope\"}", "application/json")).run()
     assert any("not a coefficient set" in e.value for e in at.error) and not at.exception
+    # a set for a mode this session lacks, or of none of its vectors, is refused and changes nothing
+    before = (at.sidebar.selectbox(key="w_mode").value, at.sidebar.multiselect(key="w_tasks").value, coefs_in_url(at))
+    for name, rec in (("bias.json", dict(record, mode="attn_bias")), ("none.json", dict(record, coefficients={"gone": 1.0}))):
+        at.file_uploader(key="export_import").set_value((name, json.dumps(rec).encode(), "application/json")).run()
+        assert not at.exception
+        assert any(e.value.startswith(name) and "nothing was changed" in e.value for e in at.error), name
+        assert (at.sidebar.selectbox(key="w_mode").value, at.sidebar.multiselect(key="w_tasks").value,
+                coefs_in_url(at)) == before
 
 
 # -- disentanglement --------------------------------------------------------------------------------------------------

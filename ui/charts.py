@@ -3,7 +3,8 @@ numbers out (fractions are shown as percentages)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 
 import plotly.graph_objects as go
 
@@ -29,6 +30,13 @@ def _p(x):
     return None if x is None else 100.0 * x
 
 
+def _fixed(v: float, digits: int = 1) -> str:
+    """``v`` as the browser writes the tables' "%.1f" (JavaScript's toFixed, also plotly's d3 format): an exact tie
+    rounds away from zero (81.25 → 81.3) where Python's format rounds it to even (81.2).  With 256 images per task
+    many accuracies are such ties (k/256 with k ≡ 16 mod 32), so labels drawn in Python use this to agree."""
+    return format(Decimal(v).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP), "f")
+
+
 def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finetuned: Mapping[str, float],
                   selected: Sequence[str], mode: str) -> go.Figure:
     """Per-task accuracy of the edited model (bars), with the zero-shot and single-task fine-tuned accuracies
@@ -37,7 +45,7 @@ def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finet
     colours = [mode_colour(mode) if t in selected else "#BFC7D5" for t in tasks]
     fig = go.Figure()
     fig.add_bar(x=tasks, y=[_p(acc[t]) for t in tasks], marker_color=colours, name="edited model",
-                text=[f"{100 * acc[t]:.1f}" for t in tasks], textposition="inside", insidetextanchor="middle")
+                text=[_fixed(100 * acc[t]) for t in tasks], textposition="inside", insidetextanchor="middle")
     fig.add_scatter(x=tasks, y=[_p(zeroshot.get(t)) for t in tasks], mode="markers", name="zero-shot θ0",
                     marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")))
     fig.add_scatter(x=[t for t in tasks if t in finetuned], y=[_p(finetuned[t]) for t in tasks if t in finetuned],
@@ -84,23 +92,29 @@ def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", curr
 
 
 def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tuple[float, float] | None = None,
-               show_scale: bool = True) -> go.Figure:
+               show_scale: bool = True, names: tuple[str, str] | None = None,
+               snap: Callable[[float], float] | None = None) -> go.Figure:
     """ξ(α1, α2): rows α1 (y), columns α2 (x), on a fixed colour range [0, zmax].  A transparent marker sits on
-    every cell so that a click selects it (Streamlit's selection events do not fire on heatmap traces)."""
+    every cell so that a click selects it (Streamlit's selection events do not fire on heatmap traces).
+
+    ``names``: the two vectors' names for the axes (default: the result's task names); ``snap``: the coefficient a
+    click sets for a grid value (the sliders' step), shown in the hover beside the cell's own α."""
     a1, a2 = list(res["alpha1"]), list(res["alpha2"])
     z = res[variant]
-    t1, t2 = res["tasks"]
+    t1, t2 = names or res["tasks"]
+    snap = snap or float
     fig = go.Figure()
     fig.add_heatmap(x=a2, y=a1, z=z, zmin=0.0, zmax=zmax, colorscale="Viridis", showscale=show_scale,
                     colorbar=dict(title="ξ", thickness=12), hoverinfo="skip")
     xs = [x for _ in a1 for x in a2]
     ys = [y for y in a1 for _ in a2]
-    zs = [z[i][j] for i in range(len(a1)) for j in range(len(a2))]
-    fig.add_scatter(x=xs, y=ys, mode="markers", customdata=zs, showlegend=False, name="cell",
+    data = [[z[i][j], snap(y), snap(x)] for i, y in enumerate(a1) for j, x in enumerate(a2)]
+    fig.add_scatter(x=xs, y=ys, mode="markers", customdata=data, showlegend=False, name="cell",
                     marker=dict(symbol="square", size=max(6, int(320 / max(len(a1), len(a2)))), opacity=0.0,
                                 color="white"),
                     selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-                    hovertemplate=f"λ {t1}=%{{y:.2f}}<br>λ {t2}=%{{x:.2f}}<br>ξ=%{{customdata:.3f}}<extra></extra>")
+                    hovertemplate=f"α {t1}=%{{y:.2f}}, α {t2}=%{{x:.2f}}<br>ξ=%{{customdata[0]:.3f}}<br>a click sets "
+                                  f"λ {t1}=%{{customdata[1]:.2f}}, λ {t2}=%{{customdata[2]:.2f}}<extra></extra>")
     if current is not None:
         fig.add_scatter(x=[current[1]], y=[current[0]], mode="markers", showlegend=False, hoverinfo="skip",
                         marker=dict(symbol="x-thin-open", size=16, line=dict(width=3, color="#FF4B4B")))
@@ -109,25 +123,29 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
     return _layout(fig, title, height=400, clickmode="event+select", dragmode=False)
 
 
-def kernel_path(reports: Mapping[str, dict], field: str, label: str) -> go.Figure:
-    """A kernel diagnostic along θ0 + sτ, one line per mode."""
+def kernel_path(reports: Mapping[str, dict], field: str, label: str, percent: bool = False) -> go.Figure:
+    """A kernel diagnostic along θ0 + sτ, one line per mode (``percent``: a fraction drawn in %, as the tables)."""
     fig = go.Figure()
+    scale = _p if percent else (lambda v: v)
     for i, (mode, rep) in enumerate(reports.items()):
-        fig.add_scatter(x=[r["s"] for r in rep["path"]], y=[r[field] for r in rep["path"]], mode="lines+markers",
+        fig.add_scatter(x=[r["s"] for r in rep["path"]], y=[scale(r[field]) for r in rep["path"]], mode="lines+markers",
                         name=mode_label(mode), line=dict(color=mode_colour(mode, i)))
     fig.update_xaxes(title="s (θ0 + s·τ)")
     fig.update_yaxes(title=label)
     return _layout(fig, height=330)
 
 
-def restricted_bars(rows: Sequence[Mapping], field: str, label: str) -> go.Figure:
-    """Restricted linearization at s = 1: attention-only vs MLP-only vs whole-model tangent, grouped by mode."""
+def restricted_bars(rows: Sequence[Mapping], field: str, label: str, percent: bool = False) -> go.Figure:
+    """Restricted linearization at s = 1: attention-only vs MLP-only vs whole-model tangent, grouped by mode
+    (``percent``: a fraction drawn in %, as the tables)."""
     fig = go.Figure()
+    scale = _p if percent else (lambda v: v)
     subsets = ["attention", "mlp", "all"]
     names = {"attention": "attention weights only", "mlp": "MLP weights only", "all": "whole model"}
     colours = {"attention": "#4C78A8", "mlp": "#F58518", "all": "#9D755D"}
     for s in subsets:
-        fig.add_bar(x=[mode_label(r["mode"]) for r in rows], y=[r.get(f"{s}_{field}") for r in rows], name=names[s],
+        fig.add_bar(x=[mode_label(r["mode"]) for r in rows], y=[scale(r.get(f"{s}_{field}")) for r in rows],
+                    name=names[s],
                     marker_color=colours[s])
     fig.update_yaxes(title=label)
     return _layout(fig, barmode="group", height=330)
@@ -195,7 +213,7 @@ def pair_heatmap(pairs: Mapping) -> go.Figure:
     top = max((abs(v) for row in z for v in row if v is not None), default=0.0) or 1.0  # all 0: a range still
     fig = go.Figure()
     fig.add_heatmap(x=tasks, y=tasks, z=z, zmin=-top, zmax=top, colorscale="RdBu_r",
-                    text=[["" if v is None else f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
+                    text=[["" if v is None else _fixed(v) for v in row] for row in z], texttemplate="%{text}",
                     hovertemplate="adding τ %{x} costs %{y} %{z:.1f} points<extra></extra>",
                     colorbar=dict(title="points", thickness=12))
     fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})", showgrid=False)

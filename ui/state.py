@@ -442,8 +442,11 @@ def sidebar() -> Context | None:
     if apply:
         ss[K_TASKS] = [n for n in apply["coefs"] if n in names]
         set_coefs({n: v for n, v in apply["coefs"].items() if n in names}, untie=True)
-    if ss.get(S_SELECT):
-        ss[K_TASKS] = ss[K_TASKS] + [n for n in ss.pop(S_SELECT) if n in names and n not in ss[K_TASKS]]
+    if ss.get(S_SELECT):  # names of another mode's vectors (trained or uploaded there) wait until it is shown
+        want = ss.pop(S_SELECT)
+        ss[K_TASKS] = ss[K_TASKS] + [n for n in want if n in names and n not in ss[K_TASKS]]
+        if later := [n for n in want if n not in names]:
+            ss[S_SELECT] = later
     if S_COEFS not in ss:
         alpha = default_alpha(ex, mode)
         ss[S_COEFS] = {n: alpha for n in names if n in ex.task_names}

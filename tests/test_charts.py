@@ -1,0 +1,47 @@
+"""The app's chart builders (``ui/charts.py``): what a figure says agrees with the tables beside it and with what a
+click does."""
+
+from __future__ import annotations
+
+import pytest
+
+from ui import charts
+from ui.state import snap
+
+
+@pytest.mark.parametrize(("value", "digits", "shown"), [
+    (81.25, 1, "81.3"), (56.25, 1, "56.3"), (6.25, 1, "6.3"), (-6.25, 1, "-6.3"),  # exact ties: away from zero
+    (93.3, 1, "93.3"), (0.285, 2, "0.28"), (2.675, 2, "2.67"),  # not ties in binary: the nearest
+])
+def test_chart_labels_round_as_the_tables_format_in_the_browser(value, digits, shown):
+    """Tables format "%.1f" with JavaScript's toFixed (values checked with node); Python's format would give 81.2
+    for 81.25, so the accuracy bars said 81.2 above a table that said 81.3."""
+    assert charts._fixed(value, digits) == shown
+
+
+def test_accuracy_bar_labels_use_the_tables_rounding():
+    fig = charts.accuracy_bars({"a": 0.8125, "b": 0.5}, {"a": 0.5, "b": 0.5}, {"a": 0.9}, ["a"], "attn")
+    assert list(fig.data[0].text) == ["81.3", "50.0"]
+
+
+def test_xi_heatmap_names_the_vectors_and_shows_the_coefficient_a_click_sets():
+    grid = [-2.0, -2 / 7, 2.0]
+    res = {"alpha1": grid, "alpha2": grid, "tasks": ["digits", "street"], "prediction": [[0.1] * 3] * 3}
+    fig = charts.xi_heatmap(res, "prediction", 2.0, "attn", names=("digits (attn, trained)", "street"), snap=snap)
+    cells = fig.data[1]
+    assert fig.layout.yaxis.title.text == "λ digits (attn, trained)" and fig.layout.xaxis.title.text == "λ street"
+    i = 1 * 3 + 2  # row α1 = −2/7, column α2 = 2
+    assert (cells.y[i], cells.x[i]) == (pytest.approx(-2 / 7), 2.0)
+    assert list(cells.customdata[i]) == [0.1, snap(-2 / 7), 2.0] and snap(-2 / 7) == -0.3
+    assert "digits (attn, trained)" in cells.hovertemplate
+    plain = charts.xi_heatmap(res, "prediction", 2.0, "attn")  # defaults: the result's tasks, the grid's own values
+    assert plain.layout.yaxis.title.text == "λ digits" and list(plain.data[1].customdata[i]) == [0.1, -2 / 7, 2.0]
+
+
+def test_kernel_charts_draw_agreement_in_percent_like_the_table():
+    reports = {"attn": {"path": [{"s": 0.0, "agreement": 1.0}, {"s": 1.0, "agreement": 0.867}]}}
+    assert list(charts.kernel_path(reports, "agreement", "agreement (%)", percent=True).data[0].y) == [100.0, 86.7]
+    assert list(charts.kernel_path(reports, "agreement", "agreement").data[0].y) == [1.0, 0.867]
+    rows = [{"mode": "attn", "attention_agreement": 0.5, "mlp_agreement": None, "all_agreement": 0.25}]
+    bars = charts.restricted_bars(rows, "agreement", "agreement (%)", percent=True)
+    assert [list(b.y) for b in bars.data] == [[50.0], [None], [25.0]]
