@@ -555,3 +555,9 @@ def test_a_mode_only_the_workspace_has(new_app, bundle):
     for page in PAGES:
         at.switch_page(page).run()
         clean(at)
+    # a round trip through a mode without the vector selects it again, at its coefficient
+    at.sidebar.selectbox(key="w_mode").set_value("attn").run()
+    assert "ab" not in at.sidebar.multiselect(key="w_tasks").value
+    at.sidebar.selectbox(key="w_mode").set_value("attn_bias").run()
+    clean(at)
+    assert at.sidebar.multiselect(key="w_tasks").value == ["ab"] and at.sidebar.slider(key="w_coef::ab").value == 1.0

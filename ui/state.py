@@ -438,6 +438,8 @@ def sidebar() -> Context | None:
         ss[K_TASKS] = ([n for n in wanted if n in names] if wanted is not None
                        else [n for n in ex.task_names if n in names])
     else:
+        if dropped := [n for n in ss[K_TASKS] if n not in names]:  # another mode's vectors: selected again there
+            ss[S_SELECT] = list(dict.fromkeys([*ss.get(S_SELECT, []), *dropped]))
         ss[K_TASKS] = [n for n in ss[K_TASKS] if n in names]
     if apply:
         ss[K_TASKS] = [n for n in apply["coefs"] if n in names]
