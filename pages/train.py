@@ -45,16 +45,7 @@ if st.session_state.get("train_task") not in tasks:
 task = c1.selectbox("Task", tasks, key="train_task")
 if st.session_state.get("train_mode") not in modes:
     st.session_state["train_mode"] = ctx.mode if ctx.mode in modes else "attn"
-RECIPE_KEYS = ("train_steps", "train_lr", "train_batch", "train_seed")
-
-
-def recipe_changed() -> None:
-    """A keyed input keeps its value whatever default it is given later: a new mode's recipe replaces the fields."""
-    for k in RECIPE_KEYS:
-        st.session_state.pop(k, None)
-
-
-mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label, on_change=recipe_changed)
+mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label)
 own = b.finetune_config(mode)
 cfg0 = own or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) or FinetuneConfig(mode=mode)
 recipe = (f"Bundle recipe for {mode_label(mode)}" if own else
@@ -64,10 +55,12 @@ plan = b.manifest.get("plan", {})
 
 with st.form("train_form", border=True):
     c1, c2, c3, c4 = st.columns(4)
-    steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key="train_steps")
-    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), format="%.2e", key="train_lr")
-    batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key="train_batch")
-    seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key="train_seed")
+    # one set of fields per mode, each starting from that mode's recipe: a keyed input keeps its value whatever
+    # default it is given later, in the browser too, so a field shared by the modes would keep another mode's lr
+    steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key=f"train_steps::{mode}")
+    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), format="%.2e", key=f"train_lr::{mode}")
+    batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key=f"train_batch::{mode}")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key=f"train_seed::{mode}")
     c1, c2 = st.columns(2)
     train_n = c1.number_input("Training images (0 = all)", 0, 10_000_000, int(plan.get("train_n") or 0),
                               key="train_n")

@@ -347,8 +347,8 @@ def test_training_a_few_steps_adds_a_vector(new_app):
     at.switch_page("pages/train.py").run()
     clean(at)
     at.selectbox(key="train_task").set_value(QUADS)
-    at.number_input(key="train_steps").set_value(3)
-    at.number_input(key="train_batch").set_value(16)
+    at.number_input(key="train_steps::attn").set_value(3)
+    at.number_input(key="train_batch::attn").set_value(16)
     at.text_input(key="train_name").set_value("quads-quick")
     next(b for b in at.button if b.label == "Train").click().run(timeout=300)
     clean(at)
@@ -363,16 +363,17 @@ def test_training_a_few_steps_adds_a_vector(new_app):
 def test_the_train_form_follows_the_chosen_modes_recipe_and_selects_in_that_mode(new_app, bundle):
     at = new_app()
     at.switch_page("pages/train.py").run()
-    at.number_input(key="train_lr").set_value(0.0123).run()
+    at.number_input(key="train_lr::attn").set_value(0.0123).run()
     at.selectbox(key="train_mode").set_value("full").run()
     clean(at)
-    assert at.number_input(key="train_lr").value == pytest.approx(bundle.finetune_config("full").lr)
+    assert at.number_input(key="train_lr::full").value == pytest.approx(bundle.finetune_config("full").lr)
+    assert not [n for n in at.number_input if n.key == "train_lr::attn"]  # one set of fields per mode
     assert any(c.value.startswith(f"Bundle recipe for {mode_label('full')}") for c in at.caption)
     at.button(key="train_cancel").click().run()
     assert any(w.value == "No training is running." for w in at.warning)
     at.selectbox(key="train_task").set_value(QUADS)
-    at.number_input(key="train_steps").set_value(2)
-    at.number_input(key="train_batch").set_value(16)
+    at.number_input(key="train_steps::full").set_value(2)
+    at.number_input(key="train_batch::full").set_value(16)
     at.text_input(key="train_name").set_value("quads-full")
     next(b for b in at.button if b.label == "Train").click().run(timeout=300)
     clean(at)
@@ -380,6 +381,14 @@ def test_the_train_form_follows_the_chosen_modes_recipe_and_selects_in_that_mode
     assert "quads-full" not in at.sidebar.multiselect(key="w_tasks").options  # the sidebar shows attn ...
     at.sidebar.selectbox(key="w_mode").set_value("full").run()
     assert "quads-full" in at.sidebar.multiselect(key="w_tasks").value  # ... and selects it where it lives
+    # a loaded coefficient set is exactly its vectors: one waiting to be selected (dropped by a mode switch) stays out
+    at.sidebar.selectbox(key="w_mode").set_value("attn").run()
+    at.switch_page("pages/export.py").run()
+    record = dict(parse_coefficient_set(at.code[0].value, bundle.base.id), mode="full", coefficients={STRIPES: 0.25})
+    at.file_uploader(key="export_import").set_value(("set.json", json.dumps(record).encode(), "application/json")).run()
+    clean(at)
+    assert at.sidebar.selectbox(key="w_mode").value == "full"
+    assert at.sidebar.multiselect(key="w_tasks").value == [STRIPES]
 
 
 # -- export ---------------------------------------------------------------------------------------------------------

@@ -270,6 +270,8 @@ def remove_from_workspace(base_id: str, name: str) -> None:
     st.session_state.get(S_COEFS, {}).pop(name, None)
     if name in st.session_state.get(K_TASKS, []):
         st.session_state[K_TASKS] = [t for t in st.session_state[K_TASKS] if t != name]
+    if name in st.session_state.get(S_SELECT, []):  # no longer waits to be selected in its mode
+        st.session_state[S_SELECT] = [t for t in st.session_state[S_SELECT] if t != name]
 
 
 # -- coefficients -----------------------------------------------------------------------------------------------------
@@ -366,7 +368,7 @@ def _sync_url(desired: Mapping[str, str | list[str]]) -> None:
 
 # -- the sidebar ------------------------------------------------------------------------------------------------------
 def _reset_choices() -> None:
-    for key in (K_MODE, K_TASKS, K_TIE, K_ALL, S_COEFS):
+    for key in (K_MODE, K_TASKS, K_TIE, K_ALL, S_COEFS, S_SELECT):
         st.session_state.pop(key, None)
     for key in [k for k in st.session_state if str(k).startswith(COEF_PREFIX)]:
         del st.session_state[key]
@@ -441,7 +443,8 @@ def sidebar() -> Context | None:
         if dropped := [n for n in ss[K_TASKS] if n not in names]:  # another mode's vectors: selected again there
             ss[S_SELECT] = list(dict.fromkeys([*ss.get(S_SELECT, []), *dropped]))
         ss[K_TASKS] = [n for n in ss[K_TASKS] if n in names]
-    if apply:
+    if apply:  # exactly the set's vectors: nothing waiting to be selected joins them
+        ss.pop(S_SELECT, None)
         ss[K_TASKS] = [n for n in apply["coefs"] if n in names]
         set_coefs({n: v for n, v in apply["coefs"].items() if n in names}, untie=True)
     if ss.get(S_SELECT):  # names of another mode's vectors (trained or uploaded there) wait until it is shown
