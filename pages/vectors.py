@@ -13,7 +13,17 @@ st.title("Task vectors")
 st.caption("τ_t = θ_t − θ0 on the tensors each mode trains. Workspace vectors (uploaded or trained in this session) "
            "are included.")
 
-modes = st.multiselect("Modes", ctx.modes, default=ctx.modes, format_func=mode_label, key="vec_modes")
+
+
+def keep_valid(key: str, options: list[str]) -> None:
+    """A choice kept for the session (``persist_state``) loses what is no longer offered (a removed vector, a mode)."""
+    if key in st.session_state:
+        st.session_state[key] = [o for o in st.session_state[key] if o in options]
+
+
+keep_valid("vec_modes", ctx.modes)
+modes = st.multiselect("Modes", ctx.modes, default=None if "vec_modes" in st.session_state else ctx.modes,
+                       format_func=mode_label, key="vec_modes", persist_state="session")
 if not modes:
     st.info("Choose at least one mode.")
     st.stop()
@@ -33,7 +43,9 @@ with guard("Norms"):
     first = ctx.tasks[0] if ctx.tasks else None
     default = [lab for lab in labels if lab.split("/", 1)[1] in ctx.tasks and lab.startswith(f"{ctx.mode}/")
                or lab.split("/", 1)[1] == first] or labels[:4]
-    chosen = st.multiselect("Vectors", labels, default=default, key="vec_profile")
+    keep_valid("vec_profile", labels)
+    chosen = st.multiselect("Vectors", labels, default=None if "vec_profile" in st.session_state else default,
+                            key="vec_profile", persist_state="session")
     profiles = {lab: stats[lab.split("/", 1)[0]][lab.split("/", 1)[1]]["blocks"] for lab in chosen}
     st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
     shown = dict.fromkeys(lab.split("/", 1)[0] for lab in chosen)

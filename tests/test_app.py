@@ -179,6 +179,29 @@ def assert_heatmap(at, pairs):
     assert any(f"{100 * pairs['additive_cost']:.1f} points" in c.value for c in at.caption)
 
 
+def test_view_choices_persist_across_pages(new_app):
+    at = new_app()
+    at.switch_page("pages/vectors.py").run()
+    at.multiselect(key="vec_modes").set_value(["attn", "mlp"]).run()
+    at.multiselect(key="vec_profile").set_value(["mlp/" + COLOURS]).run()
+    at.switch_page("pages/kernel.py").run()
+    at.selectbox(key="kernel_task").set_value(COLOURS).run()
+    at.switch_page("pages/disentanglement.py").run()
+    at.toggle(key="xi_rep").set_value(True).run()
+    at.switch_page("pages/arithmetic.py").run()
+    at.radio(key="sweep_metric").set_value("absolute").run()
+    at.switch_page("pages/export.py").run()
+    for page, check in (("pages/vectors.py", lambda: (at.multiselect(key="vec_modes").value,
+                                                        at.multiselect(key="vec_profile").value)),
+                        ("pages/kernel.py", lambda: at.selectbox(key="kernel_task").value),
+                        ("pages/disentanglement.py", lambda: at.toggle(key="xi_rep").value),
+                        ("pages/arithmetic.py", lambda: at.radio(key="sweep_metric").value)):
+        at.switch_page(page).run()
+        clean(at)
+        assert check() == {"pages/vectors.py": (["attn", "mlp"], ["mlp/" + COLOURS]), "pages/kernel.py": COLOURS,
+                           "pages/disentanglement.py": True, "pages/arithmetic.py": "absolute"}[page], page
+
+
 def test_mode_switch_and_task_selection(new_app, engine):
     at = new_app()
     at.sidebar.selectbox(key="w_mode").set_value("full").run()
