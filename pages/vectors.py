@@ -14,7 +14,6 @@ st.caption("τ_t = θ_t − θ0 on the tensors each mode trains. Workspace vecto
            "are included.")
 
 
-
 def keep_valid(key: str, options: list[str]) -> None:
     """A choice kept for the session (``persist_state``) loses what is no longer offered (a removed vector, a mode)."""
     if key in st.session_state:
