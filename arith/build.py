@@ -191,6 +191,12 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     return out
 
 
+def cpu_capability() -> str:
+    """torch's CPU kernel level here ("AVX2", "AVX512", ...): CPU results are bit-for-bit reproducible only on the
+    same (and at the same intra-op thread count)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def similarity_table(vectors: dict[str, dict]) -> dict:
     """Cosine similarities of task vectors: within each mode, and across all modes (labels ``mode/task``)."""
     out = {"by_mode": {}}
@@ -233,7 +239,7 @@ def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tok
     writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(),
                                      minutes=watch.minutes(), stages=watch.stages(),
                                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     threads=torch.get_num_threads()))
+                                     threads=torch.get_num_threads(), cpu=cpu_capability()))
     return Path(out)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .build import BuildPlan, Log, Stopwatch, build_signature, make_heads, precompute
+from .build import BuildPlan, Log, Stopwatch, build_signature, cpu_capability, make_heads, precompute
 from .bundle import BundleWriter, load_bundle
 from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
 from .data import get_task
@@ -177,7 +177,7 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     writer.set_provenance(Provenance(command=command, seed=plan.seed, versions=library_versions(), minutes=minutes,
                                      stages=watch.stages(),
                                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     threads=torch.get_num_threads()))
+                                     threads=torch.get_num_threads(), cpu=cpu_capability()))
     return {**summary, "minutes": minutes, "stages": watch.stages()}
 
 

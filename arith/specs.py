@@ -187,6 +187,10 @@ class Provenance(_JsonRecord):
     # LayerNorm's and the patch convolution's weight gradients are split by thread, so a CPU build is bit-for-bit
     # reproducible only at the same count; recorded for GPU builds too, where it matters little)
     threads: int | None = None
+    # torch's CPU kernel level of the building machine (``torch.backends.cpu.get_cpu_capability()``: "AVX2",
+    # "AVX512", ...): CPU kernels differ by it, and so do the bits of what a CPU build trains (a build on an AVX-512
+    # machine gave another θ0 than the committed default's AVX2 build, with the same gates; docs/default-bundle.md)
+    cpu: str = ""
     # [stage, minutes] in the order the build ran them (e.g. "pre-training", "fine-tuning", "precompute"; a list,
     # since the manifest's keys are sorted): where the build's time went, so a build near its budget shows which
     # stage to look at; a stage with nothing to do (a reused θ0, kept vectors) takes ~0 or is absent

@@ -85,6 +85,7 @@ def test_quick_build_has_everything(quick):
     assert b.manifest["provenance"]["command"] is not None and b.manifest["provenance"]["minutes"] > 0
     # built, and its cost measured, at the pinned intra-op thread count, which the provenance records
     assert b.manifest["provenance"]["threads"] == THREADS and cost["attn"]["threads"] == THREADS
+    assert b.manifest["provenance"]["cpu"] == torch.backends.cpu.get_cpu_capability()  # and the CPU's kernel level
     # where the build's time went, stage by stage (no pool or pre-training stage when θ0 came from the cache)
     stages = b.manifest["provenance"]["stages"]
     first = [] if b.results["pretraining"].get("reused") else ["source pool", "pre-training"]
@@ -299,6 +300,9 @@ def test_pretraining_is_reused_from_the_cache_bit_for_bit(tmp_path, monkeypatch)
     assert not pretrained_base(other, logs.append)[2].get("reused")  # another recipe is not served from the cache
     with intra_op_threads(torch.get_num_threads() + 1):  # nor is θ0 made at another thread count (its bits differ)
         assert not pretrained_base(cfg, logs.append)[2].get("reused")
+    # nor on a CPU of another kernel level (AVX2 vs AVX512 kernels give other bits)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "SOME_OTHER_ISA")
+    assert not pretrained_base(cfg, logs.append)[2].get("reused")
 
 
 def test_intra_op_threads_are_pinned_for_the_block_and_restored_after_it():

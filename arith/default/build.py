@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..build import BuildPlan, Stopwatch, build_bundle
+from ..build import BuildPlan, Stopwatch, build_bundle, cpu_capability
 from ..cli import DEFAULT_BUNDLE, _bar, _emit, arguments, command
 from ..cost import measure_modes, set_intra_op_threads
 from .pretrain import PRETRAIN_VERSION, PretrainConfig, pretrain
@@ -179,8 +179,8 @@ def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu", stopwatch: S
     dev = torch.device(device)
     if dev.type != "cpu":  # another device's θ0 differs; a GPU's also by model and CUDA version
         ident.append([dev.type, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "", torch.version.cuda])
-    else:  # and on the CPU by the thread count (see THREADS)
-        ident.append(["threads", torch.get_num_threads()])
+    else:  # and on the CPU by the thread count (see THREADS) and the kernel level (AVX2, AVX512: other bits)
+        ident.append(["threads", torch.get_num_threads(), "cpu", cpu_capability()])
     key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode())
     d = _cache_dir()
     path = d / f"pretrain-{key.hexdigest()[:16]}.safetensors" if d else None
