@@ -365,16 +365,21 @@ def test_files_without_metadata_take_the_chosen_task_and_mode(new_app, bundle):
 
 
 # -- train ----------------------------------------------------------------------------------------------------------
+def train_quads(at, mode: str, steps: int, name: str) -> None:
+    """Fill the Train form (shown for ``mode``) for a few steps on the quadrants task and press Train."""
+    at.selectbox(key="train_task").set_value(QUADS)
+    at.number_input(key=f"train_steps::{mode}").set_value(steps)
+    at.number_input(key=f"train_batch::{mode}").set_value(16)
+    at.text_input(key="train_name").set_value(name)
+    next(b for b in at.button if b.label == "Train").click().run(timeout=300)
+    clean(at)
+
+
 def test_training_a_few_steps_adds_a_vector(new_app):
     at = new_app()
     at.switch_page("pages/train.py").run()
     clean(at)
-    at.selectbox(key="train_task").set_value(QUADS)
-    at.number_input(key="train_steps::attn").set_value(3)
-    at.number_input(key="train_batch::attn").set_value(16)
-    at.text_input(key="train_name").set_value("quads-quick")
-    next(b for b in at.button if b.label == "Train").click().run(timeout=300)
-    clean(at)
+    train_quads(at, "attn", 3, "quads-quick")
     ws = workspace(at)
     assert list(ws) == ["quads-quick"] and ws["quads-quick"].task == QUADS and ws["quads-quick"].mode == "attn"
     assert ws["quads-quick"].meta[Meta.STEPS] == "3"
@@ -394,12 +399,7 @@ def test_the_train_form_follows_the_chosen_modes_recipe_and_selects_in_that_mode
     assert any(c.value.startswith(f"Bundle recipe for {mode_label('full')}") for c in at.caption)
     at.button(key="train_cancel").click().run()
     assert any(w.value == "No training is running." for w in at.warning)
-    at.selectbox(key="train_task").set_value(QUADS)
-    at.number_input(key="train_steps::full").set_value(2)
-    at.number_input(key="train_batch::full").set_value(16)
-    at.text_input(key="train_name").set_value("quads-full")
-    next(b for b in at.button if b.label == "Train").click().run(timeout=300)
-    clean(at)
+    train_quads(at, "full", 2, "quads-full")
     assert workspace(at)["quads-full"].mode == "full"
     assert "quads-full" not in at.sidebar.multiselect(key="w_tasks").options  # the sidebar shows attn ...
     at.sidebar.selectbox(key="w_mode").set_value("full").run()
