@@ -123,7 +123,9 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     if device is not None and device != "cpu":
         bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
     writer = BundleWriter.reopen(bundle)
-    ev = bundle.evaluator()  # every stored image: the Explorer serves these results when it evaluates on all
+    # every stored image: the Explorer serves these results when it evaluates on all.  Not from the stored linear
+    # caches: the linear mode's results and the caches themselves are recomputed from θ0 and the vectors, like the rest
+    ev = bundle.evaluator(linear_cache=False)
     tasks = [t for t in bundle.task_names if t in ev.tasks]
     own = {m: {t: vs[t] for t in tasks if t in vs} for m, vs in bundle.vectors.items()}  # each mode's, in task order
     out: dict = {}
@@ -168,7 +170,7 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     if want("disentanglement") and pairs:
         grid = [float(a) for a in torch.linspace(GRID[0], GRID[-1], plan.xi_grid)]
         out["disentanglement"] = {}
-        xev = ev if plan.xi_eval_n is None else bundle.evaluator(max_per_task=plan.xi_eval_n)
+        xev = ev if plan.xi_eval_n is None else bundle.evaluator(max_per_task=plan.xi_eval_n, linear_cache=False)
         for mode, vs in bundle.vectors.items():
             t0 = time.perf_counter()
             out["disentanglement"][mode] = {f"{a}|{b}": xi_grid(xev, vs[a], vs[b], a, b, grid) for a, b in pairs}

@@ -73,14 +73,15 @@ class Bundle:
         """The fine-tuning config the ``mode`` vectors were trained with (None when not recorded)."""
         return finetune_config(self.manifest, mode)
 
-    def evaluator(self, max_per_task: int | None = None, device=None, **kw):
-        """An :class:`arith.evaluate.Evaluator` on this bundle's evaluation splits, linear caches installed; on
-        ``device`` other than the CPU it holds its own copy of θ0 there (the bundle's stays read-only on the CPU)."""
+    def evaluator(self, max_per_task: int | None = None, device=None, linear_cache: bool = True, **kw):
+        """An :class:`arith.evaluate.Evaluator` on this bundle's evaluation splits, linear caches installed (unless
+        ``linear_cache=False``: then f(θ0; x) and J τ are computed afresh, as ``precompute`` must); on ``device``
+        other than the CPU it holds its own copy of θ0 there (the bundle's stays read-only on the CPU)."""
         from .evaluate import Evaluator
 
         base = self.base if device is None or str(device) == "cpu" else self.base.to(device)
         ev = Evaluator(base, self.heads, self.data, max_per_task=max_per_task, **kw)
-        for split, cache in self.linear_cache.items():
+        for split, cache in (self.linear_cache if linear_cache else {}).items():
             idx = _cache_index(ev, split, cache)
             if idx is not None:
                 ev.seed_linear_cache(split, cache["f0"][idx],

@@ -86,8 +86,9 @@ def time_rerun(ex, sets, split: str = "test") -> dict:
     return summary(out)
 
 
-def breakdown(ex, mode: str, sets, split: str = "test") -> dict:
-    """Where one request's time goes: merge (δ and θ0 + δ), forward pass, heads and accuracy (medians, ms)."""
+def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None) -> dict:
+    """Where one request's time goes: merge (δ and θ0 + δ), forward pass, heads and accuracy (medians, ms).
+    ``sync``: waits for the device (``torch.cuda.synchronize`` on a GPU, whose kernels run asynchronously)."""
     from arith.merge import apply_delta, combine
 
     ev = ex.evaluator()
@@ -102,8 +103,10 @@ def breakdown(ex, mode: str, sets, split: str = "test") -> dict:
             t1 = t2 = time.perf_counter()
         else:
             params = apply_delta(ev.base.params, combine(vectors, lam))
+            sync()
             t1 = time.perf_counter()
             feats = ev.features(params, split)
+            sync()
             t2 = time.perf_counter()
         ev.accuracy(feats, split)
         t3 = time.perf_counter()
@@ -119,6 +122,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", nargs="*", help="modes to time (default: all of the bundle's)")
     p.add_argument("--split", default="test")
+    p.add_argument("--device", default="cpu", help="evaluate there (e.g. cuda: θ0 and the evaluation on the GPU, as the "
+                                                   "app on a GPU machine; task vectors stay on the CPU)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images per task (default: all)")
     p.add_argument("--baseline", action="store_true", help="also time the pre-optimisation engine in this run")
     p.add_argument("--no-rerun", action="store_true", help="skip the all-modes (one view rerun) measurement")
@@ -128,10 +133,15 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
 
+    import torch
+
     from arith.bundle import load_bundle
     from arith.explore import Explorer
 
     bundle = load_bundle(args.bundle)
+    if args.device != "cpu":  # what Explorer.open(device=...) does, so the app's GPU path is what is timed
+        bundle = dataclasses.replace(bundle, base=bundle.base.to(args.device))
+    sync = (lambda: torch.cuda.synchronize(args.device)) if args.device.startswith("cuda") else (lambda: None)
     tasks = bundle.task_names
     modes = args.modes or bundle.modes
     n_images = {t: len(bundle.data[t][args.split].head(args.max_per_task)) for t in tasks}
@@ -166,13 +176,14 @@ def main(argv=None) -> dict:
     makers = {"optimised": lambda: Explorer(bundle, max_per_task=args.max_per_task)}
     if args.baseline:
         makers["baseline"] = lambda: baseline_explorer(bundle, args.max_per_task)
-    rows, result = [], {"machine": machine(), "bundle": str(bundle.root), "tasks": tasks, "images": n_images,
+    rows, result = [], {"machine": machine(), "bundle": str(bundle.root), "device": args.device, "tasks": tasks,
+                        "images": n_images,
                         "sets": args.sets, "split": args.split, "threads": threads, "modes": {}}
     for mode in modes:
         explorers = {v: make() for v, make in makers.items()}
         timed = time_mode(explorers, mode, sets, args.split)
         for variant, r in timed.items():
-            r["breakdown_ms"] = breakdown(explorers[variant], mode, sets, args.split)
+            r["breakdown_ms"] = breakdown(explorers[variant], mode, sets, args.split, sync)
             result["modes"].setdefault(mode, {})[variant] = r
             print(f"{variant} {mode}: median {r['new']['median_ms']:.1f} ms (CPU {r['new_cpu']['median_ms']:.1f}), "
                   f"p95 {r['new']['p95_ms']:.1f} ms, cached {r['cached']['median_ms']:.3f} ms, first {r['first_ms']:.0f} ms",
@@ -199,7 +210,7 @@ def main(argv=None) -> dict:
             v["speedup_cpu"] = v["baseline"]["new_cpu"]["median_ms"] / v["optimised"]["new_cpu"]["median_ms"]
             rows.append({"mode": mode, "variant": "speedup", "median ms": v["speedup"], "CPU median ms": v["speedup_cpu"]})
     head = (f"slider path: {len(tasks)} tasks × {sorted(set(n_images.values()))} {args.split} images, {args.sets} random "
-            f"coefficient sets, {threads} thread(s)")
+            f"coefficient sets, {threads} thread(s), on {args.device}")
     emit(args, result, head + "\n" + table(rows, floatfmt="{:.2f}"))
     return result
 

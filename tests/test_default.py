@@ -207,6 +207,32 @@ def test_precompute_recomputes_only_what_it_is_asked_to(quick, tmp_path, capsys,
     assert "unknown result(s) ['alones']" in capsys.readouterr().err
 
 
+def test_precompute_recomputes_the_linear_mode_instead_of_reading_its_stored_cache(quick, tmp_path, capsys):
+    """A stale linear cache (here: J τ doubled, checksums refreshed) must not leak into what precompute writes: the
+    cache and the linear mode's results are computed afresh from θ0 and the vectors, equal to the build's."""
+    import shutil
+
+    from arith.bundle import BundleWriter, load_bundle
+    from arith.specs import Files
+
+    copy = tmp_path / "b"
+    shutil.copytree(quick, copy)
+    b = load_bundle(copy)
+    rel = Files.linear_cache("test")
+    stale = {k: (v if k in ("f0", "__rows__") else 2 * v) for k, v in b.linear_cache["test"].items()}
+    writer = BundleWriter.reopen(b)
+    writer.put_tensors(rel, stale)
+    writer.save_manifest()
+    assert load_bundle(copy).evaluator().evaluate(list(b.vectors["linear"].values()), [1.0] * 3, "test") != \
+        load_bundle(quick).evaluator().evaluate(list(b.vectors["linear"].values()), [1.0] * 3, "test")  # it bites
+    assert main(["precompute", "--bundle", str(copy), "--only", "linear_cache", "addition", "--json"]) == 0
+    capsys.readouterr()
+    after, built = load_bundle(copy), load_bundle(quick)
+    for k, v in built.linear_cache["test"].items():
+        assert torch.equal(after.linear_cache["test"][k], v), k
+    assert after.results["addition"]["linear"] == built.results["addition"]["linear"]
+
+
 def test_table_alone_tabulates_each_task_alone_against_the_merge(quick, capsys):
     from arith.explore import Explorer
 

@@ -1,10 +1,22 @@
-"""bench/gpu_check.py, the GPU measurements of issue 5, runs end to end (here on the CPU with a tiny model)."""
+"""The GPU scripts run end to end (here on the CPU with tiny models): bench/gpu_check.py (the measurements of issue 5),
+bench/gpu_build_check.py (the real-CLIP build path and its invariants) and bench/compare_results.py."""
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def quick_pair(bundle_dir, tmp_path):
+    """The tiny bundle and a copy of it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    return bundle_dir, copy
 
 
 def test_gpu_check_smoke_run(tmp_path, capsys):
@@ -22,3 +34,42 @@ def test_gpu_check_smoke_run(tmp_path, capsys):
     lin = rows[("linear", "fp32")]
     assert lin["median_s"] < lin["first_call_s"], "warm linear sliders are a weighted sum of cached J τ"
     assert "| slider evaluation, 8 × 16 images |" in capsys.readouterr().out
+
+
+def test_gpu_build_check_smoke_run(tmp_path, capsys, monkeypatch):
+    """bench/gpu_build_check.py: build-bundle on a device and the invariants of what it wrote (here: the CPU)."""
+    monkeypatch.setenv("ARITH_DATA_WORKERS", "0")
+    from bench.gpu_build_check import main
+
+    res = main(["--device", "cpu", "--model-config", "tiny", "--steps", "2", "--json", str(tmp_path / "b.json")])
+    names = [r["check"] for r in res["checks"]]
+    assert res["ok"] and len(names) == 9 and "linear: f_lin(θ0) = f(θ0)" in names
+    assert [k for k, _ in res["stages"]] == ["task data", "fine-tuning", "precompute"]
+    assert "FAIL" not in capsys.readouterr().out
+
+
+def test_gpu_build_check_reports_a_broken_invariant(tmp_path, capsys, monkeypatch):
+    import bench.gpu_build_check as mod
+
+    monkeypatch.setenv("ARITH_DATA_WORKERS", "0")
+    real = mod.checks
+    monkeypatch.setattr(mod, "checks", lambda out, device: [*real(out, device), {"check": "planted", "ok": False,
+                                                                                 "detail": "-"}])
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--device", "cpu", "--model-config", "tiny", "--steps", "2"])
+    assert e.value.code == 1 and "FAIL planted" in capsys.readouterr().out
+
+
+def test_compare_results_finds_what_differs(quick_pair, capsys):
+    """bench/compare_results.py: a bundle against itself differs nowhere; one changed number is found and placed."""
+    from bench.compare_results import compare_json, main
+
+    a, b = quick_pair
+    res = main([str(a), str(b)])
+    assert res["files"] and all(f["differ"] == 0 for f in res["files"].values())
+    assert all(v in (0.0, None) for row in res["table_difference"] for k, v in row.items() if k != "mode")
+    changed = compare_json({"x": [1.0, {"y": 2.0, "seconds": 5.0}], "z": True}, {"x": [1.0, {"y": 2.5, "seconds": 9.0}],
+                                                                                  "z": False, "w": 1})
+    assert changed == {"compared": 2, "differ": 1, "max_abs_diff": 0.5, "where": "/x[1]/y", "only_first": [],
+                       "only_second": ["/w"]}
+    assert "| accuracy |" in capsys.readouterr().out

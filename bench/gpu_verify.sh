@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU checks, in one run on the project's lent GPU machine (see BENCHMARKS.md, *GPU*):
+#   1. bench/gpu_check.py: fine-tuning cost per mode and slider latency of a ViT-B/32-sized encoder (random weights);
+#   2. bench/slider.py on the embedded default with θ0 on the GPU (what the app does on a GPU machine):
+#      $OUT/slider-gpu.json;
+#   3. the embedded default's precomputed results recomputed on the GPU (`python -m arith precompute --device cuda` on
+#      a copy of the bundle), packed as $OUT/precompute_gpu.tgz, to be compared here with the CPU's by
+#      `python -m bench.compare_results precomputed/default DIR` once unpacked over a copy of the bundle;
+#   4. bench/gpu_build_check.py: build-bundle with a ViT-B-32 (random weights) on two generated data sets, and the
+#      invariants of what it wrote: $OUT/gpu-build.json.
+# $STEPS picks some of them (default "check slider precompute build").
+# Logs: $OUT/gpu_verify.log.  Each step is stopped, and the later ones skipped, once $DEADLINE seconds have passed.
+#
+#   OUT=/tmp/gpu_verify bash bench/gpu_verify.sh
+#   DEVICE=cpu GPU_CHECK_ARGS="--tiny" SLIDER_ARGS="--sets 3" BUILD_CHECK_ARGS="--model-config tiny --steps 2" BUNDLE=/tmp/quick OUT=/tmp/gv bash bench/gpu_verify.sh   # a CPU smoke run
+#
+# On the device machine, .devpack/ (in .gitignore; name it in the device tool's carry) carries the wheels its image
+# lacks: open_clip_torch, ftfy and wcwidth.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_verify}
+DEVICE=${DEVICE:-cuda}
+BUNDLE=${BUNDLE:-precomputed/default}
+DEADLINE=${DEADLINE:-420}
+STEPS=${STEPS:-"check slider precompute build"}
+PY=${PY:-python3}
+START=$(date +%s)
+mkdir -p "$OUT"
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+LOG="$OUT/gpu_verify.log"
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
+want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+
+if [ -d .devpack ] && ls .devpack/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devpack/*.whl \
+    && export PYTHONPATH=.:/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$LOG"
+$PY -c "import torch, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'open_clip', open_clip.__version__)" 2>&1 | tee -a "$LOG"
+
+if want check; then
+  log "gpu_check: start"
+  # shellcheck disable=SC2086  # GPU_CHECK_ARGS, SLIDER_ARGS and BUILD_CHECK_ARGS are lists of arguments
+  timeout "$(left)" $PY bench/gpu_check.py --device "$DEVICE" ${GPU_CHECK_ARGS:-} --json "$OUT/gpu-check.json" 2>&1 | tee -a "$LOG"
+  log "gpu_check: done"
+fi
+
+if want slider && [ "$(left)" -gt 0 ]; then
+  log "slider on $DEVICE: start"
+  # shellcheck disable=SC2086
+  timeout "$(left)" $PY -m bench.slider --bundle "$BUNDLE" --device "$DEVICE" ${SLIDER_ARGS:-} --json "$OUT/slider-gpu.json" 2>&1 | tee -a "$LOG"
+  log "slider on $DEVICE: done"
+fi
+
+if want precompute && [ "$(left)" -gt 0 ]; then
+  W=/tmp/gpu_verify_bundle
+  rm -rf "$W" && cp -r "$BUNDLE" "$W"
+  log "precompute on $DEVICE: start"
+  t0=$(date +%s)
+  timeout "$(left)" $PY -m arith precompute --bundle "$W" --device "$DEVICE" --json >"$OUT/precompute.json" 2>>"$LOG"
+  log "precompute on $DEVICE: exit $? after $(( $(date +%s) - t0 )) s"
+  tar czf "$OUT/precompute_gpu.tgz" -C "$W" manifest.json results cache
+fi
+
+if want build && [ "$(left)" -gt 0 ]; then
+  log "build check on $DEVICE: start"
+  # shellcheck disable=SC2086
+  timeout "$(left)" $PY bench/gpu_build_check.py --device "$DEVICE" ${BUILD_CHECK_ARGS:-} --json "$OUT/gpu-build.json" 2>&1 | tee -a "$LOG"
+  log "build check on $DEVICE: done"
+fi
+log "done"
