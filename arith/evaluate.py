@@ -46,12 +46,18 @@ class Evaluator:
     runs the non-linear forward passes under ``torch.autocast`` for speed on a GPU: the merged weights θ0 + Σ λ τ
     are still formed in fp32 (τ is never rounded), only the matrix products of the forward pass are.  Off by
     default; linearized (JVP) passes always run in fp32.  Caches are bounded: J τ by ``cache_size`` entries and
-    ``jvp_cache_mb``, shared θ0 activations by 4 entries of at most ``prefix_cache_mb`` each.
+    ``jvp_cache_mb``, shared θ0 activations by 4 entries of at most ``prefix_cache_mb`` each.  On a GPU, task vectors
+    are copied there on first use and kept (least recently used first out, ``vector_cache_mb``; default a quarter
+    of the device's memory), so a slider move merges on the GPU and moves nothing: a ViT-B/32 bundle's vectors are
+    0.1–0.35 GB each, and summing eight on the CPU then moving the sum cost more than the forward pass
+    (BENCHMARKS.md, *GPU*).  The copies are the vectors' own values; the CPU originals are never written to.
+    ``vector_cache`` (from :func:`new_vector_cache`) shares one such cache between evaluators.
     """
 
     def __init__(self, base: Base, heads: Mapping[str, Head], data: Mapping[str, Mapping[str, Split]],
                  max_per_task: int | None = None, batch_size: int | None = None, cache_size: int = 256,
-                 autocast: str | None = None, prefix_cache_mb: float = 64.0, jvp_cache_mb: float = 512.0):
+                 autocast: str | None = None, prefix_cache_mb: float = 64.0, jvp_cache_mb: float = 512.0,
+                 vector_cache_mb: float | None = None, vector_cache: LRU | None = None):
         if autocast not in (None, "fp16", "bf16"):
             raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
         self.autocast = autocast
@@ -68,6 +74,8 @@ class Evaluator:
         self._jvp = LRU(cache_size, max_bytes=int(jvp_cache_mb * 2**20))
         # θ0 activations entering the first stage a merge touches, per (split, stage); see _resume
         self._prefix, self.prefix_cache_bytes = LRU(4), int(prefix_cache_mb * 2**20)
+        # task vectors kept on the device; several evaluators of one bundle (an Explorer's) share one
+        self._vectors = vector_cache if vector_cache is not None else new_vector_cache(base.device, vector_cache_mb)
 
     # -- evaluation sets ------------------------------------------------------------------------------------------
     def eval_set(self, split: str) -> EvalSet:
@@ -185,6 +193,23 @@ class Evaluator:
                 out = out + float(lam) * self.jvp(tv, split)
         return out if rows is None else out[rows]
 
+    def resident(self, vectors: Sequence[TaskVector]) -> list[TaskVector]:
+        """``vectors`` with their tensors on the evaluator's device: kept copies on a GPU (see the class docstring),
+        the vectors themselves on the CPU or when the cache is off.  A copy keeps the original's ``uid``."""
+        if self._vectors.max_bytes == 0:
+            return list(vectors)
+        out = []
+        for tv in vectors:
+            hit = self._vectors.get(tv.uid)
+            if hit is None:
+                hit = TaskVector({k: t.to(self.base.device) for k, t in tv.tensors.items()}, tv.task, tv.mode,
+                                 tv.base_id, dict(tv.meta))
+                hit.__dict__["uid"] = tv.uid  # the same values: no second hash (cached_property's slot)
+                if self._vectors._size(hit) <= self._vectors.max_bytes:
+                    self._vectors.put(tv.uid, hit)
+            out.append(hit)
+        return out
+
     def merged_features(self, vectors: Sequence[TaskVector], coefs: Sequence[float], split: str,
                         tasks: Sequence[str] | None = None, method: str = "task_arithmetic",
                         linearized: bool | None = None) -> torch.Tensor:
@@ -193,7 +218,7 @@ class Evaluator:
             linearized = bool(vectors) and all(v.linearized for v in vectors)
         if linearized and get_merge_method(method).linear:
             return self.linear_features(vectors, coefs, split, tasks)
-        delta = combine(vectors, coefs, method)
+        delta = combine(self.resident(vectors), coefs, method)
         if linearized:
             es, tasks, rows = self._select(split, tasks)
             x = es.x if rows is None else es.x[rows]
@@ -235,6 +260,19 @@ class Evaluator:
     def finetuned(self, vectors: Mapping[str, TaskVector], split: str = "test") -> dict[str, float]:
         """Single-task accuracy: θ0 + τ_t (its linearization in a linearized mode) on task t alone."""
         return {t: self.evaluate([tv], [1.0], split, [t])[t] for t, tv in vectors.items()}
+
+
+def new_vector_cache(device: torch.device | str, mb: float | None = None, entries: int = 256) -> LRU:
+    """A cache of task vectors kept on ``device`` for :meth:`Evaluator.resident`, bounded by ``mb`` MiB when given,
+    else holding nothing on the CPU (the vectors are there already) and up to a quarter of a GPU's memory."""
+    device = torch.device(device)
+    if mb is not None:
+        limit = max(0, int(mb * 2**20))
+    elif device.type != "cuda":
+        limit = 0
+    else:
+        limit = torch.cuda.get_device_properties(device).total_memory // 4
+    return LRU(entries, max_bytes=limit, sizeof=lambda tv: sum(t.numel() * t.element_size() for t in tv.tensors.values()))
 
 
 def mode_of(vectors: Mapping[str, TaskVector]) -> str:

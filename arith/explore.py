@@ -65,14 +65,20 @@ class Explorer:
     when first needed."""
 
     def __init__(self, bundle: Bundle | None = None, max_per_task: int | None = None, cache_size: int = 512, *,
-                 index: BundleIndex | None = None, loader: Callable[[], Bundle] | None = None):
+                 index: BundleIndex | None = None, loader: Callable[[], Bundle] | None = None,
+                 autocast: str | None = None):
         if bundle is None and (index is None or loader is None):
             raise TypeError("Explorer needs a bundle, or an index and a loader")
+        if autocast not in (None, "fp16", "bf16"):
+            raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
         self.index = index if index is not None else bundle.index
         self.max_per_task = max_per_task
+        # forward passes of the results computed here (not the precomputed ones, which stay fp32): see Evaluator
+        self.autocast = autocast
         self._bundle, self._loader, self._damaged = bundle, loader, None
         self._load_lock, self._loading = threading.Lock(), None
         self._evaluators: dict[int | None, Evaluator] = {}
+        self._vector_cache = None  # task vectors kept on the bundle's device, shared by this Explorer's evaluators
         self._lock = threading.Lock()
         self._memo = LRU(cache_size)
 
@@ -155,7 +161,12 @@ class Explorer:
         bundle = self.bundle  # first: loads (and imports torch) before anything below may
         with self._lock:
             if n not in self._evaluators:
-                self._evaluators[n] = bundle.evaluator(max_per_task=n)
+                if self._vector_cache is None:
+                    from .evaluate import new_vector_cache
+
+                    self._vector_cache = new_vector_cache(bundle.base.device)
+                self._evaluators[n] = bundle.evaluator(max_per_task=n, autocast=self.autocast,
+                                                       vector_cache=self._vector_cache)
             return self._evaluators[n]
 
     @property

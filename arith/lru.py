@@ -10,9 +10,11 @@ class LRU:
     """A small thread-safe LRU cache with a fixed number of entries and, optionally, a bound on the bytes of the
     tensors it holds (``max_bytes``; other values count as nothing).  The entry just put is never evicted."""
 
-    def __init__(self, maxsize: int = 64, max_bytes: int | None = None):
+    def __init__(self, maxsize: int = 64, max_bytes: int | None = None, sizeof=None):
         self.maxsize, self.max_bytes, self._d, self._lock = maxsize, max_bytes, OrderedDict(), threading.Lock()
         self.nbytes = 0
+        if sizeof is not None:  # the bytes a value holds, for values that are not tensors (e.g. a task vector)
+            self._size = sizeof
 
     @staticmethod
     def _size(value) -> int:

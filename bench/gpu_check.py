@@ -9,7 +9,8 @@
    batch 128 of 224² images, AdamW, fp32 as in the paper's recipe.
 2. Slider evaluation: wall time of one ``Evaluator.evaluate`` call — θ0 + Σ λ_t τ_t on 8 tasks × 256 images, each
    task through its own head — for every mode, as the app does when a slider moves: vectors on the CPU as a bundle
-   loads them, and on the GPU; fp32, and under autocast (fp16 / bf16; τ stays fp32).  ``linear`` is timed cold
+   loads them, merged there (``cpu``) or copied to the GPU once and kept by the evaluator (``kept``, the app's path),
+   and moved to the GPU beforehand (``gpu``); fp32, and under autocast (fp16 / bf16; τ stays fp32).  ``linear`` is timed cold
    (J τ_t computed) and warm (cached: a weighted sum).
 
 Random weights, images and heads: the costs do not depend on the values.  Paste the table into BENCHMARKS.md
@@ -92,7 +93,9 @@ def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: tor
     rows = []
     for mode in modes:
         cpu_vecs = _vectors(base, mode, names, gen)
-        variants = [("cpu", None), ("gpu", None)] if base.device.type == "cuda" else [("cpu", None)]
+        # cpu: merged on the CPU, the sum moved (the engine before it kept vectors on the GPU); kept: CPU vectors
+        # that the evaluator copies to the GPU once and keeps (the app's path); gpu: vectors moved beforehand
+        variants = [("cpu", None), ("kept", None), ("gpu", None)] if base.device.type == "cuda" else [("cpu", None)]
         if mode != "linear":
             variants += [(where, amp) for where, _ in list(variants) for amp in ("fp16", "bf16")]
             if base.device.type != "cuda":
@@ -100,7 +103,7 @@ def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: tor
         for where, amp in variants:
             vecs = cpu_vecs if where == "cpu" else [TaskVector({k: v.to(base.device) for k, v in tv.tensors.items()},
                                                                tv.task, tv.mode, tv.base_id) for tv in cpu_vecs]
-            ev = Evaluator(base, heads, data, autocast=amp)
+            ev = Evaluator(base, heads, data, autocast=amp, vector_cache_mb=0 if where == "cpu" else None)
             coefs = [0.3] * len(vecs)
             _sync(base.device)
             t0 = time.perf_counter()

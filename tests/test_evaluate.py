@@ -258,3 +258,50 @@ def test_xi_grids_use_the_bundles_xi_subset(bundle):
     assert fresh["images_per_task"] == [10, 10]
     capped = Explorer(dataclasses.replace(bundle, manifest=manifest), max_per_task=6)
     assert capped.xi("attn", TASKS[1], TASKS[2], alphas=[0.0, 1.0])["images_per_task"] == [6, 6]
+
+
+def test_resident_vectors_are_kept_by_uid_within_their_byte_budget_and_merge_as_the_originals(bundle):
+    """The GPU's kept copies of task vectors (Evaluator.resident), exercised on the CPU with an explicit budget: the
+    same uid and values, kept least-recently-used within vector_cache_mb, results equal to merging the originals,
+    and the originals untouched; the CPU default keeps nothing (the vectors are there already)."""
+    vs = list(bundle.vectors["full"].values())
+    one = sum(t.numel() * t.element_size() for t in vs[0].tensors.values())
+    before = {k: t.clone() for k, t in vs[0].tensors.items()}
+    assert Evaluator(bundle.base, bundle.heads, bundle.data)._vectors.max_bytes == 0
+    plain = Evaluator(bundle.base, bundle.heads, bundle.data)
+    assert plain.resident(vs)[0] is vs[0]  # nothing copied on the CPU by default
+    ev = Evaluator(bundle.base, bundle.heads, bundle.data, vector_cache_mb=2.5 * one / 2**20)  # room for two
+    first = ev.resident(vs)
+    assert [c.uid for c in first] == [v.uid for v in vs] and all(c is not v for c, v in zip(first, vs))
+    assert all(torch.equal(c.tensors[k], v.tensors[k]) for c, v in zip(first, vs) for k in v.tensors)
+    assert len(ev._vectors) == 2 and ev._vectors.nbytes <= ev._vectors.max_bytes
+    assert ev.resident(vs[-1:])[0] is first[-1]  # kept: the same copy again
+    coefs = [0.3, -0.7, 1.2]
+    assert ev.evaluate(vs, coefs, "test") == plain.evaluate(vs, coefs, "test")
+    assert all(torch.equal(vs[0].tensors[k], t) for k, t in before.items())
+    tiny = Evaluator(bundle.base, bundle.heads, bundle.data, vector_cache_mb=0.5 * one / 2**20)  # room for none
+    assert tiny.evaluate(vs, coefs, "test") == plain.evaluate(vs, coefs, "test") and len(tiny._vectors) == 0
+    ex = Explorer(bundle)  # an Explorer's evaluators (all images, a ξ subset) keep one set of copies between them
+    assert ex.evaluator()._vectors is ex.evaluator(8)._vectors is not plain._vectors
+
+
+def test_explorer_autocast_computes_under_autocast_and_serves_stored_results_as_stored(bundle, monkeypatch):
+    """``Explorer(autocast=...)`` (the app's $ARITH_AUTOCAST): computed requests go through an autocast evaluator,
+    stored ones are the bundle's; a bad value is refused before anything loads, in the engine and in the app."""
+    import ui.state
+
+    ex, exact = Explorer(bundle, autocast="bf16"), Explorer(bundle)
+    assert ex.evaluator().autocast == "bf16" and exact.evaluator().autocast is None
+    tasks = ex.tasks
+    assert ex.evaluate("attn", {t: 0.3 for t in tasks}) == exact.evaluate("attn", {t: 0.3 for t in tasks})  # stored row
+    got = ex.evaluate("attn", {tasks[0]: 0.7, tasks[1]: -0.2})["accuracy"]
+    want = exact.evaluate("attn", {tasks[0]: 0.7, tasks[1]: -0.2})["accuracy"]
+    assert set(got) == set(want) and all(abs(got[t] - want[t]) <= 0.1 for t in got)
+    with pytest.raises(ValueError, match="autocast must be None, 'fp16' or 'bf16', got 'fp8'"):
+        Explorer(bundle, autocast="fp8")
+    for value, parsed in (("", None), ("fp32", None), ("BF16", "bf16"), ("fp16", "fp16")):
+        monkeypatch.setenv("ARITH_AUTOCAST", value)
+        assert ui.state.preferred_autocast() == parsed
+    monkeypatch.setenv("ARITH_AUTOCAST", "half")
+    with pytest.raises(ValueError, match="ARITH_AUTOCAST must be bf16, fp16 or fp32"):
+        ui.state.preferred_autocast()

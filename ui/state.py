@@ -110,9 +110,22 @@ def preferred_device() -> str:
     return os.environ.get("ARITH_DEVICE") or "auto"
 
 
+def preferred_autocast() -> str | None:
+    """``$ARITH_AUTOCAST`` (``bf16`` or ``fp16``): the forward passes of what the app computes run under autocast,
+    3–4× faster on a GPU with a ViT-B/32 (BENCHMARKS.md, *GPU*); unset, empty or ``fp32``: exact fp32.
+    Results the bundle precomputed are shown as stored (fp32) either way."""
+    value = (os.environ.get("ARITH_AUTOCAST") or "").strip().lower()
+    if value in ("", "fp32", "off", "none"):
+        return None
+    if value not in ("bf16", "fp16"):
+        raise ValueError(f"ARITH_AUTOCAST must be bf16, fp16 or fp32 (or unset), not {value!r}")
+    return value
+
+
 @st.cache_resource(show_spinner="Opening the bundle (checking every file's sha256)…", max_entries=4)
-def _open_explorer(path: str, stamp: float, device: str, max_per_task: int | None) -> Explorer:
-    return Explorer.open(path, device=device, max_per_task=max_per_task)
+def _open_explorer(path: str, stamp: float, device: str, max_per_task: int | None,
+                   autocast: str | None = None) -> Explorer:
+    return Explorer.open(path, device=device, max_per_task=max_per_task, autocast=autocast)
 
 
 def load_explorer(ref: BundleRef) -> Explorer:
@@ -122,7 +135,7 @@ def load_explorer(ref: BundleRef) -> Explorer:
     manifest = ref.path / "manifest.json"
     stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
     n = os.environ.get("ARITH_MAX_PER_TASK")
-    return _open_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None)
+    return _open_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None, preferred_autocast())
 
 
 LOAD_DELAY_S = 2.0
