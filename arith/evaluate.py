@@ -205,7 +205,7 @@ class Evaluator:
                 hit = TaskVector({k: t.to(self.base.device) for k, t in tv.tensors.items()}, tv.task, tv.mode,
                                  tv.base_id, dict(tv.meta))
                 hit.__dict__["uid"] = tv.uid  # the same values: no second hash (cached_property's slot)
-                if self._vectors._size(hit) <= self._vectors.max_bytes:
+                if self._vectors.fits(hit):
                     self._vectors.put(tv.uid, hit)
             out.append(hit)
         return out

@@ -145,5 +145,5 @@ with guard("Task-addition sweep"):
                         st.plotly_chart(charts.pair_heatmap(pairs), key="pairs_heatmap")
                         others = alone[pm]["interference"]["cost_of_others"]
                         st.caption(f"If their one-at-a-time costs added up, the other vectors would cost a task "
-                                   f"{100 * pairs['additive_cost']:.1f} points on average (the rows' mean sum); all "
-                                   f"of them at once cost it {100 * others:.1f} (the table above).")
+                                   f"{charts.fixed(100 * pairs['additive_cost'])} points on average (the rows' mean sum); "
+                                   f"all of them at once cost it {charts.fixed(100 * others)} (the table above).")

@@ -20,6 +20,7 @@ from arith.explore import Explorer
 from arith.export import parse_coefficient_set
 from arith.models import fingerprint
 from arith.specs import Files, Meta
+from ui.charts import fixed
 from ui.state import mode_label
 
 from conftest import rewrite, tiny_base
@@ -176,7 +177,7 @@ def assert_heatmap(at, pairs):
     z = heat["data"][0]["z"]
     assert heat["data"][0]["x"] == pairs["tasks"] and z[0][0] is None
     assert z[0][1] == pytest.approx(100 * pairs["cost"][0][1]) and z[1][0] == pytest.approx(100 * pairs["cost"][1][0])
-    assert any(f"{100 * pairs['additive_cost']:.1f} points" in c.value for c in at.caption)
+    assert any(f"{fixed(100 * pairs['additive_cost'])} points" in c.value for c in at.caption)  # as the table rounds
 
 
 def test_view_choices_persist_across_pages(new_app):

@@ -16,7 +16,7 @@ from ui.state import snap
 def test_chart_labels_round_as_the_tables_format_in_the_browser(value, digits, shown):
     """Tables format "%.1f" with JavaScript's toFixed (values checked with node); Python's format would give 81.2
     for 81.25, so the accuracy bars said 81.2 above a table that said 81.3."""
-    assert charts._fixed(value, digits) == shown
+    assert charts.fixed(value, digits) == shown
 
 
 def test_accuracy_bar_labels_use_the_tables_rounding():

@@ -30,10 +30,11 @@ def _p(x):
     return None if x is None else 100.0 * x
 
 
-def _fixed(v: float, digits: int = 1) -> str:
+def fixed(v: float, digits: int = 1) -> str:
     """``v`` as the browser writes the tables' "%.1f" (JavaScript's toFixed, also plotly's d3 format): an exact tie
     rounds away from zero (81.25 → 81.3) where Python's format rounds it to even (81.2).  With 256 images per task
-    many accuracies are such ties (k/256 with k ≡ 16 mod 32), so labels drawn in Python use this to agree."""
+    many accuracies are such ties (k/256 with k ≡ 16 mod 32), so labels and captions written in Python use this to
+    agree with the tables beside them."""
     return format(Decimal(v).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP), "f")
 
 
@@ -45,7 +46,7 @@ def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finet
     colours = [mode_colour(mode) if t in selected else "#BFC7D5" for t in tasks]
     fig = go.Figure()
     fig.add_bar(x=tasks, y=[_p(acc[t]) for t in tasks], marker_color=colours, name="edited model",
-                text=[_fixed(100 * acc[t]) for t in tasks], textposition="inside", insidetextanchor="middle")
+                text=[fixed(100 * acc[t]) for t in tasks], textposition="inside", insidetextanchor="middle")
     fig.add_scatter(x=tasks, y=[_p(zeroshot.get(t)) for t in tasks], mode="markers", name="zero-shot θ0",
                     marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")))
     fig.add_scatter(x=[t for t in tasks if t in finetuned], y=[_p(finetuned[t]) for t in tasks if t in finetuned],
@@ -213,7 +214,7 @@ def pair_heatmap(pairs: Mapping) -> go.Figure:
     top = max((abs(v) for row in z for v in row if v is not None), default=0.0) or 1.0  # all 0: a range still
     fig = go.Figure()
     fig.add_heatmap(x=tasks, y=tasks, z=z, zmin=-top, zmax=top, colorscale="RdBu_r",
-                    text=[["" if v is None else _fixed(v) for v in row] for row in z], texttemplate="%{text}",
+                    text=[["" if v is None else fixed(v) for v in row] for row in z], texttemplate="%{text}",
                     hovertemplate="adding τ %{x} costs %{y} %{z:.1f} points<extra></extra>",
                     colorbar=dict(title="points", thickness=12))
     fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})", showgrid=False)
