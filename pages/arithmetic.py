@@ -21,6 +21,12 @@ tasks = ctx.eval_tasks()
 PCT = ("single-task", "each task alone at α", "merged at α", "cost of scaling to α", "cost of the other vectors")
 
 
+def trained_lr(m: str) -> str:
+    """The learning rate the bundle's ``m`` vectors were fine-tuned at, as recorded in its manifest."""
+    cfg = ex.index.finetune_config(m)
+    return f"{cfg.lr:g}" if cfg else "—"
+
+
 def subset_summary(acc: dict, ft: dict | None) -> dict:
     """The engine's absolute / normalized accuracy over the tasks that were added."""
     keep = [t for t in tasks if t in acc]
@@ -62,12 +68,19 @@ with guard("Comparing modes"):
         f = ex.finetuned(m, "test", extra=ctx.extra(m))
         s = subset_summary(r["accuracy"], f) if tasks else r
         per_mode[m] = r["accuracy"]
-        rows.append({"mode": mode_label(m), "absolute (%)": 100 * s["absolute"],
+        rows.append({"mode": mode_label(m), "bundle's lr": trained_lr(m), "absolute (%)": 100 * s["absolute"],
                      "normalized (%)": 100 * s["normalized"] if s.get("normalized") is not None else None,
                      **{f"{t} (%)": 100 * v for t, v in r["accuracy"].items()}})
     st.plotly_chart(charts.modes_bars(per_mode), key="modes_bars")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="modes_table",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in rows[0] if c != "mode"})
+                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in rows[0]
+                                if c not in ("mode", "bundle's lr")})
+    lrs = {m: trained_lr(m) for m in ctx.modes}
+    if len(set(lrs.values()) - {"—"}) > 1:  # the comparison is then not only about what each mode trains
+        st.caption("The bundle's vectors of these modes were fine-tuned at different learning rates ("
+                   + ", ".join(f"{mode_label(m)} {lr}" for m, lr in lrs.items()) + "), each chosen on validation. "
+                   "A smaller learning rate gives a shorter τ, which interferes less: the paper compares modes at one "
+                   "learning rate (for the embedded default, docs/default-bundle.md has both comparisons).")
     if skipped:
         st.caption("Not in every mode (λ = 0 there): " + ", ".join(sorted(skipped)))
 

@@ -594,3 +594,23 @@ def test_a_mode_only_the_workspace_has(new_app, bundle):
     at.sidebar.selectbox(key="w_mode").set_value("attn_bias").run()
     clean(at)
     assert at.sidebar.multiselect(key="w_tasks").value == ["ab"] and at.sidebar.slider(key="w_coef::ab").value == 1.0
+
+
+def test_modes_trained_at_different_learning_rates_say_so(new_app, bundle_dir, tmp_path, monkeypatch):
+    """The mode comparison names each mode's fine-tuning lr, and says when they differ (then it is not only about
+    what each mode trains); the tiny bundle trains every mode at one lr, so it says nothing there."""
+    at = new_app()
+    modes = table(at, "bundle's lr")
+    assert set(modes["bundle's lr"]) == {"0.003"}
+    assert not [c for c in at.caption if "different learning rates" in c.value]
+    other = tmp_path / "lrs"
+    shutil.copytree(bundle_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["finetune"]["attn"]["lr"] = 0.001  # the manifest is not in its own checksum list
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("ARITH_BUNDLE", str(other))
+    at = new_app()
+    modes = table(at, "bundle's lr")
+    assert dict(zip(modes["mode"], modes["bundle's lr"]))[mode_label("attn")] == "0.001"
+    said = [c.value for c in at.caption if "different learning rates" in c.value]
+    assert len(said) == 1 and f"{mode_label('attn')} 0.001" in said[0] and f"{mode_label('full')} 0.003" in said[0]
