@@ -47,17 +47,18 @@ class Evaluator:
     are still formed in fp32 (τ is never rounded), only the matrix products of the forward pass are.  Off by
     default; linearized (JVP) passes always run in fp32.  Caches are bounded: J τ by ``cache_size`` entries and
     ``jvp_cache_mb``, shared θ0 activations by 4 entries of at most ``prefix_cache_mb`` each.  On a GPU, task vectors
-    are copied there on first use and kept (least recently used first out, ``vector_cache_mb``; default a quarter
-    of the device's memory), so a slider move merges on the GPU and moves nothing: a ViT-B/32 bundle's vectors are
-    0.1–0.35 GB each, and summing eight on the CPU then moving the sum cost more than the forward pass
-    (BENCHMARKS.md, *GPU*).  The copies are the vectors' own values; the CPU originals are never written to.
-    ``vector_cache`` (from :func:`new_vector_cache`) shares one such cache between evaluators.
+    are copied there on first use and kept, so a slider move merges on the GPU and moves nothing: a ViT-B/32
+    bundle's vectors are 0.1–0.35 GB each, and summing eight on the CPU then moving the sum cost 0.04–0.18 s of a
+    0.45–0.60 s move (BENCHMARKS.md, *GPU*).  The kept copies are the vectors' own values (the CPU originals are never
+    written to), in one cache per device that every evaluator of the process shares (:func:`shared_vector_cache`:
+    least recently used first out, a quarter of the device's memory), or in the evaluator's own when
+    ``vector_cache_mb`` is given; a request whose vectors do not fit merges on the CPU as before.
     """
 
     def __init__(self, base: Base, heads: Mapping[str, Head], data: Mapping[str, Mapping[str, Split]],
                  max_per_task: int | None = None, batch_size: int | None = None, cache_size: int = 256,
                  autocast: str | None = None, prefix_cache_mb: float = 64.0, jvp_cache_mb: float = 512.0,
-                 vector_cache_mb: float | None = None, vector_cache: LRU | None = None):
+                 vector_cache_mb: float | None = None):
         if autocast not in (None, "fp16", "bf16"):
             raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
         self.autocast = autocast
@@ -74,8 +75,9 @@ class Evaluator:
         self._jvp = LRU(cache_size, max_bytes=int(jvp_cache_mb * 2**20))
         # θ0 activations entering the first stage a merge touches, per (split, stage); see _resume
         self._prefix, self.prefix_cache_bytes = LRU(4), int(prefix_cache_mb * 2**20)
-        # task vectors kept on the device; several evaluators of one bundle (an Explorer's) share one
-        self._vectors = vector_cache if vector_cache is not None else new_vector_cache(base.device, vector_cache_mb)
+        # task vectors kept on the device: the process's cache for it, or this evaluator's own
+        self._vectors = (shared_vector_cache(base.device) if vector_cache_mb is None
+                         else new_vector_cache(base.device, vector_cache_mb))
 
     # -- evaluation sets ------------------------------------------------------------------------------------------
     def eval_set(self, split: str) -> EvalSet:
@@ -195,8 +197,12 @@ class Evaluator:
 
     def resident(self, vectors: Sequence[TaskVector]) -> list[TaskVector]:
         """``vectors`` with their tensors on the evaluator's device: kept copies on a GPU (see the class docstring),
-        the vectors themselves on the CPU or when the cache is off.  A copy keeps the original's ``uid``."""
-        if self._vectors.max_bytes == 0:
+        the vectors themselves on the CPU, when the cache is off, or when together they exceed it (kept one by one,
+        each would evict the next one needed: every request would copy them all).  A copy keeps the original's
+        ``uid``; vectors of equal content share one copy (whose task and metadata are the first one's: only the
+        tensors are read)."""
+        cache = self._vectors
+        if cache.max_bytes == 0 or sum(map(vector_bytes, vectors)) > cache.max_bytes:
             return list(vectors)
         out = []
         for tv in vectors:
@@ -205,8 +211,7 @@ class Evaluator:
                 hit = TaskVector({k: t.to(self.base.device) for k, t in tv.tensors.items()}, tv.task, tv.mode,
                                  tv.base_id, dict(tv.meta))
                 hit.__dict__["uid"] = tv.uid  # the same values: no second hash (cached_property's slot)
-                if self._vectors.fits(hit):
-                    self._vectors.put(tv.uid, hit)
+                self._vectors.put(tv.uid, hit)
             out.append(hit)
         return out
 
@@ -262,6 +267,11 @@ class Evaluator:
         return {t: self.evaluate([tv], [1.0], split, [t])[t] for t, tv in vectors.items()}
 
 
+def vector_bytes(tv: TaskVector) -> int:
+    """Bytes a task vector's tensors hold."""
+    return sum(t.numel() * t.element_size() for t in tv.tensors.values())
+
+
 def new_vector_cache(device: torch.device | str, mb: float | None = None, entries: int = 256) -> LRU:
     """A cache of task vectors kept on ``device`` for :meth:`Evaluator.resident`, bounded by ``mb`` MiB when given,
     else holding nothing on the CPU (the vectors are there already) and up to a quarter of a GPU's memory."""
@@ -272,7 +282,21 @@ def new_vector_cache(device: torch.device | str, mb: float | None = None, entrie
         limit = 0
     else:
         limit = torch.cuda.get_device_properties(device).total_memory // 4
-    return LRU(entries, max_bytes=limit, sizeof=lambda tv: sum(t.numel() * t.element_size() for t in tv.tensors.values()))
+    return LRU(entries, max_bytes=limit, sizeof=vector_bytes)
+
+
+_SHARED: dict[str, LRU] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_vector_cache(device: torch.device | str) -> LRU:
+    """The process's one cache of task vectors kept on ``device`` (:func:`new_vector_cache`'s default bound): every
+    evaluator there shares it, so the app's bundles, sessions and ξ subsets together keep at most that much."""
+    key = str(torch.device(device))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = new_vector_cache(key)
+        return _SHARED[key]
 
 
 def mode_of(vectors: Mapping[str, TaskVector]) -> str:

@@ -78,7 +78,6 @@ class Explorer:
         self._bundle, self._loader, self._damaged = bundle, loader, None
         self._load_lock, self._loading = threading.Lock(), None
         self._evaluators: dict[int | None, Evaluator] = {}
-        self._vector_cache = None  # task vectors kept on the bundle's device, shared by this Explorer's evaluators
         self._lock = threading.Lock()
         self._memo = LRU(cache_size)
 
@@ -161,12 +160,7 @@ class Explorer:
         bundle = self.bundle  # first: loads (and imports torch) before anything below may
         with self._lock:
             if n not in self._evaluators:
-                if self._vector_cache is None:
-                    from .evaluate import new_vector_cache
-
-                    self._vector_cache = new_vector_cache(bundle.base.device)
-                self._evaluators[n] = bundle.evaluator(max_per_task=n, autocast=self.autocast,
-                                                       vector_cache=self._vector_cache)
+                self._evaluators[n] = bundle.evaluator(max_per_task=n, autocast=self.autocast)
             return self._evaluators[n]
 
     @property
@@ -297,7 +291,9 @@ class Explorer:
         """The bundle's precomputed task-addition sweep already holds θ0 + α Σ_t τ_t on every task for α ∈ {0, 0.05,
         …, 1}: a request for one shared α over all the bundle's own vectors (the app's opening view, the validation
         α preset, a tied slider) is a row of it.  The row was computed by the same evaluator, adding the vectors in
-        the same order, so it is exactly what computing would return.  None when the request is anything else."""
+        the same order, so it is exactly what computing would return on the build's device in fp32 (elsewhere, or
+        under ``autocast``, a computed point may differ by an image or two).  None when the request is anything
+        else."""
         pre = self._precomputed("addition", mode, need=("tasks", "curve"))
         own = _own(mode, extra)
         if (pre is None or not self.uses_all_images or pre.get("method", "task_arithmetic") != method

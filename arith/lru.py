@@ -22,10 +22,6 @@ class LRU:
         numel, element_size = getattr(value, "numel", None), getattr(value, "element_size", None)
         return numel() * element_size() if callable(numel) and callable(element_size) else 0
 
-    def fits(self, value) -> bool:
-        """Whether ``value`` alone is within the byte bound (a value put is kept even when it is not)."""
-        return self.max_bytes is None or self._size(value) <= self.max_bytes
-
     def get(self, key):
         with self._lock:
             if key in self._d:

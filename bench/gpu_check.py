@@ -9,7 +9,7 @@
    batch 128 of 224² images, AdamW, fp32 as in the paper's recipe.
 2. Slider evaluation: wall time of one ``Evaluator.evaluate`` call — θ0 + Σ λ_t τ_t on 8 tasks × 256 images, each
    task through its own head — for every mode, as the app does when a slider moves: vectors on the CPU as a bundle
-   loads them, merged there (``cpu``) or copied to the GPU once and kept by the evaluator (``kept``, the app's path),
+   loads them, merged there (``cpu``) or copied to the GPU on first use and kept there (``kept``, the app's path),
    and moved to the GPU beforehand (``gpu``); fp32, and under autocast (fp16 / bf16; τ stays fp32).  ``linear`` is timed cold
    (J τ_t computed) and warm (cached: a weighted sum).
 
@@ -93,17 +93,20 @@ def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: tor
     rows = []
     for mode in modes:
         cpu_vecs = _vectors(base, mode, names, gen)
-        # cpu: merged on the CPU, the sum moved (the engine before it kept vectors on the GPU); kept: CPU vectors
-        # that the evaluator copies to the GPU once and keeps (the app's path); gpu: vectors moved beforehand
-        variants = [("cpu", None), ("kept", None), ("gpu", None)] if base.device.type == "cuda" else [("cpu", None)]
+        # cpu: CPU vectors merged on the CPU, the sum moved (vector cache off: the engine before it kept vectors on
+        # the GPU); kept: the same CPU vectors, copied to the GPU on first use and kept by the process's vector
+        # cache (the app's path; the first call also hashes them for the cache's key); gpu: vectors moved to the GPU
+        # beforehand, cache off.  Linear mode's warm path is a sum of cached J τ: no kept variant
+        where = ("cpu", "kept", "gpu") if mode != "linear" else ("cpu", "gpu")
+        variants = [(w, None) for w in where] if base.device.type == "cuda" else [("cpu", None)]
         if mode != "linear":
             variants += [(where, amp) for where, _ in list(variants) for amp in ("fp16", "bf16")]
             if base.device.type != "cuda":
                 variants = [v for v in variants if v[1] != "fp16"]  # CPU autocast is bf16 only
         for where, amp in variants:
-            vecs = cpu_vecs if where == "cpu" else [TaskVector({k: v.to(base.device) for k, v in tv.tensors.items()},
+            vecs = cpu_vecs if where != "gpu" else [TaskVector({k: v.to(base.device) for k, v in tv.tensors.items()},
                                                                tv.task, tv.mode, tv.base_id) for tv in cpu_vecs]
-            ev = Evaluator(base, heads, data, autocast=amp, vector_cache_mb=0 if where == "cpu" else None)
+            ev = Evaluator(base, heads, data, autocast=amp, vector_cache_mb=None if where == "kept" else 0)
             coefs = [0.3] * len(vecs)
             _sync(base.device)
             t0 = time.perf_counter()
@@ -134,6 +137,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tasks", type=int, default=8)
     p.add_argument("--per-task", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-finetune", action="store_true", help="only the slider evaluation")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -148,13 +152,15 @@ def main(argv=None) -> dict:
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "model": spec.label, "image_size": base.image_size, "torch": torch.__version__,
             "cuda": torch.version.cuda, "parameters": sum(v.numel() for v in base.params.values())}
-    train = [finetune_cost(base, m, args.batch_size, args.steps, args.warmup, gen) for m in ("full", "attn", "linear")]
+    train = [] if args.no_finetune else [finetune_cost(base, m, args.batch_size, args.steps, args.warmup, gen)
+                                         for m in ("full", "attn", "linear")]
     slider = slider_latency(base, args.tasks, args.per_task, args.repeats, gen)
     res = {"info": info, "finetune": train, "slider": slider}
     print(f"{info['device']} · {info['model']} ({info['parameters']:,} visual parameters, "
           f"{info['image_size']}px) · torch {info['torch']} CUDA {info['cuda']}\n")
-    print(f"| mode | trainable | s/step (batch {args.batch_size}) | peak memory (MiB) |")
-    print("|---|---:|---:|---:|")
+    if train:
+        print(f"| mode | trainable | s/step (batch {args.batch_size}) | peak memory (MiB) |")
+        print("|---|---:|---:|---:|")
     for r in train:
         peak = "—" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         print(f"| {r['mode']} | {r['trainable']:,} | {r['seconds_per_step']:.3f} | {peak} |")

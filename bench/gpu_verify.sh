@@ -39,34 +39,33 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$LOG"
 $PY -c "import torch, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'open_clip', open_clip.__version__)" 2>&1 | tee -a "$LOG"
 
-if want check; then
-  log "gpu_check: start"
-  # shellcheck disable=SC2086  # GPU_CHECK_ARGS, SLIDER_ARGS and BUILD_CHECK_ARGS are lists of arguments
-  timeout "$(left)" $PY bench/gpu_check.py --device "$DEVICE" ${GPU_CHECK_ARGS:-} --json "$OUT/gpu-check.json" 2>&1 | tee -a "$LOG"
-  log "gpu_check: done"
-fi
+# run STEP's command with what is left of $DEADLINE (skipped when nothing is), logging its exit status
+step() {
+  local name=$1 l
+  shift
+  l=$(left)
+  if [ "$l" -le 0 ]; then log "$name: skipped, past the deadline"; return 1; fi
+  log "$name: start"
+  timeout -k 10 "$l" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  log "$name: exit $rc"
+  return "$rc"
+}
 
-if want slider && [ "$(left)" -gt 0 ]; then
-  log "slider on $DEVICE: start"
-  # shellcheck disable=SC2086
-  timeout "$(left)" $PY -m bench.slider --bundle "$BUNDLE" --device "$DEVICE" ${SLIDER_ARGS:-} --json "$OUT/slider-gpu.json" 2>&1 | tee -a "$LOG"
-  log "slider on $DEVICE: done"
-fi
-
-if want precompute && [ "$(left)" -gt 0 ]; then
+# shellcheck disable=SC2086  # GPU_CHECK_ARGS, SLIDER_ARGS and BUILD_CHECK_ARGS are lists of arguments
+want check && step gpu_check $PY bench/gpu_check.py --device "$DEVICE" ${GPU_CHECK_ARGS:-} --json "$OUT/gpu-check.json"
+# shellcheck disable=SC2086
+want slider && step "slider on $DEVICE" $PY -m bench.slider --bundle "$BUNDLE" --device "$DEVICE" ${SLIDER_ARGS:-} \
+  --json "$OUT/slider-gpu.json"
+if want precompute; then
   W=/tmp/gpu_verify_bundle
   rm -rf "$W" && cp -r "$BUNDLE" "$W"
-  log "precompute on $DEVICE: start"
-  t0=$(date +%s)
-  timeout "$(left)" $PY -m arith precompute --bundle "$W" --device "$DEVICE" --json >"$OUT/precompute.json" 2>>"$LOG"
-  log "precompute on $DEVICE: exit $? after $(( $(date +%s) - t0 )) s"
-  tar czf "$OUT/precompute_gpu.tgz" -C "$W" manifest.json results cache
+  # stdout is the command's JSON; its log lines (stderr) go to the log
+  if step "precompute on $DEVICE" sh -c "$PY -m arith precompute --bundle $W --device $DEVICE --json >$OUT/precompute.json"; then
+    tar czf "$OUT/precompute_gpu.tgz" -C "$W" manifest.json results cache
+  fi
 fi
-
-if want build && [ "$(left)" -gt 0 ]; then
-  log "build check on $DEVICE: start"
-  # shellcheck disable=SC2086
-  timeout "$(left)" $PY bench/gpu_build_check.py --device "$DEVICE" ${BUILD_CHECK_ARGS:-} --json "$OUT/gpu-build.json" 2>&1 | tee -a "$LOG"
-  log "build check on $DEVICE: done"
-fi
+# shellcheck disable=SC2086
+want build && step "build check on $DEVICE" $PY bench/gpu_build_check.py --device "$DEVICE" ${BUILD_CHECK_ARGS:-} \
+  --json "$OUT/gpu-build.json"
 log "done"

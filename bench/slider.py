@@ -102,7 +102,7 @@ def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None) -> di
             feats = ev.linear_features(vectors, lam, split)
             t1 = t2 = time.perf_counter()
         else:
-            params = apply_delta(ev.base.params, combine(vectors, lam))
+            params = apply_delta(ev.base.params, combine(ev.resident(vectors), lam))  # as merged_features does
             sync()
             t1 = time.perf_counter()
             feats = ev.features(params, split)
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     p.add_argument("--modes", nargs="*", help="modes to time (default: all of the bundle's)")
     p.add_argument("--split", default="test")
     p.add_argument("--device", default="cpu", help="evaluate there (e.g. cuda: θ0 and the evaluation on the GPU, as the "
-                                                   "app on a GPU machine; task vectors stay on the CPU)")
+                                                   "app on a GPU machine; task vectors are copied there on first use)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images per task (default: all)")
     p.add_argument("--baseline", action="store_true", help="also time the pre-optimisation engine in this run")
     p.add_argument("--no-rerun", action="store_true", help="skip the all-modes (one view rerun) measurement")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from arith.disentangle import xi_grid
-from arith.evaluate import Evaluator
+from arith.evaluate import Evaluator, shared_vector_cache, vector_bytes
 from arith.explore import Explorer, round_coefs
 from arith.kernel import kernel_report
 from arith.protocols import ALPHAS, alone_curve, interference, pair_costs, task_addition, task_negation
@@ -263,26 +263,26 @@ def test_xi_grids_use_the_bundles_xi_subset(bundle):
 def test_resident_vectors_are_kept_by_uid_within_their_byte_budget_and_merge_as_the_originals(bundle):
     """The GPU's kept copies of task vectors (Evaluator.resident), exercised on the CPU with an explicit budget: the
     same uid and values, kept least-recently-used within vector_cache_mb, results equal to merging the originals,
-    and the originals untouched; the CPU default keeps nothing (the vectors are there already)."""
+    the originals untouched; a request that does not fit is merged from the originals (no thrashing); the CPU
+    default keeps nothing, in the one cache per device that every evaluator shares."""
     vs = list(bundle.vectors["full"].values())
-    one = sum(t.numel() * t.element_size() for t in vs[0].tensors.values())
+    one = max(vector_bytes(v) for v in vs)
     before = {k: t.clone() for k, t in vs[0].tensors.items()}
-    assert Evaluator(bundle.base, bundle.heads, bundle.data)._vectors.max_bytes == 0
     plain = Evaluator(bundle.base, bundle.heads, bundle.data)
-    assert plain.resident(vs)[0] is vs[0]  # nothing copied on the CPU by default
+    assert plain._vectors is shared_vector_cache("cpu") is Explorer(bundle).evaluator(8)._vectors
+    assert plain._vectors.max_bytes == 0 and plain.resident(vs)[0] is vs[0]  # nothing copied on the CPU by default
     ev = Evaluator(bundle.base, bundle.heads, bundle.data, vector_cache_mb=2.5 * one / 2**20)  # room for two
-    first = ev.resident(vs)
-    assert [c.uid for c in first] == [v.uid for v in vs] and all(c is not v for c, v in zip(first, vs))
+    assert ev._vectors is not plain._vectors
+    first = ev.resident(vs[:2])
+    assert [c.uid for c in first] == [v.uid for v in vs[:2]] and all(c is not v for c, v in zip(first, vs))
     assert all(torch.equal(c.tensors[k], v.tensors[k]) for c, v in zip(first, vs) for k in v.tensors)
     assert len(ev._vectors) == 2 and ev._vectors.nbytes <= ev._vectors.max_bytes
-    assert ev.resident(vs[-1:])[0] is first[-1]  # kept: the same copy again
+    assert ev.resident(vs[1:2])[0] is first[1]  # kept: the same copy again
+    assert ev.resident(vs) == vs and len(ev._vectors) == 2  # three do not fit: the originals, the cache unchanged
     coefs = [0.3, -0.7, 1.2]
+    assert ev.evaluate(vs[:2], coefs[:2], "test") == plain.evaluate(vs[:2], coefs[:2], "test")
     assert ev.evaluate(vs, coefs, "test") == plain.evaluate(vs, coefs, "test")
     assert all(torch.equal(vs[0].tensors[k], t) for k, t in before.items())
-    tiny = Evaluator(bundle.base, bundle.heads, bundle.data, vector_cache_mb=0.5 * one / 2**20)  # room for none
-    assert tiny.evaluate(vs, coefs, "test") == plain.evaluate(vs, coefs, "test") and len(tiny._vectors) == 0
-    ex = Explorer(bundle)  # an Explorer's evaluators (all images, a ξ subset) keep one set of copies between them
-    assert ex.evaluator()._vectors is ex.evaluator(8)._vectors is not plain._vectors
 
 
 def test_explorer_autocast_computes_under_autocast_and_serves_stored_results_as_stored(bundle, monkeypatch):

@@ -112,7 +112,7 @@ def preferred_device() -> str:
 
 def preferred_autocast() -> str | None:
     """``$ARITH_AUTOCAST`` (``bf16`` or ``fp16``): the forward passes of what the app computes run under autocast,
-    3–4× faster on a GPU with a ViT-B/32 (BENCHMARKS.md, *GPU*); unset, empty or ``fp32``: exact fp32.
+    about 4× faster on a GPU with a ViT-B/32 (BENCHMARKS.md, *GPU*); unset, empty or ``fp32``: exact fp32.
     Results the bundle precomputed are shown as stored (fp32) either way."""
     value = (os.environ.get("ARITH_AUTOCAST") or "").strip().lower()
     if value in ("", "fp32", "off", "none"):
