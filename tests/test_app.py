@@ -614,3 +614,14 @@ def test_modes_trained_at_different_learning_rates_say_so(new_app, bundle_dir, t
     assert dict(zip(modes["mode"], modes["bundle's lr"]))[mode_label("attn")] == "0.001"
     said = [c.value for c in at.caption if "different learning rates" in c.value]
     assert len(said) == 1 and f"{mode_label('attn')} 0.001" in said[0] and f"{mode_label('full')} 0.003" in said[0]
+
+
+def test_arith_autocast_runs_the_app_under_autocast_and_a_bad_value_is_named(new_app, monkeypatch):
+    monkeypatch.setenv("ARITH_AUTOCAST", "bf16")
+    at = new_app()
+    at.sidebar.slider(key=f"w_coef::{STRIPES}").set_value(-1.5).run()  # computed, not a stored row
+    assert not at.exception and not at.error and shown_accuracy(at)
+    monkeypatch.setenv("ARITH_AUTOCAST", "half")
+    at = new_app()
+    assert not at.exception
+    assert any("ARITH_AUTOCAST must be bf16, fp16 or fp32 (or unset), not 'half'" in e.value for e in at.error)
