@@ -292,7 +292,10 @@ _SHARED_LOCK = threading.Lock()
 def shared_vector_cache(device: torch.device | str) -> LRU:
     """The process's one cache of task vectors kept on ``device`` (:func:`new_vector_cache`'s default bound): every
     evaluator there shares it, so the app's bundles, sessions and ξ subsets together keep at most that much."""
-    key = str(torch.device(device))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device, one cache
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = str(device)
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = new_vector_cache(key)
