@@ -206,12 +206,12 @@ class Evaluator:
             return list(vectors)
         out = []
         for tv in vectors:
-            hit = self._vectors.get(tv.uid)
+            hit = cache.get(tv.uid)
             if hit is None:
                 hit = TaskVector({k: t.to(self.base.device) for k, t in tv.tensors.items()}, tv.task, tv.mode,
                                  tv.base_id, dict(tv.meta))
                 hit.__dict__["uid"] = tv.uid  # the same values: no second hash (cached_property's slot)
-                self._vectors.put(tv.uid, hit)
+                cache.put(tv.uid, hit)  # evicts others first: this request's vectors fit together
             out.append(hit)
         return out
 

@@ -8,7 +8,8 @@ from collections import OrderedDict
 
 class LRU:
     """A small thread-safe LRU cache with a fixed number of entries and, optionally, a bound on the bytes of the
-    tensors it holds (``max_bytes``; other values count as nothing).  The entry just put is never evicted."""
+    tensors it holds (``max_bytes``; other values count as nothing, unless ``sizeof`` says what they hold).  The
+    entry just put is never evicted."""
 
     def __init__(self, maxsize: int = 64, max_bytes: int | None = None, sizeof=None):
         self.maxsize, self.max_bytes, self._d, self._lock = maxsize, max_bytes, OrderedDict(), threading.Lock()
