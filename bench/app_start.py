@@ -36,6 +36,10 @@ from pathlib import Path
 
 from bench._common import ROOT, emit, machine, parser, rss_mb, set_threads, table
 
+# $ARITH_PRECOMPUTED_DIR for the timed app: a folder that does not exist, so it opens --bundle and nothing else
+# (a fresh temporary folder per run used to be left behind in /tmp)
+NO_BUNDLES = str(Path(tempfile.gettempdir()) / "arith-bench-no-bundles")
+
 CHROMIUM = os.environ.get("ARITH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -82,7 +86,7 @@ def start_server(bundle: str, port: int, log: Path, threads: int | None, load_de
                  script: Path | None = None) -> subprocess.Popen:
     """``streamlit run app.py`` (or ``script``, run in its own folder) on ``port``, output to ``log``."""
     env = {**os.environ, "ARITH_BUNDLE": bundle, "ARITH_DEVICE": "cpu",
-           "ARITH_PRECOMPUTED_DIR": tempfile.mkdtemp(prefix="arith-none-")}
+           "ARITH_PRECOMPUTED_DIR": NO_BUNDLES}
     if load_delay is not None:
         env["ARITH_LOAD_DELAY"] = str(load_delay)
     if threads:
@@ -217,7 +221,7 @@ def without_browser(args) -> dict:
     runs = []
     for run in range(args.runs):
         env = {**os.environ, "ARITH_BUNDLE": args.bundle, "ARITH_DEVICE": "cpu",
-               "ARITH_PRECOMPUTED_DIR": tempfile.mkdtemp(prefix="arith-none-")}
+               "ARITH_PRECOMPUTED_DIR": NO_BUNDLES}
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         runs.append({"run": run + 1, "first_render_s": time.perf_counter() - t0,
