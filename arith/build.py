@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BundleWriter, load_bundle
+from .bundle import Bundle, BundleWriter, load_bundle
 from .data import Split, get_task
 from .disentangle import GRID, xi_grid
 from .finetune import finetune
@@ -105,12 +105,13 @@ def make_heads(base: Base, tasks: Sequence[TaskInfo], train: dict[str, Split] | 
 
 
 def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, device: str | None = None,
-               only: Sequence[str] | None = None) -> dict:
+               only: Sequence[str] | None = None, bundle: Bundle | None = None) -> dict:
     """Compute the results the app shows first and store them in the bundle (results/*.json, linear caches).
 
     ``device`` (e.g. ``"cuda"``) runs the evaluations there; the default is the CPU.  ``only`` (names from
     ``PRECOMPUTED``) recomputes just those results and keeps the bundle's others (``python -m arith precompute``);
-    the single-task accuracies that addition and alone need are then read from the bundle.
+    the single-task accuracies that addition and alone need are then read from the bundle.  ``bundle``: the bundle
+    at ``bundle_dir`` when the caller has already loaded it (it is not loaded again).
     """
     unknown = sorted(set(only or ()) - set(PRECOMPUTED))
     if unknown:
@@ -119,7 +120,7 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
     def want(name: str) -> bool:
         return only is None or name in only
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir) if bundle is None else bundle
     if device is not None and device != "cpu":
         bundle = dataclasses.replace(bundle, base=bundle.base.to(device))
     writer = BundleWriter.reopen(bundle)

@@ -500,7 +500,7 @@ def cmd_precompute(args):
         raise ValueError(f"{args.bundle}: the manifest has no build plan (build-default and build-bundle record one), "
                          "so the settings of its precomputed results are unknown")
     t0 = time.perf_counter()
-    out = precompute(b.root, BuildPlan.from_dict(b.manifest["plan"]), device=args.device, only=args.only)
+    out = precompute(b.root, BuildPlan.from_dict(b.manifest["plan"]), device=args.device, only=args.only, bundle=b)
     writer = BundleWriter.reopen(b)  # reads the manifest as precompute left it
     prov = dict(writer.manifest.get("provenance") or {})
     line = (time.strftime("%Y-%m-%d", time.gmtime()) + ": python -m arith precompute"
