@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # fakedata: the tests' generated stand-ins for the data sets
 
 from bench._common import emit, machine, parser  # noqa: E402
+from bench.gpu_check import TINY as TINY_VISION  # noqa: E402
 
-# a 2-layer 16-px CLIP (the tests' TINY_CLIP): the smoke run's model
-TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+# the smoke run's model: gpu_check's 2-layer 16-px encoder with a one-layer text tower (a CLIP, as build-bundle needs)
+TINY = {**TINY_VISION, "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 MODES = ("full", "attn", "linear")
 
 
