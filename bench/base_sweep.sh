@@ -28,7 +28,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee
 
 # tag | pre-training overrides (PretrainConfig fields; the study ran when the default was width 80, 8,000 steps,
 # 96,000 images, and "ref" pins that).
-# $VARIANTS (one "tag|overrides" per line) replaces the list; $PROBE_ARGS adds arguments to every probe.
+# $VARIANTS (one "tag|overrides" per line) replaces the list; $RUNS the probe's (mode, lr) runs (default: attn and
+# full at 1e-3, the build's lr when the study ran); $PROBE_ARGS adds arguments to every probe (e.g. --xi).
 if [ -n "${VARIANTS:-}" ]; then mapfile -t VARIANTS <<<"$VARIANTS"; else VARIANTS=(
   "ref|steps=8000"
   "steps12k|steps=12000"
@@ -66,7 +67,7 @@ for v in "${VARIANTS[@]}"; do
   left=$(( DEADLINE - ($(date +%s) - START) ))
   [ "$left" -gt 0 ] || { log "deadline reached before $tag started"; break; }
   # shellcheck disable=SC2086  # word splitting of the overrides is intended
-  timeout "$left" $PY -m bench.base_probe --device "${DEVICE:-cuda}" --modes attn full --lrs 1e-3 --tag "$tag" \
+  timeout "$left" $PY -m bench.base_probe --device "${DEVICE:-cuda}" --runs ${RUNS:-attn=1e-3 full=1e-3} --tag "$tag" \
     --json "$OUT/$tag.json" ${sets:+--set $sets} ${PROBE_ARGS:-} >>"$OUT/sweep.log" 2>"/tmp/base_sweep_logs/$tag.err" &
 done
 while [ -n "$(jobs -r)" ]; do

@@ -39,16 +39,17 @@ def probe(bundle_dir: str, mode: str, overrides: dict, train_n: int | None = Non
     return {"mode": mode, "train_n": train_n or plan.get("train_n"), "head_scale": head_scale, **res}
 
 
-def score(ev, train: dict, cfg, heads: dict | None = None, kernel: bool = True) -> dict:
+def score(ev, train: dict, cfg, heads: dict | None = None, kernel: bool = True, **xi) -> dict:
     """Fine-tune every task of ``train`` with ``cfg`` from ``ev.base`` and score the vectors with
-    :func:`score_vectors`.  ``heads`` (default ``ev.heads``) are the ones fine-tuning trains against."""
+    :func:`score_vectors` (``xi``: its ``xi_ev``, ``xi_pairs``, ``xi_grid``).  ``heads`` (default ``ev.heads``) are
+    the ones fine-tuning trains against."""
     from arith.finetune import finetune
 
     heads = heads or ev.heads
     start = time.perf_counter()
     tvs = {t: finetune(ev.base, heads[t], train[t], cfg, task=t).vector for t in train}
     seconds = time.perf_counter() - start
-    return {"mode": cfg.mode, "config": cfg.to_dict(), "finetune_seconds": seconds, **score_vectors(ev, tvs, kernel)}
+    return {"mode": cfg.mode, "config": cfg.to_dict(), "finetune_seconds": seconds, **score_vectors(ev, tvs, kernel, **xi)}
 
 
 def score_vectors(ev, tvs: dict, kernel: bool = True, xi_ev=None, xi_pairs: int = 6, xi_grid: int = 15,

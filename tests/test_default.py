@@ -536,10 +536,24 @@ def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, c
     assert main(["--quick", "--set", "steps=7", "--lrs", "3e-4", "--json", str(out)]) == 0
     changed = json.loads(out.read_text())
     assert changed["pretrain"]["steps"] == 7 and changed["runs"][0]["config"]["lr"] == 3e-4
+    assert changed["runs"][0]["xi"] is None
+    # --runs: (mode, lr) pairs in the order given; --xi: the mean ξ over the plan's pairs, each in [0, 2]
+    assert main(["--quick", "--set", "steps=7", "--runs", "mlp=3e-4", "attn=1e-3", "--xi", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["mode"], r["config"]["lr"]) for r in runs] == [("mlp", 3e-4), ("attn", 1e-3)]
+    for r in runs:
+        assert len(r["xi_pairs"]) == 2 and 0 <= r["xi"] <= 2 and r["xi"] == sum(r["xi_pairs"].values()) / 2
+    with pytest.raises(SystemExit):
+        main(["--quick", "--runs", "attn"])
     capsys.readouterr()
     assert main(["--summarize", str(out)]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
-    assert len(rows) == 3 and rows[2].startswith("| base | 7 | ") and " attn | 0.0003 | " in rows[2]
+    assert len(rows) == 4 and rows[2].startswith("| base | 7 | ") and " mlp | 0.0003 | " in rows[2]
+    assert float(rows[3].split(" | ")[-3]) == pytest.approx(runs[1]["xi"], abs=5e-4)  # the mean ξ column
+    assert main(["--quick", "--set", "steps=5", "--pretrain-only", "--tag", "p", "--json", str(tmp_path / "only.json")]) == 0
+    only = json.loads((tmp_path / "only.json").read_text())
+    assert only["runs"] == [] and only["pretrain"]["steps"] == 5 and only["pretraining"]["seconds"] > 0
+    assert "p: " in capsys.readouterr().out.split("ms per pre-training step")[0]
 
 
 def test_pair_summary_breaks_ties_in_task_order_whatever_the_stored_key_order():
