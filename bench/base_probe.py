@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     if args.pretrain_only:
         pre = res["pretraining"]
         print(f"{args.tag}: {1000 * pre['seconds'] / res['pretrain']['steps']:.1f} ms per pre-training step, "
-              f"{res['parameters']:,} parameters ({args.device})")
+              f"{res['parameters']:,} parameters ({args.device})"
+              + ("; θ0 came from the cache, so this is the time of the run that cached it (ARITH_DATA_CACHE=off "
+                 "times a fresh run)" if pre.get("reused") else ""))
         if args.json:
             write_json_atomic(args.json, {"tag": args.tag, **res, "machine": machine()})
     return 0

@@ -112,6 +112,7 @@ def summary_line(tag: str, res: dict) -> str:
             f"{100 * res['absolute']:.1f} (normalized {100 * res['normalized']:.1f}, {100 * res['gain']:+.1f} over "
             f"zero-shot {100 * res['zero_shot']:.1f})  agreement "
             + ("—" if res["agreement"] is None else f"{100 * res['agreement']:.1f}")
+            + ("" if res.get("xi") is None else f"  mean ξ {res['xi']:.3f}")
             + f"  ‖τ‖/‖θ0‖ {res['tau_relative_norm']:.3f}  ({res['finetune_seconds']:.0f} s fine-tuning, validation)")
 
 
