@@ -40,18 +40,21 @@ def probe_base(pretrain_overrides: dict, modes=("attn",), lrs=(None,), finetune_
     from arith.default.concepts import TASK_STYLES
     from arith.default.pretrain import PretrainConfig
     from arith.evaluate import Evaluator
+    from arith.modes import get_mode
     from arith.specs import FinetuneConfig
 
     recipe = QUICK if quick else DEFAULT
     plan = recipe.plan
     pcfg = PretrainConfig.from_dict({**recipe.pretrain.to_dict(), **pretrain_overrides})
+    runs = [(m, lr) for m in modes for lr in lrs] if runs is None else runs
+    for mode, _ in runs:  # an unknown mode fails now, not after pre-training (an hour for a wide base on a CPU)
+        get_mode(mode)
     start = time.perf_counter()
     base, group_heads, stats = pretrained_base(pcfg, log, device=device)
     stats = {**stats, "wall_seconds": time.perf_counter() - start}
     log(f"pre-training: {stats['seconds']:.0f} s, final loss {stats['final_loss']:.3f}, scale {stats['scale']:.1f}")
     res = {"pretrain": pcfg.to_dict(), "pretraining": stats, "device": str(device),
            "parameters": sum(v.numel() for v in base.params.values()), "runs": []}
-    runs = [(m, lr) for m in modes for lr in lrs] if runs is None else runs
     if not runs:
         return res
     base = base.to(device)

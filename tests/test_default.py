@@ -545,6 +545,9 @@ def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, c
         assert len(r["xi_pairs"]) == 2 and 0 <= r["xi"] <= 2 and r["xi"] == sum(r["xi_pairs"].values()) / 2
     with pytest.raises(SystemExit):
         main(["--quick", "--runs", "attn"])
+    with pytest.raises(ValueError, match="unknown mode 'atn'"):  # before pre-training, which would write the JSON
+        main(["--quick", "--runs", "atn=1e-3", "--json", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()
     capsys.readouterr()
     assert main(["--summarize", str(out)]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
@@ -553,7 +556,8 @@ def test_base_probe_with_no_change_reproduces_the_quick_build(quick, tmp_path, c
     assert main(["--quick", "--set", "steps=5", "--pretrain-only", "--tag", "p", "--json", str(tmp_path / "only.json")]) == 0
     only = json.loads((tmp_path / "only.json").read_text())
     assert only["runs"] == [] and only["pretrain"]["steps"] == 5 and only["pretraining"]["seconds"] > 0
-    assert "p: " in capsys.readouterr().out.split("ms per pre-training step")[0]
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "ms per pre-training step" in ln]
+    assert line.startswith(f"p: {1000 * only['pretraining']['seconds'] / 5:.1f} ms per pre-training step, ")
 
 
 def test_pair_summary_breaks_ties_in_task_order_whatever_the_stored_key_order():
