@@ -106,9 +106,11 @@ class Evaluator:
 
     # -- features -------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, params, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """The no-grad forward (stages ``start`` … ``stop`` - 1 of :meth:`Base.eval_features`) in batches."""
-        if self.autocast is not None:
+    def _forward(self, params, x: torch.Tensor, start: int = 0, stop: int | None = None,
+                 fp32: bool = False) -> torch.Tensor:
+        """The no-grad forward (stages ``start`` … ``stop`` - 1 of :meth:`Base.eval_features`) in batches; under
+        the evaluator's ``autocast`` unless ``fp32``."""
+        if self.autocast is not None and not fp32:
             dtype = torch.float16 if self.autocast == "fp16" else torch.bfloat16
             with torch.autocast(self.base.device.type, dtype=dtype):
                 return torch.cat([self.base.eval_features(params, x[i:i + self.batch_size], start, stop).float()
@@ -145,9 +147,11 @@ class Evaluator:
         return self._forward(params, src if rows is None else src[rows], start)
 
     def f0(self, split: str) -> torch.Tensor:
-        """f(x; θ0) on every image of ``split`` (cached)."""
+        """f(x; θ0) on every image of ``split`` (cached).  Always fp32, autocast or not: it is the constant term of
+        the linearized model f(x; θ0) + Σ λ J τ (method.md §2), whose J τ terms are fp32 too, and with small task
+        vectors J τ can be as small as autocast's rounding of f(x; θ0)."""
         if split not in self._f0:
-            self._f0[split] = self._forward(None, self.eval_set(split).x)
+            self._f0[split] = self._forward(None, self.eval_set(split).x, fp32=True)
         return self._f0[split]
 
     def jvp(self, vector: TaskVector, split: str, keys: Sequence[str] | None = None,

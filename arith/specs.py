@@ -135,7 +135,9 @@ class FinetuneConfig(_JsonRecord):
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 0
-    augment: bool = False  # random crop / flip jitter of the uint8 batch (cheap; off for digits/letters)
+    # in-memory splits: a random translation by up to 2 pixels; streamed data sets: open_clip's RandomResizedCrop;
+    # never a flip (it would change digits and signs)
+    augment: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:

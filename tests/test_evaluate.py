@@ -285,6 +285,20 @@ def test_resident_vectors_are_kept_by_uid_within_their_byte_budget_and_merge_as_
     assert all(torch.equal(vs[0].tensors[k], t) for k, t in before.items())
 
 
+def test_linearized_model_stays_fp32_under_autocast(bundle, ev):
+    """f(x; θ0) + Σ λ J τ is fp32 whatever ``autocast`` says: autocast's rounding of f(x; θ0) would otherwise be
+    added to fp32 J τ terms that, with small task vectors, are no larger than it.  The non-linear passes do run
+    under autocast."""
+    low = Evaluator(bundle.base, bundle.heads, bundle.data, autocast="bf16")
+    assert torch.equal(low.f0("test"), ev.f0("test"))
+    vs, coefs = list(bundle.vectors["linear"].values()), [0.7, -0.4, 1.1]
+    assert torch.equal(low.merged_features(vs, coefs, "test"), ev.merged_features(vs, coefs, "test"))
+    assert low.zeroshot("test") == ev.zeroshot("test")
+    tv = bundle.vectors["attn"][TASKS[0]]
+    assert not torch.equal(low.features(None, "test"), ev.features(None, "test"))  # bf16 matrix products
+    assert not torch.equal(low.merged_features([tv], [1.0], "test"), ev.merged_features([tv], [1.0], "test"))
+
+
 def test_explorer_autocast_computes_under_autocast_and_serves_stored_results_as_stored(bundle, monkeypatch):
     """``Explorer(autocast=...)`` (the app's $ARITH_AUTOCAST): computed requests go through an autocast evaluator,
     stored ones are the bundle's; a bad value is refused before anything loads, in the engine and in the app."""
