@@ -49,6 +49,23 @@ def _sniff(prefix: bytes) -> str | None:
     return None
 
 
+def _garbage(data: bytes) -> str | None:
+    """What a file whose first 8 bytes give an impossible header length most likely is, when the byte after them
+    is not the ``{`` that opens every safetensors header (as opposed to a real header cut short)."""
+    if data[8:9] == b"{":
+        return None
+    head, text = data[:64], None
+    for cut in range(4):  # a multi-byte character may straddle byte 64
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"the file is text (it begins {text[:24]!r}), not safetensors"
+    return "not a safetensors file: its first 8 bytes are not a header length and no JSON header follows them"
+
+
 def _no_duplicates(pairs):
     seen = {}
     for k, v in pairs:
@@ -69,6 +86,8 @@ def parse_header(data: bytes, file_size: int | None = None) -> tuple[dict, dict[
     if size < 8:
         raise SafetensorsError(f"the file is {size} bytes: too short for the 8-byte header length of safetensors")
     n = int.from_bytes(data[:8], "little")
+    if (n > MAX_HEADER_BYTES or 8 + n > size) and _garbage(data):
+        raise SafetensorsError(_garbage(data))
     if n > MAX_HEADER_BYTES:
         raise SafetensorsError(f"header length {n} bytes is over the {MAX_HEADER_BYTES}-byte cap")
     if 8 + n > size:

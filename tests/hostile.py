@@ -115,6 +115,8 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
         ("truncated data", good[:-16], "outside"),
         ("header length beyond the file", struct.pack("<Q", 10**6) + b"{}", "runs past the end"),
         ("header over the size cap", struct.pack("<Q", 200 * 1024**2) + b"{}", "cap"),
+        ("a text file", b"# my task vector\nweights: see the attached notebook\n" * 4, "the file is text"),
+        ("random bytes", bytes(range(200, 256)) * 4, "not a safetensors file"),
         ("header is not JSON", struct.pack("<Q", 5) + b"{nope", "not valid UTF-8 JSON"),
         ("header is a JSON list", _raw([], b""), "not a JSON object"),  # type: ignore[arg-type]
         ("header not UTF-8", struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc", "UTF-8"),
@@ -159,7 +161,7 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
          "bytes of data"),
         ("metadata is a list", edit_header(lambda h: h.__setitem__("__metadata__", ["a"])), "JSON object"),
         ("gzip renamed .safetensors", b"\x1f\x8b\x08\x00" + b"\x00" * 60, "gzip"),
-        ("a JSON file renamed .safetensors", json.dumps({"weights": [1, 2, 3]}).encode(), "cap"),
+        ("a JSON file renamed .safetensors", json.dumps({"weights": [1, 2, 3]}).encode(), "the file is text"),
         ("8-bit float tensor", with_tensors(**{k0u: torch.zeros(tensors[k0].shape).to(torch.float8_e4m3fn)}),
          "not floating"),
         ("transposed tensor", with_tensors(**{k0u: tensors[k0].T.contiguous()}), "shape"),

@@ -62,3 +62,15 @@ def test_the_documented_tables_are_what_the_table_command_prints_from_the_bundle
     assert len(targets) == 2
     for table in targets:
         assert table in readme, table[0]
+
+
+def test_the_upload_pages_example_vector_is_valid_for_the_committed_default(index):
+    """``assets/example-task-vector.safetensors`` is what the Upload page offers for download on the embedded
+    default: it must validate against the committed base, or the page hides it (``python assets/make_example.py``
+    remakes it after a rebuild)."""
+    from arith.bundle import load_bundle
+    from arith.taskvec import load_task_vector
+
+    base = load_bundle(DEFAULT, verify=False).base
+    tv = load_task_vector(ROOT / "assets" / "example-task-vector.safetensors", base)
+    assert tv.base_id == base.id and tv.mode == "attn" and tv.task in index.task_names
