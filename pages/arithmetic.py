@@ -48,11 +48,16 @@ with guard("Evaluating the edited model"):
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
     c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
     st.plotly_chart(charts.accuracy_bars(acc, zs, ft, tasks, mode), key="acc_bars")
-    lam = {ex.catalog(mode, ctx.extra())[n]: v for n, v in ctx.coefs.items()}
+    lam: dict[str, list[tuple[str, float]]] = {}  # task -> its vectors' (name, λ): a workspace vector may share a task
+    task_of = ex.catalog(mode, ctx.extra())
+    for n, v in ctx.coefs.items():
+        lam.setdefault(task_of[n], []).append((n, v))
+    shared = any(len(v) > 1 for v in lam.values())
     table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],
                           "zero-shot (%)": [100 * zs.get(t, float("nan")) for t in acc],
                           f"fine-tuned alone, {mode} (%)": [100 * ft[t] if t in ft else float("nan") for t in acc],
-                          "λ": [lam.get(t, 0.0) for t in acc]})
+                          "λ": [(" + ".join(f"{v:g} ({n})" for n, v in lam[t]) if t in lam else "0") if shared
+                                else lam[t][0][1] if t in lam else 0.0 for t in acc]})
     st.dataframe(table, hide_index=True, key="acc_table",
                  column_config={c: st.column_config.NumberColumn(format="%.1f") for c in table.columns[1:4]})
 

@@ -32,7 +32,8 @@ with guard("Coefficient set"):
                              vectors=vectors, method=ctx.method)
     text = json.dumps(record, indent=1, sort_keys=True)
     st.download_button("Download the coefficient set", text, file_name=f"coefficients-{ctx.mode}.json",
-                       mime="application/json", key="export_json")
+                       mime="application/json", key="export_json",
+                       on_click="ignore")
     with st.expander("Show the JSON"):
         st.code(text, language="json")
 
@@ -74,7 +75,8 @@ coefs_now, vecs_now = dict(ctx.coefs), {n: vectors[n] for n in ctx.coefs}
 theta0, base_id, mode, method = b.base.params, b.base.id, ctx.mode, ctx.method
 st.download_button("Download the merged weights", lambda: merged_safetensors(theta0, vecs_now, coefs_now, base_id=base_id,
                                                                               mode=mode, method=method),
-                   file_name=f"merged-{ctx.mode}.safetensors", mime="application/octet-stream", key="export_weights")
+                   file_name=f"merged-{ctx.mode}.safetensors", mime="application/octet-stream", key="export_weights",
+                   on_click="ignore")
 
 st.subheader("Share")
 params = link_params(ctx)

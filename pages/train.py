@@ -1,5 +1,6 @@
 """View 6, train: fine-tune a task vector for a task and mode from the app; it joins the session's workspace."""
 
+import math
 import os
 
 import streamlit as st
@@ -53,12 +54,14 @@ recipe = (f"Bundle recipe for {mode_label(mode)}" if own else
           f"The bundle has no recipe for {mode_label(mode)}; the engine's defaults")
 plan = b.manifest.get("plan", {})
 
-with st.form("train_form", border=True):
+with st.form("train_form", border=True, enter_to_submit=False):  # only the button starts a run
     c1, c2, c3, c4 = st.columns(4)
     # one set of fields per mode, each starting from that mode's recipe: a keyed input keeps its value whatever
     # default it is given later, in the browser too, so a field shared by the modes would keep another mode's lr
     steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key=f"train_steps::{mode}")
-    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), format="%.2e", key=f"train_lr::{mode}")
+    # ± moves by a tenth of the recipe's decade (1e-4 around 1e-3): the widget's own step, 0.01, jumps lr by 10×
+    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), step=10.0 ** (math.floor(math.log10(cfg0.lr)) - 1),
+                         format="%.2e", key=f"train_lr::{mode}")
     batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key=f"train_batch::{mode}")
     seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key=f"train_seed::{mode}")
     c1, c2 = st.columns(2)
@@ -113,10 +116,10 @@ if go:
 last = st.session_state.get("train_last")
 if last and last["base_id"] == b.base.id:
     ws = ctx.workspace
+    elsewhere = f" (switch the mode to {mode_label(last['mode'])} to see it)" if last["mode"] != ctx.mode else ""
     st.success(f"Trained {last['name']!r}: {last['steps']} steps in {last['seconds']:.1f} s, final loss "
                f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and selected in the sidebar"
-               f"{' (switch the mode to ' + mode_label(last['mode']) + ' to see it)' if last['mode'] != ctx.mode else ''}.",
-               icon="✅")
+               f"{elsewhere} at λ = 0: move its slider to add it.", icon="✅")
     if "accuracy" in last:
         c1, c2 = st.columns(2)
         c1.metric(f"{last['task']}: test accuracy, θ0 + τ", pct(last["accuracy"]))
@@ -127,7 +130,7 @@ if last and last["base_id"] == b.base.id:
             tv = ws[last["name"]]
             st.download_button("Download the task vector (.safetensors)", lambda: tv.to_bytes(),
                                file_name=f"{last['task']}-{last['mode']}.safetensors", key="train_download",
-                               mime="application/octet-stream")
+                               mime="application/octet-stream", on_click="ignore")
     else:
         st.caption(f"{last['name']!r} was removed from the workspace.")
 elif not go:

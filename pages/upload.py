@@ -39,6 +39,7 @@ if EXAMPLE.is_file():
     try:
         load_task_vector(data, base)
         st.download_button("Download an example task vector", data, file_name=EXAMPLE.name, key="upload_example",
+                           on_click="ignore",
                            help="A vector for the embedded default bundle; upload it back to try the workflow.")
     except ValueError:
         st.caption(f"The example file `{EXAMPLE.relative_to(ROOT)}` is for another base model (the embedded default).")
@@ -91,7 +92,8 @@ for f in files or []:
     name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
     request_select([name])
     new_results.append({"id": f.file_id, "file": f.name, "ok": True, "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, "
-                                                               f"{len(tv.tensors)} tensors, ‖τ‖ = {tv.norm():.4g}"})
+                                                               f"{len(tv.tensors)} tensors, ‖τ‖ = {tv.norm():.4g}; selected "
+                                                               "in the sidebar at λ = 0 (move its slider to add it)"})
 if new_results:
     log[:0] = new_results
     if any(r["ok"] for r in new_results):

@@ -11,6 +11,7 @@ import json
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as st_save
@@ -291,7 +292,7 @@ def _bad_files(bundle) -> dict[str, tuple[bytes, str]]:
     other = tiny_base(seed=1)
     other_meta = dict(meta, **{Meta.BASE: other.id})
     return {
-        "garbage.safetensors": (b"this is not a tensor file, just some text", "header length"),
+        "garbage.safetensors": (b"this is not a tensor file, just some text", "the file is text"),
         "weights.pt": (pickle.dumps({"a": 1}), "pickle"),
         "wrong-shape.safetensors": (st_save(wrong_shape, metadata=meta), "shape"),
         "nan.safetensors": (st_save(nan, metadata=meta), "non-finite"),
@@ -330,6 +331,8 @@ def test_upload_accepts_valid_files_and_names_each_problem(new_app, bundle, engi
     ref = engine.evaluate("attn", coefs, extra={"stripes-half": ws["stripes-half"]})
     assert coefs["stripes-half"] == 1.0
     assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
+    lam = dict(zip(table(at, "λ")["task"], table(at, "λ")["λ"]))  # stripes has two vectors: both λ are shown
+    assert f"{coefs[STRIPES]:g} ({STRIPES})" in lam[STRIPES] and "1 (stripes-half)" in lam[STRIPES], lam
     at.switch_page("pages/vectors.py").run()
     clean(at)
     assert "stripes-half" in set(table(at, "L2 norm")["vector"])
@@ -385,14 +388,17 @@ def test_training_a_few_steps_adds_a_vector(new_app):
     assert list(ws) == ["quads-quick"] and ws["quads-quick"].task == QUADS and ws["quads-quick"].mode == "attn"
     assert ws["quads-quick"].meta[Meta.STEPS] == "3"
     assert any("Trained 'quads-quick'" in s.value for s in at.success)
-    assert len(at.get("download_button")) == 1
+    assert len(at.get("download_button")) == 1 and at.get("download_button")[0].proto.ignore_rerun
     assert "quads-quick" in at.sidebar.multiselect(key="w_tasks").value
 
 
 def test_the_train_form_follows_the_chosen_modes_recipe_and_selects_in_that_mode(new_app, bundle):
     at = new_app()
     at.switch_page("pages/train.py").run()
-    at.number_input(key="train_lr::attn").set_value(0.0123).run()
+    lr = at.number_input(key="train_lr::attn")
+    assert lr.proto.step == pytest.approx(10 ** (np.floor(np.log10(bundle.finetune_config("attn").lr)) - 1))  # not 0.01
+    assert [f.proto.form.enter_to_submit for f in at.get("form")] == [False]  # Enter in a field starts nothing
+    lr.set_value(0.0123).run()
     at.selectbox(key="train_mode").set_value("full").run()
     clean(at)
     assert at.number_input(key="train_lr::full").value == pytest.approx(bundle.finetune_config("full").lr)
@@ -421,7 +427,10 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
     at.sidebar.slider(key=f"w_coef::{QUADS}").set_value(-0.5).run()
     at.switch_page("pages/export.py").run()
     clean(at)
-    assert len(at.get("download_button")) == 2  # coefficient set and merged weights
+    downloads = at.get("download_button")
+    assert len(downloads) == 2  # coefficient set and merged weights
+    # a click does not rerun the page: a rerun would drop the other button's file, which is built on click
+    assert all(d.proto.ignore_rerun for d in downloads)
     record = parse_coefficient_set(at.code[0].value, bundle.base.id)
     assert record["mode"] == "attn" and record["coefficients"][QUADS] == -0.5
     assert "c.synthetic-quadrants=-0.5" in at.code[1].value  # the share link
