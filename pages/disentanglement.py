@@ -16,7 +16,8 @@ ex = ctx.ex
 st.title("Weight disentanglement")
 st.caption("ξ(α1, α2) = Σ_t E_x∼D_t 1[f_t(x; θ0 + α_t τ_t) ≠ f_t(x; θ0 + α1 τ1 + α2 τ2)]: how often adding the other "
            "task's vector changes a task's predictions (0 = perfectly disentangled; at most 2). "
-           "Click a cell to set the two coefficients.")
+           "Click a cell to open that model, θ0 + α1 τ1 + α2 τ2: the sidebar then selects just these two tasks at the "
+           "cell's coefficients (the other tasks keep theirs for when you add them back).")
 
 names = ctx.names()
 if len(names) < 2:
@@ -83,7 +84,7 @@ with guard("ξ grids"):
             if points:
                 values = xi_click(points[0], t1, t2)
                 if values:
-                    set_coefs(values, select=True, untie=True)
+                    set_coefs(values, only=True, untie=True)  # the cell's model: θ0 + α1 τ1 + α2 τ2
 
         cols = st.columns(2 if len(shown) == 4 else min(3, len(shown)))
         for i, (m, r) in enumerate(shown.items()):

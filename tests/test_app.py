@@ -259,6 +259,16 @@ def test_a_link_reproduces_the_view(new_app):
     assert not bad.exception
     assert any("not a number" in w.value for w in bad.sidebar.warning)
     assert len(bad.sidebar.slider) == 1
+    # what the link asks for and the bundle lacks is named, once each, and the view opens on what it has
+    odd = new_app({"mode": "bogus", "tasks": [STRIPES, "nope"], f"c.{STRIPES}": "9", "c.zzz": "9"})
+    clean(odd)
+    notes = [w.value for w in odd.sidebar.warning]
+    assert odd.sidebar.selectbox(key="w_mode").value == "attn" and odd.sidebar.multiselect(key="w_tasks").value == [STRIPES]
+    assert any("mode 'bogus' is not in this bundle" in n for n in notes), notes
+    assert any("no attn task vector named 'nope', 'zzz'" in n for n in notes), notes
+    assert any(f"coefficient '{STRIPES}'=9 clipped" in n for n in notes) and not any("'zzz'=9" in n for n in notes)
+    odd.run()
+    assert not odd.sidebar.warning  # shown once, on the run that read the link
 
 
 def test_two_sessions_do_not_affect_each_other(new_app, bundle):

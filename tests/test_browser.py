@@ -208,7 +208,7 @@ def test_the_pair_heatmap_shows_which_vector_costs_which_task(server, page):
                     clip={"x": box["x"], "y": max(0, box["y"]), "width": box["width"], "height": box["height"]})
 
 
-def test_clicking_a_xi_cell_sets_both_coefficients(server, page):
+def test_clicking_a_xi_cell_opens_that_model(server, page):
     page.goto(server + "/disentanglement")
     _settle(page, "Weight disentanglement")
     cells = page.locator(".js-plotly-plot .nsewdrag").first
@@ -217,11 +217,13 @@ def test_clicking_a_xi_cell_sets_both_coefficients(server, page):
     box = cells.bounding_box()
     # the bottom-left cell's centre: α1 (rows, upwards) = α2 (columns) = −2
     page.mouse.click(box["x"] + box["width"] * 0.5 / n, box["y"] + box["height"] * (1 - 0.5 / n))
-    # the pair's two sliders (wherever they stand in the sidebar) move to −2; no other slider does
+    # the pair's two sliders move to −2, and they are the only tasks selected: θ0 − 2 τ1 − 2 τ2, the cell's model
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stSidebar\"] "
                            "[data-testid=\"stSliderThumbValue\"]')].filter(e => e.innerText === '-2.00').length === 2",
                            timeout=60_000)
+    _settle(page, "Weight disentanglement")
     assert _slider_values(page).count("-2.00") == 2
+    assert page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-baseweb="tag"]').count() == 2
 
 
 def test_training_can_be_cancelled_and_merged_weights_download(server, page, tmp_path):

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -294,14 +294,17 @@ def snap(v: float) -> float:
     return round(round(v / COEF_STEP) * COEF_STEP, 4)
 
 
-def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = False) -> None:
+def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = False, only: bool = False) -> None:
     """Set coefficients (and their sliders).  Call before the sidebar renders (a callback, or a button handled
-    above the sliders).  ``select`` adds the names to the selected tasks; ``untie`` switches the tie off."""
+    above the sliders).  ``select`` adds the names to the selected tasks, ``only`` makes them the only ones (the
+    others keep their λ for when they are selected again); ``untie`` switches the tie off."""
     store = st.session_state.setdefault(S_COEFS, {})
     for name, v in values.items():
         store[name] = snap(v)
         st.session_state[COEF_PREFIX + name] = store[name]
-    if select:
+    if only:
+        st.session_state[K_TASKS] = list(values)
+    elif select:
         cur = list(st.session_state.get(K_TASKS, []))
         st.session_state[K_TASKS] = cur + [n for n in values if n not in cur]
     if untie:
@@ -326,7 +329,8 @@ def default_alpha(ex: Explorer, mode: str) -> float:
 # -- URL --------------------------------------------------------------------------------------------------------------
 def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
     """Read the owned query parameters (each a list of values) into choices; returns (choices, notes on what was
-    ignored)."""
+    ignored).  Names are checked against the bundle later (:func:`link_notes`); so are clipped coefficients, so that
+    a coefficient for a name the bundle lacks is called unknown, not clipped (``choices["clipped"]``)."""
     out: dict = {}
     notes: list[str] = []
     for key in ("bundle", "mode"):
@@ -347,11 +351,29 @@ def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
                 notes.append(f"coefficient {key[2:]!r}={values[-1]!r} is not a number")
                 continue
             if not COEF_MIN <= v <= COEF_MAX:
-                notes.append(f"coefficient {key[2:]!r}={v:g} clipped to [{COEF_MIN:g}, {COEF_MAX:g}]")
+                out.setdefault("clipped", {})[key[2:]] = v
             coefs[key[2:]] = snap(v)
     if coefs:
         out["coefs"] = coefs
     return out, notes
+
+
+def link_notes(choices: Mapping, bundles: Sequence[str], bundle: str, modes: Sequence[str], mode: str,
+               names: Sequence[str]) -> list[str]:
+    """What a link asked for that the opened view does not have: another bundle or mode, unknown vector names
+    (in ``tasks`` or a coefficient), and coefficients clipped to the slider range."""
+    notes = []
+    if choices.get("bundle") not in (None, bundle):
+        notes.append(f"bundle {choices['bundle']!r} is not here (bundles: {', '.join(bundles)})")
+    if choices.get("mode") not in (None, mode):
+        notes.append(f"mode {choices['mode']!r} is not in this bundle (modes: {', '.join(modes)})")
+    unknown = [n for n in [*choices.get("tasks", []), *choices.get("coefs", {})] if n not in names]
+    if unknown:
+        notes.append(f"no {mode} task vector named {', '.join(repr(n) for n in dict.fromkeys(unknown))}")
+    for n, v in choices.get("clipped", {}).items():
+        if n in names:
+            notes.append(f"coefficient {n!r}={v:g} clipped to [{COEF_MIN:g}, {COEF_MAX:g}]")
+    return notes
 
 
 def link_params(ctx: Context, multiple_bundles: bool = True) -> dict[str, str | list[str]]:
@@ -410,7 +432,8 @@ def sidebar() -> Context | None:
     refs = discover_bundles()
     if not refs:
         return None
-    if S_PENDING not in ss:  # a session's first run: read the link
+    first_run = S_PENDING not in ss
+    if first_run:  # a session's first run: read the link
         raw = {k: st.query_params.get_all(k) for k in st.query_params.keys()}
         ss[S_PENDING], ss[S_NOTES] = parse_link(raw)
     pending: dict = ss[S_PENDING]
@@ -471,6 +494,8 @@ def sidebar() -> Context | None:
         ss[S_COEFS].update(pending.get("coefs", {}))
         if pending.get("tie"):
             ss[K_TIE] = True
+    if first_run:
+        ss[S_NOTES] = [*ss.get(S_NOTES, []), *link_notes(pending, labels, ref.label, modes, mode, names)]
     tasks = sb.multiselect("Tasks", names, key=K_TASKS, help="The task vectors to add; the others get λ = 0.")
 
     # presets (before the sliders, so they may set the sliders' values in this run)
