@@ -398,15 +398,25 @@ class Explorer:
             self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], progress=progress))
 
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
+        """Task negation of the bundle's ``target`` vector in ``mode`` (θ0 − λ τ, λ chosen on validation; the other
+        tasks, or ``controls``, as control): precomputed when the bundle has it, else computed and memoised."""
         controls = [c for c in (controls or self.tasks) if c != target]
-        pre = self._precomputed("negation", mode, target, need=("controls", "alpha", "target", "control", "curve"))
-        if pre and pre.get("controls") == controls and self.uses_all_images:
-            return pre
+        ready = self.cached_negation(mode, target, controls)
+        if ready is not None:
+            return ready
         tv = self.vectors(mode)[target]
         from .protocols import task_negation
 
         return self._memoised(("neg", mode, target, tuple(controls)),
                               lambda: task_negation(self.evaluator(), tv, target, controls, progress=progress))
+
+    def cached_negation(self, mode: str, target: str, controls: Sequence[str] | None = None) -> dict | None:
+        """What :meth:`negation` would return if it is available without computing (precomputed or memoised)."""
+        controls = [c for c in (controls or self.tasks) if c != target]
+        pre = self._precomputed("negation", mode, target, need=("controls", "alpha", "target", "control", "curve"))
+        if pre and pre.get("controls") == controls and self.uses_all_images:
+            return pre
+        return self._memo.get(("neg", mode, target, tuple(controls)))
 
     def xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
            extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:

@@ -8,7 +8,7 @@ from arith.metrics import summarize
 from arith.report import interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
-from ui.state import context, mode_label
+from ui.state import context, mode_label, set_coefs
 
 ctx = context()
 st.title("Task arithmetic")
@@ -147,8 +147,8 @@ with guard("Task-addition sweep"):
                 if not choices:
                     st.info("Select at least two tasks to see which vector costs which.")
                 else:
-                    if st.session_state.get("pairs_mode") not in choices:
-                        st.session_state.pop("pairs_mode", None)
+                    if st.session_state.get("pairs_mode") not in choices:  # opens on the sidebar's mode
+                        st.session_state["pairs_mode"] = mode if mode in choices else choices[0]
                     pm = st.selectbox("Mode", choices, format_func=mode_label, key="pairs_mode", persist_state="session")
                     # the bundle's stored matrix is drawn at once; any other is computed only when asked
                     if ex.pairs_stored(pm, curves[pm]["tasks"]) or st.toggle(
@@ -165,3 +165,37 @@ with guard("Task-addition sweep"):
                         st.caption(f"If their one-at-a-time costs added up, the other vectors would cost a task "
                                    f"{charts.fixed(100 * pairs['additive_cost'])} points on average (the rows' mean sum); "
                                    f"all of them at once cost it {charts.fixed(100 * others)} (the table above).")
+
+st.subheader("Task negation (forgetting)")
+st.caption("θ0 − λ τ_t for each task t in this mode, with λ chosen on the validation splits: the largest drop of task "
+           "t's accuracy that keeps the other tasks (the control) at ≥ 95 % of their zero-shot accuracy. Test "
+           "accuracy at that λ; switch the sidebar's mode to compare modes.")
+with guard("Task negation"):
+    own = ex.catalog(mode)
+    targets = [t for t in ex.tasks if own.get(t) == t]  # the bundle's vector of each task
+    ready = {t: ex.cached_negation(mode, t) for t in targets}
+    missing = [t for t, r in ready.items() if r is None]
+    if missing:
+        st.info(f"Not precomputed in {mode_label(mode)}: {', '.join(missing)} (21 values of λ each, on validation).")
+        if st.button(f"Compute negation for {len(missing)} task(s)", key="neg_compute"):
+            for t in missing:
+                bar = Progress(f"Negating {t} ({mode_label(mode)})")
+                try:
+                    ready[t] = ex.negation(mode, t, progress=bar)
+                finally:
+                    bar.done()
+    done = {t: r for t, r in ready.items() if r is not None}
+    if done:
+        st.dataframe(pd.DataFrame([{"task": t, "λ (negated)": -r["alpha"], "target (%)": 100 * r["target"],
+                                    "target zero-shot (%)": 100 * r["zeroshot_target"], "control (%)": 100 * r["control"],
+                                    "control zero-shot (%)": 100 * r["zeroshot_control"],
+                                    "constraint met": r["constraint_met"]} for t, r in done.items()]),
+                     hide_index=True, key="neg_table",
+                     column_config={"λ (negated)": st.column_config.NumberColumn(format="%.2f"),
+                                    **{c: st.column_config.NumberColumn(format="%.1f") for c in (
+                                        "target (%)", "target zero-shot (%)", "control (%)", "control zero-shot (%)")}})
+        c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
+        target = c1.selectbox("Negated model to open", list(done), key="neg_task")
+        c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=set_coefs,
+                  args=({target: -done[target]["alpha"]},), kwargs={"only": True, "untie": True},
+                  help="Selects just this task in the sidebar, at its negation λ: the views above then show that model.")

@@ -36,8 +36,8 @@ if st.session_state.get("xi_t2") not in others:
     st.session_state["xi_t2"] = first[1] if first[1] in others else others[0]
 t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2", persist_state="session")
 with c3:
-    rep = st.toggle("Representation level (heads dropped: 1 − cos of encoder outputs)", key="xi_rep",
-                    persist_state="session")
+    rep = st.toggle("Representation level", key="xi_rep", persist_state="session",
+                    help="Heads dropped: ξ counts 1 − cos between the encoder outputs instead of changed predictions.")
 variant = "representation" if rep else "prediction"
 
 # the grid: the one the bundle precomputed, else the papers' 15 × 15 on [−2, 2]

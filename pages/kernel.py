@@ -4,7 +4,7 @@ weights (attention vs MLP) behave like a kernel."""
 import pandas as pd
 import streamlit as st
 
-from arith.report import summary_row
+from arith.report import results_rows, summary_row
 from ui import charts
 from ui.common import Progress, guard
 from ui.state import context, mode_label
@@ -45,8 +45,13 @@ with guard("Kernel diagnostics"):
     fmt.update({c: st.column_config.NumberColumn(format="%.4f") for c in
                 ("rel. error, logits", "rel. error, features", "non-linear advantage")})
     st.dataframe(table, hide_index=True, key="kernel_table", column_config=fmt)
+    over_all = {r["mode"]: r["kernel agreement"] for r in results_rows(ex.index) if r["kernel agreement"] is not None}
+    if over_all:  # the bundle's precomputed diagnostics, every task (the README's results table)
+        st.caption(f"Agreement at s = 1, mean over the bundle's {len(ex.tasks)} tasks: "
+                   + ", ".join(f"{mode_label(m)} {100 * v:.1f} %" for m, v in over_all.items()) + ".")
     st.caption("Relative error ‖f − f_lin‖ / ‖f − f(θ0)‖; non-linear advantage (acc_nonlinear − acc_linear) / (1 − 1/C) "
-               "(Ortiz-Jimenez et al. 2023).")
+               "(Ortiz-Jimenez et al. 2023). For the linearized mode, whose own model is the linearized one, the "
+               "non-linear model is its τ run through the ordinary network: a post-hoc check.")
 
     st.subheader("Along θ0 + sτ")
     a, b = st.columns(2)
@@ -60,9 +65,11 @@ with guard("Kernel diagnostics"):
     a, b = st.columns(2)
     a.plotly_chart(charts.restricted_bars(rows, "rel_error_logits", "relative error of the logits"), key="kernel_r_err")
     b.plotly_chart(charts.restricted_bars(rows, "agreement", "prediction agreement (%)", percent=True), key="kernel_r_agree")
-    frac = pd.DataFrame([{"mode": mode_label(m), **{f"share of ‖τ‖, {s}": (r["restricted"][s] or {}).get("norm_fraction")
+    frac = pd.DataFrame([{"mode": mode_label(m), **{f"‖τ_part‖ / ‖τ‖, {s}": (r["restricted"][s] or {}).get("norm_fraction")
                                                      for s in ("attention", "mlp", "all")}}
                          for m, r in reports.items()])
     st.dataframe(frac, hide_index=True, key="kernel_fracs",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frac.columns if c != "mode"})
-    st.caption("Share of ‖τ‖ on each part (None: the mode's vector has none there).")
+    st.caption("The norm of τ restricted to each part over the norm of τ (None: the mode's vector has none there). "
+               "A ratio of norms: the squares of the parts add up to at most 1, the rest being embeddings, "
+               "LayerNorms and biases.")

@@ -20,6 +20,7 @@ from arith.bundle import load_bundle
 from arith.explore import Explorer
 from arith.export import parse_coefficient_set
 from arith.models import fingerprint
+from arith.report import results_rows
 from arith.specs import Files, Meta
 from ui.charts import fixed
 from ui.state import mode_label
@@ -80,7 +81,7 @@ def engine(bundle_dir):
 
 # -- every view ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("page", list(PAGES))
-def test_every_view_renders_on_the_bundle(new_app, page):
+def test_every_view_renders_on_the_bundle(new_app, page, bundle_dir):
     at = new_app()
     at.switch_page(page).run()
     clean(at)
@@ -94,6 +95,9 @@ def test_every_view_renders_on_the_bundle(new_app, page):
         assert not [b for b in at.button if b.key == "xi_compute"]
     if page.endswith("kernel.py"):
         assert len(table(at, "accuracy, non-linear (%)")) == 4
+        means = {r["mode"]: r["kernel agreement"] for r in results_rows(load_bundle(bundle_dir))}
+        over_all = next(c.value for c in at.caption if c.value.startswith("Agreement at s = 1, mean over"))
+        assert f"{mode_label('attn')} {100 * means['attn']:.1f} %" in over_all and mode_label("linear") not in over_all
     if page.endswith("vectors.py"):
         assert len(table(at, "L2 norm")) == 12
         # the per-layer profile: one colour per task whatever the mode, one line style per mode
@@ -179,6 +183,24 @@ def assert_heatmap(at, pairs):
     assert heat["data"][0]["x"] == pairs["tasks"] and z[0][0] is None
     assert z[0][1] == pytest.approx(100 * pairs["cost"][0][1]) and z[1][0] == pytest.approx(100 * pairs["cost"][1][0])
     assert any(f"{fixed(100 * pairs['additive_cost'])} points" in c.value for c in at.caption)  # as the table rounds
+
+
+def test_negation_shows_the_bundles_results_and_opens_each_negated_model(new_app, engine):
+    at = new_app()
+    clean(at)
+    rows = table(at, "λ (negated)")
+    assert list(rows["task"]) == engine.tasks
+    for t, lam in zip(rows["task"], rows["λ (negated)"]):  # the bundle's precomputed protocol, per task
+        assert lam == -engine.negation("attn", t)["alpha"]
+    neg = engine.negation("attn", COLOURS)
+    at.selectbox(key="neg_task").set_value(COLOURS).run()
+    at.button(key="neg_open").click().run()
+    clean(at)
+    # just θ0 − λ τ: the one task selected at −λ, and its accuracy is the protocol's test target
+    assert at.sidebar.multiselect(key="w_tasks").value == [COLOURS]
+    assert at.sidebar.slider(key=f"w_coef::{COLOURS}").value == -neg["alpha"]
+    assert shown_accuracy(at)[COLOURS] == pytest.approx(100 * neg["target"])
+    assert metric(at, "All tasks, absolute") == f"{100 * engine.evaluate('attn', {COLOURS: -neg['alpha']})['absolute']:.1f}%"
 
 
 def test_view_choices_persist_across_pages(new_app):

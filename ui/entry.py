@@ -63,7 +63,8 @@ def no_bundle() -> None:
 def main() -> None:
     """One run of the app: sidebar, then the chosen page (or the getting-started page when no bundle opens)."""
     state.leave_legacy_pages_mode()  # before any widget: keeps widget identities stable from the first run on
-    st.set_page_config(page_title="Task Arithmetic Explorer", page_icon=":material/functions:", layout="wide")
+    # an emoji favicon is an inline SVG; a :material/…: one is fetched from fonts.gstatic.com, unreachable offline
+    st.set_page_config(page_title="Task Arithmetic Explorer", page_icon="🧮", layout="wide")
     ctx = state.sidebar()
     if ctx is None:
         page = st.navigation([st.Page(no_bundle, title="Get started", icon=":material/rocket_launch:", url_path="start")])
