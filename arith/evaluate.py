@@ -43,11 +43,12 @@ class Evaluator:
 
     ``data[task][split]`` are uint8 splits; ``max_per_task`` keeps the first n images of each (the fixed
     interactive subset); ``batch_size`` bounds memory of a forward pass.  ``autocast`` (``"fp16"`` or ``"bf16"``)
-    runs the non-linear forward passes under ``torch.autocast`` for speed on a GPU: the merged weights θ0 + Σ λ τ
-    are still formed in fp32 (τ is never rounded), only the matrix products of the forward pass are.  Off by
-    default; linearized (JVP) passes always run in fp32.  Caches are bounded: J τ by ``cache_size`` entries and
-    ``jvp_cache_mb``, shared θ0 activations by 4 entries of at most ``prefix_cache_mb`` each.  On a GPU, task vectors
-    are copied there on first use and kept, so a slider move merges on the GPU and moves nothing: a ViT-B/32
+    runs the non-linear forward passes of merged models under ``torch.autocast`` for speed on a GPU: the merged
+    weights θ0 + Σ λ τ are still formed in fp32 (τ is never rounded), only the matrix products of the forward pass
+    are.  Off by default; f(x; θ0) (zero-shot, the constant term of the linear model) and the linearized (JVP) passes
+    always run in fp32.  Caches are bounded: J τ by ``cache_size`` entries and ``jvp_cache_mb``, shared θ0
+    activations by 4 entries of at most ``prefix_cache_mb`` each.  On a GPU, task vectors are copied there on first
+    use and kept, so a slider move merges on the GPU and moves nothing: a ViT-B/32
     bundle's vectors are 0.1–0.35 GB each, and summing eight on the CPU then moving the sum cost 0.04–0.18 s of a
     0.45–0.60 s move (BENCHMARKS.md, *GPU*).  The kept copies are the vectors' own values (the CPU originals are never
     written to), in one cache per device that every evaluator of the process shares (:func:`shared_vector_cache`:
@@ -222,7 +223,11 @@ class Evaluator:
     def merged_features(self, vectors: Sequence[TaskVector], coefs: Sequence[float], split: str,
                         tasks: Sequence[str] | None = None, method: str = "task_arithmetic",
                         linearized: bool | None = None) -> torch.Tensor:
-        """Features of the merged model θ0 + δ(vectors, coefs); a linearized mode's merge is the linear model."""
+        """Features of the merged model θ0 + δ(vectors, coefs); a linearized mode's merge is the linear model.
+        With no vectors it is θ0 in every mode: :meth:`f0`, the one f(x; θ0) that zero-shot and the linear model use."""
+        if not vectors:
+            _, _, rows = self._select(split, tasks)
+            return self.f0(split) if rows is None else self.f0(split)[rows]
         if linearized is None:
             linearized = bool(vectors) and all(v.linearized for v in vectors)
         if linearized and get_merge_method(method).linear:

@@ -42,6 +42,8 @@ _ONE_LOAD_AT_A_TIME = threading.Lock()
 
 
 XI_FIELDS = ("alpha1", "alpha2", "prediction", "representation", "tasks")
+NEGATION_FIELDS = ("controls", "alpha", "target", "control", "curve", "zeroshot_target", "zeroshot_control",
+                   "constraint_met")
 
 
 def round_coefs(coefs: Mapping[str, float], digits: int = 4) -> tuple[tuple[str, float], ...]:
@@ -413,7 +415,7 @@ class Explorer:
     def cached_negation(self, mode: str, target: str, controls: Sequence[str] | None = None) -> dict | None:
         """What :meth:`negation` would return if it is available without computing (precomputed or memoised)."""
         controls = [c for c in (controls or self.tasks) if c != target]
-        pre = self._precomputed("negation", mode, target, need=("controls", "alpha", "target", "control", "curve"))
+        pre = self._precomputed("negation", mode, target, need=NEGATION_FIELDS)
         if pre and pre.get("controls") == controls and self.uses_all_images:
             return pre
         return self._memo.get(("neg", mode, target, tuple(controls)))

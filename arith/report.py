@@ -51,6 +51,20 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
     return rows
 
 
+def kernel_agreement(results: dict) -> dict[str, tuple[float, int]]:
+    """Mean agreement at s = 1 per mode over the tasks whose stored kernel diagnostics have it: {mode: (mean, tasks)}.
+    Reads ``results["kernel"]`` only and skips malformed entries, so a page can show it beside its own numbers."""
+    out = {}
+    per_mode = results.get("kernel")
+    for mode, per_task in (per_mode.items() if isinstance(per_mode, dict) else ()):
+        vals = [k["at_1"]["agreement"] for k in (per_task.values() if isinstance(per_task, dict) else ())
+                if isinstance(k, dict) and isinstance(k.get("at_1"), dict)
+                and isinstance(k["at_1"].get("agreement"), (int, float))]
+        if vals:
+            out[mode] = (statistics.fmean(vals), len(vals))
+    return out
+
+
 PCT = ("zero-shot", "single-task", "addition abs", "addition norm", "negation target", "negation control",
        "kernel agreement")
 

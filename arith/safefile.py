@@ -52,7 +52,7 @@ def _sniff(prefix: bytes) -> str | None:
 def _garbage(data: bytes) -> str | None:
     """What a file whose first 8 bytes give an impossible header length most likely is, when the byte after them
     is not the ``{`` that opens every safetensors header (as opposed to a real header cut short)."""
-    if data[8:9] == b"{":
+    if data[8:9] in (b"{", b""):  # a header, or nothing after the length: a file cut short
         return None
     head, text = data[:64], None
     for cut in range(4):  # a multi-byte character may straddle byte 64
@@ -61,6 +61,7 @@ def _garbage(data: bytes) -> str | None:
             break
         except UnicodeDecodeError:
             continue
+    text = text and text.removeprefix("\ufeff")  # a byte-order mark opens some text files
     if text and all(c.isprintable() or c in "\t\r\n" for c in text):
         return f"the file is text (it begins {text[:24]!r}), not safetensors"
     return "not a safetensors file: its first 8 bytes are not a header length and no JSON header follows them"
@@ -86,8 +87,9 @@ def parse_header(data: bytes, file_size: int | None = None) -> tuple[dict, dict[
     if size < 8:
         raise SafetensorsError(f"the file is {size} bytes: too short for the 8-byte header length of safetensors")
     n = int.from_bytes(data[:8], "little")
-    if (n > MAX_HEADER_BYTES or 8 + n > size) and _garbage(data):
-        raise SafetensorsError(_garbage(data))
+    garbage = _garbage(data) if n > MAX_HEADER_BYTES or 8 + n > size else None
+    if garbage:
+        raise SafetensorsError(garbage)
     if n > MAX_HEADER_BYTES:
         raise SafetensorsError(f"header length {n} bytes is over the {MAX_HEADER_BYTES}-byte cap")
     if 8 + n > size:

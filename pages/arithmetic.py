@@ -173,6 +173,9 @@ st.caption("θ0 − λ τ_t for each task t in this mode, with λ chosen on the 
 with guard("Task negation"):
     own = ex.catalog(mode)
     targets = [t for t in ex.tasks if own.get(t) == t]  # the bundle's vector of each task
+    if len(ex.tasks) < 2 or not targets:
+        st.info("Task negation needs a task vector of this bundle and at least one other task as the control.")
+        st.stop()
     ready = {t: ex.cached_negation(mode, t) for t in targets}
     missing = [t for t, r in ready.items() if r is None]
     if missing:
@@ -186,7 +189,7 @@ with guard("Task negation"):
                     bar.done()
     done = {t: r for t, r in ready.items() if r is not None}
     if done:
-        st.dataframe(pd.DataFrame([{"task": t, "λ (negated)": -r["alpha"], "target (%)": 100 * r["target"],
+        st.dataframe(pd.DataFrame([{"task": t, "λ (negated)": 0.0 - r["alpha"], "target (%)": 100 * r["target"],
                                     "target zero-shot (%)": 100 * r["zeroshot_target"], "control (%)": 100 * r["control"],
                                     "control zero-shot (%)": 100 * r["zeroshot_control"],
                                     "constraint met": r["constraint_met"]} for t, r in done.items()]),
@@ -195,7 +198,7 @@ with guard("Task negation"):
                                     **{c: st.column_config.NumberColumn(format="%.1f") for c in (
                                         "target (%)", "target zero-shot (%)", "control (%)", "control zero-shot (%)")}})
         c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
-        target = c1.selectbox("Negated model to open", list(done), key="neg_task")
+        target = c1.selectbox("Negated model to open", list(done), key="neg_task", persist_state="session")
         c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=set_coefs,
-                  args=({target: -done[target]["alpha"]},), kwargs={"only": True, "untie": True},
+                  args=({target: 0.0 - done[target]["alpha"]},), kwargs={"only": True, "untie": True},
                   help="Selects just this task in the sidebar, at its negation λ: the views above then show that model.")

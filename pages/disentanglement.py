@@ -9,15 +9,15 @@ import streamlit as st
 from arith.disentangle import GRID
 from ui import charts
 from ui.common import Progress, guard
-from ui.state import context, mode_label, set_coefs, snap, xi_click
+from ui.state import context, mode_label, request_view, snap, xi_click
 
 ctx = context()
 ex = ctx.ex
 st.title("Weight disentanglement")
 st.caption("ξ(α1, α2) = Σ_t E_x∼D_t 1[f_t(x; θ0 + α_t τ_t) ≠ f_t(x; θ0 + α1 τ1 + α2 τ2)]: how often adding the other "
            "task's vector changes a task's predictions (0 = perfectly disentangled; at most 2). "
-           "Click a cell to open that model, θ0 + α1 τ1 + α2 τ2: the sidebar then selects just these two tasks at the "
-           "cell's coefficients (the other tasks keep theirs for when you add them back).")
+           "Click a cell to open that model, θ0 + α1 τ1 + α2 τ2: the sidebar then switches to that panel's mode and "
+           "selects just these two tasks at the cell's coefficients.")
 
 names = ctx.names()
 if len(names) < 2:
@@ -78,20 +78,20 @@ with guard("ξ grids"):
         zmax = max(zmax, 1e-6)
         current = (ctx.coefs.get(t1, 0.0), ctx.coefs.get(t2, 0.0))
 
-        def on_click(key: str) -> None:
+        def on_click(key: str, m: str) -> None:
             event = st.session_state.get(key)
             points = (event or {}).get("selection", {}).get("points", [])
             if points:
                 values = xi_click(points[0], t1, t2)
                 if values:
-                    set_coefs(values, only=True, untie=True)  # the cell's model: θ0 + α1 τ1 + α2 τ2
+                    request_view(m, values)  # the cell's model, θ0 + α1 τ1 + α2 τ2, in the clicked panel's mode
 
         cols = st.columns(2 if len(shown) == 4 else min(3, len(shown)))
         for i, (m, r) in enumerate(shown.items()):
             key = f"xi_{m}_{t1}_{t2}_{variant}_{len(grid)}"
             with cols[i % len(cols)]:
                 st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current, names=(t1, t2), snap=snap),
-                                key=key, on_select=partial(on_click, key), selection_mode="points")
+                                key=key, on_select=partial(on_click, key, m), selection_mode="points")
         st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2}).")
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "mean ξ (prediction)": r["mean"]["prediction"],
                                     "mean ξ (representation)": r["mean"]["representation"]}

@@ -119,7 +119,8 @@ if last and last["base_id"] == b.base.id:
     elsewhere = f" (switch the mode to {mode_label(last['mode'])} to see it)" if last["mode"] != ctx.mode else ""
     st.success(f"Trained {last['name']!r}: {last['steps']} steps in {last['seconds']:.1f} s, final loss "
                f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and selected in the sidebar"
-               f"{elsewhere} at λ = 0: move its slider to add it.", icon="✅")
+               f"{elsewhere}, " + ("at the shared α (all coefficients are tied)." if ctx.tie else
+                                   "at λ = 0: move its slider to add it."), icon="✅")
     if "accuracy" in last:
         c1, c2 = st.columns(2)
         c1.metric(f"{last['task']}: test accuracy, θ0 + τ", pct(last["accuracy"]))

@@ -93,7 +93,9 @@ for f in files or []:
     request_select([name])
     new_results.append({"id": f.file_id, "file": f.name, "ok": True, "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, "
                                                                f"{len(tv.tensors)} tensors, ‖τ‖ = {tv.norm():.4g}; selected "
-                                                               "in the sidebar at λ = 0 (move its slider to add it)"})
+                                                               "in the sidebar " + ("at the shared α (all coefficients "
+                                                               "are tied)" if ctx.tie else "at λ = 0 (move its slider "
+                                                               "to add it)")})
 if new_results:
     log[:0] = new_results
     if any(r["ok"] for r in new_results):

@@ -95,9 +95,10 @@ def test_every_view_renders_on_the_bundle(new_app, page, bundle_dir):
         assert not [b for b in at.button if b.key == "xi_compute"]
     if page.endswith("kernel.py"):
         assert len(table(at, "accuracy, non-linear (%)")) == 4
-        means = {r["mode"]: r["kernel agreement"] for r in results_rows(load_bundle(bundle_dir))}
+        means = {r["mode"]: r["kernel agreement"] for r in results_rows(load_bundle(bundle_dir))}  # the README's
         over_all = next(c.value for c in at.caption if c.value.startswith("Agreement at s = 1, mean over"))
-        assert f"{mode_label('attn')} {100 * means['attn']:.1f} %" in over_all and mode_label("linear") not in over_all
+        assert f"{mode_label('attn')} {100 * means['attn']:.1f} % (3 tasks)" in over_all
+        assert f"{mode_label('linear')} " not in over_all
     if page.endswith("vectors.py"):
         assert len(table(at, "L2 norm")) == 12
         # the per-layer profile: one colour per task whatever the mode, one line style per mode
@@ -201,6 +202,27 @@ def test_negation_shows_the_bundles_results_and_opens_each_negated_model(new_app
     assert at.sidebar.slider(key=f"w_coef::{COLOURS}").value == -neg["alpha"]
     assert shown_accuracy(at)[COLOURS] == pytest.approx(100 * neg["target"])
     assert metric(at, "All tasks, absolute") == f"{100 * engine.evaluate('attn', {COLOURS: -neg['alpha']})['absolute']:.1f}%"
+
+
+def test_negation_missing_from_a_bundle_is_computed_on_demand(new_app, engine, copy, monkeypatch):
+    files = json.loads((copy / Files.MANIFEST).read_text())
+    for rel in [r for r in files["files"] if r.startswith("results/negation")]:
+        del files["files"][rel]
+        (copy / rel).unlink()
+    (copy / Files.MANIFEST).write_text(json.dumps(files))
+    monkeypatch.setenv("ARITH_BUNDLE", str(copy))
+    at = new_app()
+    clean(at)
+    assert not [d for d in at.dataframe if "λ (negated)" in d.value.columns]
+    at.button(key="neg_compute").click().run(timeout=300)
+    clean(at)
+    rows = table(at, "λ (negated)")
+    assert list(rows["task"]) == engine.tasks
+    for t, lam, target in zip(rows["task"], rows["λ (negated)"], rows["target (%)"]):  # the protocol, computed
+        ref = engine.negation("attn", t)
+        assert lam == -ref["alpha"] and target == pytest.approx(100 * ref["target"])
+    at.run()  # kept: the next run shows them without offering to compute again
+    assert table(at, "λ (negated)").equals(rows) and not [b for b in at.button if b.key == "neg_compute"]
 
 
 def test_view_choices_persist_across_pages(new_app):

@@ -293,7 +293,7 @@ def test_linearized_model_stays_fp32_under_autocast(bundle, ev):
     assert torch.equal(low.f0("test"), ev.f0("test"))
     vs, coefs = list(bundle.vectors["linear"].values()), [0.7, -0.4, 1.1]
     assert torch.equal(low.merged_features(vs, coefs, "test"), ev.merged_features(vs, coefs, "test"))
-    assert low.zeroshot("test") == ev.zeroshot("test")
+    assert low.zeroshot("test") == ev.zeroshot("test") == low.evaluate([], [], "test")  # θ0 is one model, λ = 0 too
     tv = bundle.vectors["attn"][TASKS[0]]
     assert not torch.equal(low.features(None, "test"), ev.features(None, "test"))  # bf16 matrix products
     assert not torch.equal(low.merged_features([tv], [1.0], "test"), ev.merged_features([tv], [1.0], "test"))
