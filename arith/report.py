@@ -22,13 +22,12 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
     memory: ``state MB`` exact, ``peak MB`` measured, see arith/cost.py)."""
     r = bundle.results
     zs = r.get("accuracy", {}).get("zeroshot", {}).get("test", {})
-    rows = []
+    rows, agreement = [], kernel_agreement(r)
     for mode in bundle.modes:
         ft = r.get("accuracy", {}).get("finetuned", {}).get(mode, {}).get("test", {})
         add = r.get("addition", {}).get(mode, {})
         neg = r.get("negation", {}).get(mode, {})
         xi = r.get("disentanglement", {}).get(mode, {})
-        ker = r.get("kernel", {}).get(mode, {})
         cost = r.get("cost", {}).get(mode) or {}
         train = r.get("training", {}).get(mode, {})
         cfg = bundle.finetune_config(mode)
@@ -43,7 +42,7 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
             "negation target": _mean(n["target"] for n in neg.values()),
             "negation control": _mean(n["control"] for n in neg.values()),
             "mean ξ": _mean(g["mean"]["prediction"] for g in xi.values()),
-            "kernel agreement": _mean(k["at_1"]["agreement"] for k in ker.values()) if mode != "linear" else None,
+            "kernel agreement": agreement.get(mode, (None,))[0] if mode != "linear" else None,
             "s/step": cost.get("seconds_per_step") or _mean(t.get("seconds_per_step") for t in train.values()),
             "state MB": cost.get("state_mb"),
             "peak MB": cost.get("peak_mb"),

@@ -91,11 +91,10 @@ for f in files or []:
     log[:] = [r for r in log if r.get("id") != f.file_id]  # its earlier refusal no longer applies
     name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
     request_select([name])
-    new_results.append({"id": f.file_id, "file": f.name, "ok": True, "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, "
-                                                               f"{len(tv.tensors)} tensors, ‖τ‖ = {tv.norm():.4g}; selected "
-                                                               "in the sidebar " + ("at the shared α (all coefficients "
-                                                               "are tied)" if ctx.tie else "at λ = 0 (move its slider "
-                                                               "to add it)")})
+    where = "at the shared α (all coefficients are tied)" if ctx.tie else "at λ = 0 (move its slider to add it)"
+    new_results.append({"id": f.file_id, "file": f.name, "ok": True,
+                        "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
+                                   f"‖τ‖ = {tv.norm():.4g}; selected in the sidebar {where}"})
 if new_results:
     log[:0] = new_results
     if any(r["ok"] for r in new_results):

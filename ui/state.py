@@ -45,7 +45,7 @@ K_BUNDLE, K_MODE, K_TASKS, K_TIE, K_ALL, K_ONLY = "w_bundle", "w_mode", "w_tasks
 COEF_PREFIX = "w_coef::"
 # session keys that are not widgets
 S_COEFS, S_WORKSPACE, S_PENDING, S_NOTES, S_CTX = "coefs", "workspace", "_pending_link", "_link_notes", "_ctx"
-S_SELECT, S_APPLY = "_select_next", "_apply_view"
+S_SELECT, S_APPLY, S_CHECKED = "_select_next", "_apply_view", "_link_checked"
 OWNED_PARAMS = ("bundle", "mode", "tasks", "tie")  # plus "c.<name>"
 
 
@@ -432,8 +432,7 @@ def sidebar() -> Context | None:
     refs = discover_bundles()
     if not refs:
         return None
-    first_run = S_PENDING not in ss
-    if first_run:  # a session's first run: read the link
+    if S_PENDING not in ss:  # a session's first run: read the link
         raw = {k: st.query_params.get_all(k) for k in st.query_params.keys()}
         ss[S_PENDING], ss[S_NOTES] = parse_link(raw)
     pending: dict = ss[S_PENDING]
@@ -494,7 +493,8 @@ def sidebar() -> Context | None:
         ss[S_COEFS].update(pending.get("coefs", {}))
         if pending.get("tie"):
             ss[K_TIE] = True
-    if first_run:
+    if not ss.get(S_CHECKED):  # the first run that gets this far (an earlier one may have found no bundle to open)
+        ss[S_CHECKED] = True
         ss[S_NOTES] = [*ss.get(S_NOTES, []), *link_notes(pending, labels, ref.label, modes, mode, names)]
     tasks = sb.multiselect("Tasks", names, key=K_TASKS, help="The task vectors to add; the others get λ = 0.")
 
