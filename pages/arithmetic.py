@@ -41,17 +41,26 @@ with guard("Evaluating the edited model"):
     here = subset_summary(acc, ft) if tasks else res
     zs_here = subset_summary(zs, None) if tasks else summarize(zs)
 
-    c1, c2, c3, c4 = st.columns(4)
+    lam: dict[str, list[tuple[str, float]]] = {}  # task -> its vectors' (name, λ): a workspace vector may share a task
+    task_of = ex.catalog(mode, ctx.extra())
+    for n, v in ctx.coefs.items():
+        lam.setdefault(task_of[n], []).append((n, v))
+    # the tasks no vector of theirs edits: what they lose is the other vectors' leakage into them
+    untouched = [t for t in acc if t in zs and not any(v != 0 for _, v in lam.get(t, []))]
+    edited = len(untouched) < len(acc) and untouched
+
+    c1, c2, c3, c4, *c5 = st.columns(5 if edited else 4)
     c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the added tasks")
     c2.metric("Normalized accuracy", pct(here.get("normalized")),
               help="Mean over the added tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
     c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
+    if edited:
+        left, left_zs = (summarize({t: a[t] for t in untouched})["absolute"] for a in (acc, zs))
+        c5[0].metric("Tasks at λ = 0", pct(left), delta=f"{100 * (left - left_zs):+.1f} points vs zero-shot",
+                     help=f"Mean over the {len(untouched)} tasks that no vector with λ ≠ 0 was trained on: what they "
+                          "lose is the other vectors' leakage into them.")
     st.plotly_chart(charts.accuracy_bars(acc, zs, ft, tasks, mode), key="acc_bars")
-    lam: dict[str, list[tuple[str, float]]] = {}  # task -> its vectors' (name, λ): a workspace vector may share a task
-    task_of = ex.catalog(mode, ctx.extra())
-    for n, v in ctx.coefs.items():
-        lam.setdefault(task_of[n], []).append((n, v))
     shared = any(len(v) > 1 for v in lam.values())
     table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],
                           "zero-shot (%)": [100 * zs.get(t, float("nan")) for t in acc],

@@ -273,6 +273,7 @@ def test_tie_switch_and_presets(new_app, engine):
     clean(at)
     assert coefs_in_url(at) == {STRIPES: 0.0, COLOURS: 0.0, QUADS: 0.0}
     assert metric(at, "Absolute accuracy") == metric(at, "Zero-shot absolute")  # θ0 itself
+    assert "Tasks at λ = 0" not in [m.label for m in at.metric]  # every task is: nothing to set apart
 
     at.sidebar.button(key="w_preset_alpha").click().run()
     alpha = engine.bundle.results["addition"]["attn"]["alpha"]
@@ -283,6 +284,11 @@ def test_tie_switch_and_presets(new_app, engine):
     clean(at)
     assert coefs_in_url(at) == {STRIPES: 0.0, COLOURS: 1.0, QUADS: 0.0}
     assert not at.sidebar.toggle(key="w_tie").value and len(at.sidebar.slider) == 3
+    # one vector alone: the two tasks left at λ = 0 show its leakage into them, against their zero-shot mean
+    acc, zs = engine.evaluate("attn", {COLOURS: 1.0})["accuracy"], engine.zeroshot("test")
+    left = next(m for m in at.metric if m.label == "Tasks at λ = 0")
+    assert left.value == f"{50 * (acc[STRIPES] + acc[QUADS]):.1f}%"
+    assert left.proto.delta == f"{50 * (acc[STRIPES] + acc[QUADS] - zs[STRIPES] - zs[QUADS]):+.1f} points vs zero-shot"
 
 
 def test_a_link_reproduces_the_view(new_app):
