@@ -30,7 +30,7 @@ st.subheader("Coefficient set (JSON)")
 with guard("Coefficient set"):
     record = coefficient_set(bundle=ctx.ref.label, base_id=b.base.id, mode=ctx.mode, coefs=ctx.coefs,
                              vectors=vectors, method=ctx.method)
-    text = json.dumps(record, indent=1, sort_keys=True)
+    text = json.dumps(record, indent=1)  # in the sidebar's order, which loading it back keeps
     st.download_button("Download the coefficient set", text, file_name=f"coefficients-{ctx.mode}.json",
                        mime="application/json", key="export_json",
                        on_click="ignore")

@@ -493,6 +493,7 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
     assert all(d.proto.ignore_rerun for d in downloads)
     record = parse_coefficient_set(at.code[0].value, bundle.base.id)
     assert record["mode"] == "attn" and record["coefficients"][QUADS] == -0.5
+    assert list(record["coefficients"]) == at.sidebar.multiselect(key="w_tasks").value  # the sidebar's order
     assert "c.synthetic-quadrants=-0.5" in at.code[1].value  # the share link
     assert "--coef synthetic-quadrants=-0.5" in at.code[2].value  # the CLI command
     # load a coefficient set: switches the mode and sets exactly those coefficients
