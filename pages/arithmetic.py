@@ -8,7 +8,7 @@ from arith.metrics import summarize
 from arith.report import interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
-from ui.state import context, mode_label, set_coefs
+from ui.state import context, mode_label, request_view
 
 ctx = context()
 st.title("Task arithmetic")
@@ -208,6 +208,6 @@ with guard("Task negation"):
                                         "target (%)", "target zero-shot (%)", "control (%)", "control zero-shot (%)")}})
         c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
         target = c1.selectbox("Negated model to open", list(done), key="neg_task", persist_state="session")
-        c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=set_coefs,
-                  args=({target: 0.0 - done[target]["alpha"]},), kwargs={"only": True, "untie": True},
+        c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=request_view,
+                  args=(mode, {target: 0.0 - done[target]["alpha"]}),
                   help="Selects just this task in the sidebar, at its negation λ: the views above then show that model.")

@@ -274,7 +274,8 @@ def request_select(names: list[str]) -> None:
 
 
 def request_view(mode: str, coefs: Mapping[str, float]) -> None:
-    """Switch to ``mode`` with exactly these tasks and coefficients on the next run (a loaded coefficient set)."""
+    """Switch to ``mode`` with exactly these tasks and coefficients on the next run (a loaded coefficient set, a ξ
+    cell, a negated model)."""
     st.session_state[S_APPLY] = {"mode": mode, "coefs": dict(coefs)}
 
 
@@ -294,17 +295,14 @@ def snap(v: float) -> float:
     return round(round(v / COEF_STEP) * COEF_STEP, 4)
 
 
-def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = False, only: bool = False) -> None:
+def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = False) -> None:
     """Set coefficients (and their sliders).  Call before the sidebar renders (a callback, or a button handled
-    above the sliders).  ``select`` adds the names to the selected tasks, ``only`` makes them the only ones (the
-    others keep their λ for when they are selected again); ``untie`` switches the tie off."""
+    above the sliders).  ``select`` adds the names to the selected tasks; ``untie`` switches the tie off."""
     store = st.session_state.setdefault(S_COEFS, {})
     for name, v in values.items():
         store[name] = snap(v)
         st.session_state[COEF_PREFIX + name] = store[name]
-    if only:
-        st.session_state[K_TASKS] = list(values)
-    elif select:
+    if select:
         cur = list(st.session_state.get(K_TASKS, []))
         st.session_state[K_TASKS] = cur + [n for n in values if n not in cur]
     if untie:
