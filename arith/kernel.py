@@ -65,7 +65,10 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
         jt = ev.jvp(vec, split, tasks=tasks)
         rows = []
         for s in path:
-            f_nl = ev.features(merge(ev.base.params, [vec], [s]), split, tasks)  # non-linear, any mode
+            # non-linear, any mode.  θ0 + 0·τ is θ0, so at s = 0 it is f(θ0) itself: a second forward pass over
+            # other batches can differ from f0 by rounding on a GPU (kernels vary with the batch shape), which
+            # turned the relative error's 0/0 into 1 (BENCHMARKS.md, *GPU*)
+            f_nl = f0 if s == 0 else ev.features(merge(ev.base.params, [vec], [s]), split, tasks)
             rows.append({"s": float(s), **compare(ev, task, split, f_nl, f0 + s * jt, f0)})
             done += 1
             if progress:

@@ -190,6 +190,17 @@ def test_kernel_report(bundle, ev):
     assert attn["restricted"]["mlp"] is None
 
 
+def test_kernel_report_at_zero_is_exact_when_forward_passes_round_differently(bundle, ev, monkeypatch):
+    """On a GPU a forward pass over other batches rounds differently; θ0 + 0·τ must still be f(θ0) itself."""
+    t = TASKS[0]
+    real = ev.features
+    monkeypatch.setattr(ev, "features", lambda *a, **k: real(*a, **k) * (1 + 1e-6))  # rounding-sized, not zero
+    rep = kernel_report(ev, bundle.vectors["full"][t], t, path=(0.0, 1.0))
+    for row in [rep["path"][0]] + [r["path"][0] for r in rep["restricted"].values() if r is not None]:
+        assert row["rel_error_features"] == 0.0 and row["rel_error_logits"] == 0.0 and row["agreement"] == 1.0
+    assert rep["path"][1]["rel_error_features"] > 0
+
+
 def test_explorer_uses_precomputed_results_and_memoises(bundle):
     ex = Explorer(bundle)
     assert ex.addition("attn") is bundle.results["addition"]["attn"]
