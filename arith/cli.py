@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .memory import keep_freed_memory
+from .merge import MERGE_METHODS
 from .specs import PRECOMPUTED
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "precomputed" / "default"
@@ -238,7 +239,8 @@ def _evaluate_args(p):
     _mode_arg(p)
     p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--method", default="task_arithmetic")
+    p.add_argument("--method", default="task_arithmetic", choices=list(MERGE_METHODS),
+                   help="merge method (default task_arithmetic: θ0 + Σ λ_t τ_t)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images of each task")
     _vectors_arg(p)
 
@@ -257,6 +259,8 @@ def _addition_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--tasks", nargs="+", help="tasks to add (default: all)")
+    p.add_argument("--method", default="task_arithmetic", choices=list(MERGE_METHODS),
+                   help="merge method (default task_arithmetic, the bundle's stored sweep; ties is computed)")
     p.add_argument("--alone", action="store_true",
                    help="also each task alone at every α (θ0 + α τ_t on task t) and, at the chosen α, what the other "
                         "vectors cost (alone − merged): the result's `alone` and `interference`")
@@ -269,7 +273,9 @@ def _addition_args(p):
 @arguments(_addition_args)
 def cmd_addition(args):
     ex = _explorer(args)
-    res = ex.addition(args.mode, args.tasks, progress=_bar(f"addition {args.mode}"))
+    if args.method != "task_arithmetic" and (args.alone or args.pairs):
+        raise ValueError("--alone and --pairs measure task arithmetic's interference; leave out --method")
+    res = ex.addition(args.mode, args.tasks, progress=_bar(f"addition {args.mode}"), method=args.method)
     if args.alone:
         alone = ex.alone(args.mode, args.tasks, progress=_bar(f"alone {args.mode}"))
         res = {**res, "alone": {k: v for k, v in alone.items() if k != "interference"},

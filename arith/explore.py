@@ -315,21 +315,25 @@ class Explorer:
         return None
 
     # -- protocols and diagnostics --------------------------------------------------------------------------------
-    def _stored_addition(self, mode: str, tasks: Sequence[str]) -> dict | None:
+    def _stored_addition(self, mode: str, tasks: Sequence[str], method: str = "task_arithmetic") -> dict | None:
         """The build's task-addition sweep for ``mode`` when it answers a request for ``tasks``, else None."""
         pre = self._precomputed("addition", mode, need=("tasks", "alpha", "absolute", "normalized", "accuracy", "curve"))
-        return pre if pre and pre.get("tasks") == list(tasks) and self.uses_all_images else None
+        return (pre if pre and pre.get("tasks") == list(tasks) and self.uses_all_images
+                and pre.get("method", "task_arithmetic") == method else None)
 
-    def addition(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
+    def addition(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None,
+                 method: str = "task_arithmetic") -> dict:
+        """Shared-α task addition (:func:`arith.protocols.task_addition`) over the bundle's ``tasks`` in ``mode``,
+        merged by ``method``: the bundle's stored sweep when it is that request, else computed and memoised."""
         tasks = list(tasks or self.tasks)
-        pre = self._stored_addition(mode, tasks)
+        pre = self._stored_addition(mode, tasks, method)
         if pre is not None:
             return pre
         vs = self.vectors(mode)
         from .protocols import task_addition  # after self.vectors: torch is imported by the bundle's load
 
-        return self._memoised(("add", mode, tuple(tasks)), lambda: task_addition(
-            self.evaluator(), {t: vs[t] for t in tasks}, progress=progress))
+        return self._memoised(("add", mode, tuple(tasks), method), lambda: task_addition(
+            self.evaluator(), {t: vs[t] for t in tasks}, method=method, progress=progress))
 
     def alone(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`, test split), and at

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the registry is read without torch (the app's sidebar lists it before torch is imported)
+    import torch
 
-from .taskvec import TaskVector
+    from .taskvec import TaskVector
 
-Delta = dict[str, torch.Tensor]
+Delta = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def task_arithmetic(vectors: Sequence[TaskVector], coefs: Sequence[float]) -> De
 def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.2) -> Delta:
     """TIES-merging of the scaled vectors λ_t τ_t: keep each vector's top ``density`` fraction of entries by
     magnitude, elect the sign of their sum per entry, and average the entries that agree with it."""
+    import torch
+
     _check(vectors, coefs)
     delta: Delta = {}
     keys = sorted({k for v in vectors for k in v.tensors})
@@ -94,7 +98,10 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
 register_merge_method(MergeMethod("task_arithmetic", "Task arithmetic", task_arithmetic, linear=True,
                                   description="θ0 + Σ λ_t τ_t (Ilharco et al. 2023)"))
 register_merge_method(MergeMethod("ties", "TIES-merging", ties, linear=False,
-                                  description="trim, elect sign, disjoint mean (Yadav et al. 2023)"))
+                                  description="keep each scaled vector's top 20 % of entries by magnitude (per "
+                                              "tensor), elect a sign per entry, average the entries that agree "
+                                              "(Yadav et al. 2023); with one shared α, α is the paper's λ (it uses "
+                                              "about 1), and one task at λ = 1 is not its fine-tuned model"))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

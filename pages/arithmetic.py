@@ -4,17 +4,22 @@ papers' sweep of the shared α."""
 import pandas as pd
 import streamlit as st
 
+from arith.merge import MERGE_METHODS
 from arith.metrics import summarize
 from arith.report import interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
-from ui.state import context, mode_label, request_view
+from ui.state import METHOD, context, method_label, mode_label, request_view
 
 ctx = context()
 st.title("Task arithmetic")
 st.caption("θ = θ0 + Σ_t λ_t τ_t, evaluated with each task's frozen head on its test split. Move the coefficients "
            "in the sidebar; negative λ negates (forgets) a task.")
 ex, mode = ctx.ex, ctx.mode
+if ctx.method != METHOD:
+    st.info(f"Merge method **{method_label(ctx.method)}** (sidebar): {MERGE_METHODS[ctx.method].description}. It "
+            "applies to the edited model and the comparison of modes; the α sweep, the pair costs and negation below "
+            "are the papers' task arithmetic.", icon="🔀")
 tasks = ctx.eval_tasks()
 
 

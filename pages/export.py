@@ -10,7 +10,7 @@ import streamlit as st
 from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
 from arith.modes import MODES
 from ui.common import guard, message
-from ui.state import context, link_params, mode_label, request_view
+from ui.state import METHOD, context, link_params, method_label, mode_label, request_view
 
 ctx = context()
 ex = ctx.ex
@@ -18,7 +18,7 @@ b = ex.bundle
 st.title("Export and share")
 vectors = ex.vectors(ctx.mode, ctx.extra())
 st.markdown(f"Bundle **{ctx.ref.label}** · base `{b.base.id}` · mode **{mode_label(ctx.mode)}** · merge "
-            f"`{ctx.method}`")
+            f"**{method_label(ctx.method)}** (`{ctx.method}`)")
 if ctx.coefs:
     st.dataframe(pd.DataFrame([{"vector": n, "task": vectors[n].task, "λ": v,
                                 "source": "workspace" if ctx.is_workspace(n) else "bundle"}
@@ -58,17 +58,19 @@ with st.expander("Load a coefficient set"):
             missing = sorted(set(rec["coefficients"]) - known)
             st.session_state["export_note"] = (f"Loaded {up.name}" + (f"; not available in this session, ignored: "
                                                                       f"{', '.join(missing)}" if missing else ""))
-            request_view(rec["mode"], {n: v for n, v in rec["coefficients"].items() if n in known})
+            request_view(rec["mode"], {n: v for n, v in rec["coefficients"].items() if n in known},
+                         str(rec.get("method", METHOD)))
             st.rerun()
         except ValueError as e:
             st.error(f"{up.name}: {message(e)}", icon="⚠️")
 
 st.subheader("Merged weights (safetensors)")
 n_params = sum(t.numel() for t in b.base.params.values())
-st.markdown(f"θ0 + Σ λ_t τ_t for every image-encoder tensor ({n_params:,} parameters, about "
+what = "θ0 + Σ λ_t τ_t" if ctx.method == METHOD else f"θ0 + δ with δ merged by {method_label(ctx.method)},"
+st.markdown(f"{what} for every image-encoder tensor ({n_params:,} parameters, about "
             f"{4 * n_params / 2**20:,.1f} MiB in fp32), open_clip `visual.*` key names; built when you click.")
 if ctx.mode in MODES and MODES[ctx.mode].linearized:
-    st.warning("Linearized mode: the file holds θ = θ0 + Σ λ_t τ_t, the parameters of the linear model "
+    st.warning(f"Linearized mode: the file holds θ = {what.rstrip(',')}, the parameters of the linear model "
                "f(x; θ0) + J(θ0)(θ − θ0). Loaded into an ordinary encoder they give the non-linear model at θ, "
                "which is not what the app evaluated (metadata `arith.linearized` = true).")
 coefs_now, vecs_now = dict(ctx.coefs), {n: vectors[n] for n in ctx.coefs}
@@ -86,7 +88,8 @@ st.markdown("The sidebar's choices are mirrored in the address bar, so this link
             "(workspace vectors are private to your session and do not travel with it):")
 st.code(f"{url or ''}?{query}", language=None)
 bundle_arg = shlex.quote(str(ctx.ref.path))
-cmd = [f"python -m arith evaluate --bundle {bundle_arg} --mode {ctx.mode}"]
+cmd = [f"python -m arith evaluate --bundle {bundle_arg} --mode {ctx.mode}"
+       + (f" --method {ctx.method}" if ctx.method != METHOD else "")]
 cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items() if not ctx.is_workspace(n)]
 st.markdown("The same evaluation from the command line:")
 st.code(" \\\n  ".join(cmd), language="bash")

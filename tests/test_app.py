@@ -515,6 +515,48 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
                 coefs_in_url(at)) == before
 
 
+
+def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_sets(new_app, engine, bundle):
+    at = new_app()
+    assert at.sidebar.selectbox(key="w_method").value == "task_arithmetic" and "method" not in at.query_params
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    at.sidebar.selectbox(key="w_method").set_value("ties").run()
+    clean(at)
+    ties, ta = engine.evaluate("attn", coefs, "test", method="ties"), engine.evaluate("attn", coefs, "test")
+    assert ties["accuracy"] != ta["accuracy"]  # the tiny bundle tells the two apart
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ties["accuracy"].items()})
+    assert any("TIES-merging" in i.value for i in at.info) and at.query_params["method"] == "ties"
+    # the comparison of modes merges by it too
+    full = engine.evaluate("full", coefs, "test", method="ties")
+    row = table(at, "absolute (%)").set_index("mode").loc[mode_label("full")]
+    assert row["absolute (%)"] == pytest.approx(100 * full["absolute"])
+    # a link carries it; an unknown one is named and task arithmetic opens
+    b = new_app(dict(at.query_params))
+    clean(b)
+    assert b.sidebar.selectbox(key="w_method").value == "ties" and shown_accuracy(b) == shown_accuracy(at)
+    odd = new_app({"method": "nope"})
+    assert odd.sidebar.selectbox(key="w_method").value == "task_arithmetic"
+    assert any("merge method 'nope' is unknown" in w.value for w in odd.sidebar.warning)
+    # export: the set records it, the command passes it, and loading a set switches to its method
+    at.switch_page("pages/export.py").run()
+    clean(at)
+    record = parse_coefficient_set(at.code[0].value, bundle.base.id)
+    assert record["method"] == "ties" and "--method ties" in at.code[2].value
+    at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
+    assert "method" not in at.query_params and "--method" not in at.code[2].value
+    at.file_uploader(key="export_import").set_value(("set.json", json.dumps(record).encode(), "application/json")).run()
+    clean(at)
+    assert at.sidebar.selectbox(key="w_method").value == "ties" and at.query_params["method"] == "ties"
+    # the validation-α preset sweeps α under the chosen method, not the stored task-arithmetic sweep
+    at.switch_page("pages/arithmetic.py").run()
+    at.sidebar.button(key="w_preset_alpha").click().run(timeout=300)
+    clean(at)
+    alpha = engine.addition("attn", method="ties")["alpha"]
+    assert {float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in coefs} == {alpha}
+    swept = at.session_state["_ctx"].ex._memo.get(("add", "attn", tuple(engine.tasks), "ties"))
+    assert swept is not None and swept["method"] == "ties" and swept["alpha"] == alpha  # computed, not the stored sweep
+
+
 # -- disentanglement --------------------------------------------------------------------------------------------------
 def test_disentanglement_computes_missing_grids(new_app):
     at = new_app()

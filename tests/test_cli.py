@@ -72,6 +72,13 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert pairs["pairs"]["alone"] == {t: v["alone"] for t, v in gap["per_task"].items()}
     assert main(["addition", *b, "--mode", "attn", "--pairs"]) == 0
     assert "points task i loses" in capsys.readouterr().out
+    ties = run(capsys, "addition", *b, "--mode", "attn", "--method", "ties")  # swept, not the stored sweep
+    assert ties["method"] == "ties" and ties["curve"] != add["curve"]
+    at = next(r for r in ties["curve"] if r["alpha"] == ties["alpha"])["test"]["accuracy"]
+    coefs = [a for t in TWO for a in ("--coef", f"{t}={ties['alpha']:g}")]
+    assert run(capsys, "evaluate", *b, "--mode", "attn", "--method", "ties", *coefs)["accuracy"] == at
+    assert main(["addition", *b, "--mode", "attn", "--method", "ties", "--alone", "--json"]) == 2
+    assert "task arithmetic" in json.loads(capsys.readouterr().out)["error"]
 
     neg = run(capsys, "negation", *b, "--mode", "full", "--task", TWO[0])
     assert {"target", "control", "alpha", "zeroshot_target", "zeroshot_control"} <= set(neg)

@@ -5,9 +5,9 @@
   precomputed results); the tensors load when first needed, or in the background after a run (:func:`load_delay`).
 * Everything a session owns lives in ``st.session_state``: its choices, its coefficients and its *workspace*
   (task vectors it uploaded or trained, per base model).  Nothing of one session is visible to another.
-* The current bundle, mode, tasks and coefficients are mirrored in the URL query parameters
-  (``?bundle=…&mode=attn&tasks=a&tasks=b&c.a=0.3&c.b=0.3``) and read back on a session's first run, so a link
-  reproduces the view.
+* The current bundle, mode, merge method, tasks and coefficients are mirrored in the URL query parameters
+  (``?bundle=…&mode=attn&tasks=a&tasks=b&c.a=0.3&c.b=0.3``; ``method=ties`` when it is not task arithmetic) and
+  read back on a session's first run, so a link reproduces the view.
 
 Bundle discovery: ``$ARITH_BUNDLE`` if set, then ``precomputed/default``, then every other directory with a
 ``manifest.json`` under ``precomputed/`` (``$ARITH_PRECOMPUTED_DIR`` overrides that folder).
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from arith.explore import Explorer
+from arith.merge import MERGE_METHODS
 from arith.modes import MODES
 
 from .common import Progress, message
@@ -42,11 +43,12 @@ METHOD = "task_arithmetic"
 
 # widget keys
 K_BUNDLE, K_MODE, K_TASKS, K_TIE, K_ALL, K_ONLY = "w_bundle", "w_mode", "w_tasks", "w_tie", "w_coef_all", "w_only"
+K_METHOD = "w_method"
 COEF_PREFIX = "w_coef::"
 # session keys that are not widgets
 S_COEFS, S_WORKSPACE, S_PENDING, S_NOTES, S_CTX = "coefs", "workspace", "_pending_link", "_link_notes", "_ctx"
 S_SELECT, S_APPLY, S_CHECKED = "_select_next", "_apply_view", "_link_checked"
-OWNED_PARAMS = ("bundle", "mode", "tasks", "tie")  # plus "c.<name>"
+OWNED_PARAMS = ("bundle", "mode", "method", "tasks", "tie")  # plus "c.<name>"
 
 
 # -- bundles ----------------------------------------------------------------------------------------------------------
@@ -183,6 +185,10 @@ def mode_label(mode: str) -> str:
     return MODES[mode].label if mode in MODES else mode
 
 
+def method_label(method: str) -> str:
+    return MERGE_METHODS[method].label if method in MERGE_METHODS else method
+
+
 @dataclass
 class Context:
     """What the sidebar decided for this run; pages read it with :func:`context`."""
@@ -273,10 +279,10 @@ def request_select(names: list[str]) -> None:
     st.session_state.setdefault(S_SELECT, []).extend(names)
 
 
-def request_view(mode: str, coefs: Mapping[str, float]) -> None:
+def request_view(mode: str, coefs: Mapping[str, float], method: str | None = None) -> None:
     """Switch to ``mode`` with exactly these tasks and coefficients on the next run (a loaded coefficient set, a ξ
-    cell, a negated model)."""
-    st.session_state[S_APPLY] = {"mode": mode, "coefs": dict(coefs)}
+    cell, a negated model), and to merge ``method`` when given."""
+    st.session_state[S_APPLY] = {"mode": mode, "coefs": dict(coefs), "method": method}
 
 
 def remove_from_workspace(base_id: str, name: str) -> None:
@@ -331,7 +337,7 @@ def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
     a coefficient for a name the bundle lacks is called unknown, not clipped (``choices["clipped"]``)."""
     out: dict = {}
     notes: list[str] = []
-    for key in ("bundle", "mode"):
+    for key in ("bundle", "mode", "method"):
         if params.get(key):
             out[key] = params[key][-1]
     if "tasks" in params:  # present but empty: no task selected
@@ -358,13 +364,15 @@ def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
 
 def link_notes(choices: Mapping, bundles: Sequence[str], bundle: str, modes: Sequence[str], mode: str,
                names: Sequence[str]) -> list[str]:
-    """What a link asked for that the opened view does not have: another bundle or mode, unknown vector names
-    (in ``tasks`` or a coefficient), and coefficients clipped to the slider range."""
+    """What a link asked for that the opened view does not have: another bundle or mode, an unknown merge method,
+    unknown vector names (in ``tasks`` or a coefficient), and coefficients clipped to the slider range."""
     notes = []
     if choices.get("bundle") not in (None, bundle):
         notes.append(f"bundle {choices['bundle']!r} is not here (bundles: {', '.join(bundles)})")
     if choices.get("mode") not in (None, mode):
         notes.append(f"mode {choices['mode']!r} is not in this bundle (modes: {', '.join(modes)})")
+    if choices.get("method") not in (None, *MERGE_METHODS):
+        notes.append(f"merge method {choices['method']!r} is unknown (methods: {', '.join(MERGE_METHODS)})")
     unknown = [n for n in [*choices.get("tasks", []), *choices.get("coefs", {})] if n not in names]
     if unknown:
         notes.append(f"no {mode} task vector named {', '.join(repr(n) for n in dict.fromkeys(unknown))}")
@@ -380,6 +388,8 @@ def link_params(ctx: Context, multiple_bundles: bool = True) -> dict[str, str | 
     if multiple_bundles:
         out["bundle"] = ctx.ref.label
     out["mode"] = ctx.mode
+    if ctx.method != METHOD:
+        out["method"] = ctx.method
     out["tasks"] = list(ctx.tasks) if ctx.tasks else ""
     if ctx.tie:
         out["tie"] = "1"
@@ -467,6 +477,14 @@ def sidebar() -> Context | None:
                         help="What fine-tuning changed: every weight (full), the attention weights only (attn, "
                              "the paper's), the first-order Taylor model (linear), ...")
     probe.mode = mode
+    if apply and apply.get("method") in MERGE_METHODS:
+        ss[K_METHOD] = apply["method"]
+    if ss.get(K_METHOD) not in MERGE_METHODS:
+        ss[K_METHOD] = pending["method"] if pending.get("method") in MERGE_METHODS else METHOD
+    method = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
+                          help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ). "
+                               + "; ".join(f"**{m.label}**: {m.description}" for m in MERGE_METHODS.values())
+                               + ". The precomputed protocols (the α sweep, negation, ξ, kernel) are task arithmetic.")
     names = probe.names(mode)
     if K_TASKS not in ss:
         wanted = pending.get("tasks")
@@ -504,13 +522,14 @@ def sidebar() -> Context | None:
         if ss.get(K_TIE):
             ss[K_ALL] = 0.0
     if c2.button("Validation α", key="w_preset_alpha", width="stretch",
-                 help="The shared α chosen on the validation splits by normalized accuracy (task addition)"):
+                 help="The shared α chosen on the validation splits by normalized accuracy (task addition, "
+                      "merged by the merge method above)"):
         in_bundle = [n for n in tasks if n in ex.catalog(mode)]
         if in_bundle:
             bar = Progress("Choosing α on the validation splits", sb)
             try:
                 try:
-                    alpha = ex.addition(mode, in_bundle, progress=bar)["alpha"]
+                    alpha = ex.addition(mode, in_bundle, progress=bar, method=ss[K_METHOD])["alpha"]
                 finally:
                     bar.done()
                 set_coefs({n: alpha for n in tasks})
@@ -552,7 +571,8 @@ def sidebar() -> Context | None:
     for note in ss.pop(S_NOTES, []):  # shown once, on the run that read the link
         sb.warning(f"Link parameter ignored: {note}")
 
-    ctx = Context(ref, ex, mode, list(tasks), {n: coefs_store.get(n, 0.0) for n in tasks}, bool(tie), workspace)
+    ctx = Context(ref, ex, mode, list(tasks), {n: coefs_store.get(n, 0.0) for n in tasks}, bool(tie), workspace,
+                  method)
     _sync_url(link_params(ctx, multiple_bundles=len(refs) > 1))
     ss[S_CTX] = ctx
     return ctx
