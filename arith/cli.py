@@ -284,7 +284,9 @@ def cmd_addition(args):
         res = {**res, "pairs": ex.pairs(args.mode, args.tasks, progress=_bar(f"pairs {args.mode}"))}
 
     def text(r):
-        out = (f"{args.mode}: α={r['alpha']:.2f}  absolute {_pct(r['absolute'])}  normalized {_pct(r['normalized'])}\n")
+        merged = "" if args.method == "task_arithmetic" else f" ({args.method})"
+        out = (f"{args.mode}{merged}: α={r['alpha']:.2f}  absolute {_pct(r['absolute'])}  "
+               f"normalized {_pct(r['normalized'])}\n")
         i = r.get("interference")
         if i is None:
             out += _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])

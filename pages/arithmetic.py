@@ -13,8 +13,9 @@ from ui.state import METHOD, context, method_label, mode_label, request_view
 
 ctx = context()
 st.title("Task arithmetic")
-st.caption("θ = θ0 + Σ_t λ_t τ_t, evaluated with each task's frozen head on its test split. Move the coefficients "
-           "in the sidebar; negative λ negates (forgets) a task.")
+st.caption(("θ = θ0 + Σ_t λ_t τ_t" if ctx.method == METHOD else f"θ = θ0 + δ(λ), merged by {method_label(ctx.method)}")
+           + ", evaluated with each task's frozen head on its test split. Move the coefficients in the sidebar; "
+           "negative λ negates (forgets) a task.")
 ex, mode = ctx.ex, ctx.mode
 if ctx.method != METHOD:
     st.info(f"Merge method **{method_label(ctx.method)}** (sidebar): {MERGE_METHODS[ctx.method].description}. It "
@@ -135,8 +136,9 @@ with guard("Task-addition sweep"):
                     alone[m] = ex.alone(m, curves[m]["tasks"], progress=bar)
                 finally:
                     bar.done()
-        st.plotly_chart(charts.addition_curves(curves, metric, ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks else None,
-                                               alone), key="sweep")
+        # the tied α is marked on these curves only when they are its model's (task arithmetic)
+        tied = ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks and ctx.method == METHOD else None
+        st.plotly_chart(charts.addition_curves(curves, metric, tied, alone), key="sweep")
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "validation-chosen α": c["alpha"],
                                     "absolute (%)": 100 * c["absolute"], "normalized (%)": 100 * c["normalized"]}
                                    for m, c in curves.items()]), hide_index=True, key="sweep_table",
@@ -214,5 +216,5 @@ with guard("Task negation"):
         c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
         target = c1.selectbox("Negated model to open", list(done), key="neg_task", persist_state="session")
         c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=request_view,
-                  args=(mode, {target: 0.0 - done[target]["alpha"]}),
+                  args=(mode, {target: 0.0 - done[target]["alpha"]}, METHOD),  # the protocol's model
                   help="Selects just this task in the sidebar, at its negation λ: the views above then show that model.")

@@ -9,7 +9,7 @@ import streamlit as st
 from arith.disentangle import GRID
 from ui import charts
 from ui.common import Progress, guard
-from ui.state import context, mode_label, request_view, snap, xi_click
+from ui.state import METHOD, context, mode_label, request_view, snap, xi_click
 
 ctx = context()
 ex = ctx.ex
@@ -84,7 +84,7 @@ with guard("ξ grids"):
             if points:
                 values = xi_click(points[0], t1, t2)
                 if values:
-                    request_view(m, values)  # the cell's model, θ0 + α1 τ1 + α2 τ2, in the clicked panel's mode
+                    request_view(m, values, METHOD)  # the cell's model, θ0 + α1 τ1 + α2 τ2, in the clicked panel's mode
 
         cols = st.columns(2 if len(shown) == 4 else min(3, len(shown)))
         for i, (m, r) in enumerate(shown.items()):

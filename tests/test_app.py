@@ -194,9 +194,11 @@ def test_negation_shows_the_bundles_results_and_opens_each_negated_model(new_app
     for t, lam in zip(rows["task"], rows["λ (negated)"]):  # the bundle's precomputed protocol, per task
         assert lam == -engine.negation("attn", t)["alpha"]
     neg = engine.negation("attn", COLOURS)
+    at.sidebar.selectbox(key="w_method").set_value("ties").run()  # the protocol's model is task arithmetic's
     at.selectbox(key="neg_task").set_value(COLOURS).run()
     at.button(key="neg_open").click().run()
     clean(at)
+    assert at.sidebar.selectbox(key="w_method").value == "task_arithmetic"
     # just θ0 − λ τ: the one task selected at −λ, and its accuracy is the protocol's test target
     assert at.sidebar.multiselect(key="w_tasks").value == [COLOURS]
     assert at.sidebar.slider(key=f"w_coef::{COLOURS}").value == -neg["alpha"]
@@ -526,6 +528,19 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     assert ties["accuracy"] != ta["accuracy"]  # the tiny bundle tells the two apart
     assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ties["accuracy"].items()})
     assert any("TIES-merging" in i.value for i in at.info) and at.query_params["method"] == "ties"
+    assert at.caption[0].value.startswith("θ = θ0 + δ(λ), merged by TIES-merging")
+
+    def sweep_notes(at) -> list[str]:
+        spec = next(s for s in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
+                    if s["layout"].get("xaxis", {}).get("title", {}).get("text") == "shared α")
+        return [a.get("text") for a in spec["layout"].get("annotations", [])]
+
+    at.sidebar.toggle(key="w_tie").set_value(True).run()  # the tied α is not marked on task arithmetic's curves
+    assert "tied α" not in sweep_notes(at)
+    at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
+    assert "tied α" in sweep_notes(at)
+    at.sidebar.toggle(key="w_tie").set_value(False)
+    at.sidebar.selectbox(key="w_method").set_value("ties").run()
     # the comparison of modes merges by it too
     full = engine.evaluate("full", coefs, "test", method="ties")
     row = table(at, "absolute (%)").set_index("mode").loc[mode_label("full")]

@@ -484,7 +484,8 @@ def sidebar() -> Context | None:
     method = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
                           help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ). "
                                + "; ".join(f"**{m.label}**: {m.description}" for m in MERGE_METHODS.values())
-                               + ". The precomputed protocols (the α sweep, negation, ξ, kernel) are task arithmetic.")
+                               + ". The precomputed protocols (the α sweep, negation, ξ, kernel) are task arithmetic; "
+                               "*Validation α* below picks α for the method chosen here.")
     names = probe.names(mode)
     if K_TASKS not in ss:
         wanted = pending.get("tasks")
