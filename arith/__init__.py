@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Bundle": "bundle", "BundleError": "bundle", "load_bundle": "bundle",
     "Evaluator": "evaluate", "summarize": "metrics", "BundleIndex": "index",
-    "MERGE_METHODS": "merge", "merge": "merge",
+    "MERGE_METHODS": "merge",  # not merge(): ``arith.merge`` is the module once anything has imported it
     "Base": "models",
     "MODES": "modes", "Mode": "modes", "get_mode": "modes", "register_mode": "modes",
     "FinetuneConfig": "specs", "ModelSpec": "specs", "TaskInfo": "specs",

@@ -74,3 +74,36 @@ def test_the_upload_pages_example_vector_is_valid_for_the_committed_default(inde
     base = load_bundle(DEFAULT, verify=False).base
     tv = load_task_vector(ROOT / "assets" / "example-task-vector.safetensors", base)
     assert tv.base_id == base.id and tv.mode == "attn" and tv.task in index.task_names
+
+
+def test_the_readme_python_api_example_runs_as_written_and_prints_what_it_says(tmp_path, monkeypatch, capsys):
+    """The README's *Python API* block, executed as written from a directory where ``precomputed/`` is the
+    repository's (it writes its task-vector file there)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "precomputed").symlink_to(ROOT / "precomputed")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md#python-api", "exec"), {"__name__": "readme_example"})
+    out = capsys.readouterr().out.splitlines()
+    absolute, normalized = re.match(r"absolute ([\d.]+), normalized ([\d.]+)$", out[0]).groups()
+    assert f"absolute {absolute} and normalized {normalized}" in section
+    edited = eval(out[1], {})  # the edited model's accuracy on digits and street
+    assert f"({100 * edited['digits']:.1f} % and {100 * edited['street']:.1f} %" in section
+    assert (tmp_path / "digits-attn.safetensors").is_file()
+
+
+def test_the_package_exports_are_objects_not_modules():
+    """``arith.<name>`` resolves lazily (PEP 562); a name that is also a submodule would turn into that module once
+    anything imported it."""
+    import importlib
+    import types
+
+    import arith
+
+    for name in arith.__all__:
+        if name != "__version__":
+            importlib.import_module(f"arith.{arith._EXPORTS[name]}")
+            assert not isinstance(getattr(arith, name), types.ModuleType), name
