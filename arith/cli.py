@@ -327,6 +327,33 @@ def cmd_negation(args):
                                f"(zero-shot {_pct(r['zeroshot_control'])})")
 
 
+def _tune_args(p):
+    _bundle_arg(p)
+    _mode_arg(p)
+    p.add_argument("--tasks", nargs="+", help="tasks to add (default: all)")
+    p.add_argument("--method", default="task_arithmetic", choices=list(MERGE_METHODS), help="merge method")
+
+
+@command("tune", "one λ per task, chosen on validation by coordinate ascent from task addition's shared α")
+@arguments(_tune_args)
+def cmd_tune(args):
+    ex = _explorer(args)
+    add = ex.addition(args.mode, args.tasks, progress=_bar(f"addition {args.mode}"), method=args.method)
+    res = ex.tune(args.mode, args.tasks, progress=_bar(f"tune {args.mode}"), method=args.method)
+    res = {**res, "shared": {k: add[k] for k in ("alpha", "absolute", "normalized", "accuracy", "val_normalized")}}
+
+    def text(r):
+        sh = r["shared"]
+        out = (f"{args.mode}: per-task λ {_pct(r['absolute'])} absolute, {_pct(r['normalized'])} normalized (test); "
+               f"shared α={sh['alpha']:.2f}: {_pct(sh['absolute'])}, {_pct(sh['normalized'])}. Validation normalized "
+               f"{_pct(sh['val_normalized'])} → {_pct(r['val_normalized'])} in {r['evaluations']} evaluations"
+               f"{'' if r['converged'] else ' (stopped after its last round, not converged)'}\n")
+        return out + _table([{"task": t, "λ": f"{c:g}", "tuned": _pct(r["accuracy"][t]),
+                              "shared α": _pct(sh["accuracy"][t])} for t, c in r["coefficients"].items()])
+
+    _emit(args, res, text)
+
+
 def _disentangle_args(p):
     _bundle_arg(p)
     _mode_arg(p)

@@ -416,6 +416,19 @@ class Explorer:
         return self._memoised(("neg", mode, target, tuple(controls)),
                               lambda: task_negation(self.evaluator(), tv, target, controls, progress=progress))
 
+    def tune(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None,
+             method: str = "task_arithmetic") -> dict:
+        """One λ per task, chosen on validation by coordinate ascent from the shared α of :meth:`addition`
+        (:func:`arith.protocols.tune_coefficients`); memoised."""
+        tasks = list(tasks or self.tasks)
+        add = self.addition(mode, tasks, progress=progress, method=method)
+        vs = self.vectors(mode)
+        from .protocols import tune_coefficients
+
+        return self._memoised(("tune", mode, tuple(tasks), method), lambda: tune_coefficients(
+            self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], method=method, progress=progress,
+            finetuned=add.get("finetuned")))
+
     def cached_negation(self, mode: str, target: str, controls: Sequence[str] | None = None) -> dict | None:
         """What :meth:`negation` would return if it is available without computing (precomputed or memoised)."""
         controls = [c for c in (controls or self.tasks) if c != target]

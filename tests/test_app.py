@@ -572,6 +572,20 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     assert swept is not None and swept["method"] == "ties" and swept["alpha"] == alpha  # computed, not the stored sweep
 
 
+
+def test_the_per_task_preset_sets_the_validation_chosen_coefficients(new_app, engine):
+    at = new_app()
+    at.sidebar.selectbox(key="w_mode").set_value("linear").run()
+    at.sidebar.toggle(key="w_tie").set_value(True).run()
+    at.sidebar.button(key="w_preset_tune").click().run(timeout=300)
+    clean(at)
+    tuned = engine.tune("linear")
+    assert len(set(tuned["coefficients"].values())) > 1  # the tiny bundle's linear vectors do move apart
+    assert not at.sidebar.toggle(key="w_tie").value
+    assert {n: at.sidebar.slider(key=f"w_coef::{n}").value for n in tuned["coefficients"]} == tuned["coefficients"]
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in tuned["accuracy"].items()})
+
+
 # -- disentanglement --------------------------------------------------------------------------------------------------
 def test_disentanglement_computes_missing_grids(new_app):
     at = new_app()

@@ -79,6 +79,11 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert run(capsys, "evaluate", *b, "--mode", "attn", "--method", "ties", *coefs)["accuracy"] == at
     assert main(["addition", *b, "--mode", "attn", "--method", "ties", "--alone", "--json"]) == 2
     assert "task arithmetic" in json.loads(capsys.readouterr().out)["error"]
+    tuned = run(capsys, "tune", *b, "--mode", "linear")  # one λ per task, from the shared α
+    assert tuned["start"] == run(capsys, "addition", *b, "--mode", "linear")["alpha"] == tuned["shared"]["alpha"]
+    assert tuned["val_normalized"] >= tuned["shared"]["val_normalized"] and set(tuned["coefficients"]) == set(TWO)
+    coefs = [a for t, c in tuned["coefficients"].items() for a in ("--coef", f"{t}={c:g}")]
+    assert run(capsys, "evaluate", *b, "--mode", "linear", *coefs)["accuracy"] == tuned["accuracy"]
 
     neg = run(capsys, "negation", *b, "--mode", "full", "--task", TWO[0])
     assert {"target", "control", "alpha", "zeroshot_target", "zeroshot_control"} <= set(neg)

@@ -8,7 +8,17 @@ from arith.disentangle import xi_grid
 from arith.evaluate import Evaluator, shared_vector_cache, vector_bytes
 from arith.explore import Explorer, round_coefs
 from arith.kernel import kernel_report
-from arith.protocols import ALPHAS, alone_curve, interference, pair_costs, task_addition, task_negation
+from arith.metrics import summarize
+from arith.protocols import (
+    ALPHAS,
+    TUNE_GRID,
+    alone_curve,
+    interference,
+    pair_costs,
+    task_addition,
+    task_negation,
+    tune_coefficients,
+)
 from arith.report import summary_row
 
 from conftest import TASKS
@@ -62,6 +72,32 @@ def test_task_addition_protocol(bundle, ev):
     row = next(r for r in res["curve"] if r["alpha"] == res["alpha"])
     assert res["absolute"] == row["test"]["absolute"] == pytest.approx(np.mean(list(res["accuracy"].values())))
     assert res["curve"][0]["test"]["accuracy"] == ev.zeroshot("test")
+
+
+@pytest.mark.parametrize("mode", ["attn", "linear"])
+def test_per_task_coefficients_climb_on_validation_and_stop_where_no_single_move_helps(bundle, ev, mode):
+    vs = bundle.vectors[mode]
+    add = task_addition(ev, vs)
+    res = tune_coefficients(ev, vs, add["alpha"], rounds=10)
+    assert res["start_val_normalized"] == pytest.approx(add["val_normalized"])  # starts at the shared α
+    assert res["val_normalized"] >= res["start_val_normalized"]
+    scores = [m["val_normalized"] for m in res["moves"]]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)  # only strict improvements
+    coefs = res["coefficients"]
+    assert all(c in TUNE_GRID or c == add["alpha"] for c in coefs.values())
+    tvs, tasks = list(vs.values()), list(vs)
+
+    def val(c):
+        return summarize(ev.evaluate(tvs, [c[t] for t in tasks], "val"), ev.finetuned(vs, "val"))["normalized"]
+
+    assert val(coefs) == pytest.approx(res["val_normalized"])
+    assert res["converged"]  # a coordinate optimum on the grid: no single λ_t move scores higher
+    for t in tasks:
+        assert all(val({**coefs, t: g}) <= res["val_normalized"] + 1e-12 for g in TUNE_GRID), t
+    test = ev.evaluate(tvs, [coefs[t] for t in tasks], "test")  # reported on test at the chosen coefficients
+    assert res["accuracy"] == test and res["absolute"] == pytest.approx(np.mean(list(test.values())))
+    with pytest.raises(ValueError, match="rounds"):
+        tune_coefficients(ev, vs, 0.3, rounds=0)
 
 
 @pytest.mark.parametrize("mode", ["attn", "linear"])
