@@ -315,6 +315,14 @@ class Explorer:
         return None
 
     # -- protocols and diagnostics --------------------------------------------------------------------------------
+    def _in_order(self, tasks: Sequence[str] | None) -> list[str]:
+        """``tasks`` (all by default) in the bundle's order: the protocols add vectors in the order given, so one
+        selection is one request (and the stored results answer it) whatever order it was picked in."""
+        if not tasks:
+            return list(self.tasks)
+        rank = {t: i for i, t in enumerate(self.tasks)}
+        return sorted(dict.fromkeys(tasks), key=lambda t: rank.get(t, len(rank)))
+
     def _stored_addition(self, mode: str, tasks: Sequence[str], method: str = "task_arithmetic") -> dict | None:
         """The build's task-addition sweep for ``mode`` when it answers a request for ``tasks``, else None."""
         pre = self._precomputed("addition", mode, need=("tasks", "alpha", "absolute", "normalized", "accuracy", "curve"))
@@ -325,7 +333,7 @@ class Explorer:
                  method: str = "task_arithmetic") -> dict:
         """Shared-α task addition (:func:`arith.protocols.task_addition`) over the bundle's ``tasks`` in ``mode``,
         merged by ``method``: the bundle's stored sweep when it is that request, else computed and memoised."""
-        tasks = list(tasks or self.tasks)
+        tasks = self._in_order(tasks)
         pre = self._stored_addition(mode, tasks, method)
         if pre is not None:
             return pre
@@ -340,7 +348,7 @@ class Explorer:
         the addition's chosen α the gap between alone and merged (``interference``); precomputed in bundles built
         since the alone curve joined the build (or added by ``python -m arith precompute --only alone``), else
         computed on demand; memoised."""
-        tasks = list(tasks or self.tasks)
+        tasks = self._in_order(tasks)
         add = self.addition(mode, tasks, progress=progress)  # precomputed, memoised, or (rarely) swept first
         from .protocols import alone_curve, interference
 
@@ -390,7 +398,7 @@ class Explorer:
         """Which vector costs which task at the addition's chosen α (:func:`arith.protocols.pair_costs`, test
         split; every ordered pair of ``tasks``); precomputed in bundles built since pair costs joined the build (or
         added by ``python -m arith precompute --only pairs``), else computed on demand; memoised."""
-        tasks = list(tasks or self.tasks)
+        tasks = list(tasks or self.tasks)  # the order asked for: the matrix's rows and columns
         if len(tasks) < 2:  # before the addition sweep it needs
             raise ValueError(f"pair costs need at least two task vectors (got {tasks})")
         pre = self._stored_pairs(mode, tasks)
@@ -419,8 +427,8 @@ class Explorer:
     def tune(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None,
              method: str = "task_arithmetic") -> dict:
         """One λ per task, chosen on validation by coordinate ascent from the shared α of :meth:`addition`
-        (:func:`arith.protocols.tune_coefficients`); memoised."""
-        tasks = list(tasks or self.tasks)
+        (:func:`arith.protocols.tune_coefficients`), visiting the tasks in the bundle's order; memoised."""
+        tasks = self._in_order(tasks)
         add = self.addition(mode, tasks, progress=progress, method=method)
         vs = self.vectors(mode)
         from .protocols import tune_coefficients

@@ -192,22 +192,23 @@ def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: f
                       finetuned: Mapping[str, Mapping[str, float]] | None = None) -> dict:
     """One λ per task, chosen on validation: coordinate ascent on mean normalized validation accuracy.
 
-    Every λ_t starts at ``start`` (the shared α of task addition).  A round visits the tasks in order and moves λ_t
-    to the value of ``grid`` that scores best with the other coefficients held; only a strict improvement moves
-    it, so a tie keeps the current value, then the smaller one.  It stops after a round that moves nothing, or
-    after ``rounds``.  The score never falls.  The normalisers are the same as in :func:`task_addition`.
+    Every λ_t starts at ``start`` (the shared α of task addition).  A round visits the tasks in the order of
+    ``vectors`` (the result can depend on it: :meth:`arith.explore.Explorer.tune` passes the bundle's order) and
+    moves λ_t to the value of ``grid`` ∪ {``start``} that scores best with the other coefficients held; only a strict
+    improvement moves it, so a tie keeps the current value, then the smaller one.  It stops after a round that moves
+    nothing, or after ``rounds``.  The score never falls.  The normalisers are the same as in :func:`task_addition`.
 
     Returns ``coefficients`` (task -> λ), the validation score at the start and at the end (``start_val_normalized``,
-    ``val_normalized``), ``converged``, ``rounds`` run, ``evaluations``, the ``moves`` made (``task``, ``coef``,
-    ``val_normalized``), and the test ``absolute``, ``normalized`` and per-task ``accuracy`` at the chosen
-    coefficients.
+    ``val_normalized``), ``converged``, ``rounds`` run, ``evaluations``, the ``moves`` made (one per task and round
+    whose λ changed: ``round``, ``task``, ``coef``, ``val_normalized``), and the test ``absolute``, ``normalized`` and
+    per-task ``accuracy`` at the chosen coefficients.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     tasks = list(vectors)
     tvs = [vectors[t] for t in tasks]
     ft = _normalisers(ev, vectors, ("val", "test"), finetuned)
-    grid = sorted({round(float(g), 6) for g in grid})
+    grid = sorted({round(float(g), 6) for g in grid} | {float(start)})
 
     def score(coefs: Mapping[str, float], split: str = "val") -> dict:
         return summarize(ev.evaluate(tvs, [coefs[t] for t in tasks], split, tasks, method), ft[split])
@@ -216,10 +217,11 @@ def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: f
     best = start_score = score(coefs)["normalized"]
     moves, evaluations, done, total = [], 1, 0, rounds * len(tasks) * len(grid)
     converged, ran = False, 0
-    for _ in range(rounds):
+    for r in range(rounds):
         ran += 1
         moved = False
         for t in tasks:
+            was = coefs[t]
             for g in grid:
                 done += 1
                 if g != coefs[t]:
@@ -227,14 +229,16 @@ def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: f
                     s = score(trial)["normalized"]
                     evaluations += 1
                     if s > best:
-                        best, coefs, moved = s, trial, True
-                        moves.append({"task": t, "coef": g, "val_normalized": s})
+                        best, coefs = s, trial
                 if progress:
                     progress(done, total)
+            if coefs[t] != was:
+                moved = True
+                moves.append({"round": r + 1, "task": t, "coef": coefs[t], "val_normalized": best})
         if not moved:
             converged = True
             break
-    if progress:
+    if progress and done < total:
         progress(total, total)
     test = score(coefs, "test")
     return {"method": method, "tasks": tasks, "start": float(start), "grid": grid, "coefficients": coefs,

@@ -93,7 +93,12 @@ def test_per_task_coefficients_climb_on_validation_and_stop_where_no_single_move
     assert val(coefs) == pytest.approx(res["val_normalized"])
     assert res["converged"]  # a coordinate optimum on the grid: no single λ_t move scores higher
     for t in tasks:
-        assert all(val({**coefs, t: g}) <= res["val_normalized"] + 1e-12 for g in TUNE_GRID), t
+        assert all(val({**coefs, t: g}) <= res["val_normalized"] + 1e-12 for g in (*TUNE_GRID, add["alpha"])), t
+    assert all(m["round"] <= res["rounds"] and coefs[m["task"]] in (m["coef"], *TUNE_GRID) for m in res["moves"])
+    # the bundle's order whatever order the tasks come in: one selection is one request
+    ex = Explorer(bundle)
+    assert ex.tune(mode, tasks[::-1])["coefficients"] == ex.tune(mode, tasks)["coefficients"] == coefs
+    assert ex.addition(mode, tasks[::-1]) is bundle.results["addition"][mode]  # the stored sweep answers it
     test = ev.evaluate(tvs, [coefs[t] for t in tasks], "test")  # reported on test at the chosen coefficients
     assert res["accuracy"] == test and res["absolute"] == pytest.approx(np.mean(list(test.values())))
     with pytest.raises(ValueError, match="rounds"):

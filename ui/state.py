@@ -542,17 +542,20 @@ def sidebar() -> Context | None:
             sb.warning("Validation α needs at least one of the bundle's task vectors selected.")
     if sb.button("Per-task λ (validation)", key="w_preset_tune", width="stretch",
                  help="One λ per task, chosen on the validation splits: coordinate ascent on normalized accuracy from "
-                      "the validation α, over λ ∈ {0, 0.1, …, 1} per task (the papers share one α; this relaxes it). "
-                      "Merged by the merge method above; workspace vectors keep their λ. About a minute on two CPU "
-                      "cores for eight tasks."):
+                      "the validation α, each λ_t over {0, 0.1, …, 1} and that α (the papers share one α; this relaxes "
+                      "it). Merged by the merge method above; workspace vectors keep their λ. Seconds to a minute on "
+                      "two CPU cores for eight tasks."):
         in_bundle = [n for n in tasks if n in ex.catalog(mode)]
         if in_bundle:
-            bar = Progress("Choosing one λ per task on the validation splits", sb)
             try:
-                try:
-                    tuned = ex.tune(mode, in_bundle, progress=bar, method=ss[K_METHOD])["coefficients"]
-                finally:
-                    bar.done()
+                for label, step in (("Choosing α on the validation splits", ex.addition),  # stored, or swept first
+                                    ("Choosing one λ per task on the validation splits", ex.tune)):
+                    bar = Progress(label, sb)
+                    try:
+                        res = step(mode, in_bundle, progress=bar, method=ss[K_METHOD])
+                    finally:
+                        bar.done()
+                tuned = res["coefficients"]
                 set_coefs(tuned, untie=True)
             except (ValueError, KeyError) as e:
                 sb.error(message(e))
