@@ -7,8 +7,10 @@
 #      a copy of the bundle), packed as $OUT/precompute_gpu.tgz, to be compared here with the CPU's by
 #      `python -m bench.compare_results precomputed/default DIR` once unpacked over a copy of the bundle;
 #   4. bench/gpu_build_check.py: build-bundle with a ViT-B-32 (random weights) on two generated data sets, and the
-#      invariants of what it wrote: $OUT/gpu-build.json.
-# $STEPS picks some of them (default "check slider precompute build").
+#      invariants of what it wrote: $OUT/gpu-build.json;
+#   5. bench/merge_methods.py: TIES and per-task λ through the Explorer on the default, $OUT/methods-cuda.json, to be
+#      compared here with `python -m bench.merge_methods --compare FILE`.
+# $STEPS picks some of them (default "check slider precompute build methods").
 # Logs: $OUT/gpu_verify.log.  Each step is stopped, and the later ones skipped, once $DEADLINE seconds have passed.
 #
 #   OUT=/tmp/gpu_verify bash bench/gpu_verify.sh
@@ -22,7 +24,7 @@ OUT=${OUT:-/tmp/gpu_verify}
 DEVICE=${DEVICE:-cuda}
 BUNDLE=${BUNDLE:-precomputed/default}
 DEADLINE=${DEADLINE:-420}
-STEPS=${STEPS:-"check slider precompute build"}
+STEPS=${STEPS:-"check slider precompute build methods"}
 PY=${PY:-python3}
 START=$(date +%s)
 mkdir -p "$OUT"
@@ -68,4 +70,6 @@ fi
 # shellcheck disable=SC2086
 want build && step "build check on $DEVICE" $PY bench/gpu_build_check.py --device "$DEVICE" ${BUILD_CHECK_ARGS:-} \
   --json "$OUT/gpu-build.json"
+want methods && step "merge methods on $DEVICE" $PY -m bench.merge_methods --bundle "$BUNDLE" --device "$DEVICE" \
+  --json "$OUT/methods-$DEVICE.json"
 log "done"

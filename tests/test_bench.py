@@ -30,6 +30,21 @@ def test_diagnostics_benchmark(bundle_dir, tmp_path):
     assert res["linearity"]["max_over_min"] >= 1
 
 
+def test_merge_methods_benchmark_compares_with_an_earlier_run(bundle_dir, tmp_path):
+    from bench.merge_methods import main
+
+    first = main(["--bundle", str(bundle_dir), "--json", str(tmp_path / "a.json")])
+    assert set(first["tune_linear_task_arithmetic"]["coefficients"]) == set(first["ties_attn_0.7"])
+    again = main(["--bundle", str(bundle_dir), "--compare", str(tmp_path / "a.json")])
+    c = again["compared_with"]
+    assert c["device"] == "cpu" and c["compared"] > 10 and c["differ"] == 0  # the same run: every number the same
+    broken = json.loads((tmp_path / "a.json").read_text())
+    broken["ties_attn_0.7"][next(iter(broken["ties_attn_0.7"]))] += 0.5
+    (tmp_path / "b.json").write_text(json.dumps(broken))
+    c = main(["--bundle", str(bundle_dir), "--compare", str(tmp_path / "b.json")])["compared_with"]
+    assert c["differ"] == 1 and c["max_abs_diff"] == pytest.approx(0.5) and c["where"].startswith("/ties_attn_0.7/")
+
+
 @pytest.mark.slow
 def test_finetune_cost_benchmark(bundle_dir, tmp_path):
     from bench.finetune_cost import main
