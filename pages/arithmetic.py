@@ -6,6 +6,7 @@ import streamlit as st
 
 from arith.merge import MERGE_METHODS
 from arith.metrics import summarize
+from arith.modes import MODES
 from arith.report import interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
@@ -18,9 +19,13 @@ st.caption(("θ = θ0 + Σ_t λ_t τ_t" if ctx.method == METHOD else f"θ = θ0 
            "negative λ negates (forgets) a task.")
 ex, mode = ctx.ex, ctx.mode
 if ctx.method != METHOD:
+    slow = "" if MERGE_METHODS[ctx.method].linear or not any(MODES[m].linearized for m in ctx.modes if m in MODES) else (
+        " Its δ is not linear in λ, so the linearized model cannot reuse the cached J τ_t: every request computes "
+        "J δ afresh: one Jacobian-vector product over the evaluation images, about 1.5–1.8 s for a ViT-B/32 on an "
+        "H200 (BENCHMARKS.md, *GPU*: eight J τ_t took 12–15 s).")
     st.info(f"Merge method **{method_label(ctx.method)}** (sidebar): {MERGE_METHODS[ctx.method].description}. It "
             "applies to the edited model and the comparison of modes; the α sweep, the pair costs and negation below "
-            "are the papers' task arithmetic.", icon="🔀")
+            f"are the papers' task arithmetic.{slow}", icon="🔀")
 tasks = ctx.eval_tasks()
 
 

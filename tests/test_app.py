@@ -528,6 +528,7 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     assert ties["accuracy"] != ta["accuracy"]  # the tiny bundle tells the two apart
     assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ties["accuracy"].items()})
     assert any("TIES-merging" in i.value for i in at.info) and at.query_params["method"] == "ties"
+    assert any("J δ afresh" in i.value for i in at.info)  # the bundle has a linearized mode: its cache cannot serve
     assert at.caption[0].value.startswith("θ = θ0 + δ(λ), merged by TIES-merging")
 
     def sweep_notes(at) -> list[str]:
