@@ -98,10 +98,10 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
 register_merge_method(MergeMethod("task_arithmetic", "Task arithmetic", task_arithmetic, linear=True,
                                   description="θ0 + Σ λ_t τ_t (Ilharco et al. 2023)"))
 register_merge_method(MergeMethod("ties", "TIES-merging", ties, linear=False,
-                                  description="keep each scaled vector's top 20 % of entries by magnitude (per "
-                                              "tensor), elect a sign per entry, average the entries that agree "
-                                              "(Yadav et al. 2023); with one shared α, α is the paper's λ (it uses "
-                                              "about 1), and one task at λ = 1 is not its fine-tuned model"))
+                                  description="each scaled vector trimmed to its top 20 % of entries per tensor, "
+                                              "a sign elected per entry, the agreeing entries averaged (Yadav et al. "
+                                              "2023; a shared α is the paper's λ, about 1; one task at λ = 1 is not "
+                                              "its fine-tuned model)"))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

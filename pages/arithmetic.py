@@ -19,13 +19,11 @@ st.caption(("θ = θ0 + Σ_t λ_t τ_t" if ctx.method == METHOD else f"θ = θ0 
            "negative λ negates (forgets) a task.")
 ex, mode = ctx.ex, ctx.mode
 if ctx.method != METHOD:
-    slow = "" if MERGE_METHODS[ctx.method].linear or not any(MODES[m].linearized for m in ctx.modes if m in MODES) else (
-        " Its δ is not linear in λ, so the linearized model cannot reuse the cached J τ_t: every request computes "
-        "J δ afresh: one Jacobian-vector product over the evaluation images, about 1.5–1.8 s for a ViT-B/32 on an "
-        "H200 (BENCHMARKS.md, *GPU*: eight J τ_t took 12–15 s).")
-    st.info(f"Merge method **{method_label(ctx.method)}** (sidebar): {MERGE_METHODS[ctx.method].description}. It "
-            "applies to the edited model and the comparison of modes; the α sweep, the pair costs and negation below "
-            f"are the papers' task arithmetic.{slow}", icon="🔀")
+    st.info(f"Merge method **{method_label(ctx.method)}**: {MERGE_METHODS[ctx.method].description}. The coefficients "
+            "may have been chosen for task arithmetic: *Validation α* or *Per-task λ* in the sidebar choose them for "
+            "this method.", icon="🔀")
+    st.caption("It applies to the edited model and the comparison of modes; the α sweep, the pair costs and "
+               "negation below are the papers' task arithmetic.")
 tasks = ctx.eval_tasks()
 
 
@@ -79,10 +77,15 @@ with guard("Evaluating the edited model"):
                           "λ": [(" + ".join(f"{v:g} ({n})" for n, v in lam[t]) if t in lam else "0") if shared
                                 else lam[t][0][1] if t in lam else 0.0 for t in acc]})
     st.dataframe(table, hide_index=True, key="acc_table",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in table.columns[1:4]})
+                 column_config={**{c: st.column_config.NumberColumn(format="%.1f") for c in table.columns[1:4]},
+                                **({} if shared else {"λ": st.column_config.NumberColumn(format="%.2f")})})
 
 st.subheader("The same coefficients under every mode")
 st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")
+if not MERGE_METHODS[ctx.method].linear and any(MODES[m].linearized for m in ctx.modes if m in MODES):
+    st.caption(f"{method_label(ctx.method)}'s δ is not linear in λ, so a linearized mode cannot reuse its cached "
+               "J τ_t: each request computes J δ afresh (one Jacobian-vector product; about 1.5–1.8 s for a ViT-B/32 "
+               "on an H200, BENCHMARKS.md).")
 with guard("Comparing modes"):
     per_mode, rows = {}, []
     skipped = set()  # selected vectors that some mode lacks (λ = 0 there)

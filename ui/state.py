@@ -482,10 +482,9 @@ def sidebar() -> Context | None:
     if ss.get(K_METHOD) not in MERGE_METHODS:
         ss[K_METHOD] = pending["method"] if pending.get("method") in MERGE_METHODS else METHOD
     method = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
-                          help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ). "
-                               + "; ".join(f"**{m.label}**: {m.description}" for m in MERGE_METHODS.values())
-                               + ". The precomputed protocols (the α sweep, negation, ξ, kernel) are task arithmetic; "
-                               "*Validation α* below picks α for the method chosen here.")
+                          help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ); the "
+                               "Task arithmetic page describes the method chosen. The α sweep, negation, ξ and kernel "
+                               "views stay task arithmetic.")
     names = probe.names(mode)
     if K_TASKS not in ss:
         wanted = pending.get("tasks")
@@ -541,15 +540,14 @@ def sidebar() -> Context | None:
         else:
             sb.warning("Validation α needs at least one of the bundle's task vectors selected.")
     if sb.button("Per-task λ (validation)", key="w_preset_tune", width="stretch",
-                 help="One λ per task, chosen on the validation splits: coordinate ascent on normalized accuracy from "
-                      "the validation α, each λ_t over {0, 0.1, …, 1} and that α (the papers share one α; this relaxes "
-                      "it). Merged by the merge method above; workspace vectors keep their λ. Seconds to a minute on "
-                      "two CPU cores for eight tasks."):
+                 help="One λ per task, by coordinate ascent on validation from the validation α (each λ over 0, "
+                      "0.1, …, 1 and that α; up to 3 rounds), for the merge method above."):
         in_bundle = [n for n in tasks if n in ex.catalog(mode)]
         if in_bundle:
             try:
                 for label, step in (("Choosing α on the validation splits", ex.addition),  # stored, or swept first
-                                    ("Choosing one λ per task on the validation splits", ex.tune)):
+                                    ("One λ per task on validation: up to 3 rounds, fewer if one changes nothing",
+                                     ex.tune)):
                     bar = Progress(label, sb)
                     try:
                         res = step(mode, in_bundle, progress=bar, method=ss[K_METHOD])
