@@ -167,9 +167,7 @@ class BundleIndex:
             if len(parts) == 3 and parts[0] == Files.VECTORS_DIR and rel == Files.vector(parts[1], Path(parts[2]).stem):
                 vectors.setdefault(parts[1], {})[Path(parts[2]).stem] = Path(parts[2]).stem
         order = {m: i for i, m in enumerate(manifest.get("modes", []))}
-        rank = {t: i for i, t in enumerate(tasks)}  # each mode's vectors in the manifest's task order, like its results
-        vectors = {m: dict(sorted(vs.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
-                   for m, vs in sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order)))}
+        vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))
         sizes = {t: split_sizes(root / Files.data(t), Files.data(t)) for t in tasks if Files.data(t) in files}
         return cls(root, manifest, tasks, vectors, sizes, read_results(root, manifest), stamps)
 

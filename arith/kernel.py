@@ -63,12 +63,14 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
     def along(vec: TaskVector) -> list[dict]:
         nonlocal done
         jt = ev.jvp(vec, split, tasks=tasks)
+        # on θ0's device once per path, not once per point: each merge then scales τ there (a ViT-B/32 τ is 0.35 GB)
+        here = TaskVector({k: t.to(ev.base.device) for k, t in vec.tensors.items()}, vec.task, vec.mode, vec.base_id)
         rows = []
         for s in path:
             # non-linear, any mode.  θ0 + 0·τ is θ0, so at s = 0 it is f(θ0) itself: a second forward pass over
             # other batches can differ from f0 by rounding on a GPU (kernels vary with the batch shape), which
             # turned the relative error's 0/0 into 1 (BENCHMARKS.md, *GPU*)
-            f_nl = f0 if s == 0 else ev.features(merge(ev.base.params, [vec], [s]), split, tasks)
+            f_nl = f0 if s == 0 else ev.features(merge(ev.base.params, [here], [s]), split, tasks)
             rows.append({"s": float(s), **compare(ev, task, split, f_nl, f0 + s * jt, f0)})
             done += 1
             if progress:
