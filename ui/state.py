@@ -433,6 +433,32 @@ def _on_tie_toggle(names: list[str]) -> None:
         set_coefs({n: v for n in names})
 
 
+CHOOSE_ALPHA = ("Choosing α on the validation splits", "addition")
+CHOOSE_LAMBDAS = ("One λ per task on validation: up to 3 rounds, fewer if one changes nothing", "tune")
+
+
+def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], preset: str, steps) -> dict | None:
+    """Run a preset's ``steps`` ((progress label, name of an Explorer method taking ``(mode, tasks, progress=,
+    method=)``)) in turn on the selected bundle vectors, each with a progress bar in the sidebar; the last one's
+    result, or None with the reason shown there."""
+    in_bundle = [n for n in tasks if n in ex.catalog(mode)]
+    if not in_bundle:
+        sb.warning(f"{preset} needs at least one of the bundle's task vectors selected.")
+        return None
+    res = None
+    try:
+        for label, name in steps:
+            bar = Progress(label, sb)
+            try:
+                res = getattr(ex, name)(mode, in_bundle, progress=bar, method=st.session_state[K_METHOD])
+            finally:
+                bar.done()
+    except (ValueError, KeyError) as e:
+        sb.error(message(e))
+        return None
+    return res
+
+
 def sidebar() -> Context | None:
     """Render the shared widgets in the sidebar and return this run's context (None: no bundle could be opened;
     the reason is already on the page)."""
@@ -524,41 +550,17 @@ def sidebar() -> Context | None:
     if c2.button("Validation α", key="w_preset_alpha", width="stretch",
                  help="The shared α chosen on the validation splits by normalized accuracy (task addition, "
                       "merged by the merge method above)"):
-        in_bundle = [n for n in tasks if n in ex.catalog(mode)]
-        if in_bundle:
-            bar = Progress("Choosing α on the validation splits", sb)
-            try:
-                try:
-                    alpha = ex.addition(mode, in_bundle, progress=bar, method=ss[K_METHOD])["alpha"]
-                finally:
-                    bar.done()
-                set_coefs({n: alpha for n in tasks})
-                if ss.get(K_TIE):
-                    ss[K_ALL] = snap(alpha)
-            except (ValueError, KeyError) as e:
-                sb.error(message(e))
-        else:
-            sb.warning("Validation α needs at least one of the bundle's task vectors selected.")
+        res = _on_validation(sb, ex, mode, tasks, "Validation α", [CHOOSE_ALPHA])
+        if res is not None:
+            set_coefs({n: res["alpha"] for n in tasks})
+            if ss.get(K_TIE):
+                ss[K_ALL] = snap(res["alpha"])
     if sb.button("Per-task λ (validation)", key="w_preset_tune", width="stretch",
                  help="One λ per task, by coordinate ascent on validation from the validation α (each λ over 0, "
                       "0.1, …, 1 and that α; up to 3 rounds), for the merge method above."):
-        in_bundle = [n for n in tasks if n in ex.catalog(mode)]
-        if in_bundle:
-            try:
-                for label, step in (("Choosing α on the validation splits", ex.addition),  # stored, or swept first
-                                    ("One λ per task on validation: up to 3 rounds, fewer if one changes nothing",
-                                     ex.tune)):
-                    bar = Progress(label, sb)
-                    try:
-                        res = step(mode, in_bundle, progress=bar, method=ss[K_METHOD])
-                    finally:
-                        bar.done()
-                tuned = res["coefficients"]
-                set_coefs(tuned, untie=True)
-            except (ValueError, KeyError) as e:
-                sb.error(message(e))
-        else:
-            sb.warning("Per-task λ needs at least one of the bundle's task vectors selected.")
+        res = _on_validation(sb, ex, mode, tasks, "Per-task λ", [CHOOSE_ALPHA, CHOOSE_LAMBDAS])  # α: stored or swept
+        if res is not None:
+            set_coefs(res["coefficients"], untie=True)
     if tasks:
         if ss.get(K_ONLY) not in tasks:
             ss[K_ONLY] = tasks[0]
