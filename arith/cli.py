@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .memory import keep_freed_memory
-from .merge import MERGE_METHODS
+from .merge import MERGE_METHODS, canonical_method
 from .specs import PRECOMPUTED
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "precomputed" / "default"
@@ -37,6 +37,22 @@ def arguments(adder: Callable[[argparse.ArgumentParser], None]):
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------------
+def _method_type(text: str) -> str:
+    try:
+        return canonical_method(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _method_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """``--method NAME[:OPTION=VALUE,…]``: a merge method of ``arith.merge``'s registry, with its options."""
+    known = "; ".join(m.name + (" (" + ", ".join(f"{o.name}={o.default:g}" if isinstance(o.default, float)
+                                                 else f"{o.name}={'|'.join(o.choices)}" for o in m.options) + ")"
+                                if m.options else "") for m in MERGE_METHODS.values())
+    p.add_argument("--method", default="task_arithmetic", type=_method_type, metavar="NAME[:OPTION=VALUE,…]",
+                   help=f"{help}; methods and options: {known}; e.g. ties:density=0.5,scope=vector")
+
+
 def _bundle_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=os.environ.get("ARITH_BUNDLE", str(DEFAULT_BUNDLE)),
                    help="bundle directory (default: $ARITH_BUNDLE or precomputed/default)")
@@ -239,8 +255,7 @@ def _evaluate_args(p):
     _mode_arg(p)
     p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--method", default="task_arithmetic", choices=list(MERGE_METHODS),
-                   help="merge method (default task_arithmetic: θ0 + Σ λ_t τ_t)")
+    _method_arg(p, "merge method (default task_arithmetic: θ0 + Σ λ_t τ_t)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images of each task")
     _vectors_arg(p)
 
@@ -259,8 +274,7 @@ def _addition_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--tasks", nargs="+", help="tasks to add (default: all)")
-    p.add_argument("--method", default="task_arithmetic", choices=list(MERGE_METHODS),
-                   help="merge method (default task_arithmetic, the bundle's stored sweep; ties is computed)")
+    _method_arg(p, "merge method (default task_arithmetic, the bundle's stored sweep; others are computed)")
     p.add_argument("--alone", action="store_true",
                    help="also each task alone at every α (θ0 + α τ_t on task t) and, at the chosen α, what the other "
                         "vectors cost (alone − merged): the result's `alone` and `interference`")
@@ -331,7 +345,7 @@ def _tune_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--tasks", nargs="+", help="tasks to add (default: all)")
-    p.add_argument("--method", default="task_arithmetic", choices=list(MERGE_METHODS), help="merge method")
+    _method_arg(p, "merge method")
 
 
 @command("tune", "one λ per task, chosen on validation by coordinate ascent from task addition's shared α")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from .index import BundleError, BundleIndex
 from .lru import LRU
+from .merge import canonical_method
 from .metrics import GRID, summarize
 
 if TYPE_CHECKING:
@@ -262,6 +263,7 @@ class Explorer:
         if unknown:
             raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(names)}")
         tasks = list(tasks or self.tasks)
+        method = canonical_method(method)  # one cache key per request, however the spec was written
         res = self._from_addition(mode, coefs, split, tasks, method, extra)
         if res is None:
             res = dict(self._computed(mode, coefs, split, tasks, method, extra))
@@ -333,7 +335,7 @@ class Explorer:
                  method: str = "task_arithmetic") -> dict:
         """Shared-α task addition (:func:`arith.protocols.task_addition`) over the bundle's ``tasks`` in ``mode``,
         merged by ``method``: the bundle's stored sweep when it is that request, else computed and memoised."""
-        tasks = self._in_order(tasks)
+        tasks, method = self._in_order(tasks), canonical_method(method)
         pre = self._stored_addition(mode, tasks, method)
         if pre is not None:
             return pre
@@ -428,7 +430,7 @@ class Explorer:
              method: str = "task_arithmetic") -> dict:
         """One λ per task, chosen on validation by coordinate ascent from the shared α of :meth:`addition`
         (:func:`arith.protocols.tune_coefficients`), visiting the tasks in the bundle's order; memoised."""
-        tasks = self._in_order(tasks)
+        tasks, method = self._in_order(tasks), canonical_method(method)
         add = self.addition(mode, tasks, progress=progress, method=method)
         vs = self.vectors(mode)
         from .protocols import tune_coefficients

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 from safetensors.torch import save as st_save
 
-from .merge import get_merge_method, merge
+from .merge import canonical_method, merge
 from .modes import MODES, get_mode
 from .specs import FORMAT_VERSION
 from .taskvec import TaskVector, library_versions
@@ -46,7 +46,7 @@ def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str,
                        coefs: Mapping[str, float], *, base_id: str, mode: str, method: str = "task_arithmetic") -> bytes:
     """The merged encoder θ0 + δ as safetensors bytes, with string metadata: ``arith.kind`` (``merged_model``),
     ``arith.base_model``, ``arith.mode``, ``arith.method``, ``arith.coefficients`` (JSON), ``arith.linearized``."""
-    get_merge_method(method)
+    method = canonical_method(method)
     state = merged_state(theta0, vectors, coefs, method)
     linearized = mode in MODES and get_mode(mode).linearized
     meta = {"arith.format": FORMAT_VERSION, "arith.kind": MERGED_KIND, "arith.base_model": base_id, "arith.mode": mode,
@@ -64,7 +64,7 @@ def coefficient_set(*, bundle: str, base_id: str, mode: str, coefs: Mapping[str,
     if missing:
         raise KeyError(f"no task vector named {missing}")
     return {"format": COEFFICIENTS_FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle, "base_model": base_id,
-            "mode": mode, "method": method, "coefficients": {n: float(c) for n, c in coefs.items()},
+            "mode": mode, "method": canonical_method(method), "coefficients": {n: float(c) for n, c in coefs.items()},
             "vectors": {n: {"task": vectors[n].task, "mode": vectors[n].mode, "uid": vectors[n].uid} for n in coefs}}
 
 
@@ -103,7 +103,11 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
     if base_id is not None and data.get("base_model") != base_id:
         raise ValueError(f"this coefficient set is for base model {data.get('base_model')!r}, not {base_id!r}")
     get_mode(str(data.get("mode")))
-    get_merge_method(str(data.get("method", "task_arithmetic")))
+    method = data.get("method", "task_arithmetic")
+    try:
+        method = canonical_method(method)
+    except ValueError as e:
+        raise ValueError(f"coefficient set: {e}") from None
     coefs = data.get("coefficients")
     if not isinstance(coefs, Mapping):
         raise ValueError("coefficient set: \"coefficients\" must be an object {name: number}")
@@ -112,4 +116,4 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"coefficient set: {name!r} has a non-numeric or non-finite value {value!r}")
         out[str(name)] = float(value)
-    return {**dict(data), "coefficients": out}
+    return {**dict(data), "method": method, "coefficients": out}

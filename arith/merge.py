@@ -7,10 +7,16 @@ so concurrent users with different coefficients never see each other's weights.
 ``task_arithmetic`` is the papers' θ0 + Σ_t λ_t τ_t (linear in λ; negative λ negates a task).  ``ties`` is
 TIES-merging (Yadav et al. 2023: trim to the top-k magnitudes, elect a sign per entry, average the agreeing
 entries), included to show that a method is one record.
+
+A method's tunable settings are declared on its record (:class:`MethodOption`), and a *method spec* names a method
+with settings in one string, ``name`` or ``name:option=value,…`` (e.g. ``ties:density=0.5,scope=vector``).  The
+spec is what the CLI's ``--method``, a link's ``method=``, a coefficient set and the engine's caches carry;
+:func:`canonical_method` writes it with options sorted and defaults left out, so equal requests share one key.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,12 +30,49 @@ Delta = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
+class MethodOption:
+    """One setting of a merge method: a number in [low, high] (``choices`` empty) or one of ``choices``."""
+
+    name: str
+    label: str
+    default: float | str
+    help: str = ""
+    low: float = 0.0
+    high: float = 1.0
+    step: float = 0.05
+    choices: tuple[str, ...] = ()
+    low_open: bool = False  # the lower bound itself is not allowed (a density of 0 keeps nothing)
+
+    def value(self, raw: object) -> float | str:
+        """``raw`` (text from a spec, or a value) checked against this option; a clear ValueError otherwise."""
+        if self.choices:
+            if str(raw) not in self.choices:
+                raise ValueError(f"option {self.name!r} must be one of {', '.join(self.choices)}, not {raw!r}")
+            return str(raw)
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"option {self.name!r} must be a number, not {raw!r}") from None
+        if not (math.isfinite(v) and (self.low < v if self.low_open else self.low <= v) and v <= self.high):
+            lo = "(" if self.low_open else "["
+            raise ValueError(f"option {self.name!r} must lie in {lo}{self.low:g}, {self.high:g}], not {raw!r}")
+        return v
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     name: str
     label: str
     combine: Callable[..., Delta]  # combine(vectors, coefs, **options) -> δ
     linear: bool  # δ is linear in the coefficients (lets linearized evaluation reuse cached J τ_t)
     description: str = ""
+    options: tuple[MethodOption, ...] = ()  # keyword arguments of ``combine`` a user may set
+    # task addition searches its shared α over {0, 0.05, …, alpha_max} and per-task λ over {0, 0.1, …, alpha_max}
+    # (arith.protocols): 1 for the papers' sum; a method that averages instead of adding needs a larger one
+    alpha_max: float = 1.0
+
+    def defaults(self) -> dict[str, float | str]:
+        return {o.name: o.default for o in self.options}
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -42,11 +85,73 @@ def register_merge_method(method: MergeMethod) -> MergeMethod:
     return method
 
 
-def get_merge_method(name: str) -> MergeMethod:
+def get_merge_method(spec: str) -> MergeMethod:
+    """The record of a method name or method spec (``ties`` or ``ties:density=0.5``)."""
+    return parse_method(spec)[0]
+
+
+def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | str]]:
+    """A method spec, ``name`` or ``name:option=value,…``, as (record, every option's value, defaults filled in).
+    Unknown methods or options, repeated options and values out of range raise a ValueError naming them."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a merge method is named by a string, not {type(spec).__name__}")
+    name, _, rest = spec.strip().partition(":")
     try:
-        return MERGE_METHODS[name]
+        method = MERGE_METHODS[name]
     except KeyError:
         raise ValueError(f"unknown merge method {name!r}; known: {', '.join(MERGE_METHODS)}") from None
+    known = {o.name: o for o in method.options}
+    values = method.defaults()
+    seen: set[str] = set()
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, raw = (x.strip() for x in item.partition("="))
+        if not eq or key not in known:
+            have = ", ".join(known) if known else "none"
+            raise ValueError(f"merge method {name!r} has no option {key!r} (options: {have}); write {name}:option=value")
+        if key in seen:
+            raise ValueError(f"option {key!r} is given twice in {spec!r}")
+        seen.add(key)
+        values[key] = known[key].value(raw)
+    return method, values
+
+
+def method_spec(name: str, **options: float | str) -> str:
+    """The canonical spec of ``name`` with ``options``: options sorted, those at their default left out, numbers
+    written with ``%g`` (``ties:density=0.5``; plain ``ties`` when every option is at its default)."""
+    method, values = parse_method(name)
+    opts = {o.name: o for o in method.options}
+    for k, v in options.items():
+        if k not in opts:
+            raise ValueError(f"merge method {name!r} has no option {k!r} (options: {', '.join(opts) or 'none'})")
+        values[k] = opts[k].value(v)
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in sorted(values.items()) if v != opts[k].default]
+    return method.name + (":" + ",".join(parts) if parts else "")
+
+
+def canonical_method(spec: str) -> str:
+    """``spec`` rewritten canonically (see :func:`method_spec`); a ValueError if it names no valid method."""
+    method, values = parse_method(spec)
+    return method_spec(method.name, **values)
+
+
+def is_method(spec: object) -> bool:
+    """Whether ``spec`` is a valid method spec."""
+    try:
+        parse_method(spec)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
+def method_label(spec: str) -> str:
+    """A human label: the method's label, with its non-default options (``TIES-merging (density 0.5)``)."""
+    if not is_method(spec):
+        return str(spec)
+    method, values = parse_method(spec)
+    shown = [f"{o.label.lower()} {values[o.name]:g}" if isinstance(values[o.name], float)
+             else f"{o.label.lower()} {values[o.name]}" for o in method.options if values[o.name] != o.default]
+    return method.label + (f" ({', '.join(shown)})" if shown else "")
 
 
 def _check(vectors: Sequence[TaskVector], coefs: Sequence[float]) -> None:
@@ -71,22 +176,45 @@ def task_arithmetic(vectors: Sequence[TaskVector], coefs: Sequence[float]) -> De
     return delta
 
 
-def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.2) -> Delta:
+def _top_magnitude_threshold(tensors: Sequence[torch.Tensor], density: float) -> torch.Tensor:
+    """The magnitude of the k-th largest entry over ``tensors`` taken together, k = round(density · entries) ≥ 1:
+    entries at or above it are the top ``density`` fraction (ties at the threshold are all kept)."""
+    import torch
+
+    flat = torch.cat([t.reshape(-1).abs() for t in tensors])
+    keep = max(1, int(round(density * flat.numel())))
+    return flat.kthvalue(flat.numel() - keep + 1).values
+
+
+def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.2, scope: str = "tensor") -> Delta:
     """TIES-merging of the scaled vectors λ_t τ_t: keep each vector's top ``density`` fraction of entries by
-    magnitude, elect the sign of their sum per entry, and average the entries that agree with it."""
+    magnitude, elect the sign of their sum per entry, and average the entries that agree with it.
+
+    ``scope`` says over what the top fraction is taken: each tensor of a vector on its own (``tensor``, as mergekit
+    trims) or the whole vector at once (``vector``, as the TIES paper's code flattens each task vector).  Scaling
+    by λ_t does not move the kept set (|λ x| ≥ |λ| c ⟺ |x| ≥ c), so the trim is the unscaled τ_t's."""
     import torch
 
     _check(vectors, coefs)
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"TIES density must lie in (0, 1], not {density!r}")
+    if scope not in ("tensor", "vector"):
+        raise ValueError(f"TIES scope must be 'tensor' or 'vector', not {scope!r}")
+    live = [(v, float(lam)) for v, lam in zip(vectors, coefs) if float(lam) != 0.0]
+    # per-vector thresholds over every tensor (scope "vector"), computed on the scaled entries like the per-tensor ones
+    whole = {id(v): _top_magnitude_threshold([lam * t for t in v.tensors.values()], density)
+             for v, lam in live} if scope == "vector" else {}
     delta: Delta = {}
-    keys = sorted({k for v in vectors for k in v.tensors})
+    keys = sorted({k for v, _ in live for k in v.tensors})
     for k in keys:
-        stack = [float(lam) * v.tensors[k] for v, lam in zip(vectors, coefs) if k in v.tensors and float(lam) != 0.0]
-        if not stack:
-            continue
-        t = torch.stack(stack)
-        flat = t.reshape(len(stack), -1).abs()
-        keep = max(1, int(round(density * flat.shape[1])))
-        thresh = flat.kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
+        pairs = [(v, lam) for v, lam in live if k in v.tensors]
+        t = torch.stack([lam * v.tensors[k] for v, lam in pairs])
+        flat = t.reshape(len(pairs), -1).abs()
+        if scope == "vector":
+            thresh = torch.stack([whole[id(v)] for v, _ in pairs]).to(flat.device).reshape(-1, 1)
+        else:
+            keep = max(1, int(round(density * flat.shape[1])))
+            thresh = flat.kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
         trimmed = t * (flat >= thresh).reshape(t.shape)
         sign = torch.sign(trimmed.sum(0))
         agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
@@ -97,16 +225,25 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
 
 register_merge_method(MergeMethod("task_arithmetic", "Task arithmetic", task_arithmetic, linear=True,
                                   description="θ0 + Σ λ_t τ_t (Ilharco et al. 2023)"))
-register_merge_method(MergeMethod("ties", "TIES-merging", ties, linear=False,
-                                  description="each scaled vector trimmed to its top 20 % of entries per tensor, "
-                                              "a sign elected per entry, the agreeing entries averaged (Yadav et al. "
-                                              "2023; a shared α is the paper's λ, about 1; one task at λ = 1 is not "
-                                              "its fine-tuned model)"))
+register_merge_method(MergeMethod(
+    "ties", "TIES-merging", ties, linear=False,
+    description="each scaled vector trimmed to its largest entries (the density; per tensor or over the whole "
+                "vector), a sign elected per entry, the agreeing entries averaged (Yadav et al. 2023; a shared α is "
+                "the paper's λ, about 1, searched here up to 2; one task at λ = 1 is not its fine-tuned model)",
+    options=(MethodOption("density", "Density", 0.2, "fraction of each vector's entries kept, by magnitude "
+                                                     "(the paper's k; 1 keeps every entry)",
+                          low=0.0, high=1.0, step=0.05, low_open=True),
+             MethodOption("scope", "Trim over", "tensor", "where the largest entries are counted: within each "
+                                                          "tensor (mergekit) or over the whole vector (the paper's "
+                                                          "code)", choices=("tensor", "vector"))),
+    alpha_max=2.0))  # the disjoint mean averages the agreeing entries: its α plays the sum's α × (number of tasks)
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:
-    """The parameter offset δ of ``method`` for these vectors and coefficients."""
-    return get_merge_method(method).combine(vectors, coefs, **options)
+    """The parameter offset δ of ``method`` (a name or spec, :func:`parse_method`) for these vectors and
+    coefficients; keyword ``options`` override the spec's."""
+    record, values = parse_method(method)
+    return record.combine(vectors, coefs, **{**values, **options})
 
 
 def apply_delta(theta0: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The papers' task-arithmetic protocols (method.md §3): task addition and task negation.
 
-* Addition: θ0 + α Σ_t τ_t with one shared α ∈ {0, 0.05, …, 1}, chosen to maximise mean *normalized* accuracy on
+* Addition: θ0 + α Σ_t τ_t with one shared α ∈ {0, 0.05, …, 1} (a merge method's record may extend the grid: TIES
+  averages rather than adds, and searches up to 2), chosen to maximise mean *normalized* accuracy on
   the validation splits (normalisers: each task's fine-tuned accuracy in the same mode, on validation), then
   reported on test (absolute and normalized with test normalisers).
 * Each task alone at the shared α: θ0 + α τ_t on task t, the addition sweep without the other vectors. At one α the
@@ -21,11 +22,19 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .evaluate import Evaluator
+from .merge import get_merge_method
 from .metrics import summarize
 from .taskvec import TaskVector
 
 ALPHAS = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))
 TUNE_GRID = tuple(round(a, 1) for a in np.arange(0.0, 1.0001, 0.1))
+
+
+def alpha_grid(method: str = "task_arithmetic", step: float = 0.05) -> tuple[float, ...]:
+    """{0, step, …, alpha_max} of ``method``'s record (:data:`ALPHAS` for task arithmetic with step 0.05,
+    :data:`TUNE_GRID` with step 0.1)."""
+    top = get_merge_method(method).alpha_max
+    return tuple(round(float(a), 2) for a in np.arange(0.0, top + step / 10, step))
 CONTROL_RATIO = 0.95
 
 Progress = Callable[[int, int], None]
@@ -41,10 +50,11 @@ def _normalisers(ev: Evaluator, vectors: Mapping[str, TaskVector], splits: Seque
     return {s: dict(finetuned[s]) if finetuned and s in finetuned else ev.finetuned(vectors, s) for s in splits}
 
 
-def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequence[float] = ALPHAS,
+def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequence[float] | None = None,
                   method: str = "task_arithmetic", progress: Progress | None = None,
                   finetuned: Mapping[str, Mapping[str, float]] | None = None) -> dict:
-    """Shared-α task addition over ``vectors`` (task -> τ_t of one mode).
+    """Shared-α task addition over ``vectors`` (task -> τ_t of one mode), α over ``alphas`` (default
+    :func:`alpha_grid` of ``method``: {0, 0.05, …, 1} for task arithmetic).
 
     Returns ``alpha`` (chosen on validation), ``absolute`` and ``normalized`` (test), ``accuracy`` (test, per
     task), the single-task ``finetuned`` accuracies used as normalisers, and the whole sweep ``curve`` (per α:
@@ -52,6 +62,7 @@ def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequ
     """
     tasks = list(vectors)
     tvs = [vectors[t] for t in tasks]
+    alphas = alpha_grid(method) if alphas is None else alphas
     ft = _normalisers(ev, vectors, ("val", "test"), finetuned)
     curve = []
     for i, a in enumerate(alphas):
@@ -187,14 +198,15 @@ def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequ
 
 
 def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: float,
-                      grid: Sequence[float] = TUNE_GRID, rounds: int = 3, method: str = "task_arithmetic",
+                      grid: Sequence[float] | None = None, rounds: int = 3, method: str = "task_arithmetic",
                       progress: Progress | None = None,
                       finetuned: Mapping[str, Mapping[str, float]] | None = None) -> dict:
     """One λ per task, chosen on validation: coordinate ascent on mean normalized validation accuracy.
 
     Every λ_t starts at ``start`` (the shared α of task addition).  A round visits the tasks in the order of
     ``vectors`` (the result can depend on it: :meth:`arith.explore.Explorer.tune` passes the bundle's order) and
-    moves λ_t to the value of ``grid`` ∪ {``start``} that scores best with the other coefficients held; only a strict
+    moves λ_t to the value of ``grid`` (default :func:`alpha_grid` of ``method`` at step 0.1) ∪ {``start``} that
+    scores best with the other coefficients held; only a strict
     improvement moves it, so a tie keeps the current value, then the smaller one.  It stops after a round that moves
     nothing, or after ``rounds``.  The score never falls.  The normalisers are the same as in :func:`task_addition`.
 
@@ -208,7 +220,7 @@ def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: f
     tasks = list(vectors)
     tvs = [vectors[t] for t in tasks]
     ft = _normalisers(ev, vectors, ("val", "test"), finetuned)
-    grid = sorted({round(float(g), 6) for g in grid} | {float(start)})
+    grid = sorted({round(float(g), 6) for g in (alpha_grid(method, 0.1) if grid is None else grid)} | {float(start)})
 
     def score(coefs: Mapping[str, float], split: str = "val") -> dict:
         return summarize(ev.evaluate(tvs, [coefs[t] for t in tasks], split, tasks, method), ft[split])

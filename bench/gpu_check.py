@@ -84,7 +84,9 @@ def _vectors(base: Base, mode: str, tasks: list[str], gen: torch.Generator) -> l
 
 
 def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: torch.Generator,
-                   modes=("attn", "full", "linear")) -> list[dict]:
+                   modes=("attn", "full", "linear"), methods=("task_arithmetic",)) -> list[dict]:
+    """Seconds per slider move, per mode and where the vectors live; merge methods other than task arithmetic
+    (method specs, e.g. ``ties:scope=vector``) are timed on the app's path only (vectors kept, fp32)."""
     s = base.image_size
     names = [f"task{i}" for i in range(tasks)]
     data = {t: {"test": Split(torch.randint(0, 256, (per_task, 3, s, s), dtype=torch.uint8, generator=gen),
@@ -103,14 +105,18 @@ def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: tor
             variants += [(where, amp) for where, _ in list(variants) for amp in ("fp16", "bf16")]
             if base.device.type != "cuda":
                 variants = [v for v in variants if v[1] != "fp16"]  # CPU autocast is bf16 only
-        for where, amp in variants:
+        variants = [(w, a, "task_arithmetic") for w, a in variants]
+        if mode != "linear":  # a linearized model merged otherwise computes J δ per move: not a slider path
+            keep = "kept" if base.device.type == "cuda" else "cpu"
+            variants += [(keep, None, m) for m in methods if m != "task_arithmetic"]
+        for where, amp, method in variants:
             vecs = cpu_vecs if where != "gpu" else [TaskVector({k: v.to(base.device) for k, v in tv.tensors.items()},
                                                                tv.task, tv.mode, tv.base_id) for tv in cpu_vecs]
             ev = Evaluator(base, heads, data, autocast=amp, vector_cache_mb=None if where == "kept" else 0)
             coefs = [0.3] * len(vecs)
             _sync(base.device)
             t0 = time.perf_counter()
-            ev.evaluate(vecs, coefs, "test")  # first call: preprocessing (and J τ_t in linear mode)
+            ev.evaluate(vecs, coefs, "test", method=method)  # first call: preprocessing (and J τ_t in linear mode)
             _sync(base.device)
             cold = time.perf_counter() - t0
             times = []
@@ -118,10 +124,11 @@ def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: tor
                 coefs = [0.3 + 0.01 * (r + 1)] * len(vecs)  # a new slider position each time
                 _sync(base.device)
                 t0 = time.perf_counter()
-                ev.evaluate(vecs, coefs, "test")
+                ev.evaluate(vecs, coefs, "test", method=method)
                 _sync(base.device)
                 times.append(time.perf_counter() - t0)
-            rows.append({"mode": mode, "vectors_on": where, "autocast": amp or "fp32", "images": tasks * per_task,
+            rows.append({"mode": mode, "method": method, "vectors_on": where, "autocast": amp or "fp32",
+                         "images": tasks * per_task,
                          "first_call_s": cold, "median_s": statistics.median(times), "min_s": min(times)})
     return rows
 
@@ -138,6 +145,9 @@ def main(argv=None) -> dict:
     p.add_argument("--per-task", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-finetune", action="store_true", help="only the slider evaluation")
+    p.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "ties:scope=vector"],
+                   help="merge methods (specs) the slider evaluation times; others than task arithmetic only with the "
+                        "vectors kept on the device, fp32")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -154,7 +164,7 @@ def main(argv=None) -> dict:
             "cuda": torch.version.cuda, "parameters": sum(v.numel() for v in base.params.values())}
     train = [] if args.no_finetune else [finetune_cost(base, m, args.batch_size, args.steps, args.warmup, gen)
                                          for m in ("full", "attn", "linear")]
-    slider = slider_latency(base, args.tasks, args.per_task, args.repeats, gen)
+    slider = slider_latency(base, args.tasks, args.per_task, args.repeats, gen, methods=args.methods)
     res = {"info": info, "finetune": train, "slider": slider}
     print(f"{info['device']} · {info['model']} ({info['parameters']:,} visual parameters, "
           f"{info['image_size']}px) · torch {info['torch']} CUDA {info['cuda']}\n")
@@ -164,11 +174,12 @@ def main(argv=None) -> dict:
     for r in train:
         peak = "—" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         print(f"| {r['mode']} | {r['trainable']:,} | {r['seconds_per_step']:.3f} | {peak} |")
-    print(f"\n| slider evaluation, {args.tasks} × {args.per_task} images | vectors on | precision | first call (s) "
-          "| median (s) |")
-    print("|---|---|---|---:|---:|")
+    print(f"\n| slider evaluation, {args.tasks} × {args.per_task} images | merge | vectors on | precision "
+          "| first call (s) | median (s) |")
+    print("|---|---|---|---|---:|---:|")
     for r in slider:
-        print(f"| {r['mode']} | {r['vectors_on']} | {r['autocast']} | {r['first_call_s']:.3f} | {r['median_s']:.3f} |")
+        print(f"| {r['mode']} | {r['method']} | {r['vectors_on']} | {r['autocast']} | {r['first_call_s']:.3f} "
+              f"| {r['median_s']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return res

@@ -15,15 +15,19 @@ from bench._common import emit, parser
 from bench.compare_results import compare_json
 
 RUNS = (("linear", "task_arithmetic"), ("attn", "ties"))  # a linear-mode merge and a non-linear method
+SPEC = "ties:density=0.5,scope=vector"  # a method with options: the whole-vector trim
 
 
 def run(bundle: str, device: str) -> dict:
-    """A TIES edit at λ = 0.7 on every task (attn), and per-task λ for each of :data:`RUNS`."""
+    """TIES edits at λ = 0.7 on every task (attn; default options and :data:`SPEC`), and per-task λ for each of
+    :data:`RUNS`."""
     from arith.explore import Explorer
 
     ex = Explorer.open(bundle, device=device)
     start = time.perf_counter()
-    out = {"device": device, "ties_attn_0.7": ex.evaluate("attn", {t: 0.7 for t in ex.tasks}, method="ties")["accuracy"]}
+    at = {t: 0.7 for t in ex.tasks}
+    out = {"device": device, "ties_attn_0.7": ex.evaluate("attn", at, method="ties")["accuracy"],
+           f"{SPEC}_attn_0.7": ex.evaluate("attn", at, method=SPEC)["accuracy"]}
     for mode, method in RUNS:
         r = ex.tune(mode, method=method)
         out[f"tune_{mode}_{method}"] = {k: r[k] for k in ("coefficients", "accuracy", "val_normalized", "evaluations")}

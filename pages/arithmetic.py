@@ -4,7 +4,7 @@ papers' sweep of the shared α."""
 import pandas as pd
 import streamlit as st
 
-from arith.merge import MERGE_METHODS
+from arith.merge import get_merge_method
 from arith.metrics import summarize
 from arith.modes import MODES
 from arith.report import interference_per_task, interference_rows
@@ -19,7 +19,7 @@ st.caption(("θ = θ0 + Σ_t λ_t τ_t" if ctx.method == METHOD else f"θ = θ0 
            "negative λ negates (forgets) a task.")
 ex, mode = ctx.ex, ctx.mode
 if ctx.method != METHOD:
-    st.info(f"Merge method **{method_label(ctx.method)}**: {MERGE_METHODS[ctx.method].description}. The coefficients "
+    st.info(f"Merge method **{method_label(ctx.method)}**: {get_merge_method(ctx.method).description}. The coefficients "
             "may have been chosen for task arithmetic: *Validation α* or *Per-task λ* in the sidebar choose them for "
             "this method.", icon="🔀")
     st.caption("It applies to the edited model and the comparison of modes; the α sweep, the pair costs and "
@@ -82,7 +82,7 @@ with guard("Evaluating the edited model"):
 
 st.subheader("The same coefficients under every mode")
 st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")
-if not MERGE_METHODS[ctx.method].linear and any(MODES[m].linearized for m in ctx.modes if m in MODES):
+if not get_merge_method(ctx.method).linear and any(MODES[m].linearized for m in ctx.modes if m in MODES):
     st.caption(f"{method_label(ctx.method)}'s δ is not linear in λ, so a linearized mode cannot reuse its cached "
                "J τ_t: each request computes J δ afresh (one Jacobian-vector product; about 1.5–1.8 s for a ViT-B/32 "
                "on an H200, BENCHMARKS.md).")

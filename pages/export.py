@@ -89,7 +89,7 @@ st.markdown("The sidebar's choices are mirrored in the address bar, so this link
 st.code(f"{url or ''}?{query}", language=None)
 bundle_arg = shlex.quote(str(ctx.ref.path))
 cmd = [f"python -m arith evaluate --bundle {bundle_arg} --mode {ctx.mode}"
-       + (f" --method {ctx.method}" if ctx.method != METHOD else "")]
+       + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]
 cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items() if not ctx.is_workspace(n)]
 st.markdown("The same evaluation from the command line:")
 st.code(" \\\n  ".join(cmd), language="bash")

@@ -49,8 +49,9 @@ with guard("Norms"):
     st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
     shown = dict.fromkeys(lab.split("/", 1)[0] for lab in chosen)
     st.caption("L2 norm of τ per transformer block (resblocks.i) and per top-level module (conv1, proj, ...). "
-               "Colour: the task; line: the mode ("
-               + "; ".join(f"{mode_label(m)}: {charts.mode_dash(m)}" for m in shown)
+               "Colour: the task; line and marker: the mode ("
+               + "; ".join(f"{mode_label(m)}: {charts.mode_dash(m)} {charts.SYMBOL_GLYPHS[charts.mode_marker(m)]}"
+                           for m in shown)
                + "). Attention-only vectors are zero outside the attention weights.")
 
 with guard("Cosine similarity"):

@@ -553,7 +553,7 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     assert b.sidebar.selectbox(key="w_method").value == "ties" and shown_accuracy(b) == shown_accuracy(at)
     odd = new_app({"method": "nope"})
     assert odd.sidebar.selectbox(key="w_method").value == "task_arithmetic"
-    assert any("merge method 'nope' is unknown" in w.value for w in odd.sidebar.warning)
+    assert any("unknown merge method 'nope'" in w.value for w in odd.sidebar.warning)
     # export: the set records it, the command passes it, and loading a set switches to its method
     at.switch_page("pages/export.py").run()
     clean(at)
@@ -573,6 +573,41 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     swept = at.session_state["_ctx"].ex._memo.get(("add", "attn", tuple(engine.tasks), "ties"))
     assert swept is not None and swept["method"] == "ties" and swept["alpha"] == alpha  # computed, not the stored sweep
 
+
+
+def test_a_merge_methods_options_are_widgets_that_travel_with_links_and_sets(new_app, engine, bundle):
+    at = new_app()
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    assert not any(s.key.startswith("w_method::") for s in at.sidebar.slider)  # task arithmetic has no options
+    at.sidebar.selectbox(key="w_method").set_value("ties").run()
+    density, scope = at.sidebar.slider(key="w_method::ties.density"), at.sidebar.radio(key="w_method::ties.scope")
+    assert density.value == pytest.approx(0.2) and scope.value == "tensor" and at.query_params["method"] == "ties"
+    density.set_value(0.5)
+    scope.set_value("vector").run()
+    clean(at)
+    spec = "ties:density=0.5,scope=vector"
+    assert at.query_params["method"] == spec
+    want = engine.evaluate("attn", coefs, "test", method=spec)
+    assert want["accuracy"] != engine.evaluate("attn", coefs, "test", method="ties")["accuracy"]
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in want["accuracy"].items()})
+    assert any("density 0.5, trim over vector" in i.value for i in at.info)
+    # a link opens the same view; a bad option is named and the method opens at its defaults
+    b = new_app(dict(at.query_params))
+    clean(b)
+    assert b.sidebar.slider(key="w_method::ties.density").value == pytest.approx(0.5)
+    assert b.sidebar.radio(key="w_method::ties.scope").value == "vector" and shown_accuracy(b) == shown_accuracy(at)
+    odd = new_app({"method": "ties:density=3"})
+    assert odd.sidebar.selectbox(key="w_method").value == "task_arithmetic"
+    assert any("must lie in (0, 1]" in w.value for w in odd.sidebar.warning)
+    # the coefficient set and the command carry the spec; loading the set restores the options
+    at.switch_page("pages/export.py").run()
+    clean(at)
+    record = parse_coefficient_set(at.code[0].value, bundle.base.id)
+    assert record["method"] == spec and f"--method {spec}" in at.code[2].value
+    at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
+    at.file_uploader(key="export_import").set_value(("set.json", json.dumps(record).encode(), "application/json")).run()
+    clean(at)
+    assert at.query_params["method"] == spec and at.sidebar.radio(key="w_method::ties.scope").value == "vector"
 
 
 def test_the_per_task_preset_sets_the_validation_chosen_coefficients(new_app, engine):

@@ -79,6 +79,19 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert run(capsys, "evaluate", *b, "--mode", "attn", "--method", "ties", *coefs)["accuracy"] == at
     assert main(["addition", *b, "--mode", "attn", "--method", "ties", "--alone", "--json"]) == 2
     assert "task arithmetic" in json.loads(capsys.readouterr().out)["error"]
+    # a method with options: written at its defaults it is the same request; other values merge otherwise
+    assert run(capsys, "addition", *b, "--mode", "attn", "--method", "ties:scope=tensor,density=0.20") == ties
+    spec = "ties:density=0.5,scope=vector"
+    half = run(capsys, "addition", *b, "--mode", "attn", "--method", "ties: scope=vector,density=0.50")
+    assert half["method"] == spec and half["curve"] != ties["curve"]
+    at = next(r for r in half["curve"] if r["alpha"] == half["alpha"])["test"]["accuracy"]
+    coefs = [a for t in TWO for a in ("--coef", f"{t}={half['alpha']:g}")]
+    assert run(capsys, "evaluate", *b, "--mode", "attn", "--method", spec, *coefs)["accuracy"] == at
+    with pytest.raises(SystemExit):
+        main(["evaluate", *b, "--mode", "attn", "--method", "ties:density=2"])
+    assert "must lie in (0, 1]" in capsys.readouterr().err
+    assert main(["addition", *b, "--mode", "attn", "--method", spec, "--pairs", "--json"]) == 2
+    assert "task arithmetic" in json.loads(capsys.readouterr().out)["error"]
     tuned = run(capsys, "tune", *b, "--mode", "linear")  # one λ per task, from the shared α
     assert tuned["start"] == run(capsys, "addition", *b, "--mode", "linear")["alpha"] == tuned["shared"]["alpha"]
     assert tuned["val_normalized"] >= tuned["shared"]["val_normalized"] and set(tuned["coefficients"]) == set(TWO)

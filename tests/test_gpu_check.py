@@ -28,10 +28,14 @@ def test_gpu_check_smoke_run(tmp_path, capsys):
     train = {r["mode"]: r for r in res["finetune"]}
     assert set(train) == {"full", "attn", "linear"} and all(r["seconds_per_step"] > 0 for r in train.values())
     assert train["attn"]["trainable"] < train["full"]["trainable"] == train["linear"]["trainable"]
-    rows = {(r["mode"], r["autocast"]): r for r in res["slider"]}
-    assert {("attn", "fp32"), ("attn", "bf16"), ("full", "fp32"), ("linear", "fp32")} <= set(rows)
+    rows = {(r["mode"], r["method"], r["autocast"]): r for r in res["slider"]}
+    ta = "task_arithmetic"
+    assert {("attn", ta, "fp32"), ("attn", ta, "bf16"), ("full", ta, "fp32"), ("linear", ta, "fp32")} <= set(rows)
+    # TIES (both trims) is timed on the slider path too, except for the linearized model (J δ per move)
+    assert {(m, s, "fp32") for m in ("attn", "full") for s in ("ties", "ties:scope=vector")} <= set(rows)
+    assert not any(m == "linear" and s != ta for m, s, _ in rows)
     assert all(r["images"] == 8 * 16 for r in rows.values())
-    lin = rows[("linear", "fp32")]
+    lin = rows[("linear", ta, "fp32")]
     assert lin["median_s"] < lin["first_call_s"], "warm linear sliders are a weighted sum of cached J τ"
     assert "| slider evaluation, 8 × 16 images |" in capsys.readouterr().out
 

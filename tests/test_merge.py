@@ -103,3 +103,69 @@ def test_apply_delta_builds_new_tensors(base):
     delta = {k: torch.ones_like(base.params[k])}
     out = apply_delta(base.params, delta)
     assert out[k] is not base.params[k] and torch.allclose(out[k] - base.params[k], delta[k])
+
+
+# -- method specs: a method with its options in one string (CLI --method, links, coefficient sets, cache keys) --------
+def test_method_specs_are_canonical_and_checked():
+    from arith.merge import canonical_method, is_method, method_label, method_spec, parse_method
+
+    assert canonical_method("ties") == canonical_method("ties:density=0.2,scope=tensor") == "ties"
+    assert canonical_method(" ties: scope=vector , density=0.50 ") == "ties:density=0.5,scope=vector"
+    assert method_spec("ties", density=0.5) == "ties:density=0.5"
+    assert parse_method("ties:density=1")[1] == {"density": 1.0, "scope": "tensor"}
+    assert method_label("ties:density=0.5,scope=vector") == "TIES-merging (density 0.5, trim over vector)"
+    assert method_label("task_arithmetic") == "Task arithmetic" and not is_method(3)
+    for spec, msg in [("nope", "unknown merge method 'nope'"), ("ties:k=3", "has no option 'k'"),
+                      ("task_arithmetic:density=0.5", "options: none"), ("ties:density", "has no option 'density'"),
+                      ("ties:density=0", r"must lie in \(0, 1\]"), ("ties:density=1.5", r"\(0, 1\]"),
+                      ("ties:density=nan", r"\(0, 1\]"), ("ties:density=a", "must be a number"),
+                      ("ties:scope=layer", "one of tensor, vector"), ("ties:density=0.3,density=0.4", "given twice")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_method(spec)
+        assert not is_method(spec)
+    with pytest.raises(ValueError, match="has no option 'k'"):
+        method_spec("ties", k=1)
+
+
+def test_a_spec_merges_with_its_options(base):
+    vs = [_vec(base, 20), _vec(base, 21), _vec(base, 22)]
+    coefs = [0.4, 0.7, -0.5]
+    for density, scope in [(0.5, "tensor"), (0.3, "vector")]:
+        spec = f"ties:density={density},scope={scope}"
+        want = combine(vs, coefs, "ties", density=density, scope=scope)
+        got = combine(vs, coefs, spec)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    d5, d2 = combine(vs, coefs, "ties:density=0.5"), combine(vs, coefs, "ties")
+    assert any(not torch.equal(d5[k], d2[k]) for k in d5)
+
+
+def test_ties_at_full_density_on_one_vector_is_task_arithmetic(base):
+    v = _vec(base, 23)
+    for scope in ("tensor", "vector"):
+        d = combine([v], [0.6], f"ties:density=1,scope={scope}")
+        assert all(torch.allclose(d[k], 0.6 * v.tensors[k]) for k in v.tensors)
+
+
+def test_ties_trims_over_the_whole_vector_or_per_tensor(base):
+    # entries of very different sizes per tensor: the whole-vector trim keeps the large tensors' entries
+    v = _vec(base, 24)
+    sizes = {k: (10.0 if i % 2 else 0.1) for i, k in enumerate(sorted(v.tensors))}
+    v = TaskVector({k: t * sizes[k] for k, t in v.tensors.items()}, "t", "full", base.id)
+    total = sum(t.numel() for t in v.tensors.values())
+    for scope in ("tensor", "vector"):
+        d = combine([v], [1.0], f"ties:density=0.25,scope={scope}")
+        kept = {k: int((d[k] != 0).sum()) for k in d}
+        assert abs(sum(kept.values()) - 0.25 * total) <= len(d)  # each trim keeps round(density · entries)
+        if scope == "tensor":
+            assert all(abs(kept[k] - 0.25 * d[k].numel()) <= 1 for k in d)
+        else:  # the small tensors lose (nearly) everything to the large ones
+            small = [k for k in d if sizes[k] < 1 and d[k].numel() > 16]
+            assert small and all(kept[k] < 0.05 * d[k].numel() for k in small)
+
+
+def test_ties_is_homogeneous_in_a_shared_positive_coefficient(base):
+    # |λ x| ≥ |λ| c ⟺ |x| ≥ c: a shared λ > 0 scales δ and moves nothing else (either scope)
+    vs = [_vec(base, 25), _vec(base, 26)]
+    for scope in ("tensor", "vector"):
+        one, half = (combine(vs, [c, c], f"ties:scope={scope}") for c in (1.0, 0.5))
+        assert all(torch.allclose(half[k], 0.5 * one[k], atol=1e-9) for k in one)

@@ -167,29 +167,40 @@ def _block_order(name: str) -> tuple:
     return (3, 0, name)
 
 
-# norm_profile's line style per mode, in the mode registry's order (full, attn, attn_bias, linear, mlp, then any
-# registered later): one record there gets a style here without a new branch
+# norm_profile's line style and marker per mode, in the mode registry's order (full, attn, attn_bias, linear, mlp,
+# then any registered later): one record there gets a style here without a new branch
 DASHES = ("dash", "solid", "longdash", "dot", "dashdot", "longdashdot")
+SYMBOLS = ("square", "circle", "diamond", "x", "triangle-up", "star")
+SYMBOL_GLYPHS = {"square": "■", "circle": "●", "diamond": "◆", "x": "✕", "triangle-up": "▲", "star": "★"}
+
+
+def _mode_style(mode: str, styles: Sequence[str]) -> str:
+    names = list(MODES)
+    return styles[names.index(mode) % len(styles)] if mode in names else styles[-1]
 
 
 def mode_dash(mode: str) -> str:
     """The line style of ``mode`` in :func:`norm_profile` (plotly's dash names)."""
-    names = list(MODES)
-    return DASHES[names.index(mode) % len(DASHES)] if mode in names else "longdashdot"
+    return _mode_style(mode, DASHES)
+
+
+def mode_marker(mode: str) -> str:
+    """The marker of ``mode`` in :func:`norm_profile` (a plotly symbol name; :data:`SYMBOL_GLYPHS` draws it in text)."""
+    return _mode_style(mode, SYMBOLS)
 
 
 def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
     """Per-block L2 norm of each task vector (``label -> {block: norm}``, labels ``mode/vector``), in the order the
-    input flows.  Colour: the vector (one task's vectors in every mode share it); line style: the mode
-    (:func:`mode_dash`)."""
+    input flows.  Colour: the vector (one task's vectors in every mode share it); line style and marker: the mode
+    (:func:`mode_dash`, :func:`mode_marker`), so modes stay apart where their lines overlap."""
     fig = go.Figure()
     vectors = list(dict.fromkeys(label.split("/", 1)[-1] for label in profiles))
     for label, blocks in profiles.items():
         mode, vector = label.split("/", 1) if "/" in label else ("", label)
         names = sorted(blocks, key=_block_order)
         fig.add_scatter(x=names, y=[blocks[n] for n in names], mode="lines+markers", name=label,
-                        line=dict(color=PALETTE[vectors.index(vector) % len(PALETTE)],
-                                  dash=mode_dash(mode)))
+                        line=dict(color=PALETTE[vectors.index(vector) % len(PALETTE)], dash=mode_dash(mode)),
+                        marker=dict(symbol=mode_marker(mode), size=8))
     order = sorted({n for b in profiles.values() for n in b}, key=_block_order)
     fig.update_xaxes(title="block / module", categoryorder="array", categoryarray=order)
     fig.update_yaxes(title="L2 norm of τ")

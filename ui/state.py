@@ -6,7 +6,8 @@
 * Everything a session owns lives in ``st.session_state``: its choices, its coefficients and its *workspace*
   (task vectors it uploaded or trained, per base model).  Nothing of one session is visible to another.
 * The current bundle, mode, merge method, tasks and coefficients are mirrored in the URL query parameters
-  (``?bundle=…&mode=attn&tasks=a&tasks=b&c.a=0.3&c.b=0.3``; ``method=ties`` when it is not task arithmetic) and
+  (``?bundle=…&mode=attn&tasks=a&tasks=b&c.a=0.3&c.b=0.3``; ``method=ties`` or ``method=ties:density=0.5`` when it
+  is not task arithmetic, in :func:`arith.merge.method_spec`'s canonical form) and
   read back on a session's first run, so a link reproduces the view.
 
 Bundle discovery: ``$ARITH_BUNDLE`` if set, then ``precomputed/default``, then every other directory with a
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from arith.explore import Explorer
-from arith.merge import MERGE_METHODS
+from arith.merge import MERGE_METHODS, get_merge_method, is_method, method_label, method_spec, parse_method
 from arith.modes import MODES
 
 from .common import Progress, message
@@ -44,6 +45,7 @@ METHOD = "task_arithmetic"
 # widget keys
 K_BUNDLE, K_MODE, K_TASKS, K_TIE, K_ALL, K_ONLY = "w_bundle", "w_mode", "w_tasks", "w_tie", "w_coef_all", "w_only"
 K_METHOD = "w_method"
+METHOD_OPTION_PREFIX = "w_method::"  # + "<method>.<option>": one widget per option of the chosen merge method
 COEF_PREFIX = "w_coef::"
 # session keys that are not widgets
 S_COEFS, S_WORKSPACE, S_PENDING, S_NOTES, S_CTX = "coefs", "workspace", "_pending_link", "_link_notes", "_ctx"
@@ -183,10 +185,6 @@ def tensors_ready(ctx: Context) -> bool:
 # -- the session's view -------------------------------------------------------------------------------------------
 def mode_label(mode: str) -> str:
     return MODES[mode].label if mode in MODES else mode
-
-
-def method_label(method: str) -> str:
-    return MERGE_METHODS[method].label if method in MERGE_METHODS else method
 
 
 @dataclass
@@ -371,8 +369,11 @@ def link_notes(choices: Mapping, bundles: Sequence[str], bundle: str, modes: Seq
         notes.append(f"bundle {choices['bundle']!r} is not here (bundles: {', '.join(bundles)})")
     if choices.get("mode") not in (None, mode):
         notes.append(f"mode {choices['mode']!r} is not in this bundle (modes: {', '.join(modes)})")
-    if choices.get("method") not in (None, *MERGE_METHODS):
-        notes.append(f"merge method {choices['method']!r} is unknown (methods: {', '.join(MERGE_METHODS)})")
+    if choices.get("method") is not None:
+        try:
+            parse_method(choices["method"])
+        except ValueError as e:
+            notes.append(f"merge method {choices['method']!r}: {e}")
     unknown = [n for n in [*choices.get("tasks", []), *choices.get("coefs", {})] if n not in names]
     if unknown:
         notes.append(f"no {mode} task vector named {', '.join(repr(n) for n in dict.fromkeys(unknown))}")
@@ -437,10 +438,10 @@ CHOOSE_ALPHA = ("Choosing α on the validation splits", "addition")
 CHOOSE_LAMBDAS = ("One λ per task on validation: up to 3 rounds, fewer if one changes nothing", "tune")
 
 
-def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], preset: str, steps) -> dict | None:
+def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], method: str, preset: str, steps) -> dict | None:
     """Run a preset's ``steps`` ((progress label, name of an Explorer method taking ``(mode, tasks, progress=,
-    method=)``)) in turn on the selected bundle vectors, each with a progress bar in the sidebar; the last one's
-    result, or None with the reason shown there."""
+    method=)``)) in turn on the selected bundle vectors merged by ``method``, each with a progress bar in the
+    sidebar; the last one's result, or None with the reason shown there."""
     in_bundle = [n for n in tasks if n in ex.catalog(mode)]
     if not in_bundle:
         sb.warning(f"{preset} needs at least one of the bundle's task vectors selected.")
@@ -450,13 +451,48 @@ def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], preset: str, s
         for label, name in steps:
             bar = Progress(label, sb)
             try:
-                res = getattr(ex, name)(mode, in_bundle, progress=bar, method=st.session_state[K_METHOD])
+                res = getattr(ex, name)(mode, in_bundle, progress=bar, method=method)
             finally:
                 bar.done()
     except (ValueError, KeyError) as e:
         sb.error(message(e))
         return None
     return res
+
+
+def _method_option_key(method: str, option: str) -> str:
+    return f"{METHOD_OPTION_PREFIX}{method}.{option}"
+
+
+def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
+    """The merge-method select and one widget per option the chosen method declares (``arith.merge``'s records);
+    returns the canonical method spec.  ``applied`` (a loaded coefficient set, a page's request) sets the widgets;
+    so does ``linked`` (the link's ``method=``) on a session's first run."""
+    ss = st.session_state
+    wanted = applied if is_method(applied) else None
+    if wanted is None and ss.get(K_METHOD) not in MERGE_METHODS:
+        wanted = linked if is_method(linked) else METHOD
+    if wanted is not None:
+        record, values = parse_method(wanted)
+        ss[K_METHOD] = record.name
+        for o in record.options:
+            ss[_method_option_key(record.name, o.name)] = values[o.name]
+    name = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
+                        help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ); the "
+                             "Task arithmetic page describes the method chosen. The α sweep, negation, ξ and kernel "
+                             "views stay task arithmetic.")
+    values = {}
+    for o in MERGE_METHODS[name].options:
+        key = _method_option_key(name, o.name)
+        if key not in ss:
+            ss[key] = o.default
+        if o.choices:
+            values[o.name] = sb.radio(o.label, o.choices, key=key, help=o.help, horizontal=True)
+        else:
+            low = o.low + o.step if o.low_open else o.low
+            values[o.name] = sb.slider(o.label, float(low), float(o.high), step=float(o.step), key=key, help=o.help,
+                                       format="%.2f")
+    return method_spec(name, **values)
 
 
 def sidebar() -> Context | None:
@@ -503,14 +539,7 @@ def sidebar() -> Context | None:
                         help="What fine-tuning changed: every weight (full), the attention weights only (attn, "
                              "the paper's), the first-order Taylor model (linear), ...")
     probe.mode = mode
-    if apply and apply.get("method") in MERGE_METHODS:
-        ss[K_METHOD] = apply["method"]
-    if ss.get(K_METHOD) not in MERGE_METHODS:
-        ss[K_METHOD] = pending["method"] if pending.get("method") in MERGE_METHODS else METHOD
-    method = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
-                          help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ); the "
-                               "Task arithmetic page describes the method chosen. The α sweep, negation, ξ and kernel "
-                               "views stay task arithmetic.")
+    method = _method_widgets(sb, apply.get("method") if apply else None, pending.get("method"))
     names = probe.names(mode)
     if K_TASKS not in ss:
         wanted = pending.get("tasks")
@@ -548,17 +577,19 @@ def sidebar() -> Context | None:
         if ss.get(K_TIE):
             ss[K_ALL] = 0.0
     if c2.button("Validation α", key="w_preset_alpha", width="stretch",
-                 help="The shared α chosen on the validation splits by normalized accuracy (task addition, "
-                      "merged by the merge method above)"):
-        res = _on_validation(sb, ex, mode, tasks, "Validation α", [CHOOSE_ALPHA])
+                 help="The shared α ∈ {0, 0.05, …, "
+                      f"{get_merge_method(method).alpha_max:g}}} chosen on the validation splits by normalized "
+                      "accuracy (task addition, merged by the merge method above)"):
+        res = _on_validation(sb, ex, mode, tasks, method, "Validation α", [CHOOSE_ALPHA])
         if res is not None:
             set_coefs({n: res["alpha"] for n in tasks})
             if ss.get(K_TIE):
                 ss[K_ALL] = snap(res["alpha"])
     if sb.button("Per-task λ (validation)", key="w_preset_tune", width="stretch",
                  help="One λ per task, by coordinate ascent on validation from the validation α (each λ over 0, "
-                      "0.1, …, 1 and that α; up to 3 rounds), for the merge method above."):
-        res = _on_validation(sb, ex, mode, tasks, "Per-task λ", [CHOOSE_ALPHA, CHOOSE_LAMBDAS])  # α: stored or swept
+                      f"0.1, …, {get_merge_method(method).alpha_max:g} and that α; up to 3 rounds), for the merge "
+                      "method above."):
+        res = _on_validation(sb, ex, mode, tasks, method, "Per-task λ", [CHOOSE_ALPHA, CHOOSE_LAMBDAS])  # α: stored or swept
         if res is not None:
             set_coefs(res["coefficients"], untie=True)
     if tasks:
