@@ -176,23 +176,14 @@ def task_arithmetic(vectors: Sequence[TaskVector], coefs: Sequence[float]) -> De
     return delta
 
 
-def _top_magnitude_threshold(tensors: Sequence[torch.Tensor], density: float) -> torch.Tensor:
-    """The magnitude of the k-th largest entry over ``tensors`` taken together, k = round(density · entries) ≥ 1:
-    entries at or above it are the top ``density`` fraction (ties at the threshold are all kept)."""
-    import torch
-
-    flat = torch.cat([t.reshape(-1).abs() for t in tensors])
-    keep = max(1, int(round(density * flat.numel())))
-    return flat.kthvalue(flat.numel() - keep + 1).values
-
-
 def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.2, scope: str = "tensor") -> Delta:
     """TIES-merging of the scaled vectors λ_t τ_t: keep each vector's top ``density`` fraction of entries by
     magnitude, elect the sign of their sum per entry, and average the entries that agree with it.
 
     ``scope`` says over what the top fraction is taken: each tensor of a vector on its own (``tensor``, as mergekit
-    trims) or the whole vector at once (``vector``, as the TIES paper's code flattens each task vector).  Scaling
-    by λ_t does not move the kept set (|λ x| ≥ |λ| c ⟺ |x| ≥ c), so the trim is the unscaled τ_t's."""
+    trims) or the whole vector at once (``vector``, as the TIES paper's code flattens each task vector).  The trim
+    is τ_t's own, before scaling (|λ x| ≥ |λ| c ⟺ |x| ≥ c, so scaling would not move it), which lets each vector
+    memoise its thresholds (:meth:`arith.taskvec.TaskVector.top_threshold`)."""
     import torch
 
     _check(vectors, coefs)
@@ -200,22 +191,13 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
         raise ValueError(f"TIES density must lie in (0, 1], not {density!r}")
     if scope not in ("tensor", "vector"):
         raise ValueError(f"TIES scope must be 'tensor' or 'vector', not {scope!r}")
+    density = float(density)
     live = [(v, float(lam)) for v, lam in zip(vectors, coefs) if float(lam) != 0.0]
-    # per-vector thresholds over every tensor (scope "vector"), computed on the scaled entries like the per-tensor ones
-    whole = {id(v): _top_magnitude_threshold([lam * t for t in v.tensors.values()], density)
-             for v, lam in live} if scope == "vector" else {}
     delta: Delta = {}
-    keys = sorted({k for v, _ in live for k in v.tensors})
-    for k in keys:
-        pairs = [(v, lam) for v, lam in live if k in v.tensors]
-        t = torch.stack([lam * v.tensors[k] for v, lam in pairs])
-        flat = t.reshape(len(pairs), -1).abs()
-        if scope == "vector":
-            thresh = torch.stack([whole[id(v)] for v, _ in pairs]).to(flat.device).reshape(-1, 1)
-        else:
-            keep = max(1, int(round(density * flat.shape[1])))
-            thresh = flat.kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
-        trimmed = t * (flat >= thresh).reshape(t.shape)
+    for k in sorted({k for v, _ in live for k in v.tensors}):
+        # trim: each τ_t's entries at or above its memoised threshold (per tensor, or over the whole vector)
+        trimmed = torch.stack([lam * v.tensors[k] * (v.tensors[k].abs() >= v.top_threshold(
+            density, k if scope == "tensor" else None)) for v, lam in live if k in v.tensors])
         sign = torch.sign(trimmed.sum(0))
         agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
         count = agree.sum(0).clamp(min=1)

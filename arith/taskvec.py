@@ -58,6 +58,22 @@ class TaskVector:
             h.update(t.numpy().tobytes())
         return h.hexdigest()[:20]
 
+    @cached_property
+    def _thresholds(self) -> dict[tuple[float, str | None], float]:
+        return {}  # memo of top_threshold: a function of the (never written) tensors alone
+
+    def top_threshold(self, density: float, key: str | None = None) -> float:
+        """The magnitude of the k-th largest entry of tensor ``key`` (None: of the whole vector at once), k =
+        round(density · entries) ≥ 1, so that the entries at or above it are the top ``density`` fraction (TIES's
+        trim, :func:`arith.merge.ties`).  Memoised per vector: after the first request a trim is one comparison."""
+        memo = self._thresholds
+        if (density, key) not in memo:
+            flat = (self.tensors[key].reshape(-1) if key is not None
+                    else torch.cat([t.reshape(-1) for t in self.tensors.values()])).abs()
+            keep = max(1, int(round(density * flat.numel())))
+            memo[(density, key)] = float(flat.kthvalue(flat.numel() - keep + 1).values)
+        return memo[(density, key)]
+
     @property
     def linearized(self) -> bool:
         return self.mode in MODES and get_mode(self.mode).linearized
