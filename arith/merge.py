@@ -209,8 +209,8 @@ register_merge_method(MergeMethod("task_arithmetic", "Task arithmetic", task_ari
                                   description="θ0 + Σ λ_t τ_t (Ilharco et al. 2023)"))
 register_merge_method(MergeMethod(
     "ties", "TIES-merging", ties, linear=False,
-    description="each scaled vector trimmed to its largest entries (the density; per tensor or over the whole "
-                "vector), a sign elected per entry, the agreeing entries averaged (Yadav et al. 2023; a shared α is "
+    description="each vector trimmed to its largest entries (the density; per tensor or over the whole vector) and "
+                "scaled by its λ, a sign elected per entry, the agreeing entries averaged (Yadav et al. 2023; a shared α is "
                 "the paper's λ, about 1, searched here up to 2; one task at λ = 1 is not its fine-tuned model)",
     options=(MethodOption("density", "Density", 0.2, "fraction of each vector's entries kept, by magnitude "
                                                      "(the paper's k; 1 keeps every entry)",

@@ -169,3 +169,37 @@ def test_ties_is_homogeneous_in_a_shared_positive_coefficient(base):
     for scope in ("tensor", "vector"):
         one, half = (combine(vs, [c, c], f"ties:scope={scope}") for c in (1.0, 0.5))
         assert all(torch.allclose(half[k], 0.5 * one[k], atol=1e-9) for k in one)
+
+
+def _ties_reference(vectors, coefs, density, scope):
+    """TIES written out directly: trim each scaled vector λ_t τ_t by its own top-k (kthvalue, no memo), elect, average."""
+    scaled = [{k: lam * t for k, t in v.tensors.items()} for v, lam in zip(vectors, coefs) if lam != 0]
+
+    def cut(x):  # the k-th largest magnitude of x
+        keep = max(1, int(round(density * x.numel())))
+        return x.abs().reshape(-1).kthvalue(x.numel() - keep + 1).values
+
+    whole = [cut(torch.cat([t.reshape(-1) for t in s.values()])) for s in scaled]
+    out = {}
+    for k in sorted({k for s in scaled for k in s}):
+        trimmed = torch.stack([s[k] * (s[k].abs() >= (cut(s[k]) if scope == "tensor" else whole[i]))
+                               for i, s in enumerate(scaled) if k in s])
+        sign = torch.sign(trimmed.sum(0))
+        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+        out[k] = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+    return out
+
+
+@pytest.mark.parametrize("scope", ["tensor", "vector"])
+def test_ties_with_memoised_thresholds_matches_a_direct_implementation(base, scope):
+    vs = [_vec(base, 30), _vec(base, 31, mode="attn"), _vec(base, 32)]
+    for coefs in ([0.7, 0.3, -0.45], [1.3, 0.0, 0.1]):
+        for density in (0.2, 0.55):
+            got = combine(vs, coefs, f"ties:density={density},scope={scope}")
+            want = _ties_reference(vs, coefs, density, scope)
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert vs[0]._thresholds  # memoised on the vector ...
+    n = vs[0].numel
+    flat = torch.cat([t.reshape(-1) for t in vs[0].tensors.values()]).abs()
+    assert vs[0].top_threshold(0.2) == float(flat.kthvalue(n - round(0.2 * n) + 1).values)  # ... and exact
+    assert int((flat >= vs[0].top_threshold(0.2)).sum()) == round(0.2 * n)  # the top 20 % of entries, no more
