@@ -37,7 +37,8 @@ def arguments(adder: Callable[[argparse.ArgumentParser], None]):
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------------
-def _method_type(text: str) -> str:
+def method_type(text: str) -> str:
+    """argparse's ``type`` for a merge-method spec: its canonical form, or an argparse error naming the fault."""
     try:
         return canonical_method(text)
     except ValueError as e:
@@ -46,10 +47,9 @@ def _method_type(text: str) -> str:
 
 def _method_arg(p: argparse.ArgumentParser, help: str) -> None:
     """``--method NAME[:OPTION=VALUE,…]``: a merge method of ``arith.merge``'s registry, with its options."""
-    known = "; ".join(m.name + (" (" + ", ".join(f"{o.name}={o.default:g}" if isinstance(o.default, float)
-                                                 else f"{o.name}={'|'.join(o.choices)}" for o in m.options) + ")"
-                                if m.options else "") for m in MERGE_METHODS.values())
-    p.add_argument("--method", default="task_arithmetic", type=_method_type, metavar="NAME[:OPTION=VALUE,…]",
+    known = "; ".join(m.name + (" (" + ", ".join(o.describe() for o in m.options) + ")" if m.options else "")
+                      for m in MERGE_METHODS.values())
+    p.add_argument("--method", default="task_arithmetic", type=method_type, metavar="NAME[:OPTION=VALUE,…]",
                    help=f"{help}; methods and options: {known}; e.g. ties:density=0.5,scope=vector")
 
 

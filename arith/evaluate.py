@@ -216,6 +216,7 @@ class Evaluator:
                 hit = TaskVector({k: t.to(self.base.device) for k, t in tv.tensors.items()}, tv.task, tv.mode,
                                  tv.base_id, dict(tv.meta))
                 hit.__dict__["uid"] = tv.uid  # the same values: no second hash (cached_property's slot)
+                hit.__dict__["_thresholds"] = tv._thresholds  # nor second TIES trims (plain floats, any device)
                 cache.put(tv.uid, hit)  # evicts others first: this request's vectors fit together
             out.append(hit)
         return out

@@ -53,10 +53,25 @@ class MethodOption:
             v = float(raw)
         except (TypeError, ValueError):
             raise ValueError(f"option {self.name!r} must be a number, not {raw!r}") from None
+        if math.isfinite(v):
+            v = float(f"{v:.6g}")  # the number used is the number a spec writes (:meth:`text`): one key per value
         if not (math.isfinite(v) and (self.low < v if self.low_open else self.low <= v) and v <= self.high):
             lo = "(" if self.low_open else "["
             raise ValueError(f"option {self.name!r} must lie in {lo}{self.low:g}, {self.high:g}], not {raw!r}")
         return v
+
+    def text(self, value: float | str) -> str:
+        """``value`` as a spec writes it (numbers with ``%g``, six significant digits, as :meth:`value` keeps)."""
+        return f"{value:g}" if not self.choices else str(value)
+
+    @property
+    def widget_low(self) -> float:
+        """The lowest value a slider offers: ``low``, or one step above it when ``low`` itself is not allowed."""
+        return self.low + self.step if self.low_open else self.low
+
+    def describe(self) -> str:
+        """``name=default`` (numbers) or ``name=a|b`` (choices), for help texts."""
+        return f"{self.name}={'|'.join(self.choices)}" if self.choices else f"{self.name}={self.text(self.default)}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ class MergeMethod:
     alpha_max: float = 1.0
 
     def defaults(self) -> dict[str, float | str]:
-        return {o.name: o.default for o in self.options}
+        return {o.name: o.value(o.default) for o in self.options}
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -95,7 +110,8 @@ def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | str]]:
     Unknown methods or options, repeated options and values out of range raise a ValueError naming them."""
     if not isinstance(spec, str):
         raise ValueError(f"a merge method is named by a string, not {type(spec).__name__}")
-    name, _, rest = spec.strip().partition(":")
+    name, _, rest = spec.partition(":")
+    name = name.strip()
     try:
         method = MERGE_METHODS[name]
     except KeyError:
@@ -124,8 +140,7 @@ def method_spec(name: str, **options: float | str) -> str:
         if k not in opts:
             raise ValueError(f"merge method {name!r} has no option {k!r} (options: {', '.join(opts) or 'none'})")
         values[k] = opts[k].value(v)
-    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in sorted(values.items()) if v != opts[k].default]
+    parts = [f"{k}={opts[k].text(v)}" for k, v in sorted(values.items()) if v != opts[k].value(opts[k].default)]
     return method.name + (":" + ",".join(parts) if parts else "")
 
 
@@ -149,8 +164,8 @@ def method_label(spec: str) -> str:
     if not is_method(spec):
         return str(spec)
     method, values = parse_method(spec)
-    shown = [f"{o.label.lower()} {values[o.name]:g}" if isinstance(values[o.name], float)
-             else f"{o.label.lower()} {values[o.name]}" for o in method.options if values[o.name] != o.default]
+    shown = [f"{o.label.lower()} {o.text(values[o.name])}" for o in method.options
+             if values[o.name] != o.value(o.default)]
     return method.label + (f" ({', '.join(shown)})" if shown else "")
 
 

@@ -26,15 +26,15 @@ from .merge import get_merge_method
 from .metrics import summarize
 from .taskvec import TaskVector
 
-ALPHAS = tuple(round(a, 2) for a in np.arange(0.0, 1.0001, 0.05))
-TUNE_GRID = tuple(round(a, 1) for a in np.arange(0.0, 1.0001, 0.1))
-
 
 def alpha_grid(method: str = "task_arithmetic", step: float = 0.05) -> tuple[float, ...]:
-    """{0, step, …, alpha_max} of ``method``'s record (:data:`ALPHAS` for task arithmetic with step 0.05,
-    :data:`TUNE_GRID` with step 0.1)."""
+    """{0, step, …, alpha_max} of ``method``'s record: task addition's α grid (step 0.05) and per-task λ's (0.1)."""
     top = get_merge_method(method).alpha_max
     return tuple(round(float(a), 2) for a in np.arange(0.0, top + step / 10, step))
+
+
+ALPHAS = alpha_grid()  # task arithmetic's: {0, 0.05, …, 1}
+TUNE_GRID = alpha_grid(step=0.1)  # {0, 0.1, …, 1}
 CONTROL_RATIO = 0.95
 
 Progress = Callable[[int, int], None]

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from arith.cli import method_type
 from arith.data import Split
 from arith.evaluate import Evaluator
 from arith.finetune import finetune
@@ -145,9 +146,9 @@ def main(argv=None) -> dict:
     p.add_argument("--per-task", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-finetune", action="store_true", help="only the slider evaluation")
-    p.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "ties:scope=vector"],
-                   help="merge methods (specs) the slider evaluation times; others than task arithmetic only with the "
-                        "vectors kept on the device, fp32")
+    p.add_argument("--methods", nargs="+", type=method_type, default=["ties", "ties:scope=vector"],
+                   help="merge methods (specs) the slider evaluation also times, beside task arithmetic's every "
+                        "variant: with the vectors kept on the device, fp32, non-linearized modes")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -164,7 +165,7 @@ def main(argv=None) -> dict:
             "cuda": torch.version.cuda, "parameters": sum(v.numel() for v in base.params.values())}
     train = [] if args.no_finetune else [finetune_cost(base, m, args.batch_size, args.steps, args.warmup, gen)
                                          for m in ("full", "attn", "linear")]
-    slider = slider_latency(base, args.tasks, args.per_task, args.repeats, gen, methods=args.methods)
+    slider = slider_latency(base, args.tasks, args.per_task, args.repeats, gen, methods=list(dict.fromkeys(args.methods)))
     res = {"info": info, "finetune": train, "slider": slider}
     print(f"{info['device']} · {info['model']} ({info['parameters']:,} visual parameters, "
           f"{info['image_size']}px) · torch {info['torch']} CUDA {info['cuda']}\n")

@@ -599,6 +599,15 @@ def test_a_merge_methods_options_are_widgets_that_travel_with_links_and_sets(new
     odd = new_app({"method": "ties:density=3"})
     assert odd.sidebar.selectbox(key="w_method").value == "task_arithmetic"
     assert any("must lie in (0, 1]" in w.value for w in odd.sidebar.warning)
+    low = new_app({"method": "ties:density=0.01"})  # valid, below the slider's range: its end, said so
+    assert low.sidebar.slider(key="w_method::ties.density").value == pytest.approx(0.05)
+    assert any("outside the slider's range" in w.value for w in low.sidebar.warning)
+    assert low.query_params["method"] == "ties:density=0.05" and not low.exception
+    # a method's settings survive choosing another one and coming back
+    b.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
+    assert "method" not in b.query_params
+    b.sidebar.selectbox(key="w_method").set_value("ties").run()
+    assert b.query_params["method"] == spec and b.sidebar.radio(key="w_method::ties.scope").value == "vector"
     # the coefficient set and the command carry the spec; loading the set restores the options
     at.switch_page("pages/export.py").run()
     clean(at)

@@ -125,3 +125,17 @@ def test_machine_reports_the_load_average_from_before_the_benchmark_ran(monkeypa
     _common.set_threads(None)  # every benchmark's first call: the snapshot
     assert _common.machine()["loadavg_at_start"] == [0.5, 0.6, 0.7]  # not the (3, 3, 3) its own work made later
     assert torch.get_num_threads() == before
+
+
+def test_merge_options_benchmark_marks_the_best_spec_on_validation(bundle_dir, tmp_path, capsys):
+    from bench.merge_options import main
+
+    res = main(["--bundle", str(bundle_dir), "--modes", "attn", "--specs", "ties", "ties:density=1,scope=tensor",
+                "--json", str(tmp_path / "o.json")])
+    rows = {r["method"]: r for r in res["rows"]}
+    assert list(rows) == ["task_arithmetic", "ties", "ties:density=1"]  # specs canonical, task arithmetic first
+    best = res["best_on_validation"]["attn"]
+    assert best in ("ties", "ties:density=1") and rows[best]["val_normalized"] == max(
+        rows[m]["val_normalized"] for m in ("ties", "ties:density=1"))
+    assert json.loads((tmp_path / "o.json").read_text())["rows"][1]["alpha"] == rows["ties"]["alpha"]
+    assert f"`{best}` ✓" in capsys.readouterr().out

@@ -34,6 +34,10 @@ def test_merged_weights_are_theta0_plus_the_weighted_vectors(bundle, tmp_path):
     assert meta["arith.kind"] == "merged_model" and meta["arith.base_model"] == base.id
     assert meta["arith.mode"] == "attn" and meta["arith.linearized"] == "false"
     assert json.loads(meta["arith.coefficients"]) == coefs
+    spelled = merged_safetensors(base.params, vs, coefs, base_id=base.id, mode="attn", method="ties: scope=tensor")
+    path.write_bytes(spelled)
+    with safe_open(str(path), "pt") as fh:  # a merge method is recorded in its canonical spelling
+        assert fh.metadata()["arith.method"] == "ties"
     assert fingerprint(base.params) == before  # θ0 untouched
     lin = merged_safetensors(base.params, bundle.vectors["linear"], {S: 1.0}, base_id=base.id, mode="linear")
     assert b'"arith.linearized":"true"' in lin[:4096]

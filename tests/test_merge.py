@@ -203,3 +203,24 @@ def test_ties_with_memoised_thresholds_matches_a_direct_implementation(base, sco
     flat = torch.cat([t.reshape(-1) for t in vs[0].tensors.values()]).abs()
     assert vs[0].top_threshold(0.2) == float(flat.kthvalue(n - round(0.2 * n) + 1).values)  # ... and exact
     assert int((flat >= vs[0].top_threshold(0.2)).sum()) == round(0.2 * n)  # the top 20 % of entries, no more
+
+
+def test_canonical_specs_are_idempotent_and_write_the_number_they_use():
+    from arith.merge import canonical_method, parse_method
+
+    for spec in ("ties:density=0.2000001", "ties:density=0.1999999999", "ties:density=0.30000000000000004",
+                 "ties:density=0.123456789,scope=vector", "ties:density=1e-3", " ties :density=.5"):
+        once = canonical_method(spec)
+        assert canonical_method(once) == once
+        assert parse_method(once)[1] == parse_method(spec)[1]  # the spec written is the merge computed
+    assert canonical_method("ties:density=0.2000001") == canonical_method("ties") == "ties"
+    assert canonical_method("ties:density=0.30000000000000004") == "ties:density=0.3"
+
+
+def test_each_method_searches_its_own_alpha_grid():
+    from arith.protocols import ALPHAS, TUNE_GRID, alpha_grid
+
+    assert alpha_grid() == ALPHAS and len(ALPHAS) == 21 and ALPHAS[-1] == 1.0
+    assert alpha_grid(step=0.1) == TUNE_GRID and len(TUNE_GRID) == 11
+    ties = alpha_grid("ties:density=0.5")  # options do not move the grid; the record's alpha_max does
+    assert len(ties) == 41 and ties[:21] == ALPHAS and ties[-1] == 2.0 and len(alpha_grid("ties", 0.1)) == 21

@@ -62,3 +62,16 @@ def test_repeats_and_rounding_share_the_memo(bundle):
     n = len(ex._memo)
     again = ex.evaluate("full", {TASKS[0]: 0.35000001, TASKS[1]: -1.2})
     assert again["accuracy"] == first["accuracy"] and len(ex._memo) == n
+
+
+def test_spellings_of_one_merge_method_share_the_memo(bundle):
+    ex = Explorer(bundle)
+    coefs = {TASKS[0]: 0.6, TASKS[1]: 0.4}
+    first = ex.evaluate("attn", coefs, method="ties:density=0.5")
+    n = len(ex._memo)
+    for spelling in ("ties: density=0.50 ,scope=tensor", "ties:scope=tensor,density=0.5000000001"):
+        assert ex.evaluate("attn", coefs, method=spelling)["accuracy"] == first["accuracy"] and len(ex._memo) == n
+    assert ex.evaluate("attn", coefs, method="ties:density=0.2")["accuracy"] == ex.evaluate("attn", coefs,
+                                                                                             method="ties")["accuracy"]
+    add = ex.addition("attn", method="ties:scope=tensor")  # canonical in the result, one sweep for both spellings
+    assert add["method"] == "ties" and ex.addition("attn", method="ties") is add

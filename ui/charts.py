@@ -170,8 +170,8 @@ def _block_order(name: str) -> tuple:
 # norm_profile's line style and marker per mode, in the mode registry's order (full, attn, attn_bias, linear, mlp,
 # then any registered later): one record there gets a style here without a new branch
 DASHES = ("dash", "solid", "longdash", "dot", "dashdot", "longdashdot")
-SYMBOLS = ("square", "circle", "diamond", "x", "triangle-up", "star")
-SYMBOL_GLYPHS = {"square": "■", "circle": "●", "diamond": "◆", "x": "✕", "triangle-up": "▲", "star": "★"}
+SYMBOLS = ("square", "circle", "diamond", "x", "triangle-up")  # one fewer than DASHES: pairs repeat after 30 modes
+SYMBOL_GLYPHS = {"square": "■", "circle": "●", "diamond": "◆", "x": "✕", "triangle-up": "▲"}
 
 
 def _mode_style(mode: str, styles: Sequence[str]) -> str:

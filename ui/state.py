@@ -50,6 +50,7 @@ COEF_PREFIX = "w_coef::"
 # session keys that are not widgets
 S_COEFS, S_WORKSPACE, S_PENDING, S_NOTES, S_CTX = "coefs", "workspace", "_pending_link", "_link_notes", "_ctx"
 S_SELECT, S_APPLY, S_CHECKED = "_select_next", "_apply_view", "_link_checked"
+S_METHOD_OPTIONS = "method_options"  # widget key -> value of every merge-method option set in this session
 OWNED_PARAMS = ("bundle", "mode", "method", "tasks", "tie")  # plus "c.<name>"
 
 
@@ -467,8 +468,11 @@ def _method_option_key(method: str, option: str) -> str:
 def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
     """The merge-method select and one widget per option the chosen method declares (``arith.merge``'s records);
     returns the canonical method spec.  ``applied`` (a loaded coefficient set, a page's request) sets the widgets;
-    so does ``linked`` (the link's ``method=``) on a session's first run."""
+    so does ``linked`` (the link's ``method=``) on a session's first run.  Option values live in a session store
+    too (:data:`S_METHOD_OPTIONS`): a method's settings survive choosing another method and coming back, which
+    Streamlit's widget state alone does not (it drops the state of widgets not drawn)."""
     ss = st.session_state
+    store = ss.setdefault(S_METHOD_OPTIONS, {})
     wanted = applied if is_method(applied) else None
     if wanted is None and ss.get(K_METHOD) not in MERGE_METHODS:
         wanted = linked if is_method(linked) else METHOD
@@ -476,7 +480,12 @@ def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
         record, values = parse_method(wanted)
         ss[K_METHOD] = record.name
         for o in record.options:
-            ss[_method_option_key(record.name, o.name)] = values[o.name]
+            v = values[o.name]
+            if not o.choices and not o.widget_low <= v <= o.high:  # valid, but outside what the slider offers
+                sb.warning(f"{record.label}'s {o.label.lower()} {o.text(v)} is outside the slider's range "
+                           f"[{o.text(o.widget_low)}, {o.text(o.high)}]; set to the nearest end.")
+                v = min(max(v, o.widget_low), o.high)
+            ss[_method_option_key(record.name, o.name)] = store[_method_option_key(record.name, o.name)] = v
     name = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
                         help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ); the "
                              "Task arithmetic page describes the method chosen. The α sweep, negation, ξ and kernel "
@@ -485,13 +494,13 @@ def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
     for o in MERGE_METHODS[name].options:
         key = _method_option_key(name, o.name)
         if key not in ss:
-            ss[key] = o.default
+            ss[key] = store.get(key, o.value(o.default))
         if o.choices:
             values[o.name] = sb.radio(o.label, o.choices, key=key, help=o.help, horizontal=True)
         else:
-            low = o.low + o.step if o.low_open else o.low
-            values[o.name] = sb.slider(o.label, float(low), float(o.high), step=float(o.step), key=key, help=o.help,
-                                       format="%.2f")
+            values[o.name] = sb.slider(o.label, float(o.widget_low), float(o.high), step=float(o.step), key=key,
+                                       help=o.help, format="%.2f")
+        store[key] = values[o.name]
     return method_spec(name, **values)
 
 
