@@ -144,12 +144,27 @@ with guard("Task-addition sweep"):
                     alone[m] = ex.alone(m, curves[m]["tasks"], progress=bar)
                 finally:
                     bar.done()
-        # the tied α is marked on these curves only when they are its model's (task arithmetic)
-        tied = ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks and ctx.method == METHOD else None
-        st.plotly_chart(charts.addition_curves(curves, metric, tied, alone), key="sweep")
-        st.dataframe(pd.DataFrame([{"mode": mode_label(m), "validation-chosen α": c["alpha"],
+        merged = {}
+        if ctx.method != METHOD and st.toggle(
+                f"Also merged by {method_label(ctx.method)} (dotted)", key="sweep_method", persist_state="session",
+                help="The same sweep with the vectors merged by the sidebar's merge method, α over its own grid (up "
+                     f"to {get_merge_method(ctx.method).alpha_max:g}), chosen on validation the same way: what the "
+                     "Validation α preset computes, one sweep per mode, on demand."):
+            for m in curves:
+                bar = Progress(f"Sweeping α for {mode_label(m)}, merged by {method_label(ctx.method)}")
+                try:
+                    merged[m] = ex.addition(m, curves[m]["tasks"], progress=bar, method=ctx.method)
+                finally:
+                    bar.done()
+        # the tied α is marked on these curves only when its model's (the sidebar's merge) is drawn
+        tied = ctx.coefs[ctx.tasks[0]] if ctx.tie and ctx.tasks and (ctx.method == METHOD or merged) else None
+        st.plotly_chart(charts.addition_curves(curves, metric, tied, alone, merged, method_label(ctx.method)),
+                        key="sweep")
+        sweeps = [(mode_label(m), c) for m, c in curves.items()]
+        sweeps += [(f"{mode_label(m)}, {method_label(ctx.method)}", c) for m, c in merged.items()]
+        st.dataframe(pd.DataFrame([{"mode": name, "validation-chosen α": c["alpha"],
                                     "absolute (%)": 100 * c["absolute"], "normalized (%)": 100 * c["normalized"]}
-                                   for m, c in curves.items()]), hide_index=True, key="sweep_table",
+                                   for name, c in sweeps]), hide_index=True, key="sweep_table",
                      column_config={"absolute (%)": st.column_config.NumberColumn(format="%.1f"),
                                     "normalized (%)": st.column_config.NumberColumn(format="%.1f")})
         if alone:

@@ -539,6 +539,18 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
 
     at.sidebar.toggle(key="w_tie").set_value(True).run()  # the tied α is not marked on task arithmetic's curves
     assert "tied α" not in sweep_notes(at)
+    at.toggle(key="sweep_method").set_value(True).run(timeout=300)  # ... but on TIES's own sweep, once drawn
+    clean(at)
+    assert "tied α" in sweep_notes(at)
+    sweep = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["layout"]
+                 .get("xaxis", {}).get("title", {}).get("text") == "shared α")
+    dotted = [t for t in sweep["data"] if t.get("line", {}).get("dash") == "dot"]
+    assert {t["name"] for t in dotted} == {f"{mode_label(m)}, TIES-merging" for m in ("full", "attn", "linear", "mlp")}
+    want = engine.addition("attn", method="ties")
+    row = table(at, "validation-chosen α").set_index("mode").loc[f"{mode_label('attn')}, TIES-merging"]
+    assert row["validation-chosen α"] == want["alpha"] and row["absolute (%)"] == pytest.approx(100 * want["absolute"])
+    assert max(dotted[0]["x"]) == 2.0  # TIES's α grid
+    at.toggle(key="sweep_method").set_value(False).run()
     at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
     assert "tied α" in sweep_notes(at) and not any("J δ afresh" in c.value for c in at.caption) and not at.info
     at.sidebar.toggle(key="w_tie").set_value(False)

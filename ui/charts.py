@@ -65,10 +65,20 @@ def modes_bars(per_mode: Mapping[str, Mapping[str, float]]) -> go.Figure:
     return _layout(fig, barmode="group")
 
 
+def _chosen_star(fig: go.Figure, res: Mapping, metric: str, colour: str, name: str) -> None:
+    best = next((r for r in res["curve"] if abs(r["alpha"] - res["alpha"]) < 1e-9), None)
+    if best is not None:
+        fig.add_scatter(x=[best["alpha"]], y=[_p(best["test"][metric])], mode="markers", showlegend=False,
+                        marker=dict(symbol="star", size=15, color=colour, line=dict(width=1, color="#222")),
+                        hovertemplate=f"{name}: validation-chosen α=%{{x:.2f}}<extra></extra>")
+
+
 def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", current: float | None = None,
-                    alone: Mapping[str, dict] | None = None) -> go.Figure:
+                    alone: Mapping[str, dict] | None = None, merged: Mapping[str, dict] | None = None,
+                    merged_label: str = "") -> go.Figure:
     """Test accuracy along the shared α of task addition, one line per mode; the validation-chosen α is marked.
-    ``alone`` (mode -> the engine's alone curve) adds each task alone at α as a dashed line in the mode's colour."""
+    ``alone`` (mode -> the engine's alone curve) adds each task alone at α as a dashed line in the mode's colour;
+    ``merged`` (mode -> the same sweep merged by another method, ``merged_label``) a dotted line with its own ★."""
     fig = go.Figure()
     for i, (mode, res) in enumerate(curves.items()):
         xs = [r["alpha"] for r in res["curve"]]
@@ -80,11 +90,12 @@ def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", curr
             rows = alone[mode]["curve"]
             fig.add_scatter(x=[r["alpha"] for r in rows], y=[_p(r["test"][metric]) for r in rows], mode="lines",
                             name=f"{mode_label(mode)}, each task alone", line=dict(color=colour, dash="dash"))
-        best = next((r for r in res["curve"] if abs(r["alpha"] - res["alpha"]) < 1e-9), None)
-        if best is not None:
-            fig.add_scatter(x=[best["alpha"]], y=[_p(best["test"][metric])], mode="markers", showlegend=False,
-                            marker=dict(symbol="star", size=15, color=colour, line=dict(width=1, color="#222")),
-                            hovertemplate=f"{mode_label(mode)}: validation-chosen α=%{{x:.2f}}<extra></extra>")
+        _chosen_star(fig, res, metric, colour, mode_label(mode))
+        if merged and mode in merged:
+            rows, name = merged[mode]["curve"], f"{mode_label(mode)}, {merged_label}"
+            fig.add_scatter(x=[r["alpha"] for r in rows], y=[_p(r["test"][metric]) for r in rows], mode="lines",
+                            name=name, line=dict(color=colour, dash="dot"))
+            _chosen_star(fig, merged[mode], metric, colour, name)
     if current is not None:
         fig.add_vline(x=current, line_dash="dot", line_color="#888", annotation_text="tied α", annotation_position="top")
     fig.update_xaxes(title="shared α")
