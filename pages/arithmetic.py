@@ -22,8 +22,8 @@ if ctx.method != METHOD:
     st.info(f"Merge method **{method_label(ctx.method)}**: {get_merge_method(ctx.method).description}. The coefficients "
             "may have been chosen for task arithmetic: *Validation α* or *Per-task λ* in the sidebar choose them for "
             "this method.", icon="🔀")
-    st.caption("It applies to the edited model and the comparison of modes; the α sweep, the pair costs and "
-               "negation below are the papers' task arithmetic.")
+    st.caption("It applies to the edited model and the comparison of modes; the α sweep (unless *Also merged by* is "
+               "on), the pair costs and negation below are the papers' task arithmetic.")
 tasks = ctx.eval_tasks()
 
 

@@ -488,8 +488,8 @@ def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
             ss[_method_option_key(record.name, o.name)] = store[_method_option_key(record.name, o.name)] = v
     name = sb.selectbox("Merge method", list(MERGE_METHODS), key=K_METHOD, format_func=method_label,
                         help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ); the "
-                             "Task arithmetic page describes the method chosen. The α sweep, negation, ξ and kernel "
-                             "views stay task arithmetic.")
+                             "Task arithmetic page describes the method chosen. The α sweep (which can draw this "
+                             "method's beside it), negation, ξ and kernel views stay task arithmetic.")
     values = {}
     for o in MERGE_METHODS[name].options:
         key = _method_option_key(name, o.name)
