@@ -85,6 +85,9 @@ class MergeMethod:
     # task addition searches its shared α over {0, 0.05, …, alpha_max} and per-task λ over {0, 0.1, …, alpha_max}
     # (arith.protocols): 1 for the papers' sum; a method that averages instead of adding needs a larger one
     alpha_max: float = 1.0
+    # option values with the settings another value makes irrelevant reset to their defaults, so that merges that
+    # are equal share one canonical spec (and one cache entry); None: every option always matters
+    simplify: Callable[[dict], dict] | None = None
 
     def defaults(self) -> dict[str, float | str]:
         return {o.name: o.value(o.default) for o in self.options}
@@ -140,6 +143,8 @@ def method_spec(name: str, **options: float | str) -> str:
         if k not in opts:
             raise ValueError(f"merge method {name!r} has no option {k!r} (options: {', '.join(opts) or 'none'})")
         values[k] = opts[k].value(v)
+    if method.simplify is not None:
+        values = method.simplify(values)
     parts = [f"{k}={opts[k].text(v)}" for k, v in sorted(values.items()) if v != opts[k].value(opts[k].default)]
     return method.name + (":" + ",".join(parts) if parts else "")
 
@@ -220,6 +225,11 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
     return delta
 
 
+def _ties_simplify(values: dict) -> dict:
+    # at density 1 nothing is trimmed, so where the trim is counted (scope) does not matter
+    return {**values, "scope": "tensor"} if values["density"] >= 1.0 else values
+
+
 register_merge_method(MergeMethod("task_arithmetic", "Task arithmetic", task_arithmetic, linear=True,
                                   description="θ0 + Σ λ_t τ_t (Ilharco et al. 2023)"))
 register_merge_method(MergeMethod(
@@ -233,7 +243,8 @@ register_merge_method(MergeMethod(
              MethodOption("scope", "Trim over", "tensor", "where the largest entries are counted: within each "
                                                           "tensor (mergekit) or over the whole vector (the paper's "
                                                           "code)", choices=("tensor", "vector"))),
-    alpha_max=2.0))  # the disjoint mean averages the agreeing entries: its α plays the sum's α × (number of tasks)
+    # the disjoint mean averages the agreeing entries: its α plays the part of the sum's α × (number of tasks)
+    alpha_max=2.0, simplify=_ties_simplify))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

@@ -215,6 +215,9 @@ def test_canonical_specs_are_idempotent_and_write_the_number_they_use():
         assert parse_method(once)[1] == parse_method(spec)[1]  # the spec written is the merge computed
     assert canonical_method("ties:density=0.2000001") == canonical_method("ties") == "ties"
     assert canonical_method("ties:density=0.30000000000000004") == "ties:density=0.3"
+    # at density 1 nothing is trimmed: the scope does not matter, and one spec names both
+    assert canonical_method("ties:density=1,scope=vector") == canonical_method("ties:density=1") == "ties:density=1"
+    assert canonical_method("ties:density=0.99,scope=vector") == "ties:density=0.99,scope=vector"
 
 
 def test_each_method_searches_its_own_alpha_grid():
