@@ -19,8 +19,9 @@ SPECS = ("ties", "ties:density=0.5", "ties:density=1", "ties:scope=vector", "tie
 
 
 def run(bundle: str, modes: list[str] | None, specs: list[str], device: str = "cpu") -> dict:
-    """Task addition per (mode, spec), plus task arithmetic's; ``best`` per mode is the spec with the highest
-    validation normalized accuracy at its own validation-chosen α (the first such spec on a tie)."""
+    """Task addition per (mode, spec), plus task arithmetic's, each with its whole α sweep (``curve``: absolute and
+    normalized accuracy per α on both splits); ``best`` per mode is the spec with the highest validation normalized
+    accuracy at its own validation-chosen α (the first such spec on a tie)."""
     from arith.explore import Explorer
     from arith.merge import canonical_method
 
@@ -31,9 +32,11 @@ def run(bundle: str, modes: list[str] | None, specs: list[str], device: str = "c
         for spec in ("task_arithmetic", *specs):
             start = time.perf_counter()
             r = ex.addition(mode, method=spec)
+            curve = [{"alpha": c["alpha"], **{f"{split}_{k}": c[split][k] for split in ("val", "test")
+                                              for k in ("absolute", "normalized")}} for c in r["curve"]]
             rows.append({"mode": mode, "method": spec, "alpha": r["alpha"], "val_normalized": r["val_normalized"],
                          "absolute": r["absolute"], "normalized": r["normalized"], "accuracy": r["accuracy"],
-                         "seconds": time.perf_counter() - start})
+                         "curve": curve, "seconds": time.perf_counter() - start})
         mine = [row for row in rows if row["mode"] == mode and row["method"] != "task_arithmetic"]
         best[mode] = max(mine, key=lambda row: row["val_normalized"])["method"] if mine else None
     return {"bundle": bundle, "device": device, "specs": specs, "rows": rows, "best_on_validation": best}

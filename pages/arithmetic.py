@@ -146,7 +146,9 @@ with guard("Task-addition sweep"):
                     bar.done()
         merged = {}
         if ctx.method != METHOD and st.toggle(
-                f"Also merged by {method_label(ctx.method)} (dotted)", key="sweep_method", persist_state="session",
+                # one toggle per spec: moving an option's widget does not start a new sweep unasked
+                f"Also merged by {method_label(ctx.method)} (dotted)", key=f"sweep_method::{ctx.method}",
+                persist_state="session",
                 help="The same sweep with the vectors merged by the sidebar's merge method, α over its own grid (up "
                      f"to {get_merge_method(ctx.method).alpha_max:g}), chosen on validation the same way: what the "
                      "Validation α preset computes, one sweep per mode, on demand."):

@@ -539,7 +539,7 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
 
     at.sidebar.toggle(key="w_tie").set_value(True).run()  # the tied α is not marked on task arithmetic's curves
     assert "tied α" not in sweep_notes(at)
-    at.toggle(key="sweep_method").set_value(True).run(timeout=300)  # ... but on TIES's own sweep, once drawn
+    at.toggle(key="sweep_method::ties").set_value(True).run(timeout=300)  # ... but on TIES's own sweep, once drawn
     clean(at)
     assert "tied α" in sweep_notes(at)
     sweep = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["layout"]
@@ -550,7 +550,12 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     row = table(at, "validation-chosen α").set_index("mode").loc[f"{mode_label('attn')}, TIES-merging"]
     assert row["validation-chosen α"] == want["alpha"] and row["absolute (%)"] == pytest.approx(100 * want["absolute"])
     assert max(dotted[0]["x"]) == 2.0  # TIES's α grid
-    at.toggle(key="sweep_method").set_value(False).run()
+    at.sidebar.slider(key="w_method::ties.density").set_value(0.5).run()  # another spec: its sweep is not started
+    assert not at.toggle(key="sweep_method::ties:density=0.5").value and "tied α" not in sweep_notes(at)
+    assert at.session_state["_ctx"].ex._memo.get(("add", "attn", tuple(engine.tasks), "ties:density=0.5")) is None
+    at.sidebar.slider(key="w_method::ties.density").set_value(0.2).run()  # back: the toggle and its sweep are kept
+    assert at.toggle(key="sweep_method::ties").value and "tied α" in sweep_notes(at)
+    at.toggle(key="sweep_method::ties").set_value(False).run()
     at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
     assert "tied α" in sweep_notes(at) and not any("J δ afresh" in c.value for c in at.caption) and not at.info
     at.sidebar.toggle(key="w_tie").set_value(False)
