@@ -11,7 +11,8 @@ entries), included to show that a method is one record.
 A method's tunable settings are declared on its record (:class:`MethodOption`), and a *method spec* names a method
 with settings in one string, ``name`` or ``name:option=value,…`` (e.g. ``ties:density=0.5,scope=vector``).  The
 spec is what the CLI's ``--method``, a link's ``method=``, a coefficient set and the engine's caches carry;
-:func:`canonical_method` writes it with options sorted and defaults left out, so equal requests share one key.
+:func:`canonical_method` writes it with options sorted, defaults and moot options left out, so equal requests share
+one key.
 """
 
 from __future__ import annotations
@@ -85,9 +86,17 @@ class MergeMethod:
     # task addition searches its shared α over {0, 0.05, …, alpha_max} and per-task λ over {0, 0.1, …, alpha_max}
     # (arith.protocols): 1 for the papers' sum; a method that averages instead of adding needs a larger one
     alpha_max: float = 1.0
-    # option values with the settings another value makes irrelevant reset to their defaults, so that merges that
-    # are equal share one canonical spec (and one cache entry); None: every option always matters
+    # option values -> the same values with the options that another value makes moot reset to their defaults, so
+    # that equal merges share one canonical spec (and one cache entry); None: every option always matters.  It must
+    # return valid values and be idempotent; the sidebar disables a choice it makes moot
     simplify: Callable[[dict], dict] | None = None
+
+    def moot(self, values: Mapping[str, float | str], option: str) -> bool:
+        """Whether ``option`` has no effect given the other ``values``: ``simplify`` resets every other choice."""
+        opt = next(o for o in self.options if o.name == option)
+        if self.simplify is None or not opt.choices:
+            return False
+        return all(self.simplify({**values, option: c})[option] == opt.default for c in opt.choices)
 
     def defaults(self) -> dict[str, float | str]:
         return {o.name: o.value(o.default) for o in self.options}
@@ -136,15 +145,17 @@ def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | str]]:
 
 def method_spec(name: str, **options: float | str) -> str:
     """The canonical spec of ``name`` with ``options``: options sorted, those at their default left out, numbers
-    written with ``%g`` (``ties:density=0.5``; plain ``ties`` when every option is at its default)."""
+    written with ``%g`` (``ties:density=0.5``; plain ``ties`` when every option is at its default).  The record's
+    ``simplify`` first resets options that other values make moot (TIES at density 1: the scope), so that equal
+    merges share one spec; the spec then merges exactly as ``name`` with ``options`` does."""
     method, values = parse_method(name)
     opts = {o.name: o for o in method.options}
     for k, v in options.items():
         if k not in opts:
             raise ValueError(f"merge method {name!r} has no option {k!r} (options: {', '.join(opts) or 'none'})")
         values[k] = opts[k].value(v)
-    if method.simplify is not None:
-        values = method.simplify(values)
+    if method.simplify is not None:  # re-checked: a hook must return valid values
+        values = {k: opts[k].value(v) for k, v in method.simplify(values).items()}
     parts = [f"{k}={opts[k].text(v)}" for k, v in sorted(values.items()) if v != opts[k].value(opts[k].default)]
     return method.name + (":" + ",".join(parts) if parts else "")
 

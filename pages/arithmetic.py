@@ -22,8 +22,9 @@ if ctx.method != METHOD:
     st.info(f"Merge method **{method_label(ctx.method)}**: {get_merge_method(ctx.method).description}. The coefficients "
             "may have been chosen for task arithmetic: *Validation α* or *Per-task λ* in the sidebar choose them for "
             "this method.", icon="🔀")
-    st.caption("It applies to the edited model and the comparison of modes; the α sweep (unless *Also merged by* is "
-               "on), the pair costs and negation below are the papers' task arithmetic.")
+    st.caption("It applies to the edited model and the comparison of modes. The α sweep below is the papers' task "
+               "arithmetic (*Also merged by* adds this method's as dotted lines), and so are the pair costs and "
+               "negation.")
 tasks = ctx.eval_tasks()
 
 
@@ -114,7 +115,9 @@ with guard("Comparing modes"):
 
 st.subheader("Accuracy vs the shared α (task addition)")
 st.caption("The papers' protocol: θ0 + α Σ_t τ_t for α ∈ {0, 0.05, …, 1}; ★ = α chosen on validation by "
-           "normalized accuracy. Test accuracy shown.")
+           "normalized accuracy. Test accuracy shown."
+           + ("" if ctx.method == METHOD else f" Dotted, on demand: merged by {method_label(ctx.method)}, α up to "
+                                              f"{get_merge_method(ctx.method).alpha_max:g}."))
 with guard("Task-addition sweep"):
     curves = {}
     for m in ctx.modes:

@@ -552,7 +552,9 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     assert max(dotted[0]["x"]) == 2.0  # TIES's α grid
     at.sidebar.slider(key="w_method::ties.density").set_value(0.5).run()  # another spec: its sweep is not started
     assert not at.toggle(key="sweep_method::ties:density=0.5").value and "tied α" not in sweep_notes(at)
-    assert at.session_state["_ctx"].ex._memo.get(("add", "attn", tuple(engine.tasks), "ties:density=0.5")) is None
+    memo = at.session_state["_ctx"].ex._memo
+    assert memo.get(("add", "attn", tuple(engine.tasks), "ties:density=0.5")) is None
+    assert memo.get(("add", "attn", tuple(engine.tasks), "ties")) is not None  # the key the sweep was stored under
     at.sidebar.slider(key="w_method::ties.density").set_value(0.2).run()  # back: the toggle and its sweep are kept
     assert at.toggle(key="sweep_method::ties").value and "tied α" in sweep_notes(at)
     at.toggle(key="sweep_method::ties").set_value(False).run()
@@ -630,6 +632,10 @@ def test_a_merge_methods_options_are_widgets_that_travel_with_links_and_sets(new
     clean(at)
     record = parse_coefficient_set(at.code[0].value, bundle.base.id)
     assert record["method"] == spec and f"--method {spec}" in at.code[2].value
+    at.sidebar.slider(key="w_method::ties.density").set_value(1.0).run()  # nothing trimmed: the scope is moot
+    assert at.sidebar.radio(key="w_method::ties.scope").disabled and at.query_params["method"] == "ties:density=1"
+    at.sidebar.slider(key="w_method::ties.density").set_value(0.5).run()
+    assert not at.sidebar.radio(key="w_method::ties.scope").disabled and at.query_params["method"] == spec
     at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
     at.file_uploader(key="export_import").set_value(("set.json", json.dumps(record).encode(), "application/json")).run()
     clean(at)

@@ -58,3 +58,17 @@ def test_norm_profile_tells_every_registered_mode_apart_by_line_and_marker():
     assert (full.line.dash, full.marker.symbol) == (charts.mode_dash("full"), charts.mode_marker("full"))
     assert (attn.line.dash, attn.marker.symbol) != (full.line.dash, full.marker.symbol)
     assert list(full.x) == ["conv1", "resblocks.0"]  # in the order the input flows
+
+
+def test_addition_curves_mark_each_sweeps_own_validation_choice():
+    def sweep(alphas, chosen):
+        return {"alpha": chosen, "curve": [{"alpha": a, "test": {"normalized": 0.5 + a / 10, "absolute": 0.4}}
+                                           for a in alphas]}
+
+    ta = sweep([round(0.05 * i, 2) for i in range(21)], 0.35)
+    ties = sweep([round(0.05 * i, 2) for i in range(41)], 1.55)
+    fig = charts.addition_curves({"attn": ta}, "normalized", None, None, {"attn": ties}, "TIES-merging")
+    stars = [t for t in fig.data if t.marker.symbol == "star"]
+    assert sorted(s.x[0] for s in stars) == [0.35, 1.55]
+    assert any("TIES-merging" in s.hovertemplate and s.x[0] == 1.55 for s in stars)
+    assert [t.line.dash for t in fig.data if t.mode == "lines"] == ["dot"] and max(fig.data[-2].x) == 2.0

@@ -227,3 +227,16 @@ def test_each_method_searches_its_own_alpha_grid():
     assert alpha_grid(step=0.1) == TUNE_GRID and len(TUNE_GRID) == 11
     ties = alpha_grid("ties:density=0.5")  # options do not move the grid; the record's alpha_max does
     assert len(ties) == 41 and ties[:21] == ALPHAS and ties[-1] == 2.0 and len(alpha_grid("ties", 0.1)) == 21
+
+
+def test_at_full_density_the_trim_scope_is_moot(base):
+    from arith.merge import MERGE_METHODS
+
+    vs = [_vec(base, 40), _vec(base, 41, mode="attn"), _vec(base, 42)]
+    coefs = [0.8, -0.6, 0.3]
+    whole, per = combine(vs, coefs, "ties:density=1,scope=vector"), combine(vs, coefs, "ties:density=1,scope=tensor")
+    assert whole.keys() == per.keys() and all(torch.equal(whole[k], per[k]) for k in whole)  # so one spec names both
+    ties = MERGE_METHODS["ties"]
+    assert ties.moot({"density": 1.0, "scope": "vector"}, "scope") and not ties.moot({"density": 0.9}, "scope")
+    assert not ties.moot({"density": 1.0, "scope": "tensor"}, "density")  # a number is never moot
+    assert not MERGE_METHODS["task_arithmetic"].options

@@ -490,13 +490,15 @@ def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
                         help="How the scaled task vectors λ_t τ_t combine into one edit δ (θ = θ0 + δ); the "
                              "Task arithmetic page describes the method chosen. The α sweep (which can draw this "
                              "method's beside it), negation, ξ and kernel views stay task arithmetic.")
-    values = {}
-    for o in MERGE_METHODS[name].options:
+    values, record = {}, MERGE_METHODS[name]
+    for o in record.options:
         key = _method_option_key(name, o.name)
         if key not in ss:
             ss[key] = store.get(key, o.value(o.default))
         if o.choices:
-            values[o.name] = sb.radio(o.label, o.choices, key=key, help=o.help, horizontal=True)
+            moot = record.moot({**record.defaults(), **values}, o.name)  # the options above decide (TIES at density 1)
+            values[o.name] = sb.radio(o.label, o.choices, key=key, horizontal=True, disabled=moot,
+                                      help=o.help + (" (no effect at these settings)" if moot else ""))
         else:
             values[o.name] = sb.slider(o.label, float(o.widget_low), float(o.high), step=float(o.step), key=key,
                                        help=o.help, format="%.2f")
