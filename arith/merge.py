@@ -177,9 +177,10 @@ def is_method(spec: object) -> bool:
 
 def method_label(spec: str) -> str:
     """A human label: the method's label, with its non-default options (``TIES-merging (density 0.5)``)."""
-    if not is_method(spec):
+    try:
+        method, values = parse_method(spec)
+    except ValueError:
         return str(spec)
-    method, values = parse_method(spec)
     shown = [f"{o.label.lower()} {o.text(values[o.name])}" for o in method.options
              if values[o.name] != o.value(o.default)]
     return method.label + (f" ({', '.join(shown)})" if shown else "")

@@ -206,9 +206,9 @@ def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: f
     Every λ_t starts at ``start`` (the shared α of task addition).  A round visits the tasks in the order of
     ``vectors`` (the result can depend on it: :meth:`arith.explore.Explorer.tune` passes the bundle's order) and
     moves λ_t to the value of ``grid`` (default :func:`alpha_grid` of ``method`` at step 0.1) ∪ {``start``} that
-    scores best with the other coefficients held; only a strict
-    improvement moves it, so a tie keeps the current value, then the smaller one.  It stops after a round that moves
-    nothing, or after ``rounds``.  The score never falls.  The normalisers are the same as in :func:`task_addition`.
+    scores best with the other coefficients held; only a strict improvement moves it, so a tie keeps the current
+    value, then the smaller one.  It stops after a round that moves nothing, or after ``rounds``.  The score never
+    falls.  The normalisers are the same as in :func:`task_addition`.
 
     Returns ``coefficients`` (task -> λ), the validation score at the start and at the end (``start_val_normalized``,
     ``val_normalized``), ``converged``, ``rounds`` run, ``evaluations``, the ``moves`` made (one per task and round
