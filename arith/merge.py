@@ -6,7 +6,8 @@ so concurrent users with different coefficients never see each other's weights.
 
 ``task_arithmetic`` is the papers' θ0 + Σ_t λ_t τ_t (linear in λ; negative λ negates a task).  ``ties`` is
 TIES-merging (Yadav et al. 2023: trim to the top-k magnitudes, elect a sign per entry, average the agreeing
-entries), included to show that a method is one record.
+entries) and ``dare`` is DARE (Yu et al. 2024: drop entries at random, rescale the rest, add), included as the
+two common baselines of the merging literature and to show that a method is one record.
 
 A method's tunable settings are declared on its record (:class:`MethodOption`), and a *method spec* names a method
 with settings in one string, ``name`` or ``name:option=value,…`` (e.g. ``ties:density=0.5,scope=vector``).  The
@@ -36,15 +37,16 @@ class MethodOption:
 
     name: str
     label: str
-    default: float | str
+    default: float | int | str
     help: str = ""
     low: float = 0.0
     high: float = 1.0
     step: float = 0.05
     choices: tuple[str, ...] = ()
     low_open: bool = False  # the lower bound itself is not allowed (a density of 0 keeps nothing)
+    integer: bool = False  # a whole number (a seed): kept exactly, as an int
 
-    def value(self, raw: object) -> float | str:
+    def value(self, raw: object) -> float | int | str:
         """``raw`` (text from a spec, or a value) checked against this option; a clear ValueError otherwise."""
         if self.choices:
             if str(raw) not in self.choices:
@@ -54,6 +56,11 @@ class MethodOption:
             v = float(raw)
         except (TypeError, ValueError):
             raise ValueError(f"option {self.name!r} must be a number, not {raw!r}") from None
+        if self.integer:
+            if not (math.isfinite(v) and v == int(v) and self.low <= v <= self.high):
+                raise ValueError(f"option {self.name!r} must be a whole number from {self.low:g} to {self.high:g}, "
+                                 f"not {raw!r}")
+            return int(v)
         if math.isfinite(v):
             v = float(f"{v:.6g}")  # the number used is the number a spec writes (:meth:`text`): one key per value
         if not (math.isfinite(v) and (self.low < v if self.low_open else self.low <= v) and v <= self.high):
@@ -61,9 +68,12 @@ class MethodOption:
             raise ValueError(f"option {self.name!r} must lie in {lo}{self.low:g}, {self.high:g}], not {raw!r}")
         return v
 
-    def text(self, value: float | str) -> str:
-        """``value`` as a spec writes it (numbers with ``%g``, six significant digits, as :meth:`value` keeps)."""
-        return f"{value:g}" if not self.choices else str(value)
+    def text(self, value: float | int | str) -> str:
+        """``value`` as a spec writes it (numbers with ``%g``, six significant digits, as :meth:`value` keeps;
+        whole numbers in full)."""
+        if self.choices:
+            return str(value)
+        return str(int(value)) if self.integer else f"{value:g}"
 
     @property
     def widget_low(self) -> float:
@@ -80,7 +90,7 @@ class MergeMethod:
     name: str
     label: str
     combine: Callable[..., Delta]  # combine(vectors, coefs, **options) -> δ
-    linear: bool  # δ is linear in the coefficients (lets linearized evaluation reuse cached J τ_t)
+    linear: bool  # δ is Σ_t λ_t τ_t of the stored vectors (lets linearized evaluation reuse cached J τ_t)
     description: str = ""
     options: tuple[MethodOption, ...] = ()  # keyword arguments of ``combine`` a user may set
     # task addition searches its shared α over {0, 0.05, …, alpha_max} and per-task λ over {0, 0.1, …, alpha_max}
@@ -88,17 +98,20 @@ class MergeMethod:
     alpha_max: float = 1.0
     # option values -> the same values with the options that another value makes moot reset to their defaults, so
     # that equal merges share one canonical spec (and one cache entry); None: every option always matters.  It must
-    # return valid values and be idempotent; the sidebar disables a choice it makes moot
+    # return valid values and be idempotent; the sidebar disables the widget of an option it makes moot
     simplify: Callable[[dict], dict] | None = None
 
-    def moot(self, values: Mapping[str, float | str], option: str) -> bool:
-        """Whether ``option`` has no effect given the other ``values``: ``simplify`` resets every other choice."""
+    def moot(self, values: Mapping[str, float | int | str], option: str) -> bool:
+        """Whether ``option`` has no effect given the other ``values``: ``simplify`` resets every other value of it
+        (every choice; a number's ends) to its default.  The sidebar disables a moot option's widget."""
         opt = next(o for o in self.options if o.name == option)
-        if self.simplify is None or not opt.choices:
+        if self.simplify is None:
             return False
-        return all(self.simplify({**values, option: c})[option] == opt.default for c in opt.choices)
+        default = opt.value(opt.default)
+        probes = opt.choices or tuple({opt.value(opt.widget_low), opt.value(opt.high)} - {default})
+        return all(self.simplify({**values, option: opt.value(c)})[option] == default for c in probes)
 
-    def defaults(self) -> dict[str, float | str]:
+    def defaults(self) -> dict[str, float | int | str]:
         return {o.name: o.value(o.default) for o in self.options}
 
 
@@ -117,7 +130,7 @@ def get_merge_method(spec: str) -> MergeMethod:
     return parse_method(spec)[0]
 
 
-def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | str]]:
+def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | int | str]]:
     """A method spec, ``name`` or ``name:option=value,…``, as (record, every option's value, defaults filled in).
     Unknown methods or options, repeated options and values out of range raise a ValueError naming them."""
     if not isinstance(spec, str):
@@ -143,7 +156,7 @@ def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | str]]:
     return method, values
 
 
-def method_spec(name: str, **options: float | str) -> str:
+def method_spec(name: str, **options: float | int | str) -> str:
     """The canonical spec of ``name`` with ``options``: options sorted, those at their default left out, numbers
     written with ``%g`` (``ties:density=0.5``; plain ``ties`` when every option is at its default).  The record's
     ``simplify`` first resets options that other values make moot (TIES at density 1: the scope), so that equal
@@ -237,6 +250,38 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
     return delta
 
 
+def dare(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.5, seed: int = 0) -> Delta:
+    """DARE (Yu et al. 2024, "Language Models are Super Mario"): drop each entry of every τ_t at random, keeping it
+    with probability ``density``, rescale the kept entries by 1 / density, then add as task arithmetic does:
+    δ = Σ_t λ_t (m_t ⊙ τ_t) / density, so E[δ] is task arithmetic's δ (DARE-linear in mergekit's terms).
+
+    The masks m_t are τ_t's own (:meth:`arith.taskvec.TaskVector.dare_mask`): drawn from ``seed`` and the vector's
+    content, never from its position, so a merge is reproducible on any device and in any order of the vectors.
+    δ is linear in the coefficients, but it is not Σ λ_t τ_t of the stored vectors, so a linearized mode computes
+    J δ rather than reusing its cached J τ_t."""
+    _check(vectors, coefs)
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"DARE density must lie in (0, 1], not {density!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"DARE seed must be a non-negative whole number, not {seed!r}")
+    density, seed = float(density), int(seed)
+    delta: Delta = {}
+    for tv, lam in zip(vectors, coefs):
+        lam = float(lam)
+        if lam == 0.0:
+            continue
+        for k, t in tv.tensors.items():
+            # m ⊙ τ / density, scaled by λ: a dropped entry is exactly 0, a kept one λ τ / density
+            d = t * tv.dare_mask(density, seed, k) * (lam / density) if density < 1.0 else lam * t
+            delta[k] = delta[k] + d if k in delta else d
+    return delta
+
+
+def _dare_simplify(values: dict) -> dict:
+    # at density 1 nothing is dropped, so the seed that draws the drops does not matter
+    return {**values, "seed": 0} if values["density"] >= 1.0 else values
+
+
 def _ties_simplify(values: dict) -> dict:
     # at density 1 nothing is trimmed, so where the trim is counted (scope) does not matter
     return {**values, "scope": "tensor"} if values["density"] >= 1.0 else values
@@ -257,6 +302,17 @@ register_merge_method(MergeMethod(
                                                           "code)", choices=("tensor", "vector"))),
     # the disjoint mean averages the agreeing entries: its α plays the part of the sum's α × (number of tasks)
     alpha_max=2.0, simplify=_ties_simplify))
+register_merge_method(MergeMethod(
+    "dare", "DARE", dare, linear=False,
+    description="each vector's entries dropped at random (kept with probability the density, drawn from the seed) "
+                "and the kept ones rescaled by 1 / density, then added as task arithmetic adds (Yu et al. 2024); on "
+                "average over seeds it is task arithmetic, and at density 1 exactly",
+    options=(MethodOption("density", "Density", 0.5, "probability of keeping each entry of a vector (the paper's "
+                                                     "1 − p; 1 drops nothing)",
+                          low=0.0, high=1.0, step=0.05, low_open=True),
+             MethodOption("seed", "Seed", 0, "draws the random drops; each vector's are its own, whatever the "
+                                             "order of the vectors", low=0, high=999, step=1, integer=True)),
+    simplify=_dare_simplify))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

@@ -74,6 +74,24 @@ class TaskVector:
             memo[(density, key)] = float(flat.kthvalue(flat.numel() - keep + 1).values)
         return memo[(density, key)]
 
+    def dare_mask(self, density: float, seed: int, key: str) -> torch.Tensor:
+        """DARE's random keep-mask of tensor ``key`` (bool, on the tensor's device): each entry kept with probability
+        ``density`` (:func:`arith.merge.dare`).  Drawn on the CPU from a generator seeded by (``seed``, this vector's
+        content ``uid``, ``key``), so it is the same on every device, for every order of the merged vectors, and
+        for equal vectors.  Memoised for the latest (density, seed) only: a slider move re-uses it, and the memo
+        holds at most one byte per entry."""
+        memo = self.__dict__.get("_dare")
+        if memo is None or memo[0] != (density, seed):
+            memo = ((density, seed), {})
+            self.__dict__["_dare"] = memo  # replaced whole: a reader holding the old memo keeps a consistent one
+        masks = memo[1]
+        if key not in masks:
+            digest = hashlib.sha256(f"{seed}|{self.uid}|{key}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            t = self.tensors[key]
+            masks[key] = (torch.rand(t.shape, generator=gen) < density).to(t.device)
+        return masks[key]
+
     @property
     def linearized(self) -> bool:
         return self.mode in MODES and get_mode(self.mode).linearized

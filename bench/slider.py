@@ -9,7 +9,8 @@ other mode.
 
 ``--baseline`` also runs the engine as it was before the optimisations (open_clip's module through
 ``functional_call``, batches of 1024, no shared θ0 activations), in the same process: compare the two as ratios.
-``--profile MODE`` prints a cProfile of the requests of one mode.
+``--profile MODE`` prints a cProfile of the requests of one mode.  ``--method SPEC`` times another merge method
+(``ties``, ``dare:density=0.3``): the same requests, merged by it.
 
     python -m bench.slider --bundle precomputed/default --baseline --json bench/results/slider.json
 """
@@ -21,6 +22,7 @@ import random
 import sys
 import time
 
+from arith.cli import method_type
 from bench._common import emit, machine, parser, set_threads, summary, table
 
 TARGET_MS = {"linear": 10.0}  # median; the other modes: 250 ms.  Cached repeats: 5 ms.
@@ -54,19 +56,20 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def time_mode(explorers: dict, mode: str, sets, split: str = "test") -> dict:
+def time_mode(explorers: dict, mode: str, sets, split: str = "test", method: str = "task_arithmetic") -> dict:
     """Time every variant's Explorer on the same coefficient sets, interleaved request by request (alternating
     which variant goes first) so that both see the same background load."""
     names = list(next(iter(explorers.values())).vectors(mode))
     first = coefficient_sets(names, 1, seed=-1)[0]
-    out = {v: {"first_ms": 1000 * _timed(lambda ex=ex: ex.evaluate(mode, first, split))[0]} for v, ex in explorers.items()}
+    out = {v: {"first_ms": 1000 * _timed(lambda ex=ex: ex.evaluate(mode, first, split, method=method))[0]}
+           for v, ex in explorers.items()}
     for phase in ("new", "cached"):
         wall, cpu = {v: [] for v in explorers}, {v: [] for v in explorers}
         for i, coefs in enumerate(sets):
             c = {n: coefs[n] for n in names}
             order = list(explorers) if i % 2 == 0 else list(reversed(explorers))
             for v in order:
-                w, t = _timed(lambda ex=explorers[v], c=c: ex.evaluate(mode, c, split))
+                w, t = _timed(lambda ex=explorers[v], c=c: ex.evaluate(mode, c, split, method=method))
                 wall[v].append(w)
                 cpu[v].append(t)
         for v in explorers:
@@ -74,22 +77,23 @@ def time_mode(explorers: dict, mode: str, sets, split: str = "test") -> dict:
     return out
 
 
-def time_rerun(ex, sets, split: str = "test") -> dict:
+def time_rerun(ex, sets, split: str = "test", method: str = "task_arithmetic") -> dict:
     """All modes for each new set (the Task-arithmetic view's work per slider move)."""
     out = []
     for coefs in sets:
         t = time.perf_counter()
         for mode in ex.modes:
             names = set(ex.vectors(mode))
-            ex.evaluate(mode, {n: v for n, v in coefs.items() if n in names}, split)
+            ex.evaluate(mode, {n: v for n, v in coefs.items() if n in names}, split, method=method)
         out.append(time.perf_counter() - t)
     return summary(out)
 
 
-def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None) -> dict:
+def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None, method: str = "task_arithmetic") -> dict:
     """Where one request's time goes: merge (δ and θ0 + δ), forward pass, heads and accuracy (medians, ms).
-    ``sync``: waits for the device (``torch.cuda.synchronize`` on a GPU, whose kernels run asynchronously)."""
-    from arith.merge import apply_delta, combine
+    ``sync``: waits for the device (``torch.cuda.synchronize`` on a GPU, whose kernels run asynchronously).  A
+    linearized mode merged by a method whose δ is not Σ λ_t τ_t counts its J δ as the forward pass."""
+    from arith.merge import apply_delta, combine, get_merge_method
 
     ev = ex.evaluator()
     vs = ex.vectors(mode)
@@ -98,11 +102,16 @@ def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None) -> di
         names = sorted(coefs)
         vectors, lam = [vs[n] for n in names], [coefs[n] for n in names]
         t0 = time.perf_counter()
-        if vectors[0].linearized:
+        if vectors[0].linearized and get_merge_method(method).linear:
             feats = ev.linear_features(vectors, lam, split)
             t1 = t2 = time.perf_counter()
+        elif vectors[0].linearized:
+            t1 = time.perf_counter()
+            feats = ev.merged_features(vectors, lam, split, method=method)
+            sync()
+            t2 = time.perf_counter()
         else:
-            params = apply_delta(ev.base.params, combine(ev.resident(vectors), lam))  # as merged_features does
+            params = apply_delta(ev.base.params, combine(ev.resident(vectors), lam, method))  # as merged_features does
             sync()
             t1 = time.perf_counter()
             feats = ev.features(params, split)
@@ -122,6 +131,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", nargs="*", help="modes to time (default: all of the bundle's)")
     p.add_argument("--split", default="test")
+    p.add_argument("--method", default="task_arithmetic", type=method_type,
+                   help="merge method spec (default task arithmetic), e.g. ties or dare:density=0.3")
     p.add_argument("--device", default="cpu", help="evaluate there (e.g. cuda: θ0 and the evaluation on the GPU, as the "
                                                    "app on a GPU machine; task vectors are copied there on first use)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images per task (default: all)")
@@ -152,11 +163,11 @@ def main(argv=None) -> dict:
         import pstats
 
         ex = Explorer(bundle, max_per_task=args.max_per_task)
-        ex.evaluate(args.profile, {}, args.split)
+        ex.evaluate(args.profile, {}, args.split, method=args.method)
         prof = cProfile.Profile()
         prof.enable()
         for coefs in sets:
-            ex.evaluate(args.profile, {n: coefs[n] for n in ex.vectors(args.profile)}, args.split)
+            ex.evaluate(args.profile, {n: coefs[n] for n in ex.vectors(args.profile)}, args.split, method=args.method)
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
         return {}
@@ -166,10 +177,10 @@ def main(argv=None) -> dict:
 
         ex = baseline_explorer(bundle, args.max_per_task) if args.baseline else Explorer(bundle, max_per_task=args.max_per_task)
         names = list(ex.vectors(args.torch_profile))
-        ex.evaluate(args.torch_profile, {n: 0.5 for n in names}, args.split)
+        ex.evaluate(args.torch_profile, {n: 0.5 for n in names}, args.split, method=args.method)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for coefs in sets[:5]:
-                ex.evaluate(args.torch_profile, {n: coefs[n] for n in names}, args.split)
+                ex.evaluate(args.torch_profile, {n: coefs[n] for n in names}, args.split, method=args.method)
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20))
         return {}
 
@@ -178,12 +189,12 @@ def main(argv=None) -> dict:
         makers["baseline"] = lambda: baseline_explorer(bundle, args.max_per_task)
     rows, result = [], {"machine": machine(), "bundle": str(bundle.root), "device": args.device, "tasks": tasks,
                         "images": n_images,
-                        "sets": args.sets, "split": args.split, "threads": threads, "modes": {}}
+                        "sets": args.sets, "split": args.split, "method": args.method, "threads": threads, "modes": {}}
     for mode in modes:
         explorers = {v: make() for v, make in makers.items()}
-        timed = time_mode(explorers, mode, sets, args.split)
+        timed = time_mode(explorers, mode, sets, args.split, args.method)
         for variant, r in timed.items():
-            r["breakdown_ms"] = breakdown(explorers[variant], mode, sets, args.split, sync)
+            r["breakdown_ms"] = breakdown(explorers[variant], mode, sets, args.split, sync, args.method)
             result["modes"].setdefault(mode, {})[variant] = r
             print(f"{variant} {mode}: median {r['new']['median_ms']:.1f} ms (CPU {r['new_cpu']['median_ms']:.1f}), "
                   f"p95 {r['new']['p95_ms']:.1f} ms, cached {r['cached']['median_ms']:.3f} ms, first {r['first_ms']:.0f} ms",
@@ -199,8 +210,8 @@ def main(argv=None) -> dict:
         for variant, make in makers.items():
             ex = make()
             for mode in modes:  # warm: evaluation tensors, shared activations
-                ex.evaluate(mode, coefficient_sets(list(ex.vectors(mode)), 1, seed=-2)[0], args.split)
-            r = time_rerun(ex, coefficient_sets(tasks, min(args.sets, 20), args.seed + 1), args.split)
+                ex.evaluate(mode, coefficient_sets(list(ex.vectors(mode)), 1, seed=-2)[0], args.split, method=args.method)
+            r = time_rerun(ex, coefficient_sets(tasks, min(args.sets, 20), args.seed + 1), args.split, args.method)
             result.setdefault("rerun", {})[variant] = r
             rows.append({"mode": "rerun (all modes)", "variant": variant, "median ms": r["median_ms"], "p95 ms": r["p95_ms"]})
     if args.baseline:

@@ -642,6 +642,29 @@ def test_a_merge_methods_options_are_widgets_that_travel_with_links_and_sets(new
     assert at.query_params["method"] == spec and at.sidebar.radio(key="w_method::ties.scope").value == "vector"
 
 
+
+def test_dares_seed_is_a_whole_number_widget_moot_at_full_density(new_app, engine):
+    at = new_app()
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    at.sidebar.selectbox(key="w_method").set_value("dare").run()
+    seed = at.sidebar.slider(key="w_method::dare.seed")
+    assert seed.value == 0 and isinstance(seed.value, int) and not seed.disabled and at.query_params["method"] == "dare"
+    seed.set_value(7).run()
+    clean(at)
+    spec = "dare:seed=7"
+    assert at.query_params["method"] == spec
+    want = engine.evaluate("attn", coefs, "test", method=spec)
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in want["accuracy"].items()})
+    assert any("DARE (seed 7)" in i.value for i in at.info)
+    at.sidebar.slider(key="w_method::dare.density").set_value(1.0).run()  # nothing dropped: the seed is moot
+    assert at.sidebar.slider(key="w_method::dare.seed").disabled and at.query_params["method"] == "dare:density=1"
+    ta = engine.evaluate("attn", coefs, "test")
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ta["accuracy"].items()})  # task arithmetic
+    b = new_app({"method": "dare:density=0.6,seed=12"})  # a link sets both widgets
+    clean(b)
+    assert b.sidebar.slider(key="w_method::dare.seed").value == 12
+    assert b.sidebar.slider(key="w_method::dare.density").value == pytest.approx(0.6)
+
 def test_the_per_task_preset_sets_the_validation_chosen_coefficients(new_app, engine):
     at = new_app()
     at.sidebar.selectbox(key="w_mode").set_value("linear").run()

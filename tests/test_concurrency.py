@@ -67,6 +67,19 @@ def test_eight_threads_on_one_explorer_get_what_they_get_alone(bundle):
     assert "upload-0" not in shared.vectors("full")  # nothing a caller passed is kept
 
 
+def test_eight_threads_merging_by_dare_with_their_own_drops_get_what_they_get_alone(bundle):
+    """DARE's masks are memoised on the shared vectors for one (density, seed) at a time: sessions with other
+    settings replace the memo under each other, and each must still get its own merge."""
+    specs = [f"dare:density={d},seed={s}" for d in (0.3, 0.7) for s in (0, 1, 2, 3)]
+    coefs = {t: 0.6 for t in TASKS}
+    alone = [Explorer(bundle).evaluate("attn", coefs, method=s)["accuracy"] for s in specs]
+    assert len({tuple(a.values()) for a in alone}) > 1  # the settings do differ in what they give
+    shared = Explorer(bundle)
+    together = run_all([lambda s=s: [shared.evaluate("attn", coefs, method=s)["accuracy"] for _ in range(3)]
+                        for s in specs])
+    assert together == [[a] * 3 for a in alone]
+
+
 def test_concurrent_jvps_and_forward_passes_do_not_disturb_each_other(bundle):
     """Forward-mode AD switches process-global attention kernels (arith.linearize.forward_ad_attention); forward
     passes running meanwhile must give bit-identical features."""

@@ -238,5 +238,84 @@ def test_at_full_density_the_trim_scope_is_moot(base):
     assert whole.keys() == per.keys() and all(torch.equal(whole[k], per[k]) for k in whole)  # so one spec names both
     ties = MERGE_METHODS["ties"]
     assert ties.moot({"density": 1.0, "scope": "vector"}, "scope") and not ties.moot({"density": 0.9}, "scope")
-    assert not ties.moot({"density": 1.0, "scope": "tensor"}, "density")  # a number is never moot
+    assert not ties.moot({"density": 1.0, "scope": "tensor"}, "density")  # no other value makes the density moot
     assert not MERGE_METHODS["task_arithmetic"].options
+
+
+# -- DARE: random drops, rescaled, added ------------------------------------------------------------------------------
+def test_dare_drops_and_rescales_each_entry(base):
+    v = _vec(base, 50)
+    d = combine([v], [0.7], "dare:density=0.3,seed=4")
+    kept, n = 0, 0
+    for k, t in v.tensors.items():
+        nz = d[k] != 0
+        # every entry is either dropped (exactly 0) or λ τ / density
+        assert torch.allclose(d[k][nz], t[nz] * (0.7 / 0.3), rtol=1e-6)
+        assert torch.equal(nz, v.dare_mask(0.3, 4, k) & (t != 0))
+        kept, n = kept + int(nz.sum()), n + t.numel()
+    # Binomial(n, 0.3): a kept share more than 5 standard deviations off would mean a wrong keep probability
+    assert abs(kept - 0.3 * n) < 5 * (n * 0.3 * 0.7) ** 0.5
+
+
+def test_dare_at_full_density_is_task_arithmetic_exactly_and_the_seed_is_moot(base):
+    from arith.merge import MERGE_METHODS, canonical_method
+
+    vs, coefs = [_vec(base, 51), _vec(base, 52, mode="attn")], [0.6, -1.1]
+    ta = combine(vs, coefs)
+    for seed in (0, 7):
+        d = combine(vs, coefs, f"dare:density=1,seed={seed}")
+        assert d.keys() == ta.keys() and all(torch.equal(d[k], ta[k]) for k in d)
+    assert canonical_method("dare:density=1,seed=7") == "dare:density=1"
+    dare = MERGE_METHODS["dare"]
+    assert dare.moot({"density": 1.0, "seed": 3}, "seed") and not dare.moot({"density": 0.5, "seed": 3}, "seed")
+    assert not dare.moot({"density": 1.0, "seed": 3}, "density")
+
+
+def test_dare_masks_follow_the_seed_and_the_content_not_the_order(base):
+    v1, v2, v3 = _vec(base, 53), _vec(base, 54), _vec(base, 55, mode="attn")
+    spec = "dare:density=0.4,seed=2"
+    a = combine([v1, v2, v3], [0.5, 0.3, -0.2], spec)
+    b = combine([v3, v1, v2], [-0.2, 0.5, 0.3], spec)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    # the same content draws the same masks (a fresh object, nothing memoised), another seed other masks
+    twin = TaskVector({k: t.clone() for k, t in v1.tensors.items()}, "other name", v1.mode, v1.base_id)
+    k = next(iter(v1.tensors))
+    assert torch.equal(twin.dare_mask(0.4, 2, k), v1.dare_mask(0.4, 2, k))
+    assert not torch.equal(v1.dare_mask(0.4, 3, k), v1.dare_mask(0.4, 2, k))
+    assert not torch.equal(v2.dare_mask(0.4, 2, k), v1.dare_mask(0.4, 2, k))  # each vector drops its own entries
+
+
+def test_dare_is_linear_in_the_coefficients_for_fixed_masks(base):
+    vs = [_vec(base, 56), _vec(base, 57)]
+    spec = "dare:density=0.6,seed=1"
+    a, b, ab = (combine(vs, c, spec) for c in ([0.3, -0.7], [0.5, 0.2], [0.8, -0.5]))
+    assert all(torch.allclose(a[k] + b[k], ab[k], atol=1e-7) for k in ab)
+    assert combine(vs, [0.0, 0.0], spec) == {}
+
+
+def test_dare_averages_to_task_arithmetic_over_seeds(base):
+    # E[m ⊙ τ / p] = τ: the mean over seeds converges to task arithmetic's δ, entry by entry (with the masks' noise)
+    v = _vec(base, 58)
+    ta = combine([v], [1.0])
+    seeds = 200
+    mean = {k: sum(combine([v], [1.0], f"dare:density=0.5,seed={s}")[k] for s in range(seeds)) / seeds for k in ta}
+    for k in ta:
+        # each entry's mean is τ times (2 · Binomial(200, 0.5) / 200), whose sd is 1/sqrt(200) ≈ 0.071
+        ratio = (mean[k] / ta[k])[ta[k].abs() > 1e-6]
+        assert abs(float(ratio.mean()) - 1.0) < 0.05 and float((ratio - 1).abs().max()) < 0.5
+
+
+def test_dare_options_are_checked(base):
+    from arith.merge import dare, parse_method
+
+    v = _vec(base, 59)
+    for spec, msg in [("dare:seed=1.5", "whole number"), ("dare:seed=-1", "whole number from 0 to 999"),
+                      ("dare:density=0", r"must lie in \(0, 1\]"), ("dare:scope=vector", "has no option 'scope'")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_method(spec)
+    with pytest.raises(ValueError, match="seed"):
+        dare([v], [1.0], seed=0.5)
+    with pytest.raises(ValueError, match="density"):
+        dare([v], [1.0], density=1.5)
+    assert parse_method("dare:seed=12")[1] == {"density": 0.5, "seed": 12} and isinstance(
+        parse_method("dare:seed=12.0")[1]["seed"], int)

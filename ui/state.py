@@ -495,13 +495,17 @@ def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
         key = _method_option_key(name, o.name)
         if key not in ss:
             ss[key] = store.get(key, o.value(o.default))
+        # the options above decide whether this one matters (TIES's scope, DARE's seed: not at density 1)
+        moot = record.moot({**record.defaults(), **values}, o.name)
+        helptext = o.help + (" (no effect at these settings)" if moot else "")
         if o.choices:
-            moot = record.moot({**record.defaults(), **values}, o.name)  # the options above decide (TIES at density 1)
-            values[o.name] = sb.radio(o.label, o.choices, key=key, horizontal=True, disabled=moot,
-                                      help=o.help + (" (no effect at these settings)" if moot else ""))
+            values[o.name] = sb.radio(o.label, o.choices, key=key, horizontal=True, disabled=moot, help=helptext)
+        elif o.integer:
+            values[o.name] = sb.slider(o.label, int(o.widget_low), int(o.high), step=int(o.step), key=key,
+                                       help=helptext, disabled=moot)
         else:
             values[o.name] = sb.slider(o.label, float(o.widget_low), float(o.high), step=float(o.step), key=key,
-                                       help=o.help, format="%.2f")
+                                       help=helptext, format="%.2f", disabled=moot)
         store[key] = values[o.name]
     return method_spec(name, **values)
 
