@@ -59,9 +59,13 @@ with st.form("train_form", border=True, enter_to_submit=False):  # only the butt
     # one set of fields per mode, each starting from that mode's recipe: a keyed input keeps its value whatever
     # default it is given later, in the browser too, so a field shared by the modes would keep another mode's lr
     steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key=f"train_steps::{mode}")
-    # ± moves by a tenth of the recipe's decade (1e-4 around 1e-3): the widget's own step, 0.01, jumps lr by 10×
-    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), step=10.0 ** (math.floor(math.log10(cfg0.lr)) - 1),
-                         format="%.2e", key=f"train_lr::{mode}")
+    # ± moves by a tenth of the value's decade (1e-4 around 1e-3; the widget's own step, 0.01, jumps lr by 10×): of the
+    # value the form last ran with, since a form reruns only when submitted (Streamlit keeps a keyed input's value
+    # when its step changes)
+    lr_key = f"train_lr::{mode}"
+    lr_now = float(st.session_state.get(lr_key) or cfg0.lr)
+    lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), step=10.0 ** (math.floor(math.log10(lr_now)) - 1),
+                         format="%.2e", key=lr_key)
     batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key=f"train_batch::{mode}")
     seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key=f"train_seed::{mode}")
     c1, c2 = st.columns(2)

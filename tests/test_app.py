@@ -445,10 +445,13 @@ def test_training_a_few_steps_adds_a_vector(new_app):
     at = new_app()
     at.switch_page("pages/train.py").run()
     clean(at)
+    at.number_input(key="train_lr::attn").set_value(2.5e-5)
     train_quads(at, "attn", 3, "quads-quick")
+    # the ± step follows the value the form ran with: a tenth of its decade (before: of the recipe's lr)
+    assert at.number_input(key="train_lr::attn").proto.step == pytest.approx(1e-6)
     ws = workspace(at)
     assert list(ws) == ["quads-quick"] and ws["quads-quick"].task == QUADS and ws["quads-quick"].mode == "attn"
-    assert ws["quads-quick"].meta[Meta.STEPS] == "3"
+    assert ws["quads-quick"].meta[Meta.STEPS] == "3" and float(ws["quads-quick"].meta[Meta.LR]) == pytest.approx(2.5e-5)
     assert any("Trained 'quads-quick'" in s.value for s in at.success)
     assert len(at.get("download_button")) == 1 and at.get("download_button")[0].proto.ignore_rerun
     assert "quads-quick" in at.sidebar.multiselect(key="w_tasks").value
