@@ -4,6 +4,7 @@ loaded :class:`~arith.bundle.Bundle` or just its :class:`~arith.index.BundleInde
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -113,6 +114,19 @@ def per_task_rows(bundle: Bundle | BundleIndex) -> list[dict]:
 COST_ALPHAS = (0.2, 0.3, 0.4, 0.5, 1.0)
 
 
+def interference_curve(addition: Mapping, alone: Mapping, split: str = "test") -> list[dict]:
+    """What the other vectors cost at every α of both curves: per α, ``absolute`` and ``normalized`` = each task
+    alone − merged (fractions; :func:`arith.protocols.interference`'s ``cost_of_others`` is the ``absolute`` one at
+    the chosen α).
+    Interference drawn directly, one number per α, instead of as the gap between two curves."""
+    if list(addition["tasks"]) != list(alone["tasks"]):
+        raise ValueError(f"interference: addition over {addition['tasks']} but alone curve over {alone['tasks']}")
+    rows = {round(r["alpha"], 4): r[split] for r in alone["curve"] if split in r}
+    return [{"alpha": float(r["alpha"]), **{k: rows[round(r["alpha"], 4)][k] - r[split][k]
+                                             for k in ("absolute", "normalized")}}
+            for r in addition["curve"] if round(r["alpha"], 4) in rows and split in r]
+
+
 def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict],
                       additions: dict[str, dict]) -> tuple[list[dict], list[dict]]:
     """Where task addition loses its points, per mode (``alone``: mode -> :meth:`arith.explore.Explorer.alone`;
@@ -129,10 +143,9 @@ def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict],
                          "single-task": i["single_absolute"], "each task alone at α": i["alone_absolute"],
                          "merged at α": i["merged_absolute"], "cost of scaling to α": i["cost_of_alpha"],
                          "cost of the other vectors": i["cost_of_others"]})
-        merged = {round(r["alpha"], 4): r["test"]["absolute"] for r in (additions.get(mode) or {}).get("curve", [])}
-        solo = {round(r["alpha"], 4): r["test"]["absolute"] for r in a["curve"]}
-        by_alpha.append({"mode": mode, **{f"α = {x:g}": solo[x] - merged[x] if x in solo and x in merged else None
-                                          for x in COST_ALPHAS}})
+        add = additions.get(mode)
+        along = {round(r["alpha"], 4): r["absolute"] for r in interference_curve(add, a)} if add else {}
+        by_alpha.append({"mode": mode, **{f"α = {x:g}": along.get(round(x, 4)) for x in COST_ALPHAS}})
     return at_alpha, by_alpha
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 from arith.merge import get_merge_method
 from arith.metrics import summarize
 from arith.modes import MODES
-from arith.report import interference_per_task, interference_rows
+from arith.report import interference_curve, interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
 from ui.state import METHOD, context, method_label, mode_label, request_view
@@ -173,6 +173,13 @@ with guard("Task-addition sweep"):
                      column_config={"absolute (%)": st.column_config.NumberColumn(format="%.1f"),
                                     "normalized (%)": st.column_config.NumberColumn(format="%.1f")})
         if alone:
+            st.markdown("**What the other vectors cost, along α**")
+            st.caption(f"The gap between the dashed and the solid line above, drawn on its own: each task alone minus "
+                       f"merged, {metric} accuracy, test, in points (★: the validation-chosen α). The lower a mode's "
+                       "line, the less its task vectors interfere.")
+            st.plotly_chart(charts.interference_curves({m: interference_curve(curves[m], alone[m]) for m in alone},
+                                                       {m: curves[m]["alpha"] for m in alone}, metric, tied),
+                            key="interference_curves")
             at_alpha, _ = interference_rows(ex.index, alone, curves)
             gaps = pd.DataFrame([{**r, "mode": mode_label(r["mode"]), **{k: 100 * v for k, v in r.items() if k in PCT}}
                                  for r in at_alpha]).drop(columns="lr")

@@ -142,7 +142,7 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     at.toggle(key="sweep_alone").set_value(True).run(timeout=120)
     clean(at)
     gaps = table(at, "cost of the other vectors")
-    assert len(gaps) == len(engine.bundle.modes) and charts(at) == 4  # with the stored pair heatmap
+    assert len(gaps) == len(engine.bundle.modes) and charts(at) == 5  # with the cost along α and the pair heatmap
     ref = engine.alone("attn")["interference"]
     row = gaps[gaps["mode"].str.startswith(mode_label("attn"))].iloc[0]
     assert row["cost of the other vectors"] == pytest.approx(100 * ref["cost_of_others"])
@@ -153,6 +153,12 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
         {t: 100 * v["alone"] for t, v in ref["per_task"].items()})
     fig = next(c for c in at.get("plotly_chart") if "each task alone" in c.proto.spec)
     assert fig.proto.spec.count("each task alone") == len(engine.bundle.modes)  # one dashed line per mode
+    # the same gap drawn along α (the metric shown: normalized), one line per mode, starred at the chosen α
+    cost = json.loads(next(c for c in at.get("plotly_chart") if "other vectors cost" in c.proto.spec).proto.spec)
+    line = next(d for d in cost["data"] if d.get("name") == mode_label("attn"))
+    star = line["x"].index(ref["alpha"])
+    assert line["y"][star] == pytest.approx(100 * (ref["alone_normalized"] - ref["merged_normalized"]))
+    assert len([d for d in cost["data"] if d.get("mode") == "lines+markers"]) == len(engine.bundle.modes)
     # which vector costs which task, for the chosen mode, the engine's matrix in points: the bundle's stored matrix
     # at once (no toggle) ...
     at.selectbox(key="pairs_mode").set_value("full").run(timeout=120)

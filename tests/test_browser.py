@@ -167,6 +167,8 @@ def test_each_task_alone_draws_dashed_curves_and_the_interference_table(server, 
     assert not page.locator('[data-testid="stException"]').count()
     chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="each task alone").first
     assert chart.count() and "each task alone" in chart.inner_text()
+    cost = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="alone − merged")  # the same gap along α
+    assert cost.count() == 1 and page.get_by_text("What the other vectors cost, along α").count() == 1
     # from the sweep's heading down to the per-task expander (the main column scrolls, not the window)
     heading = page.get_by_role("heading", name="Accuracy vs the shared α (task addition)")
     heading.evaluate("e => e.scrollIntoView({block: 'start'})")

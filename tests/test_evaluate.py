@@ -19,7 +19,7 @@ from arith.protocols import (
     task_negation,
     tune_coefficients,
 )
-from arith.report import summary_row
+from arith.report import interference_curve, summary_row
 
 from conftest import TASKS
 
@@ -131,6 +131,19 @@ def test_each_task_alone_runs_from_zero_shot_to_single_task_and_gives_the_interf
         interference(add, alone_curve(ev, {t: vs[t] for t in list(vs)[:2]}, alphas=(0.0, 1.0)))
     with pytest.raises(ValueError, match="not on the alone curve's grid"):
         interference({**add, "alpha": 0.123}, alone)
+    # the same gap at every α: zero at α = 0 (both are θ0), the interference's cost of the others at the chosen α
+    along = interference_curve(add, alone)
+    assert [r["alpha"] for r in along] == [r["alpha"] for r in add["curve"]]
+    assert along[0]["absolute"] == along[0]["normalized"] == 0.0
+    at = next(r for r in along if r["alpha"] == add["alpha"])
+    assert at["absolute"] == gap["cost_of_others"]
+    assert at["normalized"] == gap["alone_normalized"] - gap["merged_normalized"]
+    if len(vs) > 1:  # one vector alone is the merge: the curve would be 0 throughout
+        assert any(r["absolute"] != 0.0 for r in along)
+    assert interference_curve(add, alone_curve(ev, vs, alphas=(0.0, add["alpha"]), splits=("test",)))[1]["alpha"] \
+        == add["alpha"]  # only the α both curves have
+    with pytest.raises(ValueError, match="alone curve over"):
+        interference_curve(add, alone_curve(ev, {t: vs[t] for t in list(vs)[:2]}, alphas=(0.0, 1.0)))
 
 
 @pytest.mark.parametrize("mode", ["attn", "linear"])

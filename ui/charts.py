@@ -103,6 +103,30 @@ def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", curr
     return _layout(fig)
 
 
+def interference_curves(costs: Mapping[str, Sequence[Mapping]], chosen: Mapping[str, float], metric: str = "normalized",
+                        current: float | None = None) -> go.Figure:
+    """What the other vectors cost along α, one line per mode (``costs``: mode -> the engine's
+    :func:`arith.report.interference_curve`, in points), the mode's validation-chosen α (``chosen``) starred."""
+    fig = go.Figure()
+    for i, (mode, rows) in enumerate(costs.items()):
+        colour = mode_colour(mode, i)
+        xs, ys = [r["alpha"] for r in rows], [_p(r[metric]) for r in rows]
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=mode_label(mode), line=dict(color=colour),
+                        marker=dict(size=5), hovertemplate=f"{mode_label(mode)}: α=%{{x:.2f}}, the other vectors "
+                                                           f"cost %{{y:.1f}} points<extra></extra>")
+        at = next((y for x, y in zip(xs, ys) if mode in chosen and abs(x - chosen[mode]) < 1e-9), None)
+        if at is not None:
+            fig.add_scatter(x=[chosen[mode]], y=[at], mode="markers", showlegend=False,
+                            marker=dict(symbol="star", size=15, color=colour, line=dict(width=1, color="#222")),
+                            hovertemplate=f"{mode_label(mode)}: validation-chosen α=%{{x:.2f}}<extra></extra>")
+    if current is not None:
+        fig.add_vline(x=current, line_dash="dot", line_color="#888", annotation_text="tied α", annotation_position="top")
+    fig.add_hline(y=0, line_color="#999", line_width=1)
+    fig.update_xaxes(title="shared α")
+    fig.update_yaxes(title=f"each task alone − merged, {metric} (points)")
+    return _layout(fig, height=320)
+
+
 def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tuple[float, float] | None = None,
                show_scale: bool = True, names: tuple[str, str] | None = None,
                snap: Callable[[float], float] | None = None) -> go.Figure:
