@@ -19,7 +19,7 @@ from .data import Split
 from .heads import Head
 from .linearize import jvp_features
 from .lru import LRU
-from .merge import apply_delta, combine, get_merge_method
+from .merge import apply_delta, combine, parse_method
 from .models import Base
 from .modes import get_mode
 from .taskvec import TaskVector
@@ -231,8 +231,12 @@ class Evaluator:
             return self.f0(split) if rows is None else self.f0(split)[rows]
         if linearized is None:
             linearized = bool(vectors) and all(v.linearized for v in vectors)
-        if linearized and get_merge_method(method).linear:
-            return self.linear_features(vectors, coefs, split, tasks)
+        if linearized:
+            record, options = parse_method(method)
+            if record.cached_jvp:  # Σ λ_t J τ_t of the stored (or the method's mapped) vectors, each J cached
+                if record.per_vector is not None:
+                    vectors = [record.per_vector(v, **options) if float(lam) != 0.0 else v for v, lam in zip(vectors, coefs)]
+                return self.linear_features(vectors, coefs, split, tasks)
         delta = combine(self.resident(vectors), coefs, method)
         if linearized:
             es, tasks, rows = self._select(split, tasks)

@@ -33,7 +33,8 @@ Delta = dict[str, "torch.Tensor"]
 
 @dataclass(frozen=True)
 class MethodOption:
-    """One setting of a merge method: a number in [low, high] (``choices`` empty) or one of ``choices``."""
+    """One setting of a merge method: a number in [low, high] (``choices`` empty; a whole number when ``integer``)
+    or one of ``choices``."""
 
     name: str
     label: str
@@ -100,6 +101,15 @@ class MergeMethod:
     # that equal merges share one canonical spec (and one cache entry); None: every option always matters.  It must
     # return valid values and be idempotent; the sidebar disables the widget of an option it makes moot
     simplify: Callable[[dict], dict] | None = None
+    # vector, option values -> a vector: the method is task arithmetic on each τ_t mapped by this (DARE's drops), so
+    # a linearized mode adds the mapped vectors' cached J (see :attr:`cached_jvp`); None: no such form
+    per_vector: Callable[..., TaskVector] | None = None
+
+    @property
+    def cached_jvp(self) -> bool:
+        """Whether a linearized mode merged by this method is a weighted sum of cached J τ (of the stored vectors,
+        or of the vectors ``per_vector`` maps them to), rather than one J δ per request."""
+        return self.linear or self.per_vector is not None
 
     def moot(self, values: Mapping[str, float | int | str], option: str) -> bool:
         """Whether ``option`` has no effect given the other ``values``: ``simplify`` resets every other value of it
@@ -250,31 +260,56 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
     return delta
 
 
+class _Dropped(Mapping):
+    """τ's tensors after DARE's drop-and-rescale, m ⊙ τ / density, each computed when read (not kept): a linearized
+    mode whose J of the mapped vector is cached never reads them."""
+
+    def __init__(self, tv: TaskVector, density: float, seed: int):
+        self._tv, self._density, self._seed = tv, density, seed
+
+    def __getitem__(self, key: str):
+        t = self._tv.tensors[key]
+        return t * self._tv.dare_mask(self._density, self._seed, key) / self._density
+
+    def __iter__(self):
+        return iter(self._tv.tensors)
+
+    def __len__(self) -> int:
+        return len(self._tv.tensors)
+
+
+def dare_vector(tv: TaskVector, density: float = 0.5, seed: int = 0) -> TaskVector:
+    """DARE's drop-and-rescale of one vector, m ⊙ τ / density (τ itself at density 1), with the mask of
+    :meth:`arith.taskvec.TaskVector.dare_mask`.  Its ``uid`` names (τ's uid, density, seed) without hashing the
+    tensors, so a linearized mode caches J of it like any stored vector's; its tensors are computed when read."""
+    import hashlib
+
+    from .taskvec import TaskVector
+
+    if density >= 1.0:
+        return tv
+    out = TaskVector(_Dropped(tv, float(density), int(seed)), tv.task, tv.mode, tv.base_id, dict(tv.meta))
+    out.__dict__["uid"] = hashlib.sha256(f"{tv.uid}|dare|{float(density)!r}|{int(seed)}".encode()).hexdigest()[:20]
+    return out
+
+
 def dare(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.5, seed: int = 0) -> Delta:
     """DARE (Yu et al. 2024, "Language Models are Super Mario"): drop each entry of every τ_t at random, keeping it
     with probability ``density``, rescale the kept entries by 1 / density, then add as task arithmetic does:
     δ = Σ_t λ_t (m_t ⊙ τ_t) / density, so E[δ] is task arithmetic's δ (DARE-linear in mergekit's terms).
 
     The masks m_t are τ_t's own (:meth:`arith.taskvec.TaskVector.dare_mask`): drawn from ``seed`` and the vector's
-    content, never from its position, so a merge is reproducible on any device and in any order of the vectors.
-    δ is linear in the coefficients, but it is not Σ λ_t τ_t of the stored vectors, so a linearized mode computes
-    J δ rather than reusing its cached J τ_t."""
+    content, never from its position, so a merge is reproducible on any device and in any order of the vectors (up
+    to the rounding of the sum).  It is task arithmetic on the vectors :func:`dare_vector` maps, so a linearized mode
+    adds their cached J (m_t ⊙ τ_t) / density, and at density 1 it is task arithmetic exactly, in every mode."""
     _check(vectors, coefs)
     if not 0.0 < float(density) <= 1.0:
         raise ValueError(f"DARE density must lie in (0, 1], not {density!r}")
     if int(seed) != seed or seed < 0:
         raise ValueError(f"DARE seed must be a non-negative whole number, not {seed!r}")
     density, seed = float(density), int(seed)
-    delta: Delta = {}
-    for tv, lam in zip(vectors, coefs):
-        lam = float(lam)
-        if lam == 0.0:
-            continue
-        for k, t in tv.tensors.items():
-            # m ⊙ τ / density, scaled by λ: a dropped entry is exactly 0, a kept one λ τ / density
-            d = t * tv.dare_mask(density, seed, k) * (lam / density) if density < 1.0 else lam * t
-            delta[k] = delta[k] + d if k in delta else d
-    return delta
+    return task_arithmetic([dare_vector(v, density, seed) if float(lam) != 0.0 else v
+                            for v, lam in zip(vectors, coefs)], coefs)
 
 
 def _dare_simplify(values: dict) -> dict:
@@ -312,7 +347,7 @@ register_merge_method(MergeMethod(
                           low=0.0, high=1.0, step=0.05, low_open=True),
              MethodOption("seed", "Seed", 0, "draws the random drops; each vector's are its own, whatever the "
                                              "order of the vectors", low=0, high=999, step=1, integer=True)),
-    simplify=_dare_simplify))
+    simplify=_dare_simplify, per_vector=dare_vector))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

@@ -77,9 +77,10 @@ class TaskVector:
     def dare_mask(self, density: float, seed: int, key: str) -> torch.Tensor:
         """DARE's random keep-mask of tensor ``key`` (bool, on the tensor's device): each entry kept with probability
         ``density`` (:func:`arith.merge.dare`).  Drawn on the CPU from a generator seeded by (``seed``, this vector's
-        content ``uid``, ``key``), so it is the same on every device, for every order of the merged vectors, and
-        for equal vectors.  Memoised for the latest (density, seed) only: a slider move re-uses it, and the memo
-        holds at most one byte per entry."""
+        content ``uid``, ``key``) in fp32 whatever torch's default dtype, so it is the same on every device, for
+        every order of the merged vectors, and for equal vectors.  Memoised for the latest (density, seed) only, on
+        the tensor's device: a slider move re-uses it, the memo holds one byte per entry, and sessions merging with
+        other settings at the same time replace it under each other (each still gets its own masks, redrawn)."""
         memo = self.__dict__.get("_dare")
         if memo is None or memo[0] != (density, seed):
             memo = ((density, seed), {})
@@ -89,7 +90,7 @@ class TaskVector:
             digest = hashlib.sha256(f"{seed}|{self.uid}|{key}".encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
             t = self.tensors[key]
-            masks[key] = (torch.rand(t.shape, generator=gen) < density).to(t.device)
+            masks[key] = (torch.rand(t.shape, generator=gen, dtype=torch.float32, device="cpu") < density).to(t.device)
         return masks[key]
 
     @property

@@ -92,8 +92,9 @@ def time_rerun(ex, sets, split: str = "test", method: str = "task_arithmetic") -
 def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None, method: str = "task_arithmetic") -> dict:
     """Where one request's time goes: merge (δ and θ0 + δ), forward pass, heads and accuracy (medians, ms).
     ``sync``: waits for the device (``torch.cuda.synchronize`` on a GPU, whose kernels run asynchronously).  A
-    linearized mode merged by a method whose δ is not Σ λ_t τ_t counts its J δ as the forward pass."""
-    from arith.merge import apply_delta, combine, get_merge_method
+    linearized mode counts its whole request as the merge: a weighted sum of cached J τ (or, for a method without
+    that form, one J δ)."""
+    from arith.merge import apply_delta, combine
 
     ev = ex.evaluator()
     vs = ex.vectors(mode)
@@ -102,14 +103,10 @@ def breakdown(ex, mode: str, sets, split: str = "test", sync=lambda: None, metho
         names = sorted(coefs)
         vectors, lam = [vs[n] for n in names], [coefs[n] for n in names]
         t0 = time.perf_counter()
-        if vectors[0].linearized and get_merge_method(method).linear:
-            feats = ev.linear_features(vectors, lam, split)
-            t1 = t2 = time.perf_counter()
-        elif vectors[0].linearized:
-            t1 = time.perf_counter()
+        if vectors[0].linearized:
             feats = ev.merged_features(vectors, lam, split, method=method)
             sync()
-            t2 = time.perf_counter()
+            t1 = t2 = time.perf_counter()
         else:
             params = apply_delta(ev.base.params, combine(ev.resident(vectors), lam, method))  # as merged_features does
             sync()

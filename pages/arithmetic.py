@@ -83,10 +83,10 @@ with guard("Evaluating the edited model"):
 
 st.subheader("The same coefficients under every mode")
 st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")
-if not get_merge_method(ctx.method).linear and any(MODES[m].linearized for m in ctx.modes if m in MODES):
-    st.caption(f"{method_label(ctx.method)}'s δ is not linear in λ, so a linearized mode cannot reuse its cached "
-               "J τ_t: each request computes J δ afresh (one Jacobian-vector product; about 1.5–1.8 s for a ViT-B/32 "
-               "on an H200, BENCHMARKS.md).")
+if not get_merge_method(ctx.method).cached_jvp and any(MODES[m].linearized for m in ctx.modes if m in MODES):
+    st.caption(f"{method_label(ctx.method)}'s δ is not a weighted sum of fixed vectors, so a linearized mode cannot "
+               "reuse its cached J τ_t: each request computes J δ afresh (one Jacobian-vector product; about 1.5–1.8 s "
+               "for a ViT-B/32 on an H200, BENCHMARKS.md).")
 with guard("Comparing modes"):
     per_mode, rows = {}, []
     skipped = set()  # selected vectors that some mode lacks (λ = 0 there)

@@ -454,7 +454,8 @@ def test_training_a_few_steps_adds_a_vector(new_app):
     at.number_input(key="train_lr::attn").set_value(2.5e-5)
     train_quads(at, "attn", 3, "quads-quick")
     # the ± step follows the value the form ran with: a tenth of its decade (before: of the recipe's lr)
-    assert at.number_input(key="train_lr::attn").proto.step == pytest.approx(1e-6)
+    lr = at.number_input(key="train_lr::attn")
+    assert lr.proto.step == pytest.approx(1e-6) and lr.value == pytest.approx(2.5e-5)  # the value stays
     ws = workspace(at)
     assert list(ws) == ["quads-quick"] and ws["quads-quick"].task == QUADS and ws["quads-quick"].mode == "attn"
     assert ws["quads-quick"].meta[Meta.STEPS] == "3" and float(ws["quads-quick"].meta[Meta.LR]) == pytest.approx(2.5e-5)

@@ -54,6 +54,28 @@ def test_linear_mode_merge_is_the_linear_model(bundle, ev):
     assert torch.allclose(fast, f0 + jd, atol=1e-4)
 
 
+def test_linear_mode_merged_by_dare_adds_cached_jvps_of_the_dropped_vectors(bundle):
+    from arith.linearize import jvp_features
+    from arith.merge import combine, dare_vector
+
+    ev = bundle.evaluator()
+    vs = list(bundle.vectors["linear"].values())
+    coefs = [0.7, -0.4, 1.1]
+    # at density 1 it is task arithmetic's linear model, bit for bit (the same cached J τ_t)
+    assert torch.equal(ev.merged_features(vs, coefs, "test", method="dare:density=1"), ev.merged_features(vs, coefs, "test"))
+    spec = "dare:density=0.3,seed=2"
+    n_jvps = len(ev._jvp)
+    got = ev.merged_features(vs, coefs, "test", method=spec)
+    assert len(ev._jvp) == n_jvps + len(vs)  # one J (m ⊙ τ_t) / density per vector, cached ...
+    f0, jd = jvp_features(bundle.base, combine(vs, coefs, spec), ev.eval_set("test").x)
+    assert torch.allclose(got, f0 + jd, atol=1e-4)  # ... and their sum is J δ of DARE's δ
+    assert not torch.allclose(got, ev.merged_features(vs, coefs, "test"), atol=1e-4)
+    other = [0.1, 0.2, 0.3]  # another slider move: the same cached J, weighted anew, and no new JVP
+    want = ev.f0("test") + sum(c * ev.jvp(dare_vector(v, 0.3, 2), "test") for c, v in zip(other, vs))
+    assert torch.allclose(ev.merged_features(vs, other, "test", method=spec), want, atol=1e-6)
+    assert len(ev._jvp) == n_jvps + len(vs)
+
+
 def test_evaluation_subset_and_task_selection(bundle):
     ev = Evaluator(bundle.base, bundle.heads, bundle.data, max_per_task=8)
     assert len(ev.eval_set("test").x) == 8 * len(TASKS)

@@ -319,3 +319,38 @@ def test_dare_options_are_checked(base):
         dare([v], [1.0], density=1.5)
     assert parse_method("dare:seed=12")[1] == {"density": 0.5, "seed": 12} and isinstance(
         parse_method("dare:seed=12.0")[1]["seed"], int)
+
+
+def test_dare_masks_are_pinned():
+    """The masks' values, pinned: a change to how seeds are derived, or to torch's CPU generator, would silently
+    change every DARE result (and the README's DARE table); this test says so instead."""
+    tv = TaskVector({"visual.proj": torch.linspace(-1, 1, 1000).reshape(20, 50)}, "golden", "full", "b0")
+    assert tv.uid == "836743daaad0a8edc7b5"
+    m = tv.dare_mask(0.5, 0, "visual.proj")
+    assert m.dtype == torch.bool and int(m.sum()) == 484
+    assert torch.nonzero(m.reshape(-1))[:8].reshape(-1).tolist() == [0, 1, 2, 7, 8, 12, 13, 14]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # drawn in fp32 whatever the default dtype
+    try:
+        fresh = TaskVector({"visual.proj": torch.linspace(-1, 1, 1000, dtype=torch.float32).reshape(20, 50)},
+                           "golden", "full", "b0")
+        assert torch.equal(fresh.dare_mask(0.5, 0, "visual.proj"), m)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_dare_is_task_arithmetic_on_the_mapped_vectors(base):
+    from arith.merge import MERGE_METHODS, dare_vector
+
+    v1, v2 = _vec(base, 60), _vec(base, 61)
+    spec, coefs = "dare:density=0.4,seed=5", [0.7, -0.3]
+    mapped = [dare_vector(v, 0.4, 5) for v in (v1, v2)]
+    d, ta = combine([v1, v2], coefs, spec), combine(mapped, coefs)
+    assert d.keys() == ta.keys() and all(torch.equal(d[k], ta[k]) for k in d)
+    k = next(iter(v1.tensors))
+    assert torch.equal(mapped[0].tensors[k], v1.tensors[k] * v1.dare_mask(0.4, 5, k) / 0.4)
+    # a mapped vector is named by (τ, density, seed), not by hashing its tensors; at density 1 it is τ itself
+    assert mapped[0].uid == dare_vector(v1, 0.4, 5).uid != dare_vector(v1, 0.4, 6).uid != v1.uid
+    assert dare_vector(v1, 1.0, 5) is v1
+    assert MERGE_METHODS["dare"].cached_jvp and MERGE_METHODS["task_arithmetic"].cached_jvp
+    assert not MERGE_METHODS["ties"].cached_jvp
