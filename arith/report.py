@@ -115,10 +115,9 @@ COST_ALPHAS = (0.2, 0.3, 0.4, 0.5, 1.0)
 
 
 def interference_curve(addition: Mapping, alone: Mapping, split: str = "test") -> list[dict]:
-    """What the other vectors cost at every α of both curves: per α, ``absolute`` and ``normalized`` = each task
-    alone − merged (fractions; :func:`arith.protocols.interference`'s ``cost_of_others`` is the ``absolute`` one at
-    the chosen α).
-    Interference drawn directly, one number per α, instead of as the gap between two curves."""
+    """What the other vectors cost at every α of both curves (interference as one number per α, not as the gap
+    between two curves): per α, ``absolute`` and ``normalized`` = each task alone − merged, as fractions.
+    :func:`arith.protocols.interference`'s ``cost_of_others`` is the ``absolute`` one at the chosen α."""
     if list(addition["tasks"]) != list(alone["tasks"]):
         raise ValueError(f"interference: addition over {addition['tasks']} but alone curve over {alone['tasks']}")
     rows = {round(r["alpha"], 4): r[split] for r in alone["curve"] if split in r}

@@ -21,6 +21,17 @@ def test_slider_benchmark(bundle_dir, tmp_path, capsys):
     assert "speedup" in capsys.readouterr().out
 
 
+def test_slider_benchmark_times_another_merge_method(bundle_dir, tmp_path):
+    from bench.slider import main
+
+    res = main(["--bundle", str(bundle_dir), "--sets", "2", "--modes", "attn", "linear", "--method", "dare:seed=3",
+                "--no-rerun", "--json", str(tmp_path / "s.json")])
+    assert res["method"] == "dare:seed=3" and set(res["modes"]) == {"attn", "linear"}
+    assert all(r["optimised"]["new"]["n"] == 2 for r in res["modes"].values())
+    with pytest.raises(SystemExit):  # argparse names a bad spec and exits
+        main(["--bundle", str(bundle_dir), "--method", "dare:seed=-1"])
+
+
 def test_diagnostics_benchmark(bundle_dir, tmp_path):
     from bench.diagnostics import main
 
