@@ -6,8 +6,9 @@ so concurrent users with different coefficients never see each other's weights.
 
 ``task_arithmetic`` is the papers' θ0 + Σ_t λ_t τ_t (linear in λ; negative λ negates a task).  ``ties`` is
 TIES-merging (Yadav et al. 2023: trim to the top-k magnitudes, elect a sign per entry, average the agreeing
-entries) and ``dare`` is DARE (Yu et al. 2024: drop entries at random, rescale the rest, add), included as the
-two common baselines of the merging literature and to show that a method is one record.
+entries), ``dare`` is DARE (Yu et al. 2024: drop entries at random, rescale the rest, add) and ``dare_ties`` the
+two together (DARE's drops, TIES's election), included as the common baselines of the merging literature and to
+show that a method is one record.
 
 A method's tunable settings are declared on its record (:class:`MethodOption`), and a *method spec* names a method
 with settings in one string, ``name`` or ``name:option=value,…`` (e.g. ``ties:density=0.5,scope=vector``).  The
@@ -239,8 +240,6 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
     trims) or the whole vector at once (``vector``, as the TIES paper's code flattens each task vector).  The trim
     is τ_t's own, before scaling (|λ x| ≥ |λ| c ⟺ |x| ≥ c, so scaling would not move it), which lets each vector
     memoise its thresholds (:meth:`arith.taskvec.TaskVector.top_threshold`)."""
-    import torch
-
     _check(vectors, coefs)
     if not 0.0 < float(density) <= 1.0:
         raise ValueError(f"TIES density must lie in (0, 1], not {density!r}")
@@ -250,14 +249,23 @@ def ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
     live = [(v, float(lam)) for v, lam in zip(vectors, coefs) if float(lam) != 0.0]
     delta: Delta = {}
     for k in sorted({k for v, _ in live for k in v.tensors}):
-        # trim: each τ_t's entries at or above its memoised threshold (per tensor, or over the whole vector)
-        trimmed = torch.stack([lam * v.tensors[k] * (v.tensors[k].abs() >= v.top_threshold(
-            density, k if scope == "tensor" else None)) for v, lam in live if k in v.tensors])
-        sign = torch.sign(trimmed.sum(0))
-        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
-        count = agree.sum(0).clamp(min=1)
-        delta[k] = (trimmed * agree).sum(0) / count
+        # trim: each τ_t's entries at or above its memoised threshold (per tensor, or over the whole vector); at
+        # density 1 every entry is kept, the same values without the comparison
+        delta[k] = _elect_and_average([lam * v.tensors[k] if density >= 1.0 else lam * v.tensors[k] * (
+            v.tensors[k].abs() >= v.top_threshold(density, k if scope == "tensor" else None))
+            for v, lam in live if k in v.tensors])
     return delta
+
+
+def _elect_and_average(scaled: list) -> torch.Tensor:
+    """TIES's sign election and disjoint mean over the scaled, trimmed tensors of one key: the sign of their sum
+    per entry, and the mean of the entries that agree with it (0 where none does)."""
+    import torch
+
+    stacked = torch.stack(scaled)
+    sign = torch.sign(stacked.sum(0))
+    agree = (torch.sign(stacked) == sign) & (stacked != 0)
+    return (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
 
 
 class _Dropped(Mapping):
@@ -312,6 +320,21 @@ def dare(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
                             for v, lam in zip(vectors, coefs)], coefs)
 
 
+def dare_ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.5, seed: int = 0) -> Delta:
+    """DARE-TIES (mergekit's ``dare_ties``): DARE's random drops and rescaling (:func:`dare_vector`, the same masks
+    as :func:`dare`) in place of TIES's magnitude trim, then TIES's sign election and disjoint mean of the scaled
+    vectors λ_t (m_t ⊙ τ_t) / density.  At density 1 it is TIES with nothing trimmed (``ties:density=1``)."""
+    _check(vectors, coefs)
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"DARE-TIES density must lie in (0, 1], not {density!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"DARE-TIES seed must be a non-negative whole number, not {seed!r}")
+    live = [(dare_vector(v, float(density), int(seed)), float(lam)) for v, lam in zip(vectors, coefs)
+            if float(lam) != 0.0]
+    return {k: _elect_and_average([lam * v.tensors[k] for v, lam in live if k in v.tensors])
+            for k in sorted({k for v, _ in live for k in v.tensors})}
+
+
 def _dare_simplify(values: dict) -> dict:
     # at density 1 nothing is dropped, so the seed that draws the drops does not matter
     return {**values, "seed": 0} if values["density"] >= 1.0 else values
@@ -348,6 +371,16 @@ register_merge_method(MergeMethod(
              MethodOption("seed", "Seed", 0, "draws the random drops; each vector's are its own, whatever the "
                                              "order of the vectors", low=0, high=999, step=1, integer=True)),
     simplify=_dare_simplify, per_vector=dare_vector))
+register_merge_method(MergeMethod(
+    "dare_ties", "DARE-TIES", dare_ties, linear=False,
+    description="DARE's random drops and rescaling in place of TIES's trim, then TIES's sign election and mean of "
+                "the agreeing entries (mergekit's dare_ties; a shared α about 1, searched up to 2; at density 1 it is "
+                "TIES with nothing trimmed)",
+    options=(MethodOption("density", "Density", 0.5, "probability of keeping each entry of a vector (1 drops "
+                                                     "nothing)", low=0.0, high=1.0, step=0.05, low_open=True),
+             MethodOption("seed", "Seed", 0, "draws the random drops (the same as DARE's at the same density and "
+                                             "seed)", low=0, high=999, step=1, integer=True)),
+    alpha_max=2.0, simplify=_dare_simplify))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
     p.add_argument("--per-task", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-finetune", action="store_true", help="only the slider evaluation")
-    p.add_argument("--methods", nargs="+", type=method_type, default=["ties", "ties:scope=vector", "dare"],
+    p.add_argument("--methods", nargs="+", type=method_type, default=["ties", "ties:scope=vector", "dare", "dare_ties"],
                    help="merge methods (specs) the slider evaluation also times, beside task arithmetic's every "
                         "variant: with the vectors kept on the device, fp32, non-linearized modes")
     p.add_argument("--json", help="write the results to this file")

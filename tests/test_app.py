@@ -674,6 +674,11 @@ def test_dares_seed_is_a_whole_number_widget_moot_at_full_density(new_app, engin
     clean(b)
     assert b.sidebar.slider(key="w_method::dare.seed").value == 12
     assert b.sidebar.slider(key="w_method::dare.density").value == pytest.approx(0.6)
+    c = new_app({"method": "dare_ties:seed=4"})  # DARE-TIES: the same two widgets, its own keys
+    clean(c)
+    assert c.sidebar.slider(key="w_method::dare_ties.seed").value == 4 and c.query_params["method"] == "dare_ties:seed=4"
+    want = engine.evaluate("attn", coefs, "test", method="dare_ties:seed=4")
+    assert shown_accuracy(c) == pytest.approx({t: 100 * a for t, a in want["accuracy"].items()})
 
 def test_the_per_task_preset_sets_the_validation_chosen_coefficients(new_app, engine):
     at = new_app()

@@ -31,8 +31,8 @@ def test_gpu_check_smoke_run(tmp_path, capsys):
     rows = {(r["mode"], r["method"], r["autocast"]): r for r in res["slider"]}
     ta = "task_arithmetic"
     assert {("attn", ta, "fp32"), ("attn", ta, "bf16"), ("full", ta, "fp32"), ("linear", ta, "fp32")} <= set(rows)
-    # TIES (both trims) and DARE are timed on the slider path too, except for the linearized model (J δ per move)
-    assert {(m, s, "fp32") for m in ("attn", "full") for s in ("ties", "ties:scope=vector", "dare")} <= set(rows)
+    # TIES (both trims), DARE and DARE-TIES are timed on the slider path too, except for the linearized model (J δ per move)
+    assert {(m, s, "fp32") for m in ("attn", "full") for s in ("ties", "ties:scope=vector", "dare", "dare_ties")} <= set(rows)
     assert not any(m == "linear" and s != ta for m, s, _ in rows)
     assert all(r["images"] == 8 * 16 for r in rows.values())
     lin = rows[("linear", ta, "fp32")]

@@ -194,7 +194,7 @@ def _ties_reference(vectors, coefs, density, scope):
 def test_ties_with_memoised_thresholds_matches_a_direct_implementation(base, scope):
     vs = [_vec(base, 30), _vec(base, 31, mode="attn"), _vec(base, 32)]
     for coefs in ([0.7, 0.3, -0.45], [1.3, 0.0, 0.1]):
-        for density in (0.2, 0.55):
+        for density in (0.2, 0.55, 1.0):  # at 1 the trim is skipped: the same values
             got = combine(vs, coefs, f"ties:density={density},scope={scope}")
             want = _ties_reference(vs, coefs, density, scope)
             assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
@@ -354,3 +354,33 @@ def test_dare_is_task_arithmetic_on_the_mapped_vectors(base):
     assert dare_vector(v1, 1.0, 5) is v1
     assert MERGE_METHODS["dare"].cached_jvp and MERGE_METHODS["task_arithmetic"].cached_jvp
     assert not MERGE_METHODS["ties"].cached_jvp
+
+
+# -- DARE-TIES: DARE's drops, then TIES's election and disjoint mean ---------------------------------------------------
+def test_dare_ties_elects_and_averages_the_dropped_vectors(base):
+    from arith.merge import dare_vector
+
+    vs, coefs = [_vec(base, 70), _vec(base, 71), _vec(base, 72, mode="attn")], [0.9, 0.5, -0.7]
+    got = combine(vs, coefs, "dare_ties:density=0.4,seed=3")
+    dropped = [dare_vector(v, 0.4, 3) for v in vs]  # the same masks as DARE's
+    for k in got:  # written out: λ m ⊙ τ / p, the sign of the sum per entry, the mean of the entries that agree
+        x = torch.stack([lam * d.tensors[k] for d, lam in zip(dropped, coefs) if k in d.tensors])
+        sign = torch.sign(x.sum(0))
+        agree = (torch.sign(x) == sign) & (x != 0)
+        assert torch.equal(got[k], (x * agree).sum(0) / agree.sum(0).clamp(min=1)), k
+    assert got.keys() == {k for v in vs for k in v.tensors}
+    swapped = combine(vs[::-1], coefs[::-1], "dare_ties:density=0.4,seed=3")
+    assert all(torch.allclose(got[k], swapped[k], atol=1e-7) for k in got)  # the order of the vectors does not matter
+
+
+def test_dare_ties_at_full_density_is_untrimmed_ties(base):
+    from arith.merge import canonical_method
+    from arith.protocols import alpha_grid
+
+    vs, coefs = [_vec(base, 73), _vec(base, 74)], [0.8, -0.4]
+    a, b = combine(vs, coefs, "dare_ties:density=1,seed=9"), combine(vs, coefs, "ties:density=1")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert canonical_method("dare_ties:density=1,seed=9") == "dare_ties:density=1"
+    assert alpha_grid("dare_ties")[-1] == 2.0 and alpha_grid("dare")[-1] == 1.0  # a mean, against DARE's sum
+    with pytest.raises(ValueError, match="whole number"):
+        combine(vs, coefs, "dare_ties:seed=0.5")
