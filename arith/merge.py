@@ -301,6 +301,16 @@ def dare_vector(tv: TaskVector, density: float = 0.5, seed: int = 0) -> TaskVect
     return out
 
 
+def _check_drops(vectors, coefs, density, seed, name: str) -> tuple[float, int]:
+    """The merge's inputs and DARE's two settings checked (a direct call bypasses the spec's checks): (density, seed)."""
+    _check(vectors, coefs)
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"{name} density must lie in (0, 1], not {density!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"{name} seed must be a non-negative whole number, not {seed!r}")
+    return float(density), int(seed)
+
+
 def dare(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.5, seed: int = 0) -> Delta:
     """DARE (Yu et al. 2024, "Language Models are Super Mario"): drop each entry of every τ_t at random, keeping it
     with probability ``density``, rescale the kept entries by 1 / density, then add as task arithmetic does:
@@ -310,29 +320,29 @@ def dare(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float =
     content, never from its position, so a merge is reproducible on any device and in any order of the vectors (up
     to the rounding of the sum).  It is task arithmetic on the vectors :func:`dare_vector` maps, so a linearized mode
     adds their cached J (m_t ⊙ τ_t) / density, and at density 1 it is task arithmetic exactly, in every mode."""
-    _check(vectors, coefs)
-    if not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"DARE density must lie in (0, 1], not {density!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"DARE seed must be a non-negative whole number, not {seed!r}")
-    density, seed = float(density), int(seed)
+    density, seed = _check_drops(vectors, coefs, density, seed, "DARE")
     return task_arithmetic([dare_vector(v, density, seed) if float(lam) != 0.0 else v
                             for v, lam in zip(vectors, coefs)], coefs)
 
 
 def dare_ties(vectors: Sequence[TaskVector], coefs: Sequence[float], density: float = 0.5, seed: int = 0) -> Delta:
-    """DARE-TIES (mergekit's ``dare_ties``): DARE's random drops and rescaling (:func:`dare_vector`, the same masks
+    """DARE-TIES (after mergekit's ``dare_ties``): DARE's random drops and rescaling (:func:`dare_vector`, the same masks
     as :func:`dare`) in place of TIES's magnitude trim, then TIES's sign election and disjoint mean of the scaled
-    vectors λ_t (m_t ⊙ τ_t) / density.  At density 1 it is TIES with nothing trimmed (``ties:density=1``)."""
-    _check(vectors, coefs)
-    if not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"DARE-TIES density must lie in (0, 1], not {density!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"DARE-TIES seed must be a non-negative whole number, not {seed!r}")
-    live = [(dare_vector(v, float(density), int(seed)), float(lam)) for v, lam in zip(vectors, coefs)
-            if float(lam) != 0.0]
+    vectors λ_t (m_t ⊙ τ_t) / density.  The mean is over the count of agreeing entries, as in this project's TIES
+    (the TIES paper's disjoint mean), where mergekit divides by the sum of the agreeing weights.  At density 1 it is
+    TIES with nothing trimmed (``ties:density=1``)."""
+    density, seed = _check_drops(vectors, coefs, density, seed, "DARE-TIES")
+    live = [(dare_vector(v, density, seed), float(lam)) for v, lam in zip(vectors, coefs) if float(lam) != 0.0]
     return {k: _elect_and_average([lam * v.tensors[k] for v, lam in live if k in v.tensors])
             for k in sorted({k for v, _ in live for k in v.tensors})}
+
+
+# DARE's settings, shared by DARE and DARE-TIES (the same density and seed draw the same drops in both)
+DROP_OPTIONS = (MethodOption("density", "Density", 0.5, "probability of keeping each entry of a vector (the DARE "
+                                                        "paper's 1 − p; 1 drops nothing)",
+                             low=0.0, high=1.0, step=0.05, low_open=True),
+                MethodOption("seed", "Seed", 0, "draws the random drops; each vector's are its own, whatever the "
+                                                "order of the vectors", low=0, high=999, step=1, integer=True))
 
 
 def _dare_simplify(values: dict) -> dict:
@@ -365,22 +375,13 @@ register_merge_method(MergeMethod(
     description="each vector's entries dropped at random (kept with probability the density, drawn from the seed) "
                 "and the kept ones rescaled by 1 / density, then added as task arithmetic adds (Yu et al. 2024); on "
                 "average over seeds it is task arithmetic, and at density 1 exactly",
-    options=(MethodOption("density", "Density", 0.5, "probability of keeping each entry of a vector (the paper's "
-                                                     "1 − p; 1 drops nothing)",
-                          low=0.0, high=1.0, step=0.05, low_open=True),
-             MethodOption("seed", "Seed", 0, "draws the random drops; each vector's are its own, whatever the "
-                                             "order of the vectors", low=0, high=999, step=1, integer=True)),
-    simplify=_dare_simplify, per_vector=dare_vector))
+    options=DROP_OPTIONS, simplify=_dare_simplify, per_vector=dare_vector))
 register_merge_method(MergeMethod(
     "dare_ties", "DARE-TIES", dare_ties, linear=False,
     description="DARE's random drops and rescaling in place of TIES's trim, then TIES's sign election and mean of "
-                "the agreeing entries (mergekit's dare_ties; a shared α about 1, searched up to 2; at density 1 it is "
+                "the agreeing entries (after mergekit's dare_ties; a shared α about 1, searched up to 2; at density 1 it is "
                 "TIES with nothing trimmed)",
-    options=(MethodOption("density", "Density", 0.5, "probability of keeping each entry of a vector (1 drops "
-                                                     "nothing)", low=0.0, high=1.0, step=0.05, low_open=True),
-             MethodOption("seed", "Seed", 0, "draws the random drops (the same as DARE's at the same density and "
-                                             "seed)", low=0, high=999, step=1, integer=True)),
-    alpha_max=2.0, simplify=_dare_simplify))
+    options=DROP_OPTIONS, alpha_max=2.0, simplify=_dare_simplify))
 
 
 def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str = "task_arithmetic", **options) -> Delta:

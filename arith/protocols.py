@@ -1,7 +1,7 @@
 """The papers' task-arithmetic protocols (method.md §3): task addition and task negation.
 
 * Addition: θ0 + α Σ_t τ_t with one shared α ∈ {0, 0.05, …, 1} (a merge method's record may extend the grid: TIES
-  averages rather than adds, and searches up to 2), chosen to maximise mean *normalized* accuracy on
+  and DARE-TIES average rather than add, and search up to 2), chosen to maximise mean *normalized* accuracy on
   the validation splits (normalisers: each task's fine-tuned accuracy in the same mode, on validation), then
   reported on test (absolute and normalized with test normalisers).
 * Each task alone at the shared α: θ0 + α τ_t on task t, the addition sweep without the other vectors. At one α the

@@ -177,9 +177,10 @@ with guard("Task-addition sweep"):
             st.caption(f"The gap between the dashed and the solid line above, drawn on its own: each task alone minus "
                        f"merged, {metric} accuracy, test, in points (★: the validation-chosen α). The lower a mode's "
                        "line, the less its task vectors interfere.")
-            st.plotly_chart(charts.interference_curves({m: interference_curve(curves[m], alone[m]) for m in alone},
-                                                       {m: curves[m]["alpha"] for m in alone}, metric, tied),
-                            key="interference_curves")
+            costs = {m: interference_curve(curves[m], alone[m]) for m in alone}
+            # task arithmetic's gaps: the tied α is marked only when the sidebar's model is task arithmetic's too
+            st.plotly_chart(charts.interference_curves(costs, {m: curves[m]["alpha"] for m in alone}, metric,
+                                                       tied if ctx.method == METHOD else None), key="interference_curves")
             at_alpha, _ = interference_rows(ex.index, alone, curves)
             gaps = pd.DataFrame([{**r, "mode": mode_label(r["mode"]), **{k: 100 * v for k, v in r.items() if k in PCT}}
                                  for r in at_alpha]).drop(columns="lr")

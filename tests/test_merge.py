@@ -384,3 +384,17 @@ def test_dare_ties_at_full_density_is_untrimmed_ties(base):
     assert alpha_grid("dare_ties")[-1] == 2.0 and alpha_grid("dare")[-1] == 1.0  # a mean, against DARE's sum
     with pytest.raises(ValueError, match="whole number"):
         combine(vs, coefs, "dare_ties:seed=0.5")
+
+
+def test_dare_ties_on_one_vector_is_dare_and_is_never_a_sum_of_cached_jvps(base):
+    from arith.merge import MERGE_METHODS, dare_ties
+
+    v = _vec(base, 75)
+    # one vector: every kept entry elects its own sign and is its own mean, so the drops are DARE's, exactly
+    a, b = combine([v], [0.6], "dare_ties:density=0.3,seed=8"), combine([v], [0.6], "dare:density=0.3,seed=8")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the election is not linear: a linearized mode must compute J δ, not add cached J of the dropped vectors
+    assert not MERGE_METHODS["dare_ties"].cached_jvp and MERGE_METHODS["dare_ties"].per_vector is None
+    for kwargs, msg in [({"seed": 0.5}, "DARE-TIES seed"), ({"density": 0.0}, "DARE-TIES density")]:
+        with pytest.raises(ValueError, match=msg):  # a direct call, past the spec's own checks
+            dare_ties([v], [1.0], **kwargs)

@@ -495,7 +495,8 @@ def _method_widgets(sb, applied: str | None, linked: str | None) -> str:
         key = _method_option_key(name, o.name)
         if key not in ss:
             ss[key] = store.get(key, o.value(o.default))
-        # the options above decide whether this one matters (TIES's scope, DARE's seed: not at density 1)
+        # the options above decide whether this one matters (TIES's scope, DARE's and DARE-TIES's seed: not at
+        # density 1)
         moot = record.moot({**record.defaults(), **values}, o.name)
         helptext = o.help + (" (no effect at these settings)" if moot else "")
         if o.choices:
