@@ -1,4 +1,4 @@
-"""TIES-merging and per-task coefficients through the app's path (:class:`arith.explore.Explorer`) on a device, and
+"""TIES-merging, DARE and per-task coefficients through the app's path (:class:`arith.explore.Explorer`) on a device, and
 the same run elsewhere compared number by number: the merge method and the *Per-task λ* preset on a GPU against
 the CPU (``bench/gpu_verify.sh``, step ``methods``).
 
@@ -16,11 +16,13 @@ from bench.compare_results import compare_json
 
 RUNS = (("linear", "task_arithmetic"), ("attn", "ties"))  # a linear-mode merge and a non-linear method
 SPEC = "ties:density=0.5,scope=vector"  # a method with options: the whole-vector trim
+DROPS = ("dare:density=0.3,seed=1", "dare_ties")  # random drops: drawn on the CPU, so the same masks on every device
 
 
 def run(bundle: str, device: str) -> dict:
-    """TIES edits at λ = 0.7 on every task (attn; default options and :data:`SPEC`), and per-task λ for each of
-    :data:`RUNS`."""
+    """TIES edits at λ = 0.7 on every task (attn; default options and :data:`SPEC`), DARE and DARE-TIES edits
+    (:data:`DROPS`; attn, and DARE also linear, whose J of the dropped vectors is computed there), and per-task λ for
+    each of :data:`RUNS`."""
     from arith.explore import Explorer
 
     ex = Explorer.open(bundle, device=device)
@@ -28,6 +30,9 @@ def run(bundle: str, device: str) -> dict:
     at = {t: 0.7 for t in ex.tasks}
     out = {"device": device, "ties_attn_0.7": ex.evaluate("attn", at, method="ties")["accuracy"],
            f"{SPEC}_attn_0.7": ex.evaluate("attn", at, method=SPEC)["accuracy"]}
+    for spec in DROPS:
+        out[f"{spec}_attn_0.7"] = ex.evaluate("attn", at, method=spec)["accuracy"]
+    out[f"{DROPS[0]}_linear_0.7"] = ex.evaluate("linear", at, method=DROPS[0])["accuracy"]
     for mode, method in RUNS:
         r = ex.tune(mode, method=method)
         out[f"tune_{mode}_{method}"] = {k: r[k] for k in ("coefficients", "accuracy", "val_normalized", "evaluations")}
