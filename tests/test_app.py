@@ -567,6 +567,11 @@ def test_the_merge_method_is_chosen_in_the_sidebar_and_travels_with_links_and_se
     assert memo.get(("add", "attn", tuple(engine.tasks), "ties")) is not None  # the key the sweep was stored under
     at.sidebar.slider(key="w_method::ties.density").set_value(0.2).run()  # back: the toggle and its sweep are kept
     assert at.toggle(key="sweep_method::ties").value and "tied α" in sweep_notes(at)
+    # the cost along α is task arithmetic's, so it does not mark the tied α of the sidebar's TIES model
+    at.toggle(key="sweep_alone").set_value(True).run(timeout=120)
+    cost = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "other vectors cost" in c.proto.spec)
+    assert "tied α" not in [a.get("text") for a in cost["layout"].get("annotations", [])]
+    at.toggle(key="sweep_alone").set_value(False).run()
     at.toggle(key="sweep_method::ties").set_value(False).run()
     at.sidebar.selectbox(key="w_method").set_value("task_arithmetic").run()
     assert "tied α" in sweep_notes(at) and not any("J δ afresh" in c.value for c in at.caption) and not at.info
