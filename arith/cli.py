@@ -489,41 +489,52 @@ def _table_args(p):
     p.add_argument("--pairs", action="store_true",
                    help="also which vector costs which task at each mode's chosen α: a summary per mode and the matrix "
                         "of every mode (the bundle's stored pair costs, or computed: seconds per mode)")
+    p.add_argument("--views", nargs="*", metavar="VIEW",
+                   help="also the bundle's modes beside their views, the vectors of full (or linear) cut post hoc to "
+                        "the part another mode trains (full@attn: full fine-tuning's τ on the attention weights only), "
+                        "scored as the build scores a mode: computed, about a minute per view on 2 CPU cores (default: "
+                        "every view the bundle's modes make possible)")
 
 
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results "
                   "(--alone, --pairs: also where task addition loses its points, stored or computed)")
 @arguments(_table_args)
 def cmd_table(args):
+    from . import report as rp
     from .index import BundleIndex
-    from .report import PAIR_LABEL, interference_rows, markdown, pair_matrix_rows, pair_summary_rows, per_task_rows, results_rows
 
     b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone or --pairs on
     # a bundle without those results stored)
-    res = {"rows": results_rows(b), "per_task": per_task_rows(b)}
+    res = {"rows": rp.results_rows(b), "per_task": rp.per_task_rows(b)}
     alone = {}
-    if args.alone or args.pairs:
+    if args.alone or args.pairs or args.views is not None:
         ex = _explorer(args)
     if args.alone:
         alone = {m: ex.alone(m, progress=_bar(f"alone {m}")) for m in ex.modes}
-        res["alone"], res["alone_by_alpha"] = interference_rows(b, alone, {m: ex.addition(m) for m in alone})
+        res["alone"], res["alone_by_alpha"] = rp.interference_rows(b, alone, {m: ex.addition(m) for m in alone})
     if args.pairs:
         pairs = {m: ex.pairs(m, progress=_bar(f"pairs {m}")) for m in ex.modes}
-        res["pairs"] = pair_summary_rows(pairs, alone)
-        res["pair_matrices"] = {m: pair_matrix_rows(p) for m, p in pairs.items()}
+        res["pairs"] = rp.pair_summary_rows(pairs, alone)
+        res["pair_matrices"] = {m: rp.pair_matrix_rows(p) for m, p in pairs.items()}
+    if args.views is not None:
+        from .parts import part_rows
+
+        res["views"] = part_rows(ex, list(ex.modes) + (args.views or ex.views), _bar)
 
     def text(r):
-        out = markdown(r["rows"])
+        out = rp.markdown(r["rows"])
         if args.per_task and r["per_task"]:
-            out += "\n\n" + markdown(r["per_task"], pct=tuple(k for k in r["per_task"][0] if k != "task"))
+            out += "\n\n" + rp.markdown(r["per_task"], pct=tuple(k for k in r["per_task"][0] if k != "task"))
         if "alone" in r:
-            out += "\n\n" + markdown(r["alone"], pct=tuple(k for k in r["alone"][0] if k not in ("mode", "lr", "addition α")))
-            out += "\n\n" + markdown(r["alone_by_alpha"], pct=tuple(k for k in r["alone_by_alpha"][0] if k != "mode"))
+            out += "\n\n" + rp.markdown(r["alone"], pct=tuple(k for k in r["alone"][0] if k not in ("mode", "lr", "addition α")))
+            out += "\n\n" + rp.markdown(r["alone_by_alpha"], pct=tuple(k for k in r["alone_by_alpha"][0] if k != "mode"))
         if "pairs" in r:
-            out += "\n\n" + markdown(r["pairs"], pct=("cost if pairs added up", "cost of the other vectors", "its cost",
+            out += "\n\n" + rp.markdown(r["pairs"], pct=("cost if pairs added up", "cost of the other vectors", "its cost",
                                                        "inflicted", "hurt"))
             for mode, rows in r["pair_matrices"].items():
-                out += f"\n\n{mode}:\n\n" + markdown(rows, pct=tuple(k for k in rows[0] if k != PAIR_LABEL))
+                out += f"\n\n{mode}:\n\n" + rp.markdown(rows, pct=tuple(k for k in rows[0] if k != rp.PAIR_LABEL))
+        if "views" in r:
+            out += "\n\n" + rp.markdown(r["views"], pct=rp.VIEW_PCT)
         return out
     _emit(args, res, text)
 

@@ -29,6 +29,7 @@ from .index import BundleError, BundleIndex
 from .lru import LRU
 from .merge import canonical_method
 from .metrics import GRID, summarize
+from .modes import parse_view, views_of
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -193,14 +194,28 @@ class Explorer:
         """The bundle's precomputed results (read-only)."""
         return self.index.results
 
+    @property
+    def views(self) -> list[str]:
+        """The mode views this bundle's modes make possible (:func:`arith.modes.views_of`: ``full@attn``, …): each
+        is a mode name every method here takes, serving the source mode's vectors cut to the part, computed."""
+        return views_of(self.modes)
+
     def catalog(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, str]:
         """Vector name -> its task, for :meth:`vectors` (same names, same order) without loading any tensor."""
+        view = parse_view(mode)
+        if view:
+            return self.catalog(view.source.name, extra)
         out = dict(self.index.vectors.get(mode, {}))
         out.update({name: tv.task for name, tv in _own(mode, extra).items()})
         return out
 
     def vectors(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, TaskVector]:
-        """The bundle's vectors of ``mode`` plus a session's ``extra`` vectors of that mode (by display name)."""
+        """The bundle's vectors of ``mode`` plus a session's ``extra`` vectors of that mode (by display name); for a
+        view (``full@attn``), the source mode's, each cut to the part (memoised, so its uid and caches persist)."""
+        view = parse_view(mode)
+        if view:
+            return {n: self._memoised(("cut", tv.uid, view.part.name), lambda tv=tv: tv.cut(view.part))
+                    for n, tv in self.vectors(view.source.name, extra).items()}
         out = dict(self.bundle.vectors.get(mode, {}))
         out.update(_own(mode, extra))
         return out

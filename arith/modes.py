@@ -30,6 +30,7 @@ class Mode:
     name: registry key (CLI ``--mode``, file paths, metadata).
     patterns: full-match regexes of the tensors this mode trains; the task vector is zero elsewhere.
     linearized: train and evaluate f_lin(x; θ) = f(x; θ0) + J_θ f(x; θ0)(θ − θ0) instead of f (method.md §2).
+    part: what the patterns select, as a noun ("the attention weights"), for the views that cut to it.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Mode:
     patterns: tuple[str, ...]
     linearized: bool = False
     description: str = ""
+    part: str = ""
 
     @cached_property
     def _regex(self) -> re.Pattern:
@@ -70,10 +72,68 @@ def get_mode(name: str) -> Mode:
 register_mode(Mode("full", "Full fine-tuning", ALL,
                    description="every image-encoder parameter (non-linear baseline)"))
 register_mode(Mode("attn", "Attention-only", ATTN_WEIGHTS,
-                   description="W_q, W_k, W_v (packed in_proj_weight) and W_o of every block (Jin et al. 2025)"))
+                   description="W_q, W_k, W_v (packed in_proj_weight) and W_o of every block (Jin et al. 2025)",
+                   part="the attention weights"))
 register_mode(Mode("attn_bias", "Attention-only + biases", ATTN_WEIGHTS + ATTN_BIASES,
-                   description="attention weights and their two biases (the `attn` switch)"))
+                   description="attention weights and their two biases (the `attn` switch)",
+                   part="the attention weights and biases"))
 register_mode(Mode("linear", "Linearized (NTK)", ALL, linearized=True,
                    description="first-order Taylor model at θ0, all parameters (Ortiz-Jimenez et al. 2023)"))
 register_mode(Mode("mlp", "MLP-only", MLP_WEIGHTS,
-                   description="c_fc and c_proj weights of every block (ablation for the kernel diagnostics)"))
+                   description="c_fc and c_proj weights of every block (ablation for the kernel diagnostics)",
+                   part="the MLP weights"))
+
+
+# -- views: a mode's vectors cut post hoc to the tensors another mode trains -------------------------------------
+# "full@attn" is full fine-tuning's τ_t with every entry outside the attention weights set to 0.  It separates *where*
+# a mode trains from *what* training there learns: attention-only fine-tuning against the attention part of a
+# full-fine-tuning τ.  The cut vectors stay vectors of their source mode (a linearized source stays linearized);
+# only the tensors they hold change.
+VIEW_SEP = "@"
+
+
+@dataclass(frozen=True)
+class ModeView:
+    """``source``'s task vectors restricted to the tensors ``part`` trains (named ``source@part``)."""
+
+    source: Mode
+    part: Mode
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.name}{VIEW_SEP}{self.part.name}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.label}, cut to {self.part.part or self.part.name}"
+
+
+def parse_view(name: str) -> ModeView | None:
+    """The :class:`ModeView` named ``name`` (``source@part``), None for a plain mode name; a clear error for a view
+    that names an unknown mode or cuts to a part that keeps every tensor (``full``, ``linear``: no cut at all)."""
+    if VIEW_SEP not in name:
+        return None
+    source, _, part = name.partition(VIEW_SEP)
+    view = ModeView(get_mode(source), get_mode(part))
+    if view.part.patterns == ALL:
+        raise ValueError(f"{name!r}: {part!r} trains every tensor, so cutting to it keeps the whole vector")
+    if view.source.patterns != ALL:
+        raise ValueError(f"{name!r}: only the vectors of a mode that trains every tensor (full, linear) are cut to "
+                         f"a part; {source!r} vectors already hold only the tensors {source!r} trains")
+    return view
+
+
+def views_of(modes: Iterable[str]) -> list[str]:
+    """The views that ``modes`` (a bundle's) make possible: each mode that trains every tensor, cut to the part each
+    other mode trains, in the order given (e.g. ``full@attn``, ``full@mlp``, ``linear@attn``, ``linear@mlp``)."""
+    modes = [get_mode(m) for m in modes if m in MODES]
+    return [f"{s.name}{VIEW_SEP}{p.name}" for s in modes if s.patterns == ALL for p in modes if p.patterns != ALL]
+
+
+def label_of(name: str) -> str:
+    """A mode's or a view's label (the name itself when neither is registered)."""
+    try:
+        view = parse_view(name)
+    except ValueError:
+        return name
+    return view.label if view else (MODES[name].label if name in MODES else name)

@@ -65,6 +65,7 @@ def kernel_agreement(results: dict) -> dict[str, tuple[float, int]]:
     return out
 
 
+VIEW_PCT = ("‖τ‖² kept", "single-task", "addition abs", "over zero-shot", "addition norm", "kernel agreement")
 PCT = ("zero-shot", "single-task", "addition abs", "addition norm", "negation target", "negation control",
        "kernel agreement")
 

@@ -30,6 +30,7 @@ class Meta:
     CONFIG = "arith.finetune_config"  # JSON of FinetuneConfig
     VERSIONS = "arith.versions"  # JSON {"torch": ..., "open_clip": ..., "arith": ...}
     CREATED = "arith.created"
+    PART = "arith.cut_to"  # a vector cut post hoc to the tensors another mode trains (TaskVector.cut): that mode
 
     REQUIRED = (FORMAT, BASE, MODE, TASK)
 

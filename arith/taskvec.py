@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
-from .modes import MODES, get_mode
+from .modes import MODES, Mode, get_mode
 from .safefile import DEFAULT_MAX_BYTES, FLOAT_DTYPES, SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Meta
 
@@ -131,6 +131,18 @@ class TaskVector:
 
     def __neg__(self) -> TaskVector:
         return self.scale(-1.0)
+
+    def cut(self, part: Mode) -> TaskVector:
+        """τ with every entry outside the tensors ``part`` trains set to 0: a mode view's vector
+        (:class:`arith.modes.ModeView`, e.g. full fine-tuning's τ cut to the attention weights).  It stays a vector of
+        τ's mode (a linearized one is still evaluated as the linear model, with the tangent on the kept tensors only);
+        the kept tensors are τ's own, not copies, and its ``uid`` names (τ's uid, part) without hashing them."""
+        kept = {k: t for k, t in self.tensors.items() if part.trains(k)}
+        if not kept:
+            raise TaskVectorError(f"{self.task} ({self.mode}) holds no tensor that {part.name!r} trains")
+        out = TaskVector(kept, self.task, self.mode, self.base_id, {**self.meta, Meta.PART: part.name})
+        out.__dict__["uid"] = hashlib.sha256(f"{self.uid}|cut|{part.name}".encode()).hexdigest()[:20]
+        return out
 
     # -- norms ------------------------------------------------------------------------------------------------------
     def norm(self) -> float:

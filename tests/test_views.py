@@ -1,0 +1,125 @@
+"""Mode views: a mode's vectors cut post hoc to the tensors another mode trains (``full@attn``), end to end."""
+
+import json
+
+import pytest
+import torch
+
+from arith.cli import main
+from arith.explore import Explorer
+from arith.merge import merge
+from arith.modes import get_mode, label_of, parse_view, views_of
+from arith.parts import part_rows, xi_pairs
+from arith.protocols import task_addition
+from arith.specs import Meta
+from arith.taskvec import TaskVector, TaskVectorError
+
+ATTN = get_mode("attn")
+
+
+@pytest.fixture(scope="module")
+def ev(bundle):
+    return bundle.evaluator()
+
+
+def zero_filled(tv: TaskVector, part) -> TaskVector:
+    """The cut written out the long way: every tensor of τ kept, zeroed outside the part."""
+    return TaskVector({k: t if part.trains(k) else torch.zeros_like(t) for k, t in tv.tensors.items()},
+                      tv.task, tv.mode, tv.base_id)
+
+
+def test_views_are_named_source_at_part_and_refuse_what_cuts_nothing():
+    view = parse_view("full@attn")
+    assert (view.source.name, view.part.name, view.name) == ("full", "attn", "full@attn")
+    assert parse_view("attn") is None
+    assert label_of("linear@mlp") == "Linearized (NTK), cut to the MLP weights"
+    assert label_of("attn") == "Attention-only" and label_of("nope") == "nope"
+    assert views_of(["full", "attn", "linear", "mlp"]) == ["full@attn", "full@mlp", "linear@attn", "linear@mlp"]
+    assert views_of(["attn", "mlp"]) == []
+    for bad, says in (("full@full", "keeps the whole vector"), ("full@linear", "keeps the whole vector"),
+                      ("attn@mlp", "already hold only"), ("full@nope", "unknown mode 'nope'"),
+                      ("nope@attn", "unknown mode 'nope'")):
+        with pytest.raises(ValueError, match=says):
+            parse_view(bad)
+
+
+def test_a_cut_keeps_the_parts_own_tensors_and_names_itself(bundle):
+    tv = bundle.vectors["full"][bundle.task_names[0]]
+    cut = tv.cut(ATTN)
+    assert set(cut.tensors) == {k for k in tv.tensors if ATTN.trains(k)} and 0 < len(cut.tensors) < len(tv.tensors)
+    assert all(cut.tensors[k] is tv.tensors[k] for k in cut.tensors)  # no copy: τ's own read-only tensors
+    assert (cut.mode, cut.task, cut.meta[Meta.PART]) == ("full", tv.task, "attn")
+    assert cut.uid != tv.uid and cut.uid == tv.cut(ATTN).uid != tv.cut(get_mode("mlp")).uid
+    assert cut.norm() ** 2 == pytest.approx(sum(float(t.double().pow(2).sum()) for t in cut.tensors.values()))
+    with pytest.raises(TaskVectorError, match="holds no tensor that 'mlp' trains"):
+        bundle.vectors["attn"][tv.task].cut(get_mode("mlp"))
+
+
+def test_merged_weights_of_a_cut_move_only_the_part(bundle):
+    tvs = [bundle.vectors["full"][t] for t in bundle.task_names[:2]]
+    cuts = [tv.cut(ATTN) for tv in tvs]
+    coefs = [0.7, -0.4]
+    w = merge(bundle.base.params, cuts, coefs)
+    for k, t0 in bundle.base.params.items():
+        if ATTN.trains(k):
+            torch.testing.assert_close(w[k], t0 + coefs[0] * tvs[0].tensors[k] + coefs[1] * tvs[1].tensors[k])
+        else:
+            assert torch.equal(w[k], t0)  # outside the part: θ0 exactly
+
+
+@pytest.mark.parametrize("mode", ["full", "linear"])
+def test_a_cut_evaluates_as_its_zero_filled_vector_and_as_theta0_at_zero(bundle, ev, mode):
+    tv = bundle.vectors[mode][bundle.task_names[0]]
+    cut, long = tv.cut(ATTN), zero_filled(tv, ATTN)
+    assert cut.linearized == long.linearized == (mode == "linear")
+    got = ev.merged_features([cut], [0.8], "test", bundle.task_names)
+    torch.testing.assert_close(got, ev.merged_features([long], [0.8], "test", bundle.task_names), atol=1e-6, rtol=1e-5)
+    assert ev.evaluate([cut], [0.0], "test") == ev.zeroshot("test")
+    assert not torch.allclose(got, ev.merged_features([tv], [0.8], "test", bundle.task_names))  # the cut matters
+
+
+def test_explorer_serves_a_view_as_a_mode(bundle_dir):
+    ex = Explorer.open(bundle_dir)
+    assert ex.views == ["full@attn", "full@mlp", "linear@attn", "linear@mlp"]
+    assert ex.catalog("full@attn") == ex.catalog("full")
+    vs = ex.vectors("full@attn")
+    assert vs["synthetic-stripes"] is ex.vectors("full@attn")["synthetic-stripes"]  # memoised: one uid, one cache
+    assert all(set(v.tensors) == {k for k in ex.bundle.vectors["full"][t].tensors if ATTN.trains(k)}
+               for t, v in vs.items())
+    add = ex.addition("full@attn")
+    ref = task_addition(ex.evaluator(), {t: vs[t] for t in ex.tasks})
+    assert (add["alpha"], add["absolute"], add["normalized"]) == (ref["alpha"], ref["absolute"], ref["normalized"])
+    # the normaliser is the cut's own single-task accuracy, not full fine-tuning's
+    ft = ex.finetuned("full@attn")
+    assert ft == add["finetuned"]["test"] == {t: ex.evaluator().evaluate([vs[t]], [1.0], "test", [t])[t] for t in ex.tasks}
+    one = ex.evaluate("full@attn", {"synthetic-stripes": 1.0})
+    assert one["accuracy"]["synthetic-stripes"] == ft["synthetic-stripes"]
+    assert ex.evaluate("full@attn", {})["accuracy"] == ex.zeroshot("test")
+    assert ex.xi("full@attn", *xi_pairs(ex)[0], alphas=[0.0, 1.0])["prediction"][0][0] == 0.0
+    with pytest.raises(ValueError, match="keeps the whole vector"):
+        ex.addition("full@linear")
+
+
+def test_part_rows_score_modes_from_the_bundle_and_views_computed(bundle_dir):
+    ex = Explorer.open(bundle_dir)
+    rows = {r["mode"]: r for r in part_rows(ex, ["full", "attn", "full@attn"])}
+    stored = ex.results["addition"]["full"]
+    assert rows["full"]["addition abs"] == stored["absolute"] and rows["full"]["‖τ‖² kept"] is None
+    assert 0 < rows["full@attn"]["‖τ‖² kept"] < 1
+    zs = sum(ex.zeroshot("test").values()) / len(ex.tasks)
+    for r in rows.values():
+        assert r["over zero-shot"] == pytest.approx(r["addition abs"] - zs)
+        assert 0 <= r["mean ξ"] <= 2 and 0 <= r["kernel agreement"] <= 1
+    assert rows["full@attn"]["single-task"] == pytest.approx(sum(ex.finetuned("full@attn").values()) / len(ex.tasks))
+    assert part_rows(ex, ["linear@attn"])[0]["kernel agreement"] is None  # a linear model is its own linearization
+
+
+def test_cli_table_views_and_a_view_as_mode(bundle_dir, capsys):
+    assert main(["table", "--bundle", str(bundle_dir), "--views", "full@mlp", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in res["views"]] == ["full", "attn", "linear", "mlp", "full@mlp"]
+    assert main(["addition", "--bundle", str(bundle_dir), "--mode", "full@mlp", "--json"]) == 0
+    add = json.loads(capsys.readouterr().out)
+    assert add["absolute"] == res["views"][-1]["addition abs"]
+    assert main(["addition", "--bundle", str(bundle_dir), "--mode", "attn@mlp", "--json"]) == 2
+    assert "already hold only" in json.loads(capsys.readouterr().out)["error"]
