@@ -473,9 +473,10 @@ class Explorer:
         vs = self.vectors(mode, extra)
         from .disentangle import xi_grid
 
-        return self._memoised(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)), lambda: xi_grid(
+        res = self._memoised(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)), lambda: xi_grid(
             self.evaluator(self._xi_n()), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas,
             progress=progress))
+        return _as_asked(res, mode)
 
     def _xi_n(self) -> int | None:
         """Images per task for ξ grids: the bundle's ``xi_eval_n`` (its precomputed grids used it), capped by this
@@ -494,7 +495,8 @@ class Explorer:
         tv = self.vectors(mode, extra)[task]
         from .kernel import kernel_report
 
-        return self._memoised(("kernel", tv.uid), lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
+        res = self._memoised(("kernel", tv.uid), lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
+        return _as_asked(res, mode)
 
     def cached_xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
                   extra: Mapping[str, TaskVector] | None = None) -> dict | None:
@@ -542,6 +544,11 @@ class Explorer:
 def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:
     """The ``extra`` vectors (a session's workspace) of ``mode``."""
     return {n: tv for n, tv in (extra or {}).items() if tv.mode == mode}
+
+
+def _as_asked(res: dict, mode: str) -> dict:
+    """A diagnostic computed on a view's cut vectors names the view (``full@attn``), not the vectors' own mode."""
+    return {**res, "mode": mode} if parse_view(mode) else res
 
 
 def _same_grid(a: Sequence[float], b: Sequence[float]) -> bool:

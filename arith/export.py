@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from .merge import canonical_method, merge
-from .modes import MODES, get_mode
+from .modes import is_linearized, resolve
 from .specs import FORMAT_VERSION
 from .taskvec import TaskVector, library_versions
 
@@ -48,7 +48,7 @@ def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str,
     ``arith.base_model``, ``arith.mode``, ``arith.method``, ``arith.coefficients`` (JSON), ``arith.linearized``."""
     method = canonical_method(method)
     state = merged_state(theta0, vectors, coefs, method)
-    linearized = mode in MODES and get_mode(mode).linearized
+    linearized = is_linearized(mode)
     meta = {"arith.format": FORMAT_VERSION, "arith.kind": MERGED_KIND, "arith.base_model": base_id, "arith.mode": mode,
             "arith.method": method, "arith.linearized": "true" if linearized else "false",
             "arith.coefficients": json.dumps({n: float(c) for n, c in coefs.items()}, sort_keys=True),
@@ -102,7 +102,7 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
                          f"{FORMAT_VERSION!r}")
     if base_id is not None and data.get("base_model") != base_id:
         raise ValueError(f"this coefficient set is for base model {data.get('base_model')!r}, not {base_id!r}")
-    get_mode(str(data.get("mode")))
+    resolve(str(data.get("mode")))  # a mode or a view (full@attn)
     method = data.get("method", "task_arithmetic")
     try:
         method = canonical_method(method)

@@ -19,7 +19,7 @@ import torch
 from .evaluate import Evaluator
 from .merge import merge
 from .modes import get_mode
-from .taskvec import TaskVector
+from .taskvec import TaskVector, TaskVectorError
 
 PATH = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 SUBSETS = {"attention": "attn", "mlp": "mlp", "all": "full"}  # subset name -> the mode whose tensors it keeps
@@ -43,9 +43,12 @@ def compare(ev: Evaluator, task: str, split: str, f_nl: torch.Tensor, f_lin: tor
 
 
 def _restrict(tv: TaskVector, mode: str) -> TaskVector | None:
-    m = get_mode(mode)
-    kept = {k: t for k, t in tv.tensors.items() if m.trains(k)}
-    return TaskVector(kept, tv.task, tv.mode, tv.base_id) if kept else None
+    """τ cut to the tensors ``mode`` trains (:meth:`TaskVector.cut`, what a view such as ``full@attn`` holds), None
+    when it holds none of them."""
+    try:
+        return tv.cut(get_mode(mode))
+    except TaskVectorError:
+        return None
 
 
 def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test", path: Sequence[float] = PATH,

@@ -130,6 +130,21 @@ def views_of(modes: Iterable[str]) -> list[str]:
     return [f"{s.name}{VIEW_SEP}{p.name}" for s in modes if s.patterns == ALL for p in modes if p.patterns != ALL]
 
 
+def resolve(name: str) -> Mode:
+    """The mode whose vectors ``name`` (a mode or a view) serves: a view's source, whose evaluation it keeps (a
+    linearized source's cut vectors are still the linear model's).  A clear ``ValueError`` for an unknown name."""
+    view = parse_view(name)
+    return view.source if view else get_mode(name)
+
+
+def is_linearized(name: str) -> bool:
+    """Whether the vectors of a mode or view named ``name`` are evaluated as the linear model (False when unknown)."""
+    try:
+        return resolve(name).linearized
+    except ValueError:
+        return False
+
+
 def label_of(name: str) -> str:
     """A mode's or a view's label (the name itself when neither is registered)."""
     try:

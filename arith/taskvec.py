@@ -136,10 +136,13 @@ class TaskVector:
         """τ with every entry outside the tensors ``part`` trains set to 0: a mode view's vector
         (:class:`arith.modes.ModeView`, e.g. full fine-tuning's τ cut to the attention weights).  It stays a vector of
         τ's mode (a linearized one is still evaluated as the linear model, with the tangent on the kept tensors only);
-        the kept tensors are τ's own, not copies, and its ``uid`` names (τ's uid, part) without hashing them."""
+        the kept tensors are τ's own, not copies, and its ``uid`` names (τ's uid, part) without hashing them.  τ itself
+        when the part holds all of τ's tensors."""
         kept = {k: t for k, t in self.tensors.items() if part.trains(k)}
         if not kept:
             raise TaskVectorError(f"{self.task} ({self.mode}) holds no tensor that {part.name!r} trains")
+        if len(kept) == len(self.tensors):
+            return self
         out = TaskVector(kept, self.task, self.mode, self.base_id, {**self.meta, Meta.PART: part.name})
         out.__dict__["uid"] = hashlib.sha256(f"{self.uid}|cut|{part.name}".encode()).hexdigest()[:20]
         return out

@@ -6,7 +6,7 @@ import streamlit as st
 
 from arith.merge import get_merge_method
 from arith.metrics import summarize
-from arith.modes import MODES
+from arith.modes import is_linearized, resolve
 from arith.report import interference_curve, interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
@@ -32,7 +32,11 @@ PCT = ("single-task", "each task alone at α", "merged at α", "cost of scaling 
 
 
 def trained_lr(m: str) -> str:
-    """The learning rate the bundle's ``m`` vectors were fine-tuned at, as recorded in its manifest."""
+    """The learning rate the bundle's ``m`` vectors (a view's: its source's) were fine-tuned at, from its manifest."""
+    try:
+        m = resolve(m).name
+    except ValueError:  # a workspace mode the registry lacks: the manifest lacks it too
+        pass
     cfg = ex.index.finetune_config(m)
     return f"{cfg.lr:g}" if cfg else "—"
 
@@ -83,7 +87,7 @@ with guard("Evaluating the edited model"):
 
 st.subheader("The same coefficients under every mode")
 st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")
-if not get_merge_method(ctx.method).cached_jvp and any(MODES[m].linearized for m in ctx.modes if m in MODES):
+if not get_merge_method(ctx.method).cached_jvp and any(is_linearized(m) for m in ctx.modes):
     st.caption(f"{method_label(ctx.method)}'s δ is not a weighted sum of fixed vectors, so a linearized mode cannot "
                "reuse its cached J τ_t: each request computes J δ afresh (one Jacobian-vector product; about 1.5–1.8 s "
                "for a ViT-B/32 on an H200, BENCHMARKS.md).")

@@ -24,8 +24,10 @@ if len(names) < 2:
     st.info("Weight disentanglement needs two task vectors in this mode.")
     st.stop()
 
-# default pair: the first pair the bundle has precomputed, else the first two tasks
-pre = ex.results.get("disentanglement", {}).get(ctx.mode, {})
+# default pair: the first pair the bundle has precomputed (for this mode, else for any: a view or a workspace-only
+# mode then opens on the pair and grid the bundle's modes show at once), else the first two tasks
+stored = ex.results.get("disentanglement", {})
+pre = stored.get(ctx.mode) or next((g for g in stored.values() if isinstance(g, dict) and g), {})
 first = next((k.split("|") for k in pre if all(p in names for p in k.split("|"))), names[:2])
 if st.session_state.get("xi_t1") not in names:
     st.session_state["xi_t1"] = first[0]

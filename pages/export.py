@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
-from arith.modes import MODES
+from arith.modes import is_linearized
 from ui.common import guard, message
 from ui.state import METHOD, context, link_params, method_label, mode_label, request_view
 
@@ -48,9 +48,9 @@ with st.expander("Load a coefficient set"):
         try:
             up.seek(0)
             rec = parse_coefficient_set(up, b.base.id)  # checks the size before reading
-            if rec["mode"] not in ctx.modes:
+            if rec["mode"] not in ctx.modes + ex.views:
                 raise ValueError(f"it is for mode {rec['mode']!r}, which this bundle and workspace lack "
-                                 f"(modes here: {', '.join(ctx.modes)}); nothing was changed")
+                                 f"(modes here: {', '.join(ctx.modes + ex.views)}); nothing was changed")
             known = set(ex.vectors(rec["mode"], ctx.extra(rec["mode"])))
             if rec["coefficients"] and not known & set(rec["coefficients"]):
                 raise ValueError(f"none of its vectors ({', '.join(sorted(rec['coefficients']))}) is in this session's "
@@ -69,7 +69,7 @@ n_params = sum(t.numel() for t in b.base.params.values())
 what = "θ0 + Σ λ_t τ_t" if ctx.method == METHOD else f"θ0 + δ with δ merged by {method_label(ctx.method)},"
 st.markdown(f"{what} for every image-encoder tensor ({n_params:,} parameters, about "
             f"{4 * n_params / 2**20:,.1f} MiB in fp32), open_clip `visual.*` key names; built when you click.")
-if ctx.mode in MODES and MODES[ctx.mode].linearized:
+if is_linearized(ctx.mode):
     st.warning(f"Linearized mode: the file holds θ = {what.rstrip(',')}, the parameters of the linear model "
                "f(x; θ0) + J(θ0)(θ − θ0). Loaded into an ordinary encoder they give the non-linear model at θ, "
                "which is not what the app evaluated (metadata `arith.linearized` = true).")

@@ -878,3 +878,41 @@ def test_arith_autocast_runs_the_app_under_autocast_and_a_bad_value_is_named(new
     at = new_app()
     assert not at.exception
     assert any("ARITH_AUTOCAST must be bf16, fp16 or fp32 (or unset), not 'half'" in e.value for e in at.error)
+
+
+def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(new_app, engine):
+    at = new_app()
+    box = at.sidebar.selectbox(key="w_mode")
+    assert box.options[-4:] == [mode_label(v) for v in engine.views] == [
+        "Full fine-tuning, cut to the attention weights", "Full fine-tuning, cut to the MLP weights",
+        "Linearized (NTK), cut to the attention weights", "Linearized (NTK), cut to the MLP weights"]
+    box.set_value("full@attn").run()
+    clean(at)
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    ref = engine.evaluate("full@attn", coefs, "test")
+    assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
+    assert ref["accuracy"] != engine.evaluate("full", coefs, "test")["accuracy"]  # the cut is what is shown
+    modes = table(at, "bundle's lr")
+    assert list(modes["mode"])[-1] == mode_label("full@attn")
+    assert modes["bundle's lr"].iloc[-1] == modes["bundle's lr"].iloc[0]  # a view's lr is its source's (full)
+    assert at.query_params["mode"] == "full@attn"
+    for page in PAGES:
+        at.switch_page(page).run()
+        clean(at)
+    at.switch_page("pages/kernel.py").run()
+    assert len(table(at, "accuracy, non-linear (%)")) == 5  # four modes, then the view
+    at.switch_page("pages/vectors.py").run()
+    assert len(table(at, "L2 norm")) == 15
+    at.switch_page("pages/export.py").run()
+    assert any("--mode full@attn" in c.value for c in at.code)
+    at.switch_page("pages/disentanglement.py").run()
+    assert charts(at) == 4 and [b for b in at.button if b.key == "xi_compute"]  # the view's grid is computed
+    at.button(key="xi_compute").click().run(timeout=300)
+    clean(at)
+    assert charts(at) == 5
+    # a link opens the view; a view of a linearized mode is the linear model (the export says so)
+    b = new_app({"mode": "linear@mlp"})
+    clean(b)
+    assert b.sidebar.selectbox(key="w_mode").value == "linear@mlp"
+    b.switch_page("pages/export.py").run()
+    assert any("Linearized mode" in w.value for w in b.warning)

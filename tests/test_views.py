@@ -51,6 +51,7 @@ def test_a_cut_keeps_the_parts_own_tensors_and_names_itself(bundle):
     assert (cut.mode, cut.task, cut.meta[Meta.PART]) == ("full", tv.task, "attn")
     assert cut.uid != tv.uid and cut.uid == tv.cut(ATTN).uid != tv.cut(get_mode("mlp")).uid
     assert cut.norm() ** 2 == pytest.approx(sum(float(t.double().pow(2).sum()) for t in cut.tensors.values()))
+    assert tv.cut(get_mode("full")) is tv  # a part that holds every tensor of τ cuts nothing
     with pytest.raises(TaskVectorError, match="holds no tensor that 'mlp' trains"):
         bundle.vectors["attn"][tv.task].cut(get_mode("mlp"))
 
@@ -123,3 +124,20 @@ def test_cli_table_views_and_a_view_as_mode(bundle_dir, capsys):
     assert add["absolute"] == res["views"][-1]["addition abs"]
     assert main(["addition", "--bundle", str(bundle_dir), "--mode", "attn@mlp", "--json"]) == 2
     assert "already hold only" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_every_command_that_takes_a_mode_takes_a_view(bundle_dir, capsys):
+    b = ["--bundle", str(bundle_dir), "--json"]
+    ex = Explorer.open(bundle_dir)
+    t1, t2 = ex.tasks[:2]
+    for argv, check in (
+            (["negation", "--mode", "full@mlp", "--task", t1], lambda r: 0 <= r["target"] <= 1),
+            (["tune", "--mode", "full@mlp"], lambda r: set(r["coefficients"]) == set(ex.tasks)),
+            (["disentangle", "--mode", "full@mlp", "--tasks", t1, t2, "--grid", "3"], lambda r: r["mode"] == "full@mlp"),
+            (["kernel", "--mode", "full@mlp", "--task", t1],
+             lambda r: r["restricted"]["attention"] is None and r["mode"] == "full@mlp"),
+            (["evaluate", "--mode", "linear@attn", "--coef", f"{t1}=1"], lambda r: r["mode"] == "linear@attn"),
+            (["similarity", "--modes", "attn", "full@attn"],
+             lambda r: f"full@attn/{t1}" in r["all"]["labels"] and r["all"]["cosine"][0][0] == pytest.approx(1.0))):
+        assert main([*argv, *b]) == 0, argv
+        assert check(json.loads(capsys.readouterr().out)), argv

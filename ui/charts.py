@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import plotly.graph_objects as go
 
-from arith.modes import MODES
+from arith.modes import MODES, views_of
 
 from .state import mode_label
 
@@ -16,8 +16,14 @@ PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#F
 MODE_COLOURS = {"full": "#E45756", "attn": "#4C78A8", "attn_bias": "#72B7B2", "linear": "#54A24B", "mlp": "#F58518"}
 
 
+VIEW_COLOURS = PALETTE[5:]  # views (full@attn, …): colours no mode has, in the order of views_of(MODES)
+
+
 def mode_colour(mode: str, i: int = 0) -> str:
-    return MODE_COLOURS.get(mode, PALETTE[i % len(PALETTE)])
+    if mode in MODE_COLOURS:
+        return MODE_COLOURS[mode]
+    views = views_of(MODES)
+    return VIEW_COLOURS[views.index(mode) % len(VIEW_COLOURS)] if mode in views else PALETTE[i % len(PALETTE)]
 
 
 def _layout(fig: go.Figure, title: str = "", height: int = 380, **kw) -> go.Figure:

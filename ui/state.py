@@ -29,7 +29,7 @@ import streamlit as st
 
 from arith.explore import Explorer
 from arith.merge import MERGE_METHODS, get_merge_method, is_method, method_label, method_spec, parse_method
-from arith.modes import MODES
+from arith.modes import label_of, parse_view
 
 from .common import Progress, message
 
@@ -185,7 +185,7 @@ def tensors_ready(ctx: Context) -> bool:
 
 # -- the session's view -------------------------------------------------------------------------------------------
 def mode_label(mode: str) -> str:
-    return MODES[mode].label if mode in MODES else mode
+    return label_of(mode)
 
 
 @dataclass
@@ -203,13 +203,17 @@ class Context:
 
     @property
     def modes(self) -> list[str]:
-        """The bundle's modes, then any other mode the workspace has vectors of."""
-        extra = sorted({tv.mode for tv in self.workspace.values()} - set(self.ex.modes))
-        return list(self.ex.modes) + extra
+        """The bundle's modes, then any other mode the workspace has vectors of, then the current mode when it is a
+        view (``full@attn``), which every page then compares with the modes."""
+        out = list(self.ex.modes) + sorted({tv.mode for tv in self.workspace.values()} - set(self.ex.modes))
+        return out + [self.mode] if self.mode and self.mode not in out else out
 
     def extra(self, mode: str | None = None) -> dict[str, TaskVector]:
-        """The workspace vectors of ``mode`` (the current one by default), as the engine's ``extra`` argument."""
+        """The workspace vectors of ``mode`` (the current one by default), as the engine's ``extra`` argument; for a
+        view, its source mode's (the engine cuts them as it cuts the bundle's)."""
         mode = mode or self.mode
+        view = parse_view(mode)
+        mode = view.source.name if view else mode
         return {n: tv for n, tv in self.workspace.items() if tv.mode == mode}
 
     def names(self, mode: str | None = None) -> list[str]:
@@ -542,10 +546,10 @@ def sidebar() -> Context | None:
     workspace = {n: e["vector"] for n, e in store.items()}
     probe = Context(ref, ex, "", [], {}, False, workspace)
 
-    modes = probe.modes
-    if not modes:
+    if not probe.modes:
         st.error(f"The bundle {ref.label!r} has no task vectors.")
         return None
+    modes = probe.modes + ex.views  # the views last: the modes' vectors cut to a part, computed when chosen
     apply = ss.pop(S_APPLY, None)
     if apply and apply["mode"] in modes:
         ss[K_MODE] = apply["mode"]
@@ -553,7 +557,10 @@ def sidebar() -> Context | None:
         ss[K_MODE] = next((m for m in (pending.get("mode"), "attn") if m in modes), modes[0])
     mode = sb.selectbox("Fine-tuning mode", modes, key=K_MODE, format_func=mode_label,
                         help="What fine-tuning changed: every weight (full), the attention weights only (attn, "
-                             "the paper's), the first-order Taylor model (linear), ...")
+                             "the paper's), the first-order Taylor model (linear), ... The last entries are views: "
+                             "a mode's vectors cut after training to the tensors another mode trains (full fine-tuning "
+                             "cut to the attention weights: where a mode trains, apart from what it learns there); "
+                             "their results are computed when chosen.")
     probe.mode = mode
     method = _method_widgets(sb, apply.get("method") if apply else None, pending.get("method"))
     names = probe.names(mode)
