@@ -492,7 +492,7 @@ def _table_args(p):
     p.add_argument("--views", nargs="*", metavar="VIEW",
                    help="also the bundle's modes beside their views, the vectors of full (or linear) cut post hoc to "
                         "the part another mode trains (full@attn: full fine-tuning's τ on the attention weights only), "
-                        "scored as the build scores a mode: computed, about a minute per view on 2 CPU cores (default: "
+                        "scored as the build scores a mode: computed, about 40 s per view on 2 CPU cores (default: "
                         "every view the bundle's modes make possible)")
 
 

@@ -211,11 +211,11 @@ class Explorer:
 
     def vectors(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, TaskVector]:
         """The bundle's vectors of ``mode`` plus a session's ``extra`` vectors of that mode (by display name); for a
-        view (``full@attn``), the source mode's, each cut to the part (memoised, so its uid and caches persist)."""
+        view (``full@attn``), the source mode's, each cut to the part (memoised on the source vector, not here: a
+        session's vectors and their cuts leave with the session)."""
         view = parse_view(mode)
         if view:
-            return {n: self._memoised(("cut", tv.uid, view.part.name), lambda tv=tv: tv.cut(view.part))
-                    for n, tv in self.vectors(view.source.name, extra).items()}
+            return {n: tv.cut(view.part) for n, tv in self.vectors(view.source.name, extra).items()}
         out = dict(self.bundle.vectors.get(mode, {}))
         out.update(_own(mode, extra))
         return out
@@ -256,7 +256,7 @@ class Explorer:
                 out[task] = pre[name]
             else:
                 tv = self.vectors(mode, extra)[name]
-                out[task] = self._memoised(("ft", tv.uid, split),
+                out[task] = self._memoised(("ft", tv.uid, tv.task, split),  # a uid names content, not the task
                                            lambda tv=tv: self.evaluator().evaluate([tv], [1.0], split, [tv.task])[tv.task])
         return out
 
@@ -473,10 +473,15 @@ class Explorer:
         vs = self.vectors(mode, extra)
         from .disentangle import xi_grid
 
-        res = self._memoised(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)), lambda: xi_grid(
+        res = self._memoised(self._xi_key(mode, vs[task1], vs[task2], alphas), lambda: xi_grid(
             self.evaluator(self._xi_n()), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas,
             progress=progress))
         return _as_asked(res, mode)
+
+    @staticmethod
+    def _xi_key(mode: str, tv1: TaskVector, tv2: TaskVector, alphas: Sequence[float]) -> tuple:
+        """A ξ grid's memo key: the vectors' content and the tasks they are scored on (a uid names content only)."""
+        return ("xi", mode, tv1.uid, tv1.task, tv2.uid, tv2.task, tuple(alphas))
 
     def _xi_n(self) -> int | None:
         """Images per task for ξ grids: the bundle's ``xi_eval_n`` (its precomputed grids used it), capped by this
@@ -495,7 +500,8 @@ class Explorer:
         tv = self.vectors(mode, extra)[task]
         from .kernel import kernel_report
 
-        res = self._memoised(("kernel", tv.uid), lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
+        res = self._memoised(("kernel", tv.uid, tv.task),
+                             lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
         return _as_asked(res, mode)
 
     def cached_xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
@@ -512,7 +518,8 @@ class Explorer:
         vs = self.vectors(mode, extra)
         if task1 not in vs or task2 not in vs:
             return None
-        return self._memo.get(("xi", mode, vs[task1].uid, vs[task2].uid, tuple(alphas)))
+        res = self._memo.get(self._xi_key(mode, vs[task1], vs[task2], alphas))
+        return None if res is None else _as_asked(res, mode)
 
     # -- task-vector statistics -------------------------------------------------------------------------------------
     def vector_stats(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, dict]:

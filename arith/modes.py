@@ -66,6 +66,10 @@ def get_mode(name: str) -> Mode:
     try:
         return MODES[name]
     except KeyError:
+        if VIEW_SEP in name:  # a view where only a mode will do (fine-tuning, cost, parameter counts)
+            parse_view(name)  # first its own error when it is not a view either
+            raise ValueError(f"{name!r} is a view (a mode's vectors cut to another mode's tensors): it can be "
+                             f"evaluated, not trained or measured; modes: {', '.join(MODES)}") from None
         raise ValueError(f"unknown mode {name!r}; known modes: {', '.join(MODES)}") from None
 
 
@@ -114,7 +118,10 @@ def parse_view(name: str) -> ModeView | None:
     if VIEW_SEP not in name:
         return None
     source, _, part = name.partition(VIEW_SEP)
-    view = ModeView(get_mode(source), get_mode(part))
+    try:
+        view = ModeView(get_mode(source), get_mode(part))
+    except ValueError as e:
+        raise ValueError(f"view {name!r}: {e}") from None
     if view.part.patterns == ALL:
         raise ValueError(f"{name!r}: {part!r} trains every tensor, so cutting to it keeps the whole vector")
     if view.source.patterns != ALL:

@@ -44,7 +44,7 @@ def part_rows(ex: Explorer, names: Sequence[str], bar: ProgressFactory | None = 
     validation): the share of ‖τ‖² a view keeps, single-task accuracy, task addition (α, absolute, gain over
     zero-shot, normalized), mean ξ over the build's pairs and mean kernel agreement (None for a linearized mode,
     whose vectors are their own linearization).  Plain modes come from the bundle's precomputed results where it
-    has them; views are computed (about a minute each for the embedded default on 2 CPU cores)."""
+    has them; views are computed (about 40 s each for the embedded default on 2 CPU cores)."""
     bar = bar or (lambda _label: None)
     zs = statistics.fmean(ex.zeroshot("test").values())
     pairs = xi_pairs(ex)

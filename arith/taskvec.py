@@ -137,7 +137,11 @@ class TaskVector:
         (:class:`arith.modes.ModeView`, e.g. full fine-tuning's τ cut to the attention weights).  It stays a vector of
         τ's mode (a linearized one is still evaluated as the linear model, with the tangent on the kept tensors only);
         the kept tensors are τ's own, not copies, and its ``uid`` names (τ's uid, part) without hashing them.  τ itself
-        when the part holds all of τ's tensors."""
+        when the part holds all of τ's tensors.  Memoised on τ (one object per part, living as long as τ does: a
+        session's vector and its cuts go together), so the caches keyed by the cut's uid keep hitting."""
+        cuts = self.__dict__.setdefault("_cuts", {})
+        if part.name in cuts:
+            return cuts[part.name]
         kept = {k: t for k, t in self.tensors.items() if part.trains(k)}
         if not kept:
             raise TaskVectorError(f"{self.task} ({self.mode}) holds no tensor that {part.name!r} trains")
@@ -145,7 +149,7 @@ class TaskVector:
             return self
         out = TaskVector(kept, self.task, self.mode, self.base_id, {**self.meta, Meta.PART: part.name})
         out.__dict__["uid"] = hashlib.sha256(f"{self.uid}|cut|{part.name}".encode()).hexdigest()[:20]
-        return out
+        return cuts.setdefault(part.name, out)
 
     # -- norms ------------------------------------------------------------------------------------------------------
     def norm(self) -> float:

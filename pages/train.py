@@ -7,7 +7,7 @@ import streamlit as st
 
 from arith.data import get_task
 from arith.finetune import Cancelled, finetune
-from arith.modes import MODES
+from arith.modes import MODES, resolve
 from arith.specs import FinetuneConfig
 from ui import charts
 from ui.common import Progress, guard, pct
@@ -39,13 +39,17 @@ if not tasks:
     st.warning("None of this bundle's tasks has a registered training-data source here, so nothing can be trained.")
     st.stop()
 modes = list(MODES)
+try:
+    source = resolve(ctx.mode).name  # a view (full@attn) shows its source mode's vectors, cut
+except ValueError:
+    source = ctx.mode
 c1, c2 = st.columns(2)
 if st.session_state.get("train_task") not in tasks:
     st.session_state["train_task"] = next((ex.vectors(ctx.mode)[n].task for n in ctx.tasks
                                            if n in ex.vectors(ctx.mode) and ex.vectors(ctx.mode)[n].task in tasks), tasks[0])
 task = c1.selectbox("Task", tasks, key="train_task")
 if st.session_state.get("train_mode") not in modes:
-    st.session_state["train_mode"] = ctx.mode if ctx.mode in modes else "attn"
+    st.session_state["train_mode"] = source if source in modes else "attn"
 mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label)
 own = b.finetune_config(mode)
 cfg0 = own or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) or FinetuneConfig(mode=mode)
@@ -120,7 +124,7 @@ if go:
 last = st.session_state.get("train_last")
 if last and last["base_id"] == b.base.id:
     ws = ctx.workspace
-    elsewhere = f" (switch the mode to {mode_label(last['mode'])} to see it)" if last["mode"] != ctx.mode else ""
+    elsewhere = "" if last["mode"] == source else f" (switch the mode to {mode_label(last['mode'])} to see it)"
     st.success(f"Trained {last['name']!r}: {last['steps']} steps in {last['seconds']:.1f} s, final loss "
                f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and selected in the sidebar"
                f"{elsewhere}, " + ("at the shared α (all coefficients are tied)." if ctx.tie else

@@ -56,7 +56,7 @@ with guard("Norms"):
 
 with guard("Cosine similarity"):
     st.subheader("Cosine similarity across tasks and modes")
-    sim = ex.similarity(modes, {n: tv for n, tv in ctx.workspace.items() if tv.mode in modes} or None)
+    sim = ex.similarity(modes, {n: tv for m in modes for n, tv in ctx.extra(m).items()} or None)
     st.plotly_chart(charts.cosine_heatmap(sim["all"]["labels"], sim["all"]["cosine"]), key="vec_cosine")
     st.caption("Low similarity between different tasks of one mode means the vectors occupy different directions; "
                "compare the same task across modes to see how much the modes agree.")

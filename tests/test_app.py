@@ -20,6 +20,7 @@ from arith.bundle import load_bundle
 from arith.explore import Explorer
 from arith.export import parse_coefficient_set
 from arith.models import fingerprint
+from arith.modes import get_mode
 from arith.report import results_rows
 from arith.specs import Files, Meta
 from ui.charts import fixed
@@ -880,7 +881,7 @@ def test_arith_autocast_runs_the_app_under_autocast_and_a_bad_value_is_named(new
     assert any("ARITH_AUTOCAST must be bf16, fp16 or fp32 (or unset), not 'half'" in e.value for e in at.error)
 
 
-def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(new_app, engine):
+def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(new_app, engine, bundle):
     at = new_app()
     box = at.sidebar.selectbox(key="w_mode")
     assert box.options[-4:] == [mode_label(v) for v in engine.views] == [
@@ -910,6 +911,29 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
     at.button(key="xi_compute").click().run(timeout=300)
     clean(at)
     assert charts(at) == 5
+    # a full vector uploaded in this session is in the view too, cut, in every table and chart of the vectors page
+    at.switch_page("pages/upload.py").run()
+    mine = bundle.vectors["full"][COLOURS].scale(0.5)
+    at.file_uploader(key="upload_files").set_value(("half.safetensors", mine.to_bytes(), "x")).run()
+    clean(at)
+    assert at.sidebar.selectbox(key="w_mode").value == "full@attn" and "half" in at.sidebar.multiselect(key="w_tasks").value
+    at.switch_page("pages/vectors.py").run()
+    clean(at)
+    norms = table(at, "L2 norm")
+    row = norms[(norms["vector"] == "half") & (norms["mode"] == mode_label("full@attn"))]
+    assert row["L2 norm"].iloc[0] == pytest.approx(mine.cut(get_mode("attn")).norm())
+    specs = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    heat = next(d for d in specs if d.get("type") == "heatmap")
+    assert "full@attn/half" in heat["x"] and "full/half" in heat["x"]
+    at.multiselect(key="vec_modes").set_value(["full@attn"]).run()  # the view alone still has the session's vector
+    heat = next(d for d in (json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")) if d.get("type") == "heatmap")
+    assert sorted(heat["x"]) == sorted(f"full@attn/{n}" for n in (STRIPES, COLOURS, QUADS, "half"))
+    # training with a view current: the form opens on the view's source mode, and the new vector is shown, cut
+    at.switch_page("pages/train.py").run()
+    assert at.selectbox(key="train_mode").value == "full"
+    train_quads(at, "full", 2, "quads-cut")
+    assert "quads-cut" in at.sidebar.multiselect(key="w_tasks").value
+    assert not any("switch the mode" in s.value for s in at.success)
     # a link opens the view; a view of a linearized mode is the linear model (the export says so)
     b = new_app({"mode": "linear@mlp"})
     clean(b)

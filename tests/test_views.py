@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from arith.cli import main
+from arith.disentangle import xi_grid
 from arith.explore import Explorer
+from arith.export import coefficient_set, parse_coefficient_set
 from arith.merge import merge
 from arith.modes import get_mode, label_of, parse_view, views_of
 from arith.parts import part_rows, xi_pairs
@@ -95,10 +97,36 @@ def test_explorer_serves_a_view_as_a_mode(bundle_dir):
     assert ft == add["finetuned"]["test"] == {t: ex.evaluator().evaluate([vs[t]], [1.0], "test", [t])[t] for t in ex.tasks}
     one = ex.evaluate("full@attn", {"synthetic-stripes": 1.0})
     assert one["accuracy"]["synthetic-stripes"] == ft["synthetic-stripes"]
-    assert ex.evaluate("full@attn", {})["accuracy"] == ex.zeroshot("test")
-    assert ex.xi("full@attn", *xi_pairs(ex)[0], alphas=[0.0, 1.0])["prediction"][0][0] == 0.0
+    a, b = xi_pairs(ex)[0]
+    assert ex.cached_xi("full@attn", a, b, [0.0, 1.0]) is None
+    xi = ex.xi("full@attn", a, b, alphas=[0.0, 1.0])
+    ref = xi_grid(ex.evaluator(ex._xi_n()), vs[a], vs[b], a, b, [0.0, 1.0])
+    assert xi["prediction"] == ref["prediction"] != ex.xi("full", a, b, alphas=[0.0, 1.0])["prediction"]
+    assert xi["mode"] == ex.cached_xi("full@attn", a, b, [0.0, 1.0])["mode"] == "full@attn"  # named as asked
+    # a view's kernel report is its source's linearization restricted to the part, at s = 1
+    kern, whole = ex.kernel("full@attn", a), ex.kernel("full", a)
+    at_1 = next(r for r in whole["restricted"]["attention"]["path"] if r["s"] == 1.0)
+    assert kern["at_1"] == pytest.approx(at_1) and kern["mode"] == "full@attn"
     with pytest.raises(ValueError, match="keeps the whole vector"):
         ex.addition("full@linear")
+
+
+def test_a_workspace_vector_is_cut_under_its_own_name_and_task(bundle_dir):
+    """A uid names content only: a session's copy of a bundle vector filed under another task is cut, scored and
+    cached as that task's, and its cut lives on the session's vector, not in the shared Explorer."""
+    ex = Explorer.open(bundle_dir)
+    a, b = ex.tasks[:2]
+    orig = ex.vectors("full")[a]
+    mine = TaskVector(orig.tensors, b, "full", orig.base_id)  # same tensors, filed under task b
+    assert mine.uid == orig.uid
+    warm = ex.finetuned("full@attn"), ex.kernel("full@attn", a), ex.xi("full@attn", a, b, alphas=[1.0])
+    got = ex.vectors("full@attn", {"mine": mine})["mine"]
+    assert got.task == b and got is mine.cut(ATTN) and got is not orig.cut(ATTN)
+    assert ex.catalog("full@attn", {"mine": mine})["mine"] == b
+    assert ex.kernel("full@attn", "mine", {"mine": mine})["task"] == b != warm[1]["task"]
+    ft = ex.finetuned("full@attn", extra={b: mine})  # named after task b: replaces b's own vector there
+    assert ft[b] == ex.evaluator().evaluate([got], [1.0], "test", [b])[b]
+    assert all(v is not got for v in ex._memo._d.values())  # the shared memo keeps no session's cut vector
 
 
 def test_part_rows_score_modes_from_the_bundle_and_views_computed(bundle_dir):
@@ -141,3 +169,20 @@ def test_every_command_that_takes_a_mode_takes_a_view(bundle_dir, capsys):
              lambda r: f"full@attn/{t1}" in r["all"]["labels"] and r["all"]["cosine"][0][0] == pytest.approx(1.0))):
         assert main([*argv, *b]) == 0, argv
         assert check(json.loads(capsys.readouterr().out)), argv
+
+
+def test_a_view_is_named_where_only_a_mode_will_do_and_travels_in_a_coefficient_set(bundle, bundle_dir, capsys):
+    with pytest.raises(ValueError, match="'full@attn' is a view .* not trained"):
+        get_mode("full@attn")
+    with pytest.raises(ValueError, match="view 'full@nope': unknown mode 'nope'"):
+        get_mode("full@nope")
+    assert main(["finetune", "--bundle", str(bundle_dir), "--mode", "full@attn", "--task", bundle.task_names[0],
+                 "--steps", "1", "--out", "/dev/null", "--json"]) == 2
+    assert "is a view" in json.loads(capsys.readouterr().out)["error"]
+    vs = {t: tv.cut(ATTN) for t, tv in bundle.vectors["full"].items()}
+    rec = coefficient_set(bundle="tiny", base_id=bundle.base.id, mode="full@attn", coefs={bundle.task_names[0]: 0.5},
+                          vectors=vs)
+    back = parse_coefficient_set(json.dumps(rec), bundle.base.id)
+    assert (back["mode"], back["coefficients"]) == ("full@attn", {bundle.task_names[0]: 0.5})
+    with pytest.raises(ValueError, match="view 'full@nope'"):
+        parse_coefficient_set(json.dumps({**rec, "mode": "full@nope"}), bundle.base.id)

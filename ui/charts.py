@@ -16,7 +16,8 @@ PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#F
 MODE_COLOURS = {"full": "#E45756", "attn": "#4C78A8", "attn_bias": "#72B7B2", "linear": "#54A24B", "mlp": "#F58518"}
 
 
-VIEW_COLOURS = PALETTE[5:]  # views (full@attn, …): colours no mode has, in the order of views_of(MODES)
+# views (full@attn, …): one colour each, none a mode's nor the grey of unselected tasks, in views_of(MODES)'s order
+VIEW_COLOURS = ("#B279A2", "#9D755D", "#FF9DA6", "#EECA3B", "#17BECF", "#6A3D9A")
 
 
 def mode_colour(mode: str, i: int = 0) -> str:
@@ -212,7 +213,8 @@ def _block_order(name: str) -> tuple:
 # then any registered later): one record there gets a style here without a new branch
 DASHES = ("dash", "solid", "longdash", "dot", "dashdot", "longdashdot")
 SYMBOLS = ("square", "circle", "diamond", "x", "triangle-up")  # one fewer than DASHES: pairs repeat after 30 modes
-SYMBOL_GLYPHS = {"square": "■", "circle": "●", "diamond": "◆", "x": "✕", "triangle-up": "▲"}
+SYMBOL_GLYPHS = {"square": "■", "circle": "●", "diamond": "◆", "x": "✕", "triangle-up": "▲", "cross": "✚"}
+VIEW_STYLE = ("longdashdot", "cross")  # a view's (line, marker): no mode's; a page shows at most one view, the current
 
 
 def _mode_style(mode: str, styles: Sequence[str]) -> str:
@@ -222,12 +224,12 @@ def _mode_style(mode: str, styles: Sequence[str]) -> str:
 
 def mode_dash(mode: str) -> str:
     """The line style of ``mode`` in :func:`norm_profile` (plotly's dash names)."""
-    return _mode_style(mode, DASHES)
+    return VIEW_STYLE[0] if mode in views_of(MODES) else _mode_style(mode, DASHES)
 
 
 def mode_marker(mode: str) -> str:
     """The marker of ``mode`` in :func:`norm_profile` (a plotly symbol name; :data:`SYMBOL_GLYPHS` draws it in text)."""
-    return _mode_style(mode, SYMBOLS)
+    return VIEW_STYLE[1] if mode in views_of(MODES) else _mode_style(mode, SYMBOLS)
 
 
 def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
