@@ -940,3 +940,8 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
     assert b.sidebar.selectbox(key="w_mode").value == "linear@mlp"
     b.switch_page("pages/export.py").run()
     assert any("Linearized mode" in w.value for w in b.warning)
+    for odd in ("full@nope", "attn@mlp", "full@attn@mlp"):  # not a view: named, and the app opens on attn
+        c = new_app({"mode": odd})
+        clean(c)
+        assert c.sidebar.selectbox(key="w_mode").value == "attn"
+        assert any(f"mode {odd!r} is not in this bundle" in w.value for w in c.sidebar.warning)
