@@ -30,7 +30,7 @@ class Mode:
     name: registry key (CLI ``--mode``, file paths, metadata).
     patterns: full-match regexes of the tensors this mode trains; the task vector is zero elsewhere.
     linearized: train and evaluate f_lin(x; θ) = f(x; θ0) + J_θ f(x; θ0)(θ − θ0) instead of f (method.md §2).
-    part: what the patterns select, as a noun ("the attention weights"), for the views that cut to it.
+    part: what the patterns select, as a short noun ("attention"), for the label of a view that cuts to it.
     """
 
     name: str
@@ -77,15 +77,15 @@ register_mode(Mode("full", "Full fine-tuning", ALL,
                    description="every image-encoder parameter (non-linear baseline)"))
 register_mode(Mode("attn", "Attention-only", ATTN_WEIGHTS,
                    description="W_q, W_k, W_v (packed in_proj_weight) and W_o of every block (Jin et al. 2025)",
-                   part="the attention weights"))
+                   part="attention"))
 register_mode(Mode("attn_bias", "Attention-only + biases", ATTN_WEIGHTS + ATTN_BIASES,
                    description="attention weights and their two biases (the `attn` switch)",
-                   part="the attention weights and biases"))
+                   part="attention + biases"))
 register_mode(Mode("linear", "Linearized (NTK)", ALL, linearized=True,
                    description="first-order Taylor model at θ0, all parameters (Ortiz-Jimenez et al. 2023)"))
 register_mode(Mode("mlp", "MLP-only", MLP_WEIGHTS,
                    description="c_fc and c_proj weights of every block (ablation for the kernel diagnostics)",
-                   part="the MLP weights"))
+                   part="MLP"))
 
 
 # -- views: a mode's vectors cut post hoc to the tensors another mode trains -------------------------------------
@@ -109,7 +109,7 @@ class ModeView:
 
     @property
     def label(self) -> str:
-        return f"{self.source.label}, cut to {self.part.part or self.part.name}"
+        return f"{self.source.label}, {self.part.part or self.part.name} part"
 
 
 def parse_view(name: str) -> ModeView | None:

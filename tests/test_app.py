@@ -885,8 +885,8 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
     at = new_app()
     box = at.sidebar.selectbox(key="w_mode")
     assert box.options[-4:] == [mode_label(v) for v in engine.views] == [
-        "Full fine-tuning, cut to the attention weights", "Full fine-tuning, cut to the MLP weights",
-        "Linearized (NTK), cut to the attention weights", "Linearized (NTK), cut to the MLP weights"]
+        "Full fine-tuning, attention part", "Full fine-tuning, MLP part", "Linearized (NTK), attention part",
+        "Linearized (NTK), MLP part"]
     box.set_value("full@attn").run()
     clean(at)
     coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}

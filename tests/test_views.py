@@ -34,7 +34,7 @@ def test_views_are_named_source_at_part_and_refuse_what_cuts_nothing():
     view = parse_view("full@attn")
     assert (view.source.name, view.part.name, view.name) == ("full", "attn", "full@attn")
     assert parse_view("attn") is None
-    assert label_of("linear@mlp") == "Linearized (NTK), cut to the MLP weights"
+    assert label_of("linear@mlp") == "Linearized (NTK), MLP part"
     assert label_of("attn") == "Attention-only" and label_of("nope") == "nope"
     assert views_of(["full", "attn", "linear", "mlp"]) == ["full@attn", "full@mlp", "linear@attn", "linear@mlp"]
     assert views_of(["attn", "mlp"]) == []
