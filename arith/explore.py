@@ -289,9 +289,10 @@ class Explorer:
                   extra: Mapping[str, TaskVector] | None) -> dict:
         vs = self.vectors(mode, extra)
         # every vector of the mode is in the key, not only the merged ones: workspace vectors named after a bundle
-        # task change the normalisers (finetuned()), so sessions with different workspaces must not share results
+        # task change the normalisers (finetuned(), which goes by each vector's task: a uid names content only), so
+        # sessions with different workspaces must not share results
         key = ("eval", mode, split, tuple(tasks), method, round_coefs(coefs),
-               tuple(sorted((n, tv.uid) for n, tv in vs.items())))
+               tuple(sorted((n, tv.uid, tv.task) for n, tv in vs.items())))
 
         def compute():
             nonzero = {n for n, _ in round_coefs(coefs)}

@@ -87,7 +87,8 @@ class TaskVector:
             self.__dict__["_dare"] = memo  # replaced whole: a reader holding the old memo keeps a consistent one
         masks = memo[1]
         if key not in masks:
-            digest = hashlib.sha256(f"{seed}|{self.uid}|{key}".encode()).digest()
+            # a cut (TaskVector.cut) draws with its source's uid: DARE of full@attn is the attention part of DARE of full
+            digest = hashlib.sha256(f"{seed}|{self.__dict__.get('_mask_uid', self.uid)}|{key}".encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
             t = self.tensors[key]
             masks[key] = (torch.rand(t.shape, generator=gen, dtype=torch.float32, device="cpu") < density).to(t.device)
@@ -149,6 +150,7 @@ class TaskVector:
             return self
         out = TaskVector(kept, self.task, self.mode, self.base_id, {**self.meta, Meta.PART: part.name})
         out.__dict__["uid"] = hashlib.sha256(f"{self.uid}|cut|{part.name}".encode()).hexdigest()[:20]
+        out.__dict__["_mask_uid"] = self.__dict__.get("_mask_uid", self.uid)  # DARE's draws: the source's (dare_mask)
         return cuts.setdefault(part.name, out)
 
     # -- norms ------------------------------------------------------------------------------------------------------

@@ -51,7 +51,13 @@ def test_a_cut_keeps_the_parts_own_tensors_and_names_itself(bundle):
     assert set(cut.tensors) == {k for k in tv.tensors if ATTN.trains(k)} and 0 < len(cut.tensors) < len(tv.tensors)
     assert all(cut.tensors[k] is tv.tensors[k] for k in cut.tensors)  # no copy: τ's own read-only tensors
     assert (cut.mode, cut.task, cut.meta[Meta.PART]) == ("full", tv.task, "attn")
-    assert cut.uid != tv.uid and cut.uid == tv.cut(ATTN).uid != tv.cut(get_mode("mlp")).uid
+    fresh = TaskVector(dict(tv.tensors), tv.task, tv.mode, tv.base_id)  # equal content, nothing memoised
+    assert cut.uid != tv.uid and cut.uid == fresh.cut(ATTN).uid != tv.cut(get_mode("mlp")).uid
+    assert fresh.cut(ATTN) is not cut and tv.cut(ATTN) is cut  # memoised on the vector it was cut from
+    # DARE draws a cut's masks as its source's: DARE of full@attn is the attention part of DARE of full
+    k = next(iter(cut.tensors))
+    assert torch.equal(cut.dare_mask(0.5, 3, k), tv.dare_mask(0.5, 3, k))
+    assert not torch.equal(cut.dare_mask(0.5, 3, k), tv.dare_mask(0.5, 4, k))
     assert cut.norm() ** 2 == pytest.approx(sum(float(t.double().pow(2).sum()) for t in cut.tensors.values()))
     assert tv.cut(get_mode("full")) is tv  # a part that holds every tensor of τ cuts nothing
     with pytest.raises(TaskVectorError, match="holds no tensor that 'mlp' trains"):
@@ -71,13 +77,12 @@ def test_merged_weights_of_a_cut_move_only_the_part(bundle):
 
 
 @pytest.mark.parametrize("mode", ["full", "linear"])
-def test_a_cut_evaluates_as_its_zero_filled_vector_and_as_theta0_at_zero(bundle, ev, mode):
+def test_a_cut_evaluates_as_its_zero_filled_vector(bundle, ev, mode):
     tv = bundle.vectors[mode][bundle.task_names[0]]
     cut, long = tv.cut(ATTN), zero_filled(tv, ATTN)
     assert cut.linearized == long.linearized == (mode == "linear")
     got = ev.merged_features([cut], [0.8], "test", bundle.task_names)
     torch.testing.assert_close(got, ev.merged_features([long], [0.8], "test", bundle.task_names), atol=1e-6, rtol=1e-5)
-    assert ev.evaluate([cut], [0.0], "test") == ev.zeroshot("test")
     assert not torch.allclose(got, ev.merged_features([tv], [0.8], "test", bundle.task_names))  # the cut matters
 
 
@@ -124,6 +129,18 @@ def test_a_workspace_vector_is_cut_under_its_own_name_and_task(bundle_dir):
     assert got.task == b and got is mine.cut(ATTN) and got is not orig.cut(ATTN)
     assert ex.catalog("full@attn", {"mine": mine})["mine"] == b
     assert ex.kernel("full@attn", "mine", {"mine": mine})["task"] == b != warm[1]["task"]
+    c = ex.tasks[2]
+    other = ex.vectors("full")[b]
+    copy_b = TaskVector(other.tensors, c, "full", other.base_id)  # b's content, filed under task c
+    xi = ex.xi("full@attn", a, "copy", alphas=[1.0], extra={"copy": copy_b})  # content of (a, b), scored on (a, c)
+    assert xi["tasks"] == [a, c] and warm[2]["tasks"] == [a, b]
+    # an evaluation is not shared between workspaces whose vectors differ only in their task: the normalisers go by
+    # task (here a mode only the workspace has, whose one vector is the only normaliser)
+    src = ex.vectors("attn")[a]
+    as_a, as_b = (TaskVector(src.tensors, t, "attn_bias", src.base_id) for t in (a, b))
+    r1 = ex.evaluate("attn_bias", {"x": 0.5}, extra={"x": as_a}, tasks=[a])
+    r2 = ex.evaluate("attn_bias", {"x": 0.5}, extra={"x": as_b}, tasks=[a])
+    assert r1["accuracy"] == r2["accuracy"] and "normalized" in r1 and "normalized" not in r2
     ft = ex.finetuned("full@attn", extra={b: mine})  # named after task b: replaces b's own vector there
     assert ft[b] == ex.evaluator().evaluate([got], [1.0], "test", [b])[b]
     assert all(v is not got for v in ex._memo._d.values())  # the shared memo keeps no session's cut vector
@@ -158,15 +175,21 @@ def test_every_command_that_takes_a_mode_takes_a_view(bundle_dir, capsys):
     b = ["--bundle", str(bundle_dir), "--json"]
     ex = Explorer.open(bundle_dir)
     t1, t2 = ex.tasks[:2]
+
+    def cosine(t):  # attn's τ_t against full's τ_t cut to the attention weights, by hand
+        a, c = ex.vectors("attn")[t], zero_filled(ex.vectors("full")[t], ATTN)
+        dot = sum(float((a.tensors[k].double() * c.tensors[k].double()).sum()) for k in a.tensors)
+        return dot / (a.norm() * c.norm())
     for argv, check in (
             (["negation", "--mode", "full@mlp", "--task", t1], lambda r: 0 <= r["target"] <= 1),
             (["tune", "--mode", "full@mlp"], lambda r: set(r["coefficients"]) == set(ex.tasks)),
             (["disentangle", "--mode", "full@mlp", "--tasks", t1, t2, "--grid", "3"], lambda r: r["mode"] == "full@mlp"),
             (["kernel", "--mode", "full@mlp", "--task", t1],
              lambda r: r["restricted"]["attention"] is None and r["mode"] == "full@mlp"),
-            (["evaluate", "--mode", "linear@attn", "--coef", f"{t1}=1"], lambda r: r["mode"] == "linear@attn"),
-            (["similarity", "--modes", "attn", "full@attn"],
-             lambda r: f"full@attn/{t1}" in r["all"]["labels"] and r["all"]["cosine"][0][0] == pytest.approx(1.0))):
+            (["evaluate", "--mode", "linear@attn", "--coef", f"{t1}=1"],
+             lambda r: r["accuracy"] == ex.evaluator().evaluate([ex.vectors("linear")[t1].cut(ATTN)], [1.0], "test")),
+            (["similarity", "--modes", "attn", "full@attn"], lambda r: r["all"]["cosine"][r["all"]["labels"].index(
+                f"attn/{t1}")][r["all"]["labels"].index(f"full@attn/{t1}")] == pytest.approx(cosine(t1)))):
         assert main([*argv, *b]) == 0, argv
         assert check(json.loads(capsys.readouterr().out)), argv
 
