@@ -78,7 +78,7 @@ with guard("Evaluating the edited model"):
     shared = any(len(v) > 1 for v in lam.values())
     table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],
                           "zero-shot (%)": [100 * zs.get(t, float("nan")) for t in acc],
-                          f"fine-tuned alone, {mode} (%)": [100 * ft[t] if t in ft else float("nan") for t in acc],
+                          f"{charts.alone_label(mode)}, {mode} (%)": [100 * ft[t] if t in ft else float("nan") for t in acc],
                           "λ": [(" + ".join(f"{v:g} ({n})" for n, v in lam[t]) if t in lam else "0") if shared
                                 else lam[t][0][1] if t in lam else 0.0 for t in acc]})
     st.dataframe(table, hide_index=True, key="acc_table",

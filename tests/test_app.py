@@ -893,6 +893,7 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
     ref = engine.evaluate("full@attn", coefs, "test")
     assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
     assert ref["accuracy"] != engine.evaluate("full", coefs, "test")["accuracy"]  # the cut is what is shown
+    assert "cut vector alone, full@attn (%)" in table(at, "edited (%)").columns  # not a fine-tuned model
     modes = table(at, "bundle's lr")
     assert list(modes["mode"])[-1] == mode_label("full@attn")
     assert modes["bundle's lr"].iloc[-1] == modes["bundle's lr"].iloc[0]  # a view's lr is its source's (full)

@@ -45,6 +45,11 @@ def fixed(v: float, digits: int = 1) -> str:
     return format(Decimal(v).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP), "f")
 
 
+def alone_label(mode: str) -> str:
+    """What a task's own vector at λ = 1 is called: its fine-tuned model, or for a view (full@attn) the cut vector."""
+    return "cut vector alone" if mode in views_of(MODES) else "fine-tuned alone"
+
+
 def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finetuned: Mapping[str, float],
                   selected: Sequence[str], mode: str) -> go.Figure:
     """Per-task accuracy of the edited model (bars), with the zero-shot and single-task fine-tuned accuracies
@@ -57,7 +62,7 @@ def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finet
     fig.add_scatter(x=tasks, y=[_p(zeroshot.get(t)) for t in tasks], mode="markers", name="zero-shot θ0",
                     marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")))
     fig.add_scatter(x=[t for t in tasks if t in finetuned], y=[_p(finetuned[t]) for t in tasks if t in finetuned],
-                    mode="markers", name=f"fine-tuned alone ({mode})",
+                    mode="markers", name=f"{alone_label(mode)} ({mode})",
                     marker=dict(symbol="diamond", size=11, color="#222", line=dict(width=1, color="white")))
     fig.update_yaxes(title="accuracy (%)", range=[0, 105])
     return _layout(fig)
