@@ -374,6 +374,9 @@ def _disentangle_args(p):
     p.add_argument("--tasks", nargs=2, required=True, metavar=("TASK1", "TASK2"))
     p.add_argument("--grid", type=int, default=15, help="grid points per axis (default 15)")
     p.add_argument("--range", type=float, default=2.0, help="α from -R to R (default 2)")
+    p.add_argument("--length", type=float, metavar="L",
+                   help="take both vectors at one length first, ‖τ‖ = L·‖θ0‖ (α = 1 is then that length), so modes "
+                        "whose vectors differ in length compare at the same distance from θ0")
     p.add_argument("--max-per-task", type=int)
     _vectors_arg(p)
 
@@ -386,8 +389,9 @@ def cmd_disentangle(args):
     ex = _explorer(args, args.max_per_task)
     grid = [float(a) for a in np.linspace(-args.range, args.range, args.grid)]
     res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex, args.vector),
-                progress=_bar(f"ξ {args.mode}"))
-    _emit(args, res, lambda r: f"{args.mode} {r['tasks'][0]} × {r['tasks'][1]}: mean ξ {r['mean']['prediction']:.3f} "
+                progress=_bar(f"ξ {args.mode}"), length=args.length)
+    at = "" if args.length is None else f" at ‖τ‖ = {args.length:g}‖θ0‖"
+    _emit(args, res, lambda r: f"{args.mode} {r['tasks'][0]} × {r['tasks'][1]}{at}: mean ξ {r['mean']['prediction']:.3f} "
                                f"(representation {r['mean']['representation']:.3f})\n"
                                + "\n".join(" ".join(f"{v:.2f}" for v in row) for row in r["prediction"]))
 
@@ -494,6 +498,10 @@ def _table_args(p):
                         "the part another mode trains (full@attn: full fine-tuning's τ on the attention weights only), "
                         "scored as the build scores a mode: computed, about 40 s per view on 2 CPU cores (default: "
                         "every view the bundle's modes make possible)")
+    p.add_argument("--lengths", nargs="+", type=float, metavar="L",
+                   help="also mean ξ over the build's pairs per mode (and view, with --views) with every task vector "
+                        "taken at each length L (‖τ‖ = L·‖θ0‖), beside the vectors' own lengths: computed, about 40 s "
+                        "per mode and length on 2 CPU cores")
 
 
 @command("table", "the paper-style results table of a bundle (markdown), from its precomputed results "
@@ -507,7 +515,7 @@ def cmd_table(args):
     # a bundle without those results stored)
     res = {"rows": rp.results_rows(b), "per_task": rp.per_task_rows(b)}
     alone = {}
-    if args.alone or args.pairs or args.views is not None:
+    if args.alone or args.pairs or args.views is not None or args.lengths:
         ex = _explorer(args)
     if args.alone:
         alone = {m: ex.alone(m, progress=_bar(f"alone {m}")) for m in ex.modes}
@@ -520,6 +528,11 @@ def cmd_table(args):
         from .parts import part_rows
 
         res["views"] = part_rows(ex, list(ex.modes) + (args.views or ex.views), _bar)
+    if args.lengths:
+        from .parts import length_rows
+
+        views = [] if args.views is None else (args.views or ex.views)
+        res["lengths"] = length_rows(ex, list(ex.modes) + views, args.lengths, _bar)
 
     def text(r):
         out = rp.markdown(r["rows"])
@@ -535,6 +548,8 @@ def cmd_table(args):
                 out += f"\n\n{mode}:\n\n" + rp.markdown(rows, pct=tuple(k for k in rows[0] if k != rp.PAIR_LABEL))
         if "views" in r:
             out += "\n\n" + rp.markdown(r["views"], pct=rp.VIEW_PCT)
+        if "lengths" in r:
+            out += "\n\n" + rp.markdown(r["lengths"], pct=())
         return out
     _emit(args, res, text)
 

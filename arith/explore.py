@@ -464,25 +464,54 @@ class Explorer:
         return self._memo.get(("neg", mode, target, tuple(controls)))
 
     def xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
-           extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:
-        """ξ grid for a pair (precomputed when the bundle has it for this grid, either orientation)."""
+           extra: Mapping[str, TaskVector] | None = None, progress: Progress = None,
+           length: float | None = None) -> dict:
+        """ξ grid for a pair (precomputed when the bundle has it for this grid, either orientation).
+
+        With ``length`` both vectors are first taken at one length, ‖τ_t‖ = ``length`` · ‖θ0‖: the grid runs over
+        α_t = a · length ‖θ0‖ / ‖τ_t‖ for a in ``alphas``, so modes whose vectors differ in length are compared at
+        the same distance from θ0 (ξ grows with the length of what is added).  The result then also holds
+        ``length`` and ``grid`` (the a values); ``alpha1`` and ``alpha2`` are the coefficients used.  Computed."""
         alphas = [float(a) for a in alphas]
-        for a, b, flip in ((task1, task2, False), (task2, task1, True)):
-            pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
-            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
-                return _transpose(pre) if flip else pre
+        if length is None:
+            for a, b, flip in ((task1, task2, False), (task2, task1, True)):
+                pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
+                if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
+                    return _transpose(pre) if flip else pre
         vs = self.vectors(mode, extra)
+        a1s, a2s = self._xi_axes(vs[task1], vs[task2], alphas, length)
         from .disentangle import xi_grid
 
-        res = self._memoised(self._xi_key(mode, vs[task1], vs[task2], alphas), lambda: xi_grid(
-            self.evaluator(self._xi_n()), vs[task1], vs[task2], vs[task1].task, vs[task2].task, alphas,
+        res = self._memoised(self._xi_key(mode, vs[task1], vs[task2], a1s, a2s), lambda: xi_grid(
+            self.evaluator(self._xi_n()), vs[task1], vs[task2], vs[task1].task, vs[task2].task, a1s, a2s,
             progress=progress))
-        return _as_asked(res, mode)
+        return _as_asked(res, mode, alphas, length)
 
     @staticmethod
-    def _xi_key(mode: str, tv1: TaskVector, tv2: TaskVector, alphas: Sequence[float]) -> tuple:
+    def _xi_key(mode: str, tv1: TaskVector, tv2: TaskVector, a1s: Sequence[float], a2s: Sequence[float]) -> tuple:
         """A ξ grid's memo key: the vectors' content and the tasks they are scored on (a uid names content only)."""
-        return ("xi", mode, tv1.uid, tv1.task, tv2.uid, tv2.task, tuple(alphas))
+        return ("xi", mode, tv1.uid, tv1.task, tv2.uid, tv2.task, tuple(a1s), tuple(a2s))
+
+    def _xi_axes(self, tv1: TaskVector, tv2: TaskVector, alphas: list[float],
+                 length: float | None) -> tuple[list[float], list[float]]:
+        """The coefficients of a ξ grid's two axes: ``alphas`` itself, or at ``length`` (see :meth:`xi`)."""
+        if length is None:
+            return alphas, alphas
+        if not (isinstance(length, (int, float)) and math.isfinite(length) and length > 0):
+            raise ValueError(f"a length must be a positive number (a fraction of ‖θ0‖), not {length!r}")
+        out = []
+        for tv in (tv1, tv2):
+            norm = self._memoised(("norm", tv.uid), tv.norm)
+            if norm == 0:
+                raise ValueError(f"{tv.task}'s vector is zero: it has no direction to take at a length")
+            out.append([a * length * self.theta0_norm / norm for a in alphas])
+        return out[0], out[1]
+
+    @property
+    def theta0_norm(self) -> float:
+        """‖θ0‖ over the image encoder's floating-point tensors (the unit of ``length`` in :meth:`xi`)."""
+        return self._memoised(("theta0_norm",), lambda: math.sqrt(sum(
+            float(t.double().pow(2).sum()) for t in self.bundle.base.params.values() if t.is_floating_point())))
 
     def _xi_n(self) -> int | None:
         """Images per task for ξ grids: the bundle's ``xi_eval_n`` (its precomputed grids used it), capped by this
@@ -506,21 +535,22 @@ class Explorer:
         return _as_asked(res, mode)
 
     def cached_xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
-                  extra: Mapping[str, TaskVector] | None = None) -> dict | None:
+                  extra: Mapping[str, TaskVector] | None = None, length: float | None = None) -> dict | None:
         """What :meth:`xi` would return if it is available without computing (precomputed or memoised), else None.
         Lets a caller show ready grids at once and offer to compute the others."""
         alphas = [float(a) for a in alphas]
         for a, b, flip in ((task1, task2, False), (task2, task1, True)):
             pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
-            if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
+            if length is None and pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
                 return _transpose(pre) if flip else pre
         if not self.loaded:  # nothing is memoised before the tensors are loaded
             return None
         vs = self.vectors(mode, extra)
         if task1 not in vs or task2 not in vs:
             return None
-        res = self._memo.get(self._xi_key(mode, vs[task1], vs[task2], alphas))
-        return None if res is None else _as_asked(res, mode)
+        a1s, a2s = self._xi_axes(vs[task1], vs[task2], alphas, length)
+        res = self._memo.get(self._xi_key(mode, vs[task1], vs[task2], a1s, a2s))
+        return None if res is None else _as_asked(res, mode, alphas, length)
 
     # -- task-vector statistics -------------------------------------------------------------------------------------
     def vector_stats(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, dict]:
@@ -554,9 +584,12 @@ def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVec
     return {n: tv for n, tv in (extra or {}).items() if tv.mode == mode}
 
 
-def _as_asked(res: dict, mode: str) -> dict:
-    """A diagnostic computed on a view's cut vectors names the view (``full@attn``), not the vectors' own mode."""
-    return {**res, "mode": mode} if parse_view(mode) else res
+def _as_asked(res: dict, mode: str, grid: Sequence[float] | None = None, length: float | None = None) -> dict:
+    """A diagnostic as asked for: computed on a view's cut vectors it names the view (``full@attn``), not the
+    vectors' own mode; a ξ grid at a ``length`` says so (with its ``grid``)."""
+    if parse_view(mode):
+        res = {**res, "mode": mode}
+    return res if length is None else {**res, "length": float(length), "grid": list(grid)}
 
 
 def _same_grid(a: Sequence[float], b: Sequence[float]) -> bool:

@@ -63,3 +63,25 @@ def part_rows(ex: Explorer, names: Sequence[str], bar: ProgressFactory | None = 
                      "over zero-shot": add["absolute"] - zs, "addition norm": add["normalized"],
                      "mean ξ": statistics.fmean(xi) if xi else None, "kernel agreement": agree})
     return rows
+
+
+def length_rows(ex: Explorer, names: Sequence[str], lengths: Sequence[float],
+                bar: ProgressFactory | None = None) -> list[dict]:
+    """Mean ξ over the build's pairs per mode or view in ``names``, as built and with every vector taken at each
+    of ``lengths`` (‖τ_t‖ = length · ‖θ0‖, :meth:`Explorer.xi`): ξ grows with how far from θ0 the added vectors
+    reach, so modes whose vectors differ in length are compared at one length.  ``‖τ‖/‖θ0‖`` is the mean length
+    the mode's vectors have (the grid's a = 1 under ``length`` is that length for every vector)."""
+    bar = bar or (lambda _label: None)
+    pairs, theta = xi_pairs(ex), ex.theta0_norm
+    rows = []
+    for name in names:
+        vs = ex.vectors(name)
+        row = {"mode": name, "‖τ‖/‖θ0‖": statistics.fmean(tv.norm() / theta for tv in vs.values()),
+               "mean ξ": statistics.fmean(ex.xi(name, a, b, progress=bar(f"ξ {name} {a}×{b}"))["mean"]["prediction"]
+                                          for a, b in pairs)}
+        for length in lengths:
+            row[f"mean ξ at {length:g}"] = statistics.fmean(
+                ex.xi(name, a, b, length=length, progress=bar(f"ξ {name} {a}×{b} at {length:g}"))["mean"]["prediction"]
+                for a, b in pairs)
+        rows.append(row)
+    return rows

@@ -85,7 +85,7 @@ def markdown(rows: list[dict], pct: tuple[str, ...] | None = None) -> str:
             return f"{v:g}"
         if col == "addition α":
             return f"{v:.2f}"
-        if col == "mean ξ":
+        if col in ("mean ξ", "‖τ‖/‖θ0‖") or col.startswith("mean ξ at "):
             return f"{v:.3f}"
         if col == "s/step":
             return f"{v:.4f}"

@@ -11,6 +11,8 @@ from ui import charts
 from ui.common import Progress, guard
 from ui.state import METHOD, context, mode_label, request_view, snap, xi_click
 
+LENGTHS = (0.01, 0.025, 0.05, 0.1, 0.2)  # ‖τ‖ / ‖θ0‖; the embedded default's vectors measure 0.02–0.09
+
 ctx = context()
 ex = ctx.ex
 st.title("Weight disentanglement")
@@ -40,7 +42,12 @@ t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2", persist_state="s
 with c3:
     rep = st.toggle("Representation level", key="xi_rep", persist_state="session",
                     help="Heads dropped: ξ counts 1 − cos between the encoder outputs instead of changed predictions.")
+    at_length = st.toggle("At one length", key="xi_at_length", persist_state="session",
+                          help="Take every vector at the same length ‖τ‖ = L·‖θ0‖ first, so that modes whose vectors "
+                               "differ in length are compared at the same distance from θ0 (ξ grows with it). Computed.")
 variant = "representation" if rep else "prediction"
+length = (st.select_slider("Length L (‖τ‖ as a fraction of ‖θ0‖)", LENGTHS, value=0.05, key="xi_length",
+                           persist_state="session") if at_length else None)
 
 # the grid: the one the bundle precomputed, else the papers' 15 × 15 on [−2, 2]
 pre_pair = next((pre[k] for k in (f"{t1}|{t2}", f"{t2}|{t1}") if k in pre), None)
@@ -62,16 +69,17 @@ def extra_for(m):
 
 
 with guard("ξ grids"):
-    ready = {m: ex.cached_xi(m, t1, t2, grid, extra_for(m)) for m in modes}
+    ready = {m: ex.cached_xi(m, t1, t2, grid, extra_for(m), length=length) for m in modes}
     missing = [m for m in modes if ready[m] is None]
     if missing:
         label = ", ".join(mode_label(m) for m in missing)
-        st.info(f"Not precomputed for this pair and grid: {label} ({len(grid) ** 2} merged models each).")
+        where = "precomputed for this pair and grid" if length is None else f"computed yet at length {length:g}‖θ0‖"
+        st.info(f"Not {where}: {label} ({len(grid) ** 2} merged models each).")
         if st.button(f"Compute ξ for {label}", type="primary", key="xi_compute"):
             for m in missing:
                 bar = Progress(f"ξ grid, {mode_label(m)}")
                 try:
-                    ready[m] = ex.xi(m, t1, t2, grid, extra=extra_for(m), progress=bar)
+                    ready[m] = ex.xi(m, t1, t2, grid, extra=extra_for(m), progress=bar, length=length)
                 finally:
                     bar.done()
     shown = {m: r for m, r in ready.items() if r is not None}
@@ -90,11 +98,14 @@ with guard("ξ grids"):
 
         cols = st.columns(2 if len(shown) == 4 else min(3, len(shown)))
         for i, (m, r) in enumerate(shown.items()):
-            key = f"xi_{m}_{t1}_{t2}_{variant}_{len(grid)}"
+            key = f"xi_{m}_{t1}_{t2}_{variant}_{len(grid)}_{length}"
             with cols[i % len(cols)]:
                 st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current, names=(t1, t2), snap=snap),
                                 key=key, on_select=partial(on_click, key, m), selection_mode="points")
-        st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2}).")
+        st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2})."
+                   + ("" if length is None else
+                      f" At one length: every vector is rescaled to ‖τ‖ = {length:g}‖θ0‖ before the grid, so a = ±2 "
+                      "reaches the same distance from θ0 in every panel; a cell's own λ (hover) differs by mode."))
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "mean ξ (prediction)": r["mean"]["prediction"],
                                     "mean ξ (representation)": r["mean"]["representation"]}
                                    for m, r in shown.items()]), hide_index=True, key="xi_means",

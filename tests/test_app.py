@@ -946,3 +946,24 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
         clean(c)
         assert c.sidebar.selectbox(key="w_mode").value == "attn"
         assert any(f"mode {odd!r} is not in this bundle" in w.value for w in c.sidebar.warning)
+
+
+def test_disentanglement_at_one_length_computes_every_modes_grid_on_one_scale(new_app, engine):
+    at = new_app()
+    at.switch_page("pages/disentanglement.py").run()
+    assert charts(at) == 4  # the stored grids, as built
+    at.toggle(key="xi_at_length").set_value(True).run()
+    clean(at)
+    assert charts(at) == 0 and [b for b in at.button if b.key == "xi_compute"]  # never the stored grids
+    at.select_slider(key="xi_length").set_value(0.025).run()
+    at.button(key="xi_compute").click().run(timeout=300)
+    clean(at)
+    assert charts(at) == 4
+    t1, t2 = at.selectbox(key="xi_t1").value, at.selectbox(key="xi_t2").value
+    means = table(at, "mean ξ (prediction)")
+    grid = [float(a) for a in json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["x"]]
+    for m, shown in zip(engine.modes, means["mean ξ (prediction)"]):
+        assert shown == pytest.approx(engine.xi(m, t1, t2, grid, length=0.025)["mean"]["prediction"])
+    assert any("At one length" in c.value for c in at.caption)
+    at.toggle(key="xi_at_length").set_value(False).run()  # back to the vectors as built: the stored grids at once
+    assert charts(at) == 4 and not [b for b in at.button if b.key == "xi_compute"]

@@ -143,31 +143,39 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
                show_scale: bool = True, names: tuple[str, str] | None = None,
                snap: Callable[[float], float] | None = None) -> go.Figure:
     """ξ(α1, α2): rows α1 (y), columns α2 (x), on a fixed colour range [0, zmax].  A transparent marker sits on
-    every cell so that a click selects it (Streamlit's selection events do not fire on heatmap traces).
+    every cell so that a click selects it (Streamlit's selection events do not fire on heatmap traces); its
+    ``customdata`` is [ξ, λ1, λ2 a click sets, α1, α2].
 
     ``names``: the two vectors' names for the axes (default: the result's task names); ``snap``: the coefficient a
-    click sets for a grid value (the sliders' step), shown in the hover beside the cell's own α."""
+    click sets for a grid value (the sliders' step), shown in the hover beside the cell's own α.  A grid taken at
+    one length (``res["length"]``, :meth:`arith.explore.Explorer.xi`) is drawn on its ``grid`` (a = 1: τ at that
+    length), so panels of modes whose vectors differ in length line up; the hover gives each cell's own α."""
     a1, a2 = list(res["alpha1"]), list(res["alpha2"])
+    at_length = res.get("length") is not None and len(res.get("grid", ())) == len(a1) == len(a2)
+    p1, p2 = (list(res["grid"]), list(res["grid"])) if at_length else (a1, a2)
     z = res[variant]
     t1, t2 = names or res["tasks"]
     snap = snap or float
     fig = go.Figure()
-    fig.add_heatmap(x=a2, y=a1, z=z, zmin=0.0, zmax=zmax, colorscale="Viridis", showscale=show_scale,
+    fig.add_heatmap(x=p2, y=p1, z=z, zmin=0.0, zmax=zmax, colorscale="Viridis", showscale=show_scale,
                     colorbar=dict(title="ξ", thickness=12), hoverinfo="skip")
-    xs = [x for _ in a1 for x in a2]
-    ys = [y for y in a1 for _ in a2]
-    data = [[z[i][j], snap(y), snap(x)] for i, y in enumerate(a1) for j, x in enumerate(a2)]
+    xs = [x for _ in p1 for x in p2]
+    ys = [y for y in p1 for _ in p2]
+    data = [[z[i][j], snap(y), snap(x), y, x] for i, y in enumerate(a1) for j, x in enumerate(a2)]
     fig.add_scatter(x=xs, y=ys, mode="markers", customdata=data, showlegend=False, name="cell",
                     marker=dict(symbol="square", size=max(6, int(320 / max(len(a1), len(a2)))), opacity=0.0,
                                 color="white"),
                     selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-                    hovertemplate=f"α {t1}=%{{y:.2f}}, α {t2}=%{{x:.2f}}<br>ξ=%{{customdata[0]:.3f}}<br>a click sets "
+                    hovertemplate=f"α {t1}=%{{customdata[3]:.2f}}, α {t2}=%{{customdata[4]:.2f}}<br>"
+                                  f"ξ=%{{customdata[0]:.3f}}<br>a click sets "
                                   f"λ {t1}=%{{customdata[1]:.2f}}, λ {t2}=%{{customdata[2]:.2f}}<extra></extra>")
     if current is not None:
-        fig.add_scatter(x=[current[1]], y=[current[0]], mode="markers", showlegend=False, hoverinfo="skip",
+        c1, c2 = ((a[-1] / p[-1] if p[-1] else 1.0) for a, p in ((a1, p1), (a2, p2)))
+        fig.add_scatter(x=[current[1] / c2], y=[current[0] / c1], mode="markers", showlegend=False, hoverinfo="skip",
                         marker=dict(symbol="x-thin-open", size=16, line=dict(width=3, color="#FF4B4B")))
-    fig.update_xaxes(title=f"λ {t2}", constrain="domain")
-    fig.update_yaxes(title=f"λ {t1}", scaleanchor="x", constrain="domain")
+    axis, unit = ("a", f" (1 = τ at {res['length']:g}‖θ0‖)") if at_length else ("λ", "")
+    fig.update_xaxes(title=f"{axis} {t2}{unit}", constrain="domain")
+    fig.update_yaxes(title=f"{axis} {t1}{unit}", scaleanchor="x", constrain="domain")
     return _layout(fig, title, height=400, clickmode="event+select", dragmode=False)
 
 
