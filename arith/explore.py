@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -473,7 +474,9 @@ class Explorer:
         the same distance from θ0 (ξ grows with the length of what is added).  The result then also holds
         ``length`` and ``grid`` (the a values); ``alpha1`` and ``alpha2`` are the coefficients used.  Computed."""
         alphas = [float(a) for a in alphas]
-        if length is None:
+        if length is not None:
+            _check_length(length)
+        else:  # the bundle's grids are of its vectors as built: never served for a length
             for a, b, flip in ((task1, task2, False), (task2, task1, True)):
                 pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
                 if pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
@@ -497,8 +500,7 @@ class Explorer:
         """The coefficients of a ξ grid's two axes: ``alphas`` itself, or at ``length`` (see :meth:`xi`)."""
         if length is None:
             return alphas, alphas
-        if not (isinstance(length, (int, float)) and math.isfinite(length) and length > 0):
-            raise ValueError(f"a length must be a positive number (a fraction of ‖θ0‖), not {length!r}")
+        _check_length(length)
         out = []
         for tv in (tv1, tv2):
             norm = self._memoised(("norm", tv.uid), tv.norm)
@@ -539,6 +541,8 @@ class Explorer:
         """What :meth:`xi` would return if it is available without computing (precomputed or memoised), else None.
         Lets a caller show ready grids at once and offer to compute the others."""
         alphas = [float(a) for a in alphas]
+        if length is not None:
+            _check_length(length)
         for a, b, flip in ((task1, task2, False), (task2, task1, True)):
             pre = self._precomputed("disentanglement", mode, f"{a}|{b}", need=XI_FIELDS)
             if length is None and pre and not extra and _same_grid(pre["alpha1"], alphas) and self._xi_precomputed_ok():
@@ -582,6 +586,12 @@ class Explorer:
 def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:
     """The ``extra`` vectors (a session's workspace) of ``mode``."""
     return {n: tv for n, tv in (extra or {}).items() if tv.mode == mode}
+
+
+def _check_length(length) -> None:
+    """A ξ grid's ``length`` (a fraction of ‖θ0‖) is a positive finite real number, not a bool."""
+    if not (isinstance(length, numbers.Real) and not isinstance(length, bool) and math.isfinite(length) and length > 0):
+        raise ValueError(f"a length must be a positive number (a fraction of ‖θ0‖), not {length!r}")
 
 
 def _as_asked(res: dict, mode: str, grid: Sequence[float] | None = None, length: float | None = None) -> dict:

@@ -72,6 +72,9 @@ def length_rows(ex: Explorer, names: Sequence[str], lengths: Sequence[float],
     reach, so modes whose vectors differ in length are compared at one length.  ``‖τ‖/‖θ0‖`` is the mean length
     the mode's vectors have (the grid's a = 1 under ``length`` is that length for every vector)."""
     bar = bar or (lambda _label: None)
+    columns = {f"mean ξ at {float(length):g}": float(length) for length in lengths}
+    if len(columns) < len(lengths):
+        raise ValueError(f"lengths {list(lengths)} name the same column twice: give distinct lengths")
     pairs, theta = xi_pairs(ex), ex.theta0_norm
     rows = []
     for name in names:
@@ -79,8 +82,8 @@ def length_rows(ex: Explorer, names: Sequence[str], lengths: Sequence[float],
         row = {"mode": name, "‖τ‖/‖θ0‖": statistics.fmean(tv.norm() / theta for tv in vs.values()),
                "mean ξ": statistics.fmean(ex.xi(name, a, b, progress=bar(f"ξ {name} {a}×{b}"))["mean"]["prediction"]
                                           for a, b in pairs)}
-        for length in lengths:
-            row[f"mean ξ at {length:g}"] = statistics.fmean(
+        for column, length in columns.items():
+            row[column] = statistics.fmean(
                 ex.xi(name, a, b, length=length, progress=bar(f"ξ {name} {a}×{b} at {length:g}"))["mean"]["prediction"]
                 for a, b in pairs)
         rows.append(row)

@@ -53,7 +53,8 @@ length = (st.select_slider("Length L (‖τ‖ as a fraction of ‖θ0‖)", LEN
 pre_pair = next((pre[k] for k in (f"{t1}|{t2}", f"{t2}|{t1}") if k in pre), None)
 grid = [float(a) for a in (pre_pair["alpha1"] if pre_pair else GRID)]
 sizes = sorted({5, 9, 15, len(grid)})
-n = st.select_slider("Grid points per axis (α ∈ [−2, 2])", sizes, value=len(grid), key=f"xi_n_{len(grid)}",
+axis = "a" if at_length else "α"
+n = st.select_slider(f"Grid points per axis ({axis} ∈ [−2, 2])", sizes, value=len(grid), key=f"xi_n_{len(grid)}",
                      persist_state="session",
                      help="Precomputed grids show at once; other grids are computed (n² merged models per mode).")
 if n != len(grid):
@@ -105,7 +106,9 @@ with guard("ξ grids"):
         st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2})."
                    + ("" if length is None else
                       f" At one length: every vector is rescaled to ‖τ‖ = {length:g}‖θ0‖ before the grid, so a = ±2 "
-                      "reaches the same distance from θ0 in every panel; a cell's own λ (hover) differs by mode."))
+                      "reaches the same distance from θ0 in every panel; a cell's own λ (hover) and the ✕ (at a = λ "
+                      "over the panel's scale, left out when off the grid) differ by mode, and a cell beyond the "
+                      "sliders' ±2 opens nothing."))
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "mean ξ (prediction)": r["mean"]["prediction"],
                                     "mean ξ (representation)": r["mean"]["representation"]}
                                    for m, r in shown.items()]), hide_index=True, key="xi_means",

@@ -32,10 +32,12 @@ def test_xi_heatmap_names_the_vectors_and_shows_the_coefficient_a_click_sets():
     assert fig.layout.yaxis.title.text == "λ digits (attn, trained)" and fig.layout.xaxis.title.text == "λ street"
     i = 1 * 3 + 2  # row α1 = −2/7, column α2 = 2
     assert (cells.y[i], cells.x[i]) == (pytest.approx(-2 / 7), 2.0)
-    assert list(cells.customdata[i]) == [0.1, snap(-2 / 7), 2.0, -2 / 7, 2.0] and snap(-2 / 7) == -0.3
+    assert list(cells.customdata[i])[:5] == [0.1, snap(-2 / 7), 2.0, -2 / 7, 2.0] and snap(-2 / 7) == -0.3
+    assert cells.customdata[i][5] == "a click sets λ digits (attn, trained)=-0.30, λ street=2.00"
     assert "digits (attn, trained)" in cells.hovertemplate
     plain = charts.xi_heatmap(res, "prediction", 2.0, "attn")  # defaults: the result's tasks, the grid's own values
-    assert plain.layout.yaxis.title.text == "λ digits" and list(plain.data[1].customdata[i]) == [0.1, -2 / 7, 2.0, -2 / 7, 2.0]
+    assert plain.layout.yaxis.title.text == "λ digits"
+    assert list(plain.data[1].customdata[i])[:5] == [0.1, -2 / 7, 2.0, -2 / 7, 2.0]
 
 
 def test_kernel_charts_draw_agreement_in_percent_like_the_table():

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from arith.modes import MODES, views_of
 
-from .state import mode_label
+from .state import COEF_MAX, mode_label
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
 MODE_COLOURS = {"full": "#E45756", "attn": "#4C78A8", "attn_bias": "#72B7B2", "linear": "#54A24B", "mlp": "#F58518"}
@@ -161,18 +161,24 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
                     colorbar=dict(title="ξ", thickness=12), hoverinfo="skip")
     xs = [x for _ in p1 for x in p2]
     ys = [y for y in p1 for _ in p2]
-    data = [[z[i][j], snap(y), snap(x), y, x] for i, y in enumerate(a1) for j, x in enumerate(a2)]
+    def click(y: float, x: float) -> str:  # what a click does (xi_click): the sliders reach |λ| ≤ COEF_MAX only
+        if max(abs(y), abs(x)) > COEF_MAX + 1e-9:
+            return f"beyond the sliders' ±{COEF_MAX:g}: a click opens nothing"
+        return f"a click sets λ {t1}={snap(y):.2f}, λ {t2}={snap(x):.2f}"
+
+    data = [[z[i][j], snap(y), snap(x), y, x, click(y, x)] for i, y in enumerate(a1) for j, x in enumerate(a2)]
     fig.add_scatter(x=xs, y=ys, mode="markers", customdata=data, showlegend=False, name="cell",
                     marker=dict(symbol="square", size=max(6, int(320 / max(len(a1), len(a2)))), opacity=0.0,
                                 color="white"),
                     selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
                     hovertemplate=f"α {t1}=%{{customdata[3]:.2f}}, α {t2}=%{{customdata[4]:.2f}}<br>"
-                                  f"ξ=%{{customdata[0]:.3f}}<br>a click sets "
-                                  f"λ {t1}=%{{customdata[1]:.2f}}, λ {t2}=%{{customdata[2]:.2f}}<extra></extra>")
-    if current is not None:
+                                  f"ξ=%{{customdata[0]:.3f}}<br>%{{customdata[5]}}<extra></extra>")
+    if current is not None:  # on the grid's own axes (a = λ / scale at a length); not drawn outside the grid
         c1, c2 = ((a[-1] / p[-1] if p[-1] else 1.0) for a, p in ((a1, p1), (a2, p2)))
-        fig.add_scatter(x=[current[1] / c2], y=[current[0] / c1], mode="markers", showlegend=False, hoverinfo="skip",
-                        marker=dict(symbol="x-thin-open", size=16, line=dict(width=3, color="#FF4B4B")))
+        y, x = current[0] / c1, current[1] / c2
+        if min(p1) <= y <= max(p1) and min(p2) <= x <= max(p2):
+            fig.add_scatter(x=[x], y=[y], mode="markers", showlegend=False, hoverinfo="skip",
+                            marker=dict(symbol="x-thin-open", size=16, line=dict(width=3, color="#FF4B4B")))
     axis, unit = ("a", f" (1 = τ at {res['length']:g}‖θ0‖)") if at_length else ("λ", "")
     fig.update_xaxes(title=f"{axis} {t2}{unit}", constrain="domain")
     fig.update_yaxes(title=f"{axis} {t1}{unit}", scaleanchor="x", constrain="domain")

@@ -320,11 +320,13 @@ def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = F
 
 def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
     """The coefficients a click on a ξ heatmap cell means: rows are α1 (``y``), columns α2 (``x``); the cell's own
-    α from its ``customdata`` when it carries them (a grid drawn at one length is placed on its ``a`` grid)."""
+    α from its ``customdata`` when it carries them (a grid drawn at one length is placed on its ``a`` grid).  None
+    for a cell the sliders cannot reach (|α| > 2, at a length): it would open another model than the one drawn."""
     try:
         data = point.get("customdata")
         if isinstance(data, (list, tuple)) and len(data) >= 5:
-            return {task1: snap(float(data[3])), task2: snap(float(data[4]))}
+            a1, a2 = float(data[3]), float(data[4])
+            return None if max(abs(a1), abs(a2)) > COEF_MAX + 1e-9 else {task1: snap(a1), task2: snap(a2)}
         return {task1: snap(float(point["y"])), task2: snap(float(point["x"]))}
     except (KeyError, TypeError, ValueError):
         return None
