@@ -144,6 +144,15 @@ def resolve(name: str) -> Mode:
     return view.source if view else get_mode(name)
 
 
+def source_of(name: str) -> str:
+    """The name of the mode whose vectors ``name`` serves (a view's source; a mode itself), or ``name`` unchanged
+    when it names neither (a workspace mode the registry lacks)."""
+    try:
+        return resolve(name).name
+    except ValueError:
+        return name
+
+
 def is_linearized(name: str) -> bool:
     """Whether the vectors of a mode or view named ``name`` are evaluated as the linear model (False when unknown)."""
     try:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from arith.merge import get_merge_method
 from arith.metrics import summarize
-from arith.modes import is_linearized, resolve
+from arith.modes import is_linearized, source_of
 from arith.report import interference_curve, interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
@@ -33,11 +33,7 @@ PCT = ("single-task", "each task alone at α", "merged at α", "cost of scaling 
 
 def trained_lr(m: str) -> str:
     """The learning rate the bundle's ``m`` vectors (a view's: its source's) were fine-tuned at, from its manifest."""
-    try:
-        m = resolve(m).name
-    except ValueError:  # a workspace mode the registry lacks: the manifest lacks it too
-        pass
-    cfg = ex.index.finetune_config(m)
+    cfg = ex.index.finetune_config(source_of(m))
     return f"{cfg.lr:g}" if cfg else "—"
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from arith.data import get_task
 from arith.finetune import Cancelled, finetune
-from arith.modes import MODES, resolve
+from arith.modes import MODES, source_of
 from arith.specs import FinetuneConfig
 from ui import charts
 from ui.common import Progress, guard, pct
@@ -39,10 +39,7 @@ if not tasks:
     st.warning("None of this bundle's tasks has a registered training-data source here, so nothing can be trained.")
     st.stop()
 modes = list(MODES)
-try:
-    source = resolve(ctx.mode).name  # a view (full@attn) shows its source mode's vectors, cut
-except ValueError:
-    source = ctx.mode
+source = source_of(ctx.mode)  # a view (full@attn) shows its source mode's vectors, cut
 c1, c2 = st.columns(2)
 if st.session_state.get("train_task") not in tasks:
     st.session_state["train_task"] = next((ex.vectors(ctx.mode)[n].task for n in ctx.tasks

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from arith.modes import MODES, views_of
 
-from .state import COEF_MAX, mode_label
+from .state import COEF_MAX, mode_label, reachable
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
 MODE_COLOURS = {"full": "#E45756", "attn": "#4C78A8", "attn_bias": "#72B7B2", "linear": "#54A24B", "mlp": "#F58518"}
@@ -161,8 +161,9 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
                     colorbar=dict(title="ξ", thickness=12), hoverinfo="skip")
     xs = [x for _ in p1 for x in p2]
     ys = [y for y in p1 for _ in p2]
-    def click(y: float, x: float) -> str:  # what a click does (xi_click): the sliders reach |λ| ≤ COEF_MAX only
-        if max(abs(y), abs(x)) > COEF_MAX + 1e-9:
+
+    def click(y: float, x: float) -> str:  # what a click does (ui.state.xi_click)
+        if not reachable(y, x):
             return f"beyond the sliders' ±{COEF_MAX:g}: a click opens nothing"
         return f"a click sets λ {t1}={snap(y):.2f}, λ {t2}={snap(x):.2f}"
 

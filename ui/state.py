@@ -29,7 +29,7 @@ import streamlit as st
 
 from arith.explore import Explorer
 from arith.merge import MERGE_METHODS, get_merge_method, is_method, method_label, method_spec, parse_method
-from arith.modes import label_of, parse_view
+from arith.modes import label_of, source_of
 
 from .common import Progress, message
 
@@ -211,9 +211,7 @@ class Context:
     def extra(self, mode: str | None = None) -> dict[str, TaskVector]:
         """The workspace vectors of ``mode`` (the current one by default), as the engine's ``extra`` argument; for a
         view, its source mode's (the engine cuts them as it cuts the bundle's)."""
-        mode = mode or self.mode
-        view = parse_view(mode)
-        mode = view.source.name if view else mode
+        mode = source_of(mode or self.mode)
         return {n: tv for n, tv in self.workspace.items() if tv.mode == mode}
 
     def names(self, mode: str | None = None) -> list[str]:
@@ -318,6 +316,11 @@ def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = F
         st.session_state[K_TIE] = False
 
 
+def reachable(*coefs: float) -> bool:
+    """Whether the sliders can set these coefficients (|λ| ≤ COEF_MAX; a ξ cell at a length may lie beyond)."""
+    return all(abs(c) <= COEF_MAX + 1e-9 for c in coefs)
+
+
 def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
     """The coefficients a click on a ξ heatmap cell means: rows are α1 (``y``), columns α2 (``x``); the cell's own
     α from its ``customdata`` when it carries them (a grid drawn at one length is placed on its ``a`` grid).  None
@@ -326,7 +329,7 @@ def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
         data = point.get("customdata")
         if isinstance(data, (list, tuple)) and len(data) >= 5:
             a1, a2 = float(data[3]), float(data[4])
-            return None if max(abs(a1), abs(a2)) > COEF_MAX + 1e-9 else {task1: snap(a1), task2: snap(a2)}
+            return {task1: snap(a1), task2: snap(a2)} if reachable(a1, a2) else None
         return {task1: snap(float(point["y"])), task2: snap(float(point["x"]))}
     except (KeyError, TypeError, ValueError):
         return None
