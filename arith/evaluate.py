@@ -19,7 +19,7 @@ from .data import Split
 from .heads import Head
 from .linearize import jvp_features
 from .lru import LRU
-from .merge import apply_delta, combine, parse_method
+from .merge import apply_delta, check_coefs, combine, parse_method
 from .models import Base
 from .modes import get_mode
 from .taskvec import TaskVector
@@ -140,12 +140,14 @@ class Evaluator:
         return first, hit
 
     def features(self, params: Mapping[str, torch.Tensor] | None, split: str,
-                 tasks: Sequence[str] | None = None) -> torch.Tensor:
-        """Non-linear encoder outputs f(x; params) on the split's images of ``tasks`` (all by default)."""
+                 tasks: Sequence[str] | None = None, fp32: bool = False) -> torch.Tensor:
+        """Non-linear encoder outputs f(x; params) on the split's images of ``tasks`` (all by default).  ``fp32``:
+        in fp32 even under the evaluator's autocast (a comparison with :meth:`f0` or J τ, which are fp32)."""
         es, tasks, rows = self._select(split, tasks)
-        start, h = self._resume(params, split)
+        exact = fp32 and self.autocast is not None
+        start, h = (0, None) if exact else self._resume(params, split)  # the cached prefixes ran under autocast
         src = es.x if h is None else h
-        return self._forward(params, src if rows is None else src[rows], start)
+        return self._forward(params, src if rows is None else src[rows], start, fp32=fp32)
 
     def f0(self, split: str) -> torch.Tensor:
         """f(x; θ0) on every image of ``split`` (cached).  Always fp32, autocast or not: it is the constant term of
@@ -177,9 +179,10 @@ class Evaluator:
         for name, t in [("f0", f0), *jvps.items()]:
             if t.shape[0] < n:
                 raise ValueError(f"linear cache {name}: {t.shape[0]} rows for {n} evaluation images")
-        self._f0[split] = f0[:n].to(self.base.device)
+        # fp32 whatever the file held: the linear model's terms are fp32 (see f0)
+        self._f0[split] = f0[:n].to(self.base.device, torch.float32)
         for uid, t in jvps.items():
-            self._jvp.put((uid, split, None, None), t[:n].to(self.base.device))
+            self._jvp.put((uid, split, None, None), t[:n].to(self.base.device, torch.float32))
 
     def export_linear_cache(self, vectors: Sequence[TaskVector], split: str) -> dict[str, torch.Tensor]:
         """f(x; θ0), J τ per vector (keyed by uid) and the per-task row counts, for a bundle's cache file."""
@@ -217,6 +220,8 @@ class Evaluator:
                                  tv.base_id, dict(tv.meta))
                 hit.__dict__["uid"] = tv.uid  # the same values: no second hash (cached_property's slot)
                 hit.__dict__["_thresholds"] = tv._thresholds  # nor second TIES trims (plain floats, any device)
+                if "_mask_uid" in tv.__dict__:  # a cut draws DARE's masks as its source does (TaskVector.cut)
+                    hit.__dict__["_mask_uid"] = tv.__dict__["_mask_uid"]
                 cache.put(tv.uid, hit)  # evicts others first: this request's vectors fit together
             out.append(hit)
         return out
@@ -226,6 +231,9 @@ class Evaluator:
                         linearized: bool | None = None) -> torch.Tensor:
         """Features of the merged model θ0 + δ(vectors, coefs); a linearized mode's merge is the linear model.
         With no vectors it is θ0 in every mode: :meth:`f0`, the one f(x; θ0) that zero-shot and the linear model use."""
+        if len(vectors) != len(coefs):
+            raise ValueError(f"{len(vectors)} task vectors but {len(coefs)} coefficients")
+        check_coefs(coefs)  # every path below, the linear model's cached sums included
         if not vectors:
             _, _, rows = self._select(split, tasks)
             return self.f0(split) if rows is None else self.f0(split)[rows]

@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .explore_diagnostics import Diagnostics
+from .explore_diagnostics import Diagnostics, fresh
 from .index import BundleError, BundleIndex
 from .lru import LRU
-from .merge import canonical_method
+from .merge import canonical_method, check_coefs
 from .metrics import summarize
 from .modes import parse_view, views_of
 
@@ -240,10 +240,12 @@ class Explorer(Diagnostics):
         return pre if pre and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in pre.values()) else None
 
     # -- accuracies -----------------------------------------------------------------------------------------------
+    @fresh
     def zeroshot(self, split: str = "test") -> dict[str, float]:
         pre = self._precomputed_accuracy("zeroshot", split) if self.uses_all_images else None
         return dict(pre) if pre else self._memoised(("zs", split), lambda: self.evaluator().zeroshot(split))
 
+    @fresh
     def finetuned(self, mode: str, split: str = "test", extra: Mapping[str, TaskVector] | None = None) -> dict[str, float]:
         """Single-task accuracy of each task's vector in ``mode`` (the normaliser of normalized accuracy).
         An extra vector named after a bundle task replaces the bundle's for that task."""
@@ -267,13 +269,17 @@ class Explorer(Diagnostics):
         n = self.max_per_task
         return n is None or all(size <= n for sizes in self.index.sizes.values() for size in sizes.values())
 
+    @fresh
     def evaluate(self, mode: str, coefs: Mapping[str, float], split: str = "test",
                  extra: Mapping[str, TaskVector] | None = None, tasks: Sequence[str] | None = None,
                  method: str = "task_arithmetic") -> dict:
         """Merged model θ0 + δ(λ) in ``mode`` on every task: ``accuracy`` per task, ``absolute``, ``normalized``.
 
-        ``coefs`` maps vector names (bundle task names or workspace names) to λ; missing names are 0.
+        ``coefs`` maps vector names (bundle task names or workspace names) to λ; missing names are 0.  Each λ is
+        taken to 4 decimals (:func:`round_coefs`, the cache key): what is computed is what the key says.
         """
+        check_coefs(list(coefs.values()))
+        coefs = {k: round(float(v), 4) for k, v in coefs.items()}
         names = self.catalog(mode, extra)
         unknown = sorted(set(coefs) - set(names))
         if unknown:
@@ -348,6 +354,7 @@ class Explorer(Diagnostics):
         return (pre if pre and pre.get("tasks") == list(tasks) and self.uses_all_images
                 and pre.get("method", "task_arithmetic") == method else None)
 
+    @fresh
     def addition(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None,
                  method: str = "task_arithmetic") -> dict:
         """Shared-α task addition (:func:`arith.protocols.task_addition`) over the bundle's ``tasks`` in ``mode``,
@@ -362,6 +369,7 @@ class Explorer(Diagnostics):
         return self._memoised(("add", mode, tuple(tasks), method), lambda: task_addition(
             self.evaluator(), {t: vs[t] for t in tasks}, method=method, progress=progress))
 
+    @fresh
     def alone(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Each task alone at every α of the addition sweep (:func:`arith.protocols.alone_curve`, test split), and at
         the addition's chosen α the gap between alone and merged (``interference``); precomputed in bundles built
@@ -413,6 +421,7 @@ class Explorer(Diagnostics):
         """Whether :meth:`pairs` for these tasks is served from the bundle (instant) rather than computed."""
         return self._stored_pairs(mode, list(tasks or self.tasks)) is not None
 
+    @fresh
     def pairs(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Which vector costs which task at the addition's chosen α (:func:`arith.protocols.pair_costs`, test
         split; every ordered pair of ``tasks``); precomputed in bundles built since pair costs joined the build (or
@@ -430,6 +439,7 @@ class Explorer(Diagnostics):
         return self._memoised(("pairs", mode, tuple(tasks), float(add["alpha"])), lambda: pair_costs(
             self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], progress=progress))
 
+    @fresh
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Task negation of the bundle's ``target`` vector in ``mode`` (θ0 − λ τ, λ chosen on validation; the other
         tasks, or ``controls``, as control): precomputed when the bundle has it, else computed and memoised."""
@@ -443,6 +453,7 @@ class Explorer(Diagnostics):
         return self._memoised(("neg", mode, target, tuple(controls)),
                               lambda: task_negation(self.evaluator(), tv, target, controls, progress=progress))
 
+    @fresh
     def tune(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None,
              method: str = "task_arithmetic") -> dict:
         """One λ per task, chosen on validation by coordinate ascent from the shared α of :meth:`addition`
@@ -456,6 +467,7 @@ class Explorer(Diagnostics):
             self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], method=method, progress=progress,
             finetuned=add.get("finetuned")))
 
+    @fresh
     def cached_negation(self, mode: str, target: str, controls: Sequence[str] | None = None) -> dict | None:
         """What :meth:`negation` would return if it is available without computing (precomputed or memoised)."""
         controls = [c for c in (controls or self.tasks) if c != target]

@@ -9,6 +9,8 @@ and ``_memoised``.  Like the rest of the Explorer, nothing a caller passes is st
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -24,9 +26,19 @@ Progress = Callable[[int, int], None] | None
 XI_FIELDS = ("alpha1", "alpha2", "prediction", "representation", "tasks")
 
 
+def fresh(method):
+    """An Explorer method that returns the caller's own copy: its answers come from the bundle's precomputed results
+    and from caches every session shares, which a caller that edits what it got back must not change."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        return copy.deepcopy(method(*args, **kwargs))
+    return wrapper
+
+
 class Diagnostics:
     """ξ (method.md §4), kernel behaviour (§5), and the statistics of task vectors, for an Explorer."""
 
+    @fresh
     def xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
            extra: Mapping[str, TaskVector] | None = None, progress: Progress = None,
            length: float | None = None) -> dict:
@@ -100,6 +112,7 @@ class Diagnostics:
         n = self.index.manifest.get("plan", {}).get("xi_eval_n")
         return self.uses_all_images if n is None else (self.max_per_task is None or self.max_per_task >= n)
 
+    @fresh
     def kernel(self, mode: str, task: str, extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:
         pre = self._precomputed("kernel", mode, task, need=("at_1", "path", "restricted"))
         if pre and not extra and self.uses_all_images:
@@ -111,6 +124,7 @@ class Diagnostics:
                              lambda: kernel_report(self.evaluator(), tv, tv.task, progress=progress))
         return _as_asked(res, mode)
 
+    @fresh
     def cached_xi(self, mode: str, task1: str, task2: str, alphas: Sequence[float] = GRID,
                   extra: Mapping[str, TaskVector] | None = None, length: float | None = None) -> dict | None:
         """What :meth:`xi` would return if it is available without computing (precomputed or memoised), else None.
@@ -129,6 +143,7 @@ class Diagnostics:
         return None if res is None else _as_asked(res, mode, alphas, length)
 
     # -- task-vector statistics -------------------------------------------------------------------------------------
+    @fresh
     def vector_stats(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, dict]:
         """Per vector of ``mode`` (by name): ``task``, ``norm``, ``parameters`` and the per-block norm profile
         ``blocks`` (:meth:`TaskVector.block_norms`); memoised by content."""
@@ -138,6 +153,7 @@ class Diagnostics:
                 "norm": tv.norm(), "parameters": tv.numel, "blocks": tv.block_norms()})}
         return out
 
+    @fresh
     def similarity(self, modes: Sequence[str] | None = None, extra: Mapping[str, TaskVector] | None = None) -> dict:
         """Cosine similarities of task vectors within each mode and across modes (labels ``mode/name``), the format
         of :func:`arith.build.similarity_table`; the bundle's precomputed table when it covers the request."""

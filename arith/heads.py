@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,5 +77,9 @@ def heads_from_tensors(tensors: Mapping[str, torch.Tensor], tasks: Sequence[str]
             raise ValueError(f"heads: no head for task {task!r}")
         if w.ndim != 2 or w.shape[1] != embed_dim or not torch.isfinite(w).all():
             raise ValueError(f"heads: {task}.weight has shape {tuple(w.shape)}, expected [classes, {embed_dim}], finite")
+        # logits = scale · cos: a scale that is not a positive number predicts class 0 (NaN, 0) or the least similar
+        # class (negative) for every image
+        if s.numel() != 1 or not (math.isfinite(float(s)) and float(s) > 0):
+            raise ValueError(f"heads: {task}.scale must be one positive finite number, got {s.flatten()[:3].tolist()}")
         heads[task] = Head(w.float(), float(s))
     return heads

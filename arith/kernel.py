@@ -73,7 +73,9 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
             # non-linear, any mode.  θ0 + 0·τ is θ0, so at s = 0 it is f(θ0) itself: a second forward pass over
             # other batches can differ from f0 by rounding on a GPU (kernels vary with the batch shape), which
             # turned the relative error's 0/0 into 1 (BENCHMARKS.md, *GPU*)
-            f_nl = f0 if s == 0 else ev.features(merge(ev.base.params, [here], [s]), split, tasks)
+            # In fp32 under autocast too: f0 and J τ are fp32, and against a bf16 forward ‖f − f_lin‖ measures
+            # rounding, not non-linearity (a small τ's relative error went from 0.01 to 0.5)
+            f_nl = f0 if s == 0 else ev.features(merge(ev.base.params, [here], [s]), split, tasks, fp32=True)
             rows.append({"s": float(s), **compare(ev, task, split, f_nl, f0 + s * jt, f0)})
             done += 1
             if progress:

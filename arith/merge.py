@@ -210,9 +210,22 @@ def method_label(spec: str) -> str:
     return method.label + (f" ({', '.join(shown)})" if shown else "")
 
 
+def check_coefs(coefs: Sequence[float]) -> None:
+    """Coefficients are finite real numbers: a NaN or infinite λ would merge to NaN / Inf weights, whose argmax
+    predictions look like (bad) accuracies rather than an error."""
+    for c in coefs:
+        try:
+            ok = math.isfinite(float(c))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"coefficient {c!r} is not a finite number")
+
+
 def _check(vectors: Sequence[TaskVector], coefs: Sequence[float]) -> None:
     if len(vectors) != len(coefs):
         raise ValueError(f"{len(vectors)} task vectors but {len(coefs)} coefficients")
+    check_coefs(coefs)
     if len({v.base_id for v in vectors}) > 1:
         raise ValueError("task vectors of different base models cannot be merged")
     if len({v.linearized for v in vectors}) > 1:

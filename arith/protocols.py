@@ -178,7 +178,10 @@ def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequ
     if not controls:
         raise ValueError("task negation needs at least one control task other than the target")
     tasks = [target, *controls]
-    zs = {s: ev.zeroshot(s, tasks) for s in ("val", "test")}
+    # zero-shot (the floor, and the reference the result reports) in the curve's own arithmetic: f(x; θ0) is fp32,
+    # while under an evaluator's autocast the non-linear θ0 − λτ runs in reduced precision
+    reduced = ev.autocast is not None and not vector.linearized
+    zs = {s: ev.evaluate([vector], [0.0], s, tasks) if reduced else ev.zeroshot(s, tasks) for s in ("val", "test")}
     floor = CONTROL_RATIO * _mean(zs["val"], controls)
     curve = []
     for i, a in enumerate(alphas):
@@ -187,7 +190,10 @@ def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequ
         if progress:
             progress(i + 1, len(alphas) + 1)
     ok = [r for r in curve if r["val"]["control"] >= floor]
-    best = min(ok, key=lambda r: (r["val"]["target"], r["alpha"])) if ok else curve[0]
+    if ok:
+        best = min(ok, key=lambda r: (r["val"]["target"], r["alpha"]))
+    else:  # no λ keeps the controls: negate nothing (λ = 0 is θ0, whether or not the grid holds it)
+        best = {"alpha": 0.0}
     test = ev.evaluate([vector], [-best["alpha"]], "test", tasks)
     if progress:
         progress(len(alphas) + 1, len(alphas) + 1)

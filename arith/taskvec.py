@@ -267,6 +267,10 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
             nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise TaskVectorError(f"{key}: {nan + inf} non-finite value(s) ({nan} NaN, {inf} infinite) in "
                                   f"{str(t.dtype).removeprefix('torch.')}")
+        if t.dtype == torch.float64 and not torch.isfinite(t.to(torch.float32)).all():  # vectors are kept in fp32
+            big = int((~torch.isfinite(t.to(torch.float32))).sum())
+            raise TaskVectorError(f"{key}: {big} value(s) beyond float32's range (±{torch.finfo(torch.float32).max:.3g}); "
+                                  "task vectors are kept in fp32")
     absent = [k for k in m.trainable_keys(shapes) if k not in tensors]
     if absent:
         raise TaskVectorError(f"{absent[0]}: missing, but mode {m.name!r} trains it ({len(absent)} key(s) missing)")

@@ -54,6 +54,15 @@ def copy(bundle_dir, tmp_path):
     return dst
 
 
+def serving_only(ex):
+    """``ex`` with computing switched off: every answer must come from the bundle's stored results or the memo (an
+    Explorer returns its callers' own copies, so identity cannot tell)."""
+    def computes(*_, **__):
+        raise AssertionError("computed, not served")
+    ex.evaluator = computes
+    return ex
+
+
 def manifest(root) -> dict:
     return json.loads((root / Files.MANIFEST).read_text())
 

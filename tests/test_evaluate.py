@@ -21,7 +21,7 @@ from arith.protocols import (
 )
 from arith.report import interference_curve, summary_row
 
-from conftest import TASKS
+from conftest import TASKS, serving_only
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_per_task_coefficients_climb_on_validation_and_stop_where_no_single_move
     # the bundle's order whatever order the tasks come in: one selection is one request
     ex = Explorer(bundle)
     assert ex.tune(mode, tasks[::-1])["coefficients"] == ex.tune(mode, tasks)["coefficients"] == coefs
-    assert ex.addition(mode, tasks[::-1]) is bundle.results["addition"][mode]  # the stored sweep answers it
+    assert serving_only(Explorer(bundle)).addition(mode, tasks[::-1]) == bundle.results["addition"][mode]  # stored
     test = ev.evaluate(tvs, [coefs[t] for t in tasks], "test")  # reported on test at the chosen coefficients
     assert res["accuracy"] == test and res["absolute"] == pytest.approx(np.mean(list(test.values())))
     with pytest.raises(ValueError, match="rounds"):
@@ -219,13 +219,14 @@ def test_explorer_alone_uses_the_precomputed_sweep_and_follows_a_task_subset(bun
     full = ex.alone("attn")
     assert full["tasks"] == pre["tasks"] and set(full["finetuned"]) == {"test"}
     gap = full["interference"]
-    assert gap["merged_absolute"] == pre["absolute"] and gap["same_zero_shot"] and ex.alone("attn") is full
+    assert gap["merged_absolute"] == pre["absolute"] and gap["same_zero_shot"]
     two = ex.alone("attn", TASKS[:2])  # a subset: its own addition sweep and α
     assert two["tasks"] == list(TASKS[:2]) and set(two["interference"]["per_task"]) == set(TASKS[:2])
     assert two["interference"]["merged_absolute"] == ex.addition("attn", TASKS[:2])["absolute"]
     chosen = row_at(two, two["interference"]["alpha"])["test"]["accuracy"]
     vs = bundle.vectors["attn"]
     assert chosen == {t: ev.evaluate([vs[t]], [two["interference"]["alpha"]], "test", [t])[t] for t in TASKS[:2]}
+    assert serving_only(ex).alone("attn") == full  # memoised
 
 
 def test_task_negation_protocol(bundle, ev):
@@ -278,8 +279,11 @@ def test_kernel_report_at_zero_is_exact_when_forward_passes_round_differently(bu
 
 
 def test_explorer_uses_precomputed_results_and_memoises(bundle):
+    assert serving_only(Explorer(bundle)).addition("attn") == bundle.results["addition"]["attn"]
     ex = Explorer(bundle)
-    assert ex.addition("attn") is bundle.results["addition"]["attn"]
+    mine = ex.addition("attn")
+    mine["accuracy"].clear()  # a caller's copy: editing it changes nothing stored
+    assert ex.addition("attn") == bundle.results["addition"]["attn"] and bundle.results["addition"]["attn"]["accuracy"]
     res = ex.evaluate("attn", {TASKS[0]: 0.5, TASKS[1]: 0.25})
     assert set(res["accuracy"]) == set(TASKS) and 0 <= res["normalized"] <= 2
     again = ex.evaluate("attn", {TASKS[0]: 0.50001, TASKS[1]: 0.25})
@@ -295,11 +299,11 @@ def test_explorer_serves_the_stored_alone_curve_and_computes_past_a_malformed_on
     import dataclasses
 
     stored = bundle.results["alone"]["attn"]
-    served = Explorer(bundle).alone("attn")
-    assert served["curve"] is stored["curve"] and served["interference"]["same_zero_shot"]  # served, not recomputed
+    served = serving_only(Explorer(bundle)).alone("attn")  # served, not recomputed
+    assert served["curve"] == stored["curve"] and served["interference"]["same_zero_shot"]
     broken = {**bundle.results, "alone": {"attn": {**stored, "curve": [{"alpha": 0.0}]}}}  # no row at the chosen α
     fresh = Explorer(dataclasses.replace(bundle, results=broken)).alone("attn")
-    assert fresh["curve"] is not stored["curve"] and fresh["curve"] == stored["curve"]  # computed: what was stored
+    assert fresh["curve"] == stored["curve"]  # computed: what was stored
     assert fresh["interference"] == served["interference"]
 
 
@@ -308,7 +312,7 @@ def test_explorer_serves_the_stored_pair_costs_only_where_they_answer_the_reques
 
     stored = bundle.results["pairs"]["attn"]
     ex = Explorer(bundle)
-    assert ex.pairs_stored("attn") and ex.pairs("attn") is stored  # served, not recomputed
+    assert ex.pairs_stored("attn") and serving_only(Explorer(bundle)).pairs("attn") == stored  # served
     sub = list(TASKS[:2])  # another set of tasks: computed, and equal to the stored matrix's block
     assert not ex.pairs_stored("attn", sub)
     vs = bundle.vectors["attn"]
@@ -318,7 +322,7 @@ def test_explorer_serves_the_stored_pair_costs_only_where_they_answer_the_reques
         other = Explorer(dataclasses.replace(bundle, results={**bundle.results, "pairs": {"attn": broken}}))
         assert not other.pairs_stored("attn")
         fresh = other.pairs("attn")
-        assert fresh is not stored and fresh == stored  # computed past it: what was stored
+        assert fresh == stored  # computed past it: what was stored
 
 
 def test_explorer_extra_vectors_are_per_call(bundle):
@@ -340,7 +344,8 @@ def test_xi_grids_use_the_bundles_xi_subset(bundle):
     manifest = {**bundle.manifest, "plan": {**bundle.manifest.get("plan", {}), "xi_eval_n": 10}}
     ex = Explorer(dataclasses.replace(bundle, manifest=manifest))
     pre = bundle.results["disentanglement"]["attn"][f"{TASKS[0]}|{TASKS[1]}"]
-    assert ex.xi("attn", TASKS[0], TASKS[1], alphas=pre["alpha1"]) is pre
+    assert serving_only(Explorer(dataclasses.replace(bundle, manifest=manifest))).xi(
+        "attn", TASKS[0], TASKS[1], alphas=pre["alpha1"]) == pre
     fresh = ex.xi("attn", TASKS[1], TASKS[2], alphas=[-1.0, 0.0, 1.0])
     assert fresh["images_per_task"] == [10, 10]
     capped = Explorer(dataclasses.replace(bundle, manifest=manifest), max_per_task=6)
