@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -125,10 +126,14 @@ def _parse_coefs(items: list[str]) -> dict[str, float]:
         name, sep, value = item.rpartition("=")
         if not sep or not name:
             raise ValueError(f"--coef expects task=value, got {item!r}")
+        if name in coefs:
+            raise ValueError(f"--coef {name} is given twice ({coefs[name]:g} and {value})")
         try:
             coefs[name] = float(value)
         except ValueError:
             raise ValueError(f"--coef {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(coefs[name]):
+            raise ValueError(f"--coef {item!r}: not a finite number")
     return coefs
 
 
@@ -143,14 +148,24 @@ def _vectors_arg(p):
                    help="extra task-vector file (validated; joins under its task name, replacing the bundle's)")
 
 
-def _load_extra(ex, files: list[str]) -> dict:
-    """Task-vector files given on the command line, checked against the bundle's base (loads its tensors)."""
+def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
+    """Task-vector files given on the command line, checked against the bundle's base (loads its tensors) and, with
+    ``mode``, against it: a file of another mode would join nothing the command looks at (a view, ``full@attn``,
+    takes its source mode's files and cuts them)."""
     if not files:
         return {}
+    from .modes import source_of
     from .taskvec import load_task_vector
 
     base = ex.bundle.base
-    return {tv.task: tv for tv in (load_task_vector(f, base) for f in files)}
+    out = {}
+    for f in files:
+        tv = load_task_vector(f, base)
+        if mode is not None and tv.mode != source_of(mode):
+            raise ValueError(f"{f}: a {tv.mode} task vector, but --mode {mode} uses {source_of(mode)} vectors "
+                             f"(pass --mode {tv.mode} to use it)")
+        out[tv.task] = tv
+    return out
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     _, run, _ = COMMANDS[args.command]
     try:
         return int(run(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, OSError) as e:  # OSError: a missing file, a directory, no permission, ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": msg}))

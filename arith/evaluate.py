@@ -20,6 +20,7 @@ from .heads import Head
 from .linearize import jvp_features
 from .lru import LRU
 from .merge import apply_delta, check_coefs, combine, parse_method
+from .metrics import check_max_per_task
 from .models import Base
 from .modes import get_mode
 from .taskvec import TaskVector
@@ -62,6 +63,7 @@ class Evaluator:
                  vector_cache_mb: float | None = None):
         if autocast not in (None, "fp16", "bf16"):
             raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
+        check_max_per_task(max_per_task)
         self.autocast = autocast
         self.base, self.heads = base, dict(heads)
         self.tasks = tuple(t for t in data if t in self.heads)

@@ -29,7 +29,7 @@ from .explore_diagnostics import Diagnostics, fresh
 from .index import BundleError, BundleIndex
 from .lru import LRU
 from .merge import canonical_method, check_coefs
-from .metrics import summarize
+from .metrics import check_max_per_task, summarize
 from .modes import parse_view, views_of
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class Explorer(Diagnostics):
             raise TypeError("Explorer needs a bundle, or an index and a loader")
         if autocast not in (None, "fp16", "bf16"):
             raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
+        check_max_per_task(max_per_task)  # before anything loads
         self.index = index if index is not None else bundle.index
         self.max_per_task = max_per_task
         # forward passes of the results computed here (not the precomputed ones, which stay fp32): see Evaluator
@@ -208,7 +209,7 @@ class Explorer(Diagnostics):
             return self.catalog(view.source.name, extra)
         out = dict(self.index.vectors.get(mode, {}))
         out.update({name: tv.task for name, tv in _own(mode, extra).items()})
-        return out
+        return out if out else _known_mode(mode)
 
     def vectors(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, TaskVector]:
         """The bundle's vectors of ``mode`` plus a session's ``extra`` vectors of that mode (by display name); for a
@@ -219,7 +220,19 @@ class Explorer(Diagnostics):
             return {n: tv.cut(view.part) for n, tv in self.vectors(view.source.name, extra).items()}
         out = dict(self.bundle.vectors.get(mode, {}))
         out.update(_own(mode, extra))
-        return out
+        return out if out else _known_mode(mode)
+
+    def _named(self, mode: str, names: Sequence[str], extra: Mapping[str, TaskVector] | None = None
+               ) -> dict[str, TaskVector]:
+        """The vectors of ``mode`` called ``names`` (:meth:`vectors`), or an error naming the ones it lacks."""
+        vs = self.vectors(mode, extra)
+        if not vs:
+            raise KeyError(f"this bundle has no {mode} task vectors; its modes: {', '.join(self.modes)}"
+                           + (f"; views: {', '.join(self.views)}" if self.views else ""))
+        missing = [n for n in names if n not in vs]
+        if missing:
+            raise KeyError(f"no {mode} task vector named {missing}; have {sorted(vs)}")
+        return {n: vs[n] for n in names}
 
     def _memoised(self, key, compute):
         hit = self._memo.get(key)
@@ -363,11 +376,11 @@ class Explorer(Diagnostics):
         pre = self._stored_addition(mode, tasks, method)
         if pre is not None:
             return pre
-        vs = self.vectors(mode)
+        vs = self._named(mode, tasks)
         from .protocols import task_addition  # after self.vectors: torch is imported by the bundle's load
 
         return self._memoised(("add", mode, tuple(tasks), method), lambda: task_addition(
-            self.evaluator(), {t: vs[t] for t in tasks}, method=method, progress=progress))
+            self.evaluator(), vs, method=method, progress=progress))
 
     @fresh
     def alone(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
@@ -385,10 +398,10 @@ class Explorer(Diagnostics):
                 return self._memoised(("alone", mode, tuple(tasks)), lambda: {**pre, "interference": interference(add, pre)})
             except (KeyError, TypeError, ValueError):  # a malformed stored result: compute it instead
                 pass
-        vs = self.vectors(mode)
+        vs = self._named(mode, tasks)
 
         def compute():
-            curve = alone_curve(self.evaluator(), {t: vs[t] for t in tasks}, progress=progress,
+            curve = alone_curve(self.evaluator(), vs, progress=progress,
                                 finetuned=add.get("finetuned"), splits=("test",))
             return {**curve, "interference": interference(add, curve)}
 
@@ -433,11 +446,11 @@ class Explorer(Diagnostics):
         if pre is not None:  # the build's matrix: no tensor is touched
             return pre
         add = self.addition(mode, tasks, progress=progress)
-        vs = self.vectors(mode)
+        vs = self._named(mode, tasks)
         from .protocols import pair_costs
 
         return self._memoised(("pairs", mode, tuple(tasks), float(add["alpha"])), lambda: pair_costs(
-            self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], progress=progress))
+            self.evaluator(), vs, add["alpha"], progress=progress))
 
     @fresh
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
@@ -447,7 +460,7 @@ class Explorer(Diagnostics):
         ready = self.cached_negation(mode, target, controls)
         if ready is not None:
             return ready
-        tv = self.vectors(mode)[target]
+        tv = self._named(mode, [target])[target]
         from .protocols import task_negation
 
         return self._memoised(("neg", mode, target, tuple(controls)),
@@ -460,11 +473,11 @@ class Explorer(Diagnostics):
         (:func:`arith.protocols.tune_coefficients`), visiting the tasks in the bundle's order; memoised."""
         tasks, method = self._in_order(tasks), canonical_method(method)
         add = self.addition(mode, tasks, progress=progress, method=method)
-        vs = self.vectors(mode)
+        vs = self._named(mode, tasks)
         from .protocols import tune_coefficients
 
         return self._memoised(("tune", mode, tuple(tasks), method), lambda: tune_coefficients(
-            self.evaluator(), {t: vs[t] for t in tasks}, add["alpha"], method=method, progress=progress,
+            self.evaluator(), vs, add["alpha"], method=method, progress=progress,
             finetuned=add.get("finetuned")))
 
     @fresh
@@ -475,6 +488,15 @@ class Explorer(Diagnostics):
         if pre and pre.get("controls") == controls and self.uses_all_images:
             return pre
         return self._memo.get(("neg", mode, target, tuple(controls)))
+
+
+def _known_mode(mode: str) -> dict:
+    """No vectors of ``mode`` here: an empty answer for a mode (a page may ask about one only the workspace has, or
+    had), an error naming the known modes for a name that is none."""
+    from .modes import get_mode
+
+    get_mode(mode)
+    return {}
 
 
 def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:

@@ -52,7 +52,9 @@ class Diagnostics:
         stored = self._stored_xi(mode, task1, task2, alphas, extra, length)
         if stored is not None:
             return stored
-        vs = self.vectors(mode, extra)
+        if not alphas:
+            raise ValueError("a ξ grid needs at least one coefficient per axis")
+        vs = self._named(mode, [task1, task2], extra)
         a1s, a2s = self._xi_axes(vs[task1], vs[task2], alphas, length)
         from .disentangle import xi_grid
 
@@ -117,7 +119,7 @@ class Diagnostics:
         pre = self._precomputed("kernel", mode, task, need=("at_1", "path", "restricted"))
         if pre and not extra and self.uses_all_images:
             return pre
-        tv = self.vectors(mode, extra)[task]
+        tv = self._named(mode, [task], extra)[task]
         from .kernel import kernel_report
 
         res = self._memoised(("kernel", tv.uid, tv.task),

@@ -1,5 +1,6 @@
 """Small tensor-free pieces the app's opening view needs before torch is imported: the accuracy summary of
-method.md §4 (absolute and normalized accuracy) and the coefficient grid of the ξ heatmaps (method.md §5)."""
+method.md §3 (absolute and normalized accuracy), the coefficient grid of the ξ heatmaps (method.md §4) and the check of
+an evaluation subset's size."""
 
 from __future__ import annotations
 
@@ -17,3 +18,10 @@ def summarize(acc: Mapping[str, float], normalizers: Mapping[str, float] | None 
         ratios = [acc[t] / normalizers[t] if normalizers[t] > 0 else 0.0 for t in acc]
         out["normalized"] = sum(ratios) / max(1, len(ratios))
     return out
+
+
+def check_max_per_task(n) -> None:
+    """An evaluation subset is a positive whole number of images per task (or None: all of them); 0 would leave
+    nothing to score and a negative n would drop the last images (Python's slicing)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"max_per_task must be a positive number of images per task (or None for all), got {n!r}")

@@ -360,7 +360,7 @@ def cmd_evaluate_full(args):
 
     register_folder_tasks(b, dict(f.split("=", 1) for f in args.task_folder))
     res = evaluate_full(b, args.mode, _parse_coefs(args.coef), root=args.data_root, split=args.split, tasks=args.tasks,
-                        extra=_load_extra(b, args.vector), batch_size=args.batch_size, device=args.device,
+                        extra=_load_extra(b, args.vector, args.mode), batch_size=args.batch_size, device=args.device,
                         autocast=args.amp, normalize=args.normalize, progress=_bar(f"{args.split} {args.mode}"))
     _emit(args, res, lambda r: _table([{"task": t, "images": r["images"][t], "accuracy": _pct(a)}
                                        for t, a in r["accuracy"].items()])

@@ -155,6 +155,8 @@ def read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int = DE
         return data
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise SafetensorsError(f"{path} is a directory, not a safetensors file")
         size = path.stat().st_size
         if size > max_bytes:
             raise SafetensorsError(f"{path.name} is {size} bytes, over the {max_bytes}-byte limit")

@@ -10,7 +10,7 @@ import streamlit as st
 from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
 from arith.modes import is_linearized
 from ui.common import guard, message
-from ui.state import METHOD, context, link_params, method_label, mode_label, request_view
+from ui.state import COEF_MAX, COEF_MIN, METHOD, beyond_sliders, context, link_params, method_label, mode_label, request_view
 
 ctx = context()
 ex = ctx.ex
@@ -56,8 +56,11 @@ with st.expander("Load a coefficient set"):
                 raise ValueError(f"none of its vectors ({', '.join(sorted(rec['coefficients']))}) is in this session's "
                                  f"{rec['mode']} vectors; nothing was changed")
             missing = sorted(set(rec["coefficients"]) - known)
-            st.session_state["export_note"] = (f"Loaded {up.name}" + (f"; not available in this session, ignored: "
-                                                                      f"{', '.join(missing)}" if missing else ""))
+            clipped = beyond_sliders({n: v for n, v in rec["coefficients"].items() if n in known})
+            st.session_state["export_note"] = (
+                f"Loaded {up.name}" + (f"; not available in this session, ignored: {', '.join(missing)}" if missing else "")
+                + (f"; clipped to the sliders' range [{COEF_MIN:g}, {COEF_MAX:g}]: "
+                   + ", ".join(f"{n}={v:g}" for n, v in clipped.items()) if clipped else ""))
             request_view(rec["mode"], {n: v for n, v in rec["coefficients"].items() if n in known},
                          str(rec.get("method", METHOD)))
             st.rerun()

@@ -11,7 +11,7 @@ from arith.modes import MODES, source_of
 from arith.specs import FinetuneConfig
 from ui import charts
 from ui.common import Progress, guard, pct
-from ui.state import add_to_workspace, context, mode_label, request_select
+from ui.state import add_to_workspace, context, mode_label, request_select, selected_note
 
 ctx = context()
 ex = ctx.ex
@@ -121,11 +121,9 @@ if go:
 last = st.session_state.get("train_last")
 if last and last["base_id"] == b.base.id:
     ws = ctx.workspace
-    elsewhere = "" if last["mode"] == source else f" (switch the mode to {mode_label(last['mode'])} to see it)"
     st.success(f"Trained {last['name']!r}: {last['steps']} steps in {last['seconds']:.1f} s, final loss "
-               f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and selected in the sidebar"
-               f"{elsewhere}, " + ("at the shared α (all coefficients are tied)." if ctx.tie else
-                                   "at λ = 0: move its slider to add it."), icon="✅")
+               f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and "
+               f"{selected_note(ctx, last['mode'])}.", icon="✅")
     if "accuracy" in last:
         c1, c2 = st.columns(2)
         c1.metric(f"{last['task']}: test accuracy, θ0 + τ", pct(last["accuracy"]))

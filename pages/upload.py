@@ -16,6 +16,7 @@ from ui.state import (
     mode_label,
     remove_from_workspace,
     request_select,
+    selected_note,
     upload_limit_mb,
     workspace_store,
 )
@@ -91,10 +92,9 @@ for f in files or []:
     log[:] = [r for r in log if r.get("id") != f.file_id]  # its earlier refusal no longer applies
     name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
     request_select([name])
-    where = "at the shared α (all coefficients are tied)" if ctx.tie else "at λ = 0 (move its slider to add it)"
     new_results.append({"id": f.file_id, "file": f.name, "ok": True,
                         "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
-                                   f"‖τ‖ = {tv.norm():.4g}; selected in the sidebar {where}"})
+                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}"})
 if new_results:
     log[:0] = new_results
     if any(r["ok"] for r in new_results):

@@ -516,6 +516,11 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
     assert "ignored: gone" in at.info[0].value
     assert at.sidebar.selectbox(key="w_mode").value == "full"
     assert coefs_in_url(at) == {STRIPES: 0.25, COLOURS: -1.0}
+    big = dict(record, coefficients={STRIPES: 50.0, COLOURS: -0.5})  # beyond the sliders: set to 2, and said so
+    at.file_uploader(key="export_import").set_value(("big.json", json.dumps(big).encode(), "application/json")).run()
+    clean(at)
+    assert f"clipped to the sliders' range [-2, 2]: {STRIPES}=50" in at.info[0].value
+    assert coefs_in_url(at) == {STRIPES: 2.0, COLOURS: -0.5}
     at.file_uploader(key="export_import").set_value(("bad.json", b"{\"format\": \"nope\"}", "application/json")).run()
     assert any("not a coefficient set" in e.value for e in at.error) and not at.exception
     # a set for a mode this session lacks, or of none of its vectors, is refused and changes nothing
@@ -721,6 +726,20 @@ def test_xi_click_maps_rows_to_task1_and_columns_to_task2():
     assert xi_click({"x": 0.571, "y": -1.43}, "a", "b") == {"a": -1.45, "b": 0.55}
     assert xi_click({"x": 5.0, "y": 0.0}, "a", "b") == {"a": 0.0, "b": 2.0}  # clipped to the slider range
     assert xi_click({}, "a", "b") is None
+
+
+def test_a_new_vector_says_where_it_shows_up():
+    """Upload and Train add a vector to the workspace and select it: the note says so, and names the mode to switch
+    to when the sidebar shows another one (a view shows its source mode's vectors)."""
+    from types import SimpleNamespace
+
+    from ui.state import selected_note
+
+    assert selected_note(SimpleNamespace(mode="attn", tie=False), "attn") == (
+        "selected in the sidebar, at λ = 0: move its slider to add it")
+    assert f"switch the mode to {mode_label('full')}" in selected_note(SimpleNamespace(mode="attn", tie=False), "full")
+    assert "switch" not in selected_note(SimpleNamespace(mode="full@attn", tie=True), "full")
+    assert "at the shared α" in selected_note(SimpleNamespace(mode="full@attn", tie=True), "full")
 
 
 # -- bundles ------------------------------------------------------------------------------------------------------

@@ -143,3 +143,38 @@ def test_what_the_precomputed_results_answer_is_printed_without_torch(cli_bundle
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "False"
     assert '"alpha"' in out.stdout and '"cosine"' in out.stdout  # the answers were printed
+
+
+def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
+    """Every way a command line can ask for something the bundle lacks, or for nonsense, ends in ``error: …`` naming
+    the fault (exit status 2), never a traceback, a bare key, or numbers computed from something else."""
+    from conftest import TASKS
+
+    attn_file = str(bundle.vectors["attn"][TASKS[0]].save(tmp_path / "attn.safetensors"))
+    b = ["--bundle", str(bundle.root)]
+    cases = [
+        (["evaluate", *b, "--mode", "full", "--coef", f"{TASKS[0]}=1", "--vector", attn_file],
+         "a attn task vector, but --mode full uses full vectors"),
+        (["kernel", *b, "--mode", "full@attn", "--task", TASKS[0], "--vector", attn_file], "--mode full@attn uses full"),
+        (["evaluate", *b, "--mode", "bogus"], "unknown mode 'bogus'"),
+        (["addition", *b, "--mode", "attn_bias"], "this bundle has no attn_bias task vectors; its modes: full, attn"),
+        (["similarity", *b, "--modes", "bogus"], "unknown mode 'bogus'"),
+        (["addition", *b, "--tasks", "foo"], "no attn task vector named ['foo']"),
+        (["negation", *b, "--task", "foo"], "no attn task vector named ['foo']"),
+        (["kernel", *b, "--task", "foo"], "no attn task vector named ['foo']"),
+        (["disentangle", *b, "--tasks", TASKS[0], "foo"], "no attn task vector named ['foo']"),
+        (["disentangle", *b, "--tasks", *TASKS[:2], "--grid", "0"], "--grid needs at least 2 points"),
+        (["disentangle", *b, "--tasks", *TASKS[:2], "--range", "-1"], "--range a positive number"),
+        (["evaluate", *b, "--max-per-task", "0"], "max_per_task must be a positive number"),
+        (["evaluate", *b, "--max-per-task", "-3"], "max_per_task must be a positive number"),
+        (["evaluate", *b, "--coef", f"{TASKS[0]}=1", "--coef", f"{TASKS[0]}=2"], f"--coef {TASKS[0]} is given twice"),
+        (["validate", str(tmp_path), *b], "is a directory, not a safetensors file"),
+        (["evaluate", *b, "--vector", str(tmp_path)], "is a directory, not a safetensors file"),
+        (["table", *b, "--views", "full"], "--views takes views (SOURCE@PART"),
+    ]
+    for argv, want in cases:
+        code = main(argv)
+        captured = capsys.readouterr()
+        said = captured.err + captured.out
+        assert code == 2 and want in said, (argv, code, said)
+        assert "Traceback" not in said

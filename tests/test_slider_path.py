@@ -74,4 +74,5 @@ def test_spellings_of_one_merge_method_share_the_memo(bundle):
     assert ex.evaluate("attn", coefs, method="ties:density=0.2")["accuracy"] == ex.evaluate("attn", coefs,
                                                                                              method="ties")["accuracy"]
     add = ex.addition("attn", method="ties:scope=tensor")  # canonical in the result, one sweep for both spellings
-    assert add["method"] == "ties" and ex.addition("attn", method="ties") is add
+    n = len(ex._memo)
+    assert add["method"] == "ties" and ex.addition("attn", method="ties") == add and len(ex._memo) == n

@@ -302,6 +302,19 @@ def snap(v: float) -> float:
     return round(round(v / COEF_STEP) * COEF_STEP, 4)
 
 
+def beyond_sliders(coefs: Mapping[str, float]) -> dict[str, float]:
+    """The coefficients :func:`snap` would clip: outside the sliders' [COEF_MIN, COEF_MAX]."""
+    return {n: float(v) for n, v in coefs.items() if not COEF_MIN <= float(v) <= COEF_MAX}
+
+
+def selected_note(ctx: Context, mode: str) -> str:
+    """Where a vector of ``mode`` just added to the workspace and selected shows up: the sidebar's mode may be
+    another one (a view shows its source mode's vectors), and a tied slider sets every λ at once."""
+    elsewhere = "" if mode == source_of(ctx.mode) else f" (switch the mode to {mode_label(mode)} to see it)"
+    how = "at the shared α (all coefficients are tied)" if ctx.tie else "at λ = 0: move its slider to add it"
+    return f"selected in the sidebar{elsewhere}, {how}"
+
+
 def set_coefs(values: Mapping[str, float], select: bool = False, untie: bool = False) -> None:
     """Set coefficients (and their sliders).  Call before the sidebar renders (a callback, or a button handled
     above the sliders).  ``select`` adds the names to the selected tasks; ``untie`` switches the tie off."""
@@ -380,17 +393,17 @@ def link_notes(choices: Mapping, bundles: Sequence[str], bundle: str, modes: Seq
     unknown vector names (in ``tasks`` or a coefficient), and coefficients clipped to the slider range."""
     notes = []
     if choices.get("bundle") not in (None, bundle):
-        notes.append(f"bundle {choices['bundle']!r} is not here (bundles: {', '.join(bundles)})")
+        notes.append(f"bundle {choices['bundle']!r} is not here (bundles: {', '.join(bundles)}): ignored")
     if choices.get("mode") not in (None, mode):
-        notes.append(f"mode {choices['mode']!r} is not in this bundle (modes: {', '.join(modes)})")
+        notes.append(f"mode {choices['mode']!r} is not in this bundle (modes: {', '.join(modes)}): ignored")
     if choices.get("method") is not None:
         try:
             parse_method(choices["method"])
         except ValueError as e:
-            notes.append(f"merge method {choices['method']!r}: {e}")
+            notes.append(f"merge method {choices['method']!r}: {e}: ignored")
     unknown = [n for n in [*choices.get("tasks", []), *choices.get("coefs", {})] if n not in names]
     if unknown:
-        notes.append(f"no {mode} task vector named {', '.join(repr(n) for n in dict.fromkeys(unknown))}")
+        notes.append(f"no {mode} task vector named {', '.join(repr(n) for n in dict.fromkeys(unknown))}: ignored")
     for n, v in choices.get("clipped", {}).items():
         if n in names:
             notes.append(f"coefficient {n!r}={v:g} clipped to [{COEF_MIN:g}, {COEF_MAX:g}]")
@@ -654,7 +667,7 @@ def sidebar() -> Context | None:
     if not tasks:
         sb.info("Select at least one task to edit the model.")
     for note in ss.pop(S_NOTES, []):  # shown once, on the run that read the link
-        sb.warning(f"Link parameter ignored: {note}")
+        sb.warning(f"From the link: {note}")
 
     ctx = Context(ref, ex, mode, list(tasks), {n: coefs_store.get(n, 0.0) for n in tasks}, bool(tie), workspace,
                   method)

@@ -24,9 +24,12 @@ def _disentangle_args(p):
 def cmd_disentangle(args):
     import numpy as np
 
+    if args.grid < 2 or not args.range > 0:
+        raise ValueError(f"--grid needs at least 2 points and --range a positive number (got {args.grid} and "
+                         f"{args.range:g}): the grid runs from -R to R")
     ex = _explorer(args, args.max_per_task)
     grid = [float(a) for a in np.linspace(-args.range, args.range, args.grid)]
-    res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex, args.vector),
+    res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex, args.vector, args.mode),
                 progress=_bar(f"ξ {args.mode}"), length=args.length)
     at = "" if args.length is None else f" at ‖τ‖ = {args.length:g}‖θ0‖"
     _emit(args, res, lambda r: f"{args.mode} {r['tasks'][0]} × {r['tasks'][1]}{at}: mean ξ {r['mean']['prediction']:.3f} "
@@ -47,7 +50,7 @@ def cmd_kernel(args):
     from ..report import summary_row
 
     ex = _explorer(args)
-    res = ex.kernel(args.mode, args.task, extra=_load_extra(ex, args.vector), progress=_bar("kernel"))
+    res = ex.kernel(args.mode, args.task, extra=_load_extra(ex, args.vector, args.mode), progress=_bar("kernel"))
     _emit(args, res, lambda r: _table([summary_row(r)]) + "\n" + _table(r["path"]))
 
 
@@ -128,6 +131,12 @@ def cmd_table(args):
     # a bundle without those results stored)
     res = {"rows": rp.results_rows(b), "per_task": rp.per_task_rows(b)}
     alone = {}
+    from ..modes import parse_view
+
+    for v in args.views or ():
+        if not parse_view(v):  # a view's own error when it does not parse; a mode is always in the table
+            raise ValueError(f"--views takes views (SOURCE@PART, e.g. full@attn), not {v!r}: the bundle's modes are "
+                             "always in the table")
     if args.alone or args.pairs or args.views is not None or args.lengths:
         ex = _explorer(args)
     if args.alone:

@@ -34,7 +34,7 @@ def _evaluate_args(p):
 @arguments(_evaluate_args)
 def cmd_evaluate(args):
     ex = _explorer(args, args.max_per_task)
-    extra = _load_extra(ex, args.vector)
+    extra = _load_extra(ex, args.vector, args.mode)
     res = ex.evaluate(args.mode, _parse_coefs(args.coef), args.split, extra=extra, method=args.method)
     _emit(args, res, lambda r: _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
           + f"\nabsolute {_pct(r['absolute'])}  normalized {_pct(r.get('normalized'))}")
