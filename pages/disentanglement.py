@@ -75,8 +75,12 @@ with guard("ξ grids"):
     if missing:
         label = ", ".join(mode_label(m) for m in missing)
         where = "precomputed for this pair and grid" if length is None else f"computed yet at length {length:g}‖θ0‖"
-        st.info(f"Not {where}: {label} ({len(grid) ** 2} merged models each).")
-        if st.button(f"Compute ξ for {label}", type="primary", key="xi_compute"):
+        offer = st.empty()  # the note and its button go once the grids are computed (not on the next run)
+        with offer.container():
+            st.info(f"Not {where}: {label} ({len(grid) ** 2} merged models each).")
+            clicked = st.button(f"Compute ξ for {label}", type="primary", key="xi_compute")
+        if clicked:
+            offer.empty()
             for m in missing:
                 bar = Progress(f"ξ grid, {mode_label(m)}")
                 try:

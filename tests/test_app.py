@@ -715,6 +715,8 @@ def test_disentanglement_computes_missing_grids(new_app):
     at.button(key="xi_compute").click().run(timeout=300)
     clean(at)
     assert charts(at) == 4 and len(table(at, "mean ξ (prediction)")) == 4
+    assert not [b for b in at.button if b.key == "xi_compute"]  # the offer goes with the run that computed
+    assert not any("Not precomputed" in i.value for i in at.info)
     at.toggle(key="xi_rep").set_value(True).run()  # the representation variant: same grids, no recomputation
     clean(at)
     assert charts(at) == 4 and not [b for b in at.button if b.key == "xi_compute"]
