@@ -2,7 +2,7 @@
 
 Pages hold widgets and charts only; every number comes from the ``arith`` engine.  Which bundle opens:
 ``$ARITH_BUNDLE`` if set, else ``precomputed/default``, else the first bundle under ``precomputed/`` (see
-``ui/state.py``).  The sidebar and the navigation are in ``ui/entry.py``.
+``ui/state.py``).  The sidebar is drawn by ``ui/sidebar.py``, the navigation by ``ui/entry.py``.
 
 This file has two roles.  ``streamlit run app.py`` finds the ``st.App`` below and imports the file as a module to
 serve it, so the allocator is told to keep freed memory as the server starts, before its threads

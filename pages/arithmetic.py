@@ -4,13 +4,13 @@ papers' sweep of the shared α."""
 import pandas as pd
 import streamlit as st
 
-from arith.merge import get_merge_method
+from arith.merge import get_merge_method, method_label
 from arith.metrics import summarize
 from arith.modes import is_linearized, source_of
 from arith.report import interference_curve, interference_per_task, interference_rows
 from ui import charts
 from ui.common import Progress, guard, pct
-from ui.state import METHOD, context, method_label, mode_label, request_view
+from ui.state import METHOD, context, mode_label, request_view
 
 ctx = context()
 st.title("Task arithmetic")

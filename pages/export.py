@@ -8,9 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
+from arith.merge import method_label
 from arith.modes import is_linearized
 from ui.common import guard, message
-from ui.state import COEF_MAX, COEF_MIN, METHOD, beyond_sliders, context, link_params, method_label, mode_label, request_view
+from ui.state import COEF_MAX, COEF_MIN, METHOD, beyond_sliders, context, link_params, mode_label, request_view
 
 ctx = context()
 ex = ctx.ex

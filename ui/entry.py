@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from . import state
+from . import sidebar, state
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def main() -> None:
     state.leave_legacy_pages_mode()  # before any widget: keeps widget identities stable from the first run on
     # an emoji favicon is an inline SVG; a :material/…: one is fetched from fonts.gstatic.com, unreachable offline
     st.set_page_config(page_title="Task Arithmetic Explorer", page_icon="🧮", layout="wide")
-    ctx = state.sidebar()
+    ctx = sidebar.sidebar()
     if ctx is None:
         page = st.navigation([st.Page(no_bundle, title="Get started", icon=":material/rocket_launch:", url_path="start")])
     else:
