@@ -60,7 +60,8 @@ with guard("Evaluating the edited model"):
     edited = len(untouched) < len(acc) and untouched
 
     c1, c2, c3, c4, *c5 = st.columns(5 if edited else 4)
-    c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the added tasks")
+    c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the added tasks",
+              delta=f"{100 * (here['absolute'] - zs_here['absolute']):+.1f} points vs zero-shot")
     c2.metric("Normalized accuracy", pct(here.get("normalized")),
               help="Mean over the added tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
@@ -74,7 +75,8 @@ with guard("Evaluating the edited model"):
     shared = any(len(v) > 1 for v in lam.values())
     table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],
                           "zero-shot (%)": [100 * zs.get(t, float("nan")) for t in acc],
-                          f"{charts.alone_label(mode)}, {mode} (%)": [100 * ft[t] if t in ft else float("nan") for t in acc],
+                          f"{charts.alone_label(mode)}, {mode_label(mode)} (%)": [100 * ft[t] if t in ft else float("nan")
+                                                                                 for t in acc],
                           "λ": [(" + ".join(f"{v:g} ({n})" for n, v in lam[t]) if t in lam else "0") if shared
                                 else lam[t][0][1] if t in lam else 0.0 for t in acc]})
     st.dataframe(table, hide_index=True, key="acc_table",
@@ -98,18 +100,21 @@ with guard("Comparing modes"):
         s = subset_summary(r["accuracy"], f) if tasks else r
         per_mode[m] = r["accuracy"]
         rows.append({"mode": mode_label(m), "bundle's lr": trained_lr(m), "absolute (%)": 100 * s["absolute"],
-                     "normalized (%)": 100 * s["normalized"] if s.get("normalized") is not None else None,
-                     **{f"{t} (%)": 100 * v for t, v in r["accuracy"].items()}})
-    st.plotly_chart(charts.modes_bars(per_mode), key="modes_bars")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="modes_table",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in rows[0]
-                                if c not in ("mode", "bundle's lr")})
+                     "normalized (%)": 100 * s["normalized"] if s.get("normalized") is not None else None})
     lrs = {m: trained_lr(m) for m in ctx.modes}
     if len(set(lrs.values()) - {"—"}) > 1:  # the comparison is then not only about what each mode trains
-        st.caption("The bundle's vectors of these modes were fine-tuned at different learning rates ("
-                   + ", ".join(f"{mode_label(m)} {lr}" for m, lr in lrs.items()) + "), each chosen on validation. "
-                   "A smaller learning rate gives a shorter τ, which interferes less: the paper compares modes at one "
-                   "learning rate (for the embedded default, docs/default-bundle.md has both comparisons).")
+        st.info("These modes' vectors were trained at different learning rates ("
+                + ", ".join(f"{mode_label(m)} {lr}" for m, lr in lrs.items()) + "), each chosen on validation. A smaller "
+                "learning rate gives a shorter τ, which interferes less: the paper compares modes at one learning rate "
+                "(for the embedded default, docs/default-bundle.md has both comparisons).", icon="⚠️")
+    st.plotly_chart(charts.modes_bars(per_mode), key="modes_bars")
+    pct_cols = {c: st.column_config.NumberColumn(format="%.1f") for c in ("absolute (%)", "normalized (%)")}
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="modes_table", column_config=pct_cols)
+    with st.expander("Per task"):
+        per_task = pd.DataFrame([{"mode": mode_label(m), **{f"{t} (%)": 100 * v for t, v in a.items()}}
+                                 for m, a in per_mode.items()])
+        st.dataframe(per_task, hide_index=True, key="modes_per_task",
+                     column_config={c: st.column_config.NumberColumn(format="%.1f") for c in per_task.columns[1:]})
     if skipped:
         st.caption("Not in every mode (λ = 0 there): " + ", ".join(sorted(skipped)))
 

@@ -16,9 +16,12 @@ LENGTHS = (0.01, 0.025, 0.05, 0.1, 0.2)  # ‖τ‖ / ‖θ0‖; the embedded de
 ctx = context()
 ex = ctx.ex
 st.title("Weight disentanglement")
-st.caption("ξ(α1, α2) = Σ_t E_x∼D_t 1[f_t(x; θ0 + α_t τ_t) ≠ f_t(x; θ0 + α1 τ1 + α2 τ2)]: how often adding the other "
-           "task's vector changes a task's predictions (0 = perfectly disentangled; at most 2). "
-           "Click a cell to open that model, θ0 + α1 τ1 + α2 τ2: the sidebar then switches to that panel's mode and "
+st.markdown("**Dark = disentangled**: adding the other task's vector leaves this task's predictions alone. Each cell "
+            "is ξ, the share of each task's test predictions that change when the other task's vector joins, summed "
+            "over the two tasks (0 to 2).",
+            help="ξ(α1, α2) = Σ_t E_x∼D_t 1[f_t(x; θ0 + α_t τ_t) ≠ f_t(x; θ0 + α1 τ1 + α2 τ2)] (Ortiz-Jimenez et al. "
+                 "2023, method.md §4).")
+st.caption("Click a cell to open that model, θ0 + α1 τ1 + α2 τ2: the sidebar then switches to that panel's mode and "
            "selects just these two tasks at the cell's coefficients.")
 
 names = ctx.names()
@@ -105,7 +108,8 @@ with guard("ξ grids"):
         for i, (m, r) in enumerate(shown.items()):
             key = f"xi_{m}_{t1}_{t2}_{variant}_{len(grid)}_{length}"
             with cols[i % len(cols)]:
-                st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current, names=(t1, t2), snap=snap),
+                st.plotly_chart(charts.xi_heatmap(r, variant, zmax, mode_label(m), current, names=(t1, t2), snap=snap,
+                                                  title_colour=charts.mode_colour(m)),
                                 key=key, on_select=partial(on_click, key, m), selection_mode="points")
         st.caption(f"Colour scale shared by all panels: 0 to {zmax:.3f}. ✕ marks the current (λ {t1}, λ {t2})."
                    + ("" if length is None else
@@ -116,5 +120,5 @@ with guard("ξ grids"):
         st.dataframe(pd.DataFrame([{"mode": mode_label(m), "mean ξ (prediction)": r["mean"]["prediction"],
                                     "mean ξ (representation)": r["mean"]["representation"]}
                                    for m, r in shown.items()]), hide_index=True, key="xi_means",
-                     column_config={c: st.column_config.NumberColumn(format="%.4f")
+                     column_config={c: st.column_config.NumberColumn(format="%.3f", help="lower: more disentangled")
                                     for c in ("mean ξ (prediction)", "mean ξ (representation)")})

@@ -1,16 +1,19 @@
 """View 7, export and share: the merged weights (safetensors), the coefficient set (JSON), a link and a command."""
 
 import json
+import os
 import shlex
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
+from arith.cli import DEFAULT_BUNDLE
 from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
 from arith.merge import method_label
 from arith.modes import is_linearized
-from ui.common import guard, message
+from ui.common import ROOT, guard, message
 from ui.state import COEF_MAX, COEF_MIN, METHOD, beyond_sliders, context, link_params, mode_label, request_view
 
 ctx = context()
@@ -23,7 +26,8 @@ st.markdown(f"Bundle **{ctx.ref.label}** · base `{b.base.id}` · mode **{mode_l
 if ctx.coefs:
     st.dataframe(pd.DataFrame([{"vector": n, "task": vectors[n].task, "λ": v,
                                 "source": "workspace" if ctx.is_workspace(n) else "bundle"}
-                               for n, v in ctx.coefs.items()]), hide_index=True, key="export_coefs")
+                               for n, v in ctx.coefs.items()]), hide_index=True, key="export_coefs",
+                 column_config={"λ": st.column_config.NumberColumn(format="%.2f")})
 else:
     st.info("No task selected: the merged model is θ0 itself.")
 
@@ -87,12 +91,16 @@ st.download_button("Download the merged weights", lambda: merged_safetensors(the
 st.subheader("Share")
 params = link_params(ctx)
 query = urlencode(params, doseq=True)
-url = st.context.url
+url = (st.context.url or "").removesuffix("/export")  # the app's first view, not this page
 st.markdown("The sidebar's choices are mirrored in the address bar, so this link reproduces the view "
             "(workspace vectors are private to your session and do not travel with it):")
-st.code(f"{url or ''}?{query}", language=None)
-bundle_arg = shlex.quote(str(ctx.ref.path))
-cmd = [f"python -m arith evaluate --bundle {bundle_arg} --mode {ctx.mode}"
+st.code(f"{url}?{query}", language=None, wrap_lines=True)
+# the CLI's default bundle ($ARITH_BUNDLE, else the embedded one) needs no --bundle; another is named relative to the
+# repository when it is inside it
+path = ctx.ref.path.resolve()
+bundle_arg = ("" if path == Path(os.environ.get("ARITH_BUNDLE", DEFAULT_BUNDLE)).resolve() else
+              f" --bundle {shlex.quote(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))}")
+cmd = [f"python -m arith evaluate{bundle_arg} --mode {ctx.mode}"
        + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]
 cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items() if not ctx.is_workspace(n)]
 st.markdown("The same evaluation from the command line:")

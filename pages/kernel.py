@@ -42,8 +42,9 @@ with guard("Kernel diagnostics"):
                            "rel. error, logits": r["rel_error_logits"], "rel. error, features": r["rel_error_features"],
                            "non-linear advantage": r["nonlinear_advantage"]} for r in rows])
     fmt = {c: st.column_config.NumberColumn(format="%.1f") for c in table.columns if c.endswith("(%)")}
-    fmt.update({c: st.column_config.NumberColumn(format="%.4f") for c in
-                ("rel. error, logits", "rel. error, features", "non-linear advantage")})
+    fmt.update({c: st.column_config.NumberColumn(format="%.3f", help="lower: closer to the linearization")
+                for c in table.columns if c.startswith("rel. error")})
+    fmt["non-linear advantage"] = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(table, hide_index=True, key="kernel_table", column_config=fmt)
     # the bundle's stored diagnostics over its tasks (the README's results table), on the images this page uses
     over_all = {m: v for m, v in kernel_agreement(ex.results).items() if m != "linear"} if ex.uses_all_images else {}
@@ -60,10 +61,11 @@ with guard("Kernel diagnostics"):
     a.plotly_chart(charts.kernel_path(reports, "rel_error_logits", "relative error of the logits"), key="kernel_err")
     b.plotly_chart(charts.kernel_path(reports, "agreement", "prediction agreement (%)", percent=True), key="kernel_agree")
 
-    st.subheader("Restricted linearization: attention-only vs MLP-only vs whole model")
+    st.subheader("Linearizing part of τ: attention weights vs MLP weights vs all of τ")
     st.caption("τ kept only on the attention weights (W_q, W_k, W_v, W_o), only on the MLP weights, or whole, each "
-               "compared with its own linearization at s = 1. Low error for the attention part is the claim that "
-               "attention modules behave like kernels. Missing bars: the mode's vector has no such weights.")
+               "compared with its own linearization at s = 1. Compare the bars within one mode: a lower error (higher "
+               "agreement) for the attention part than for the MLP part is the claim that attention modules behave "
+               "like kernels. Missing bars: the mode's vector has no such weights.")
     a, b = st.columns(2)
     a.plotly_chart(charts.restricted_bars(rows, "rel_error_logits", "relative error of the logits"), key="kernel_r_err")
     b.plotly_chart(charts.restricted_bars(rows, "agreement", "prediction agreement (%)", percent=True), key="kernel_r_agree")

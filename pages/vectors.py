@@ -30,13 +30,16 @@ if not modes:
 with guard("Norms"):
     stats = {m: ex.vector_stats(m, ctx.extra(m)) for m in modes}
     st.subheader("Norms")
-    rows = [{"mode": mode_label(m), "vector": n, "task": s["task"], "L2 norm": s["norm"], "parameters": s["parameters"],
-             "source": "workspace" if ctx.is_workspace(n) else "bundle"} for m, vs_ in stats.items() for n, s in vs_.items()]
+    theta0 = ex.theta0_norm  # the unit of the ξ view's "At one length"
+    rows = [{"mode": mode_label(m), "vector": n, "task": s["task"], "L2 norm": s["norm"], "‖τ‖ / ‖θ0‖": s["norm"] / theta0,
+             "parameters": s["parameters"], "source": "workspace" if ctx.is_workspace(n) else "bundle"}
+            for m, vs_ in stats.items() for n, s in vs_.items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="vec_norms",
                  column_config={"L2 norm": st.column_config.NumberColumn(format="%.4g"),
+                                "‖τ‖ / ‖θ0‖": st.column_config.NumberColumn(format="%.3f"),
                                 "parameters": st.column_config.NumberColumn(format="localized")})
 
-    st.subheader("Per-layer norm profile")
+    st.subheader("Per-block norm profile")
     labels = [f"{m}/{n}" for m, vs_ in stats.items() for n in vs_]
     # default: the selected tasks of the current mode, and the first of them in every other mode
     first = ctx.tasks[0] if ctx.tasks else None
@@ -44,15 +47,12 @@ with guard("Norms"):
                or lab.split("/", 1)[1] == first] or labels[:4]
     keep_valid("vec_profile", labels)
     chosen = st.multiselect("Vectors", labels, default=None if "vec_profile" in st.session_state else default,
-                            key="vec_profile", persist_state="session")
+                            key="vec_profile", persist_state="session", format_func=charts.vector_label)
     profiles = {lab: stats[lab.split("/", 1)[0]][lab.split("/", 1)[1]]["blocks"] for lab in chosen}
     st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
-    shown = dict.fromkeys(lab.split("/", 1)[0] for lab in chosen)
     st.caption("L2 norm of τ per transformer block (resblocks.i) and per top-level module (conv1, proj, ...). "
-               "Colour: the task; line and marker: the mode ("
-               + "; ".join(f"{mode_label(m)}: {charts.mode_dash(m)} {charts.SYMBOL_GLYPHS[charts.mode_marker(m)]}"
-                           for m in shown)
-               + "). Attention-only vectors are zero outside the attention weights.")
+               "Colour: the mode, as on every page; line style and marker: the task. Attention-only vectors are zero "
+               "outside the attention weights.")
 
 with guard("Cosine similarity"):
     st.subheader("Cosine similarity across tasks and modes")

@@ -23,7 +23,7 @@ from arith.models import fingerprint
 from arith.modes import get_mode
 from arith.report import results_rows
 from arith.specs import Files, Meta
-from ui.charts import fixed
+from ui.charts import fixed, mode_colour
 from ui.state import mode_label
 
 from conftest import rewrite, tiny_base
@@ -102,15 +102,16 @@ def test_every_view_renders_on_the_bundle(new_app, page, bundle_dir):
         assert f"{mode_label('linear')} " not in over_all
     if page.endswith("vectors.py"):
         assert len(table(at, "L2 norm")) == 12
-        # the per-layer profile: one colour per task whatever the mode, one line style per mode
+        # the per-block profile: one colour per mode (the app's), one line style per task
         traces = json.loads(next(c for c in at.get("plotly_chart") if "L2 norm of" in c.proto.spec).proto.spec)["data"]
-        style = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in traces}
         shown = at.multiselect(key="vec_profile").value
-        assert list(style) == shown and len(shown) > len({n.split("/")[1] for n in shown})  # some task in two modes
+        style = dict(zip(shown, ((t["line"]["color"], t["line"]["dash"]) for t in traces)))
+        assert len(traces) == len(shown) and len(shown) > len({n.split("/")[1] for n in shown})  # a task in two modes
         for a in shown:
             for b in shown:
                 (ma, ta), (mb, tb) = a.split("/"), b.split("/")
-                assert (style[a][0] == style[b][0]) == (ta == tb) and (style[a][1] == style[b][1]) == (ma == mb)
+                assert (style[a][0] == style[b][0]) == (ma == mb) and (style[a][1] == style[b][1]) == (ta == tb)
+        assert all(style[a][0] == mode_colour(a.split("/")[0]) for a in shown)
 
 
 def test_shown_accuracies_are_the_engines(new_app, engine):
@@ -152,8 +153,10 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     assert list(per_task["task"]) == list(ref["per_task"])
     assert dict(zip(per_task["task"], per_task[f"{mode_label('attn')} alone (%)"])) == pytest.approx(
         {t: 100 * v["alone"] for t, v in ref["per_task"].items()})
-    fig = next(c for c in at.get("plotly_chart") if "each task alone" in c.proto.spec)
-    assert fig.proto.spec.count("each task alone") == len(engine.bundle.modes)  # one dashed line per mode
+    fig = json.loads(next(c for c in at.get("plotly_chart") if "each task alone" in c.proto.spec).proto.spec)
+    dashed = [d for d in fig["data"] if d.get("line", {}).get("dash") == "dash" and d["x"] != [None]]
+    assert len(dashed) == len(engine.bundle.modes)  # one dashed line per mode, and one legend key for them all
+    assert [d["name"] for d in fig["data"] if d["x"] == [None]] == ["dashed: each task alone at α"]
     # the same gap drawn along α (the metric shown: normalized), one line per mode, starred at the chosen α
     cost = json.loads(next(c for c in at.get("plotly_chart") if "other vectors cost" in c.proto.spec).proto.spec)
     line = next(d for d in cost["data"] if d.get("name") == mode_label("attn"))
@@ -877,7 +880,7 @@ def test_modes_trained_at_different_learning_rates_say_so(new_app, bundle_dir, t
     at = new_app()
     modes = table(at, "bundle's lr")
     assert set(modes["bundle's lr"]) == {"0.003"}
-    assert not [c for c in at.caption if "different learning rates" in c.value]
+    assert not [c for c in at.info if "different learning rates" in c.value]
     other = tmp_path / "lrs"
     shutil.copytree(bundle_dir, other)
     manifest = json.loads((other / "manifest.json").read_text())
@@ -887,7 +890,7 @@ def test_modes_trained_at_different_learning_rates_say_so(new_app, bundle_dir, t
     at = new_app()
     modes = table(at, "bundle's lr")
     assert dict(zip(modes["mode"], modes["bundle's lr"]))[mode_label("attn")] == "0.001"
-    said = [c.value for c in at.caption if "different learning rates" in c.value]
+    said = [c.value for c in at.info if "different learning rates" in c.value]
     assert len(said) == 1 and f"{mode_label('attn')} 0.001" in said[0] and f"{mode_label('full')} 0.003" in said[0]
 
 
@@ -914,7 +917,7 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
     ref = engine.evaluate("full@attn", coefs, "test")
     assert shown_accuracy(at) == pytest.approx({t: 100 * a for t, a in ref["accuracy"].items()})
     assert ref["accuracy"] != engine.evaluate("full", coefs, "test")["accuracy"]  # the cut is what is shown
-    assert "cut vector alone, full@attn (%)" in table(at, "edited (%)").columns  # not a fine-tuned model
+    assert f"cut vector alone, {mode_label('full@attn')} (%)" in table(at, "edited (%)").columns  # not fine-tuned
     modes = table(at, "bundle's lr")
     assert list(modes["mode"])[-1] == mode_label("full@attn")
     assert modes["bundle's lr"].iloc[-1] == modes["bundle's lr"].iloc[0]  # a view's lr is its source's (full)

@@ -138,7 +138,7 @@ def test_change_a_coefficient_see_a_number_change_and_screenshot_every_view(serv
     thumb.press("End")  # back to a readable default for the screenshots
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stSidebar\"] "
                            "[data-testid=\"stSliderThumbValue\"]')][0].innerText === '2.00'", timeout=60_000)
-    for _ in range(24):  # 2.00 -> 0.80
+    for _ in range(33):  # 2.00 -> 0.35: the default bundle's opening view (README tour, step 1)
         thumb.press("ArrowLeft")
     _settle(page, "Task arithmetic")
 
@@ -158,6 +158,8 @@ def _with_alone(server, page) -> Path:
     _settle(page, "Task arithmetic")
     page.get_by_text("Each task alone at α (dashed)").click()
     page.get_by_text("At each mode's validation-chosen α").wait_for(timeout=300_000)  # stored, or computed on demand
+    _settle(page, "Task arithmetic")
+    page.locator('[data-testid="stRadio"]').get_by_text("absolute", exact=True).click()  # the tour's step 4 metric
     _settle(page, "Task arithmetic")
     return shots
 

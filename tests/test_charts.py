@@ -49,16 +49,14 @@ def test_kernel_charts_draw_agreement_in_percent_like_the_table():
     assert [list(b.y) for b in bars.data] == [[50.0], [None], [25.0]]
 
 
-def test_norm_profile_tells_every_registered_mode_apart_by_line_and_marker():
-    from arith.modes import MODES
-
-    styles = {(charts.mode_dash(m), charts.mode_marker(m)) for m in MODES}
-    assert len(styles) == len(MODES) and all(charts.mode_marker(m) in charts.SYMBOL_GLYPHS for m in MODES)
-    fig = charts.norm_profile({"full/digits": {"resblocks.0": 1.0, "conv1": 0.5}, "attn/digits": {"resblocks.0": 0.7}})
-    full, attn = fig.data
-    assert full.line.color == attn.line.color  # one task, one colour
-    assert (full.line.dash, full.marker.symbol) == (charts.mode_dash("full"), charts.mode_marker("full"))
-    assert (attn.line.dash, attn.marker.symbol) != (full.line.dash, full.marker.symbol)
+def test_norm_profile_colours_modes_as_everywhere_and_tells_tasks_apart_by_line_and_marker():
+    profiles = {"full/digits": {"resblocks.0": 1.0, "conv1": 0.5}, "attn/digits": {"resblocks.0": 0.7},
+                "attn/letters": {"resblocks.0": 0.2}}
+    full, attn, letters = charts.norm_profile(profiles).data
+    assert (full.line.color, attn.line.color) == (charts.mode_colour("full"), charts.mode_colour("attn"))
+    assert (full.line.dash, full.marker.symbol) == (attn.line.dash, attn.marker.symbol)  # one task, one style
+    assert (letters.line.dash, letters.marker.symbol) != (attn.line.dash, attn.marker.symbol)
+    assert letters.line.color == attn.line.color and attn.name == "digits · Attention-only"
     assert list(full.x) == ["conv1", "resblocks.0"]  # in the order the input flows
 
 

@@ -18,6 +18,9 @@ MODE_COLOURS = {"full": "#E45756", "attn": "#4C78A8", "attn_bias": "#72B7B2", "l
 
 # views (full@attn, …): one colour each, none a mode's nor the grey of unselected tasks, in views_of(MODES)'s order
 VIEW_COLOURS = ("#B279A2", "#9D755D", "#FF9DA6", "#EECA3B", "#17BECF", "#6A3D9A")
+# the parts of τ a restricted linearization keeps (restricted_bars): greys, named as parts of τ, not as modes
+PART_STYLE = {"attention": ("attention part of τ", "#3B3B3B"), "mlp": ("MLP part of τ", "#9A9A9A"),
+              "all": ("all of τ", "#D0D0D0")}
 
 
 def mode_colour(mode: str, i: int = 0) -> str:
@@ -58,12 +61,15 @@ def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finet
     colours = [mode_colour(mode) if t in selected else "#BFC7D5" for t in tasks]
     fig = go.Figure()
     fig.add_bar(x=tasks, y=[_p(acc[t]) for t in tasks], marker_color=colours, name="edited model",
-                text=[fixed(100 * acc[t]) for t in tasks], textposition="inside", insidetextanchor="middle")
+                text=[fixed(100 * acc[t]) for t in tasks], textposition="inside", insidetextanchor="middle",
+                hovertemplate="%{x}, edited model: %{y:.1f} %<extra></extra>")
     fig.add_scatter(x=tasks, y=[_p(zeroshot.get(t)) for t in tasks], mode="markers", name="zero-shot θ0",
-                    marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")))
+                    marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")),
+                    hovertemplate="%{x}, zero-shot θ0: %{y:.1f} %<extra></extra>")
     fig.add_scatter(x=[t for t in tasks if t in finetuned], y=[_p(finetuned[t]) for t in tasks if t in finetuned],
-                    mode="markers", name=f"{alone_label(mode)} ({mode})",
-                    marker=dict(symbol="diamond", size=11, color="#222", line=dict(width=1, color="white")))
+                    mode="markers", name=f"{alone_label(mode)} ({mode_label(mode)})",
+                    marker=dict(symbol="diamond", size=11, color="#222", line=dict(width=1, color="white")),
+                    hovertemplate=f"%{{x}}, {alone_label(mode)}: %{{y:.1f}} %<extra></extra>")
     fig.update_yaxes(title="accuracy (%)", range=[0, 105])
     return _layout(fig)
 
@@ -72,7 +78,8 @@ def modes_bars(per_mode: Mapping[str, Mapping[str, float]]) -> go.Figure:
     """Grouped bars: per-task accuracy of the same coefficients under each mode."""
     fig = go.Figure()
     for i, (mode, acc) in enumerate(per_mode.items()):
-        fig.add_bar(x=list(acc), y=[_p(v) for v in acc.values()], name=mode_label(mode), marker_color=mode_colour(mode, i))
+        fig.add_bar(x=list(acc), y=[_p(v) for v in acc.values()], name=mode_label(mode), marker_color=mode_colour(mode, i),
+                    hovertemplate=f"%{{x}}, {mode_label(mode)}: %{{y:.1f}} %<extra></extra>")
     fig.update_yaxes(title="accuracy (%)", range=[0, 105])
     return _layout(fig, barmode="group")
 
@@ -96,18 +103,26 @@ def addition_curves(curves: Mapping[str, dict], metric: str = "normalized", curr
         xs = [r["alpha"] for r in res["curve"]]
         ys = [_p(r["test"][metric]) for r in res["curve"]]
         colour = mode_colour(mode, i)
-        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=mode_label(mode), line=dict(color=colour),
-                        marker=dict(size=5))
+        # one legend entry per mode (its ★ α in the name: stars of modes that chose the same α overlap); the dashed
+        # "alone" lines share one key entry below
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"{mode_label(mode)} (★ α = {res['alpha']:.2f})",
+                        line=dict(color=colour), marker=dict(size=5), legendgroup=mode,
+                        hovertemplate=f"{mode_label(mode)}: α=%{{x:.2f}}, %{{y:.1f}} %<extra></extra>")
         if alone and mode in alone:
             rows = alone[mode]["curve"]
             fig.add_scatter(x=[r["alpha"] for r in rows], y=[_p(r["test"][metric]) for r in rows], mode="lines",
-                            name=f"{mode_label(mode)}, each task alone", line=dict(color=colour, dash="dash"))
+                            name=f"{mode_label(mode)}, each task alone", line=dict(color=colour, dash="dash"),
+                            legendgroup=mode, showlegend=False,
+                            hovertemplate=f"{mode_label(mode)}, each task alone: α=%{{x:.2f}}, %{{y:.1f}} %<extra></extra>")
         _chosen_star(fig, res, metric, colour, mode_label(mode))
         if merged and mode in merged:
             rows, name = merged[mode]["curve"], f"{mode_label(mode)}, {merged_label}"
             fig.add_scatter(x=[r["alpha"] for r in rows], y=[_p(r["test"][metric]) for r in rows], mode="lines",
                             name=name, line=dict(color=colour, dash="dot"))
             _chosen_star(fig, merged[mode], metric, colour, name)
+    if alone:
+        fig.add_scatter(x=[None], y=[None], mode="lines", name="dashed: each task alone at α",
+                        line=dict(color="#888", dash="dash"))
     if current is not None:
         fig.add_vline(x=current, line_dash="dot", line_color="#888", annotation_text="tied α", annotation_position="top")
     fig.update_xaxes(title="shared α")
@@ -141,7 +156,7 @@ def interference_curves(costs: Mapping[str, Sequence[Mapping]], chosen: Mapping[
 
 def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tuple[float, float] | None = None,
                show_scale: bool = True, names: tuple[str, str] | None = None,
-               snap: Callable[[float], float] | None = None) -> go.Figure:
+               snap: Callable[[float], float] | None = None, title_colour: str | None = None) -> go.Figure:
     """ξ(α1, α2): rows α1 (y), columns α2 (x), on a fixed colour range [0, zmax].  A transparent marker sits on
     every cell so that a click selects it (Streamlit's selection events do not fire on heatmap traces); its
     ``customdata`` is [ξ, λ1, λ2 a click sets, α1, α2].
@@ -183,7 +198,10 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
     axis, unit = ("a", f" (1 = τ at {res['length']:g}‖θ0‖)") if at_length else ("λ", "")
     fig.update_xaxes(title=f"{axis} {t2}{unit}", constrain="domain")
     fig.update_yaxes(title=f"{axis} {t1}{unit}", scaleanchor="x", constrain="domain")
-    return _layout(fig, title, height=400, clickmode="event+select", dragmode=False)
+    _layout(fig, title, height=400, clickmode="event+select", dragmode=False)
+    if title_colour:
+        fig.update_layout(title_font_color=title_colour)
+    return fig
 
 
 def kernel_path(reports: Mapping[str, dict], field: str, label: str, percent: bool = False) -> go.Figure:
@@ -192,24 +210,25 @@ def kernel_path(reports: Mapping[str, dict], field: str, label: str, percent: bo
     scale = _p if percent else (lambda v: v)
     for i, (mode, rep) in enumerate(reports.items()):
         fig.add_scatter(x=[r["s"] for r in rep["path"]], y=[scale(r[field]) for r in rep["path"]], mode="lines+markers",
-                        name=mode_label(mode), line=dict(color=mode_colour(mode, i)))
+                        name=mode_label(mode), line=dict(color=mode_colour(mode, i)),
+                        hovertemplate=f"{mode_label(mode)}: s=%{{x:.2f}}, %{{y:{'.1f' if percent else '.3f'}}}<extra></extra>")
+    fig.add_vline(x=1.0, line_dash="dot", line_color="#888", annotation_text="fine-tuned (s = 1)",
+                  annotation_position="top")
     fig.update_xaxes(title="s (θ0 + s·τ)")
     fig.update_yaxes(title=label)
     return _layout(fig, height=330)
 
 
 def restricted_bars(rows: Sequence[Mapping], field: str, label: str, percent: bool = False) -> go.Figure:
-    """Restricted linearization at s = 1: attention-only vs MLP-only vs whole-model tangent, grouped by mode
-    (``percent``: a fraction drawn in %, as the tables)."""
+    """Restricted linearization at s = 1: the tangent on τ's attention part vs its MLP part vs all of τ, grouped by
+    mode (``percent``: a fraction drawn in %, as the tables).  The parts are drawn in greys: the mode colours (and
+    names: "Attention-only" is a mode) stay the modes'."""
     fig = go.Figure()
     scale = _p if percent else (lambda v: v)
-    subsets = ["attention", "mlp", "all"]
-    names = {"attention": "attention weights only", "mlp": "MLP weights only", "all": "whole model"}
-    colours = {"attention": "#4C78A8", "mlp": "#F58518", "all": "#9D755D"}
-    for s in subsets:
+    for s, (name, colour) in PART_STYLE.items():
         fig.add_bar(x=[mode_label(r["mode"]) for r in rows], y=[scale(r.get(f"{s}_{field}")) for r in rows],
-                    name=names[s],
-                    marker_color=colours[s])
+                    name=name, marker_color=colour,
+                    hovertemplate=f"%{{x}}, {name}: %{{y:{'.1f' if percent else '.3f'}}}<extra></extra>")
     fig.update_yaxes(title=label)
     return _layout(fig, barmode="group", height=330)
 
@@ -229,41 +248,32 @@ def _block_order(name: str) -> tuple:
     return (3, 0, name)
 
 
-# norm_profile's line style and marker per mode, in the mode registry's order (full, attn, attn_bias, linear, mlp,
-# then any registered later): one record there gets a style here without a new branch
-DASHES = ("dash", "solid", "longdash", "dot", "dashdot", "longdashdot")
-SYMBOLS = ("square", "circle", "diamond", "x", "triangle-up")  # one fewer than DASHES: pairs repeat after 30 modes
-SYMBOL_GLYPHS = {"square": "■", "circle": "●", "diamond": "◆", "x": "✕", "triangle-up": "▲", "cross": "✚"}
-VIEW_STYLE = ("longdashdot", "cross")  # a view's (line, marker): no mode's; a page shows at most one view, the current
+# norm_profile's line style and marker per vector (task), in the order the vectors are shown: colour is the mode's,
+# as in every other chart
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SYMBOLS = ("circle", "square", "diamond", "x", "triangle-up")  # one fewer than DASHES: pairs repeat after 30 vectors
 
 
-def _mode_style(mode: str, styles: Sequence[str]) -> str:
-    names = list(MODES)
-    return styles[names.index(mode) % len(styles)] if mode in names else styles[-1]
-
-
-def mode_dash(mode: str) -> str:
-    """The line style of ``mode`` in :func:`norm_profile` (plotly's dash names)."""
-    return VIEW_STYLE[0] if mode in views_of(MODES) else _mode_style(mode, DASHES)
-
-
-def mode_marker(mode: str) -> str:
-    """The marker of ``mode`` in :func:`norm_profile` (a plotly symbol name; :data:`SYMBOL_GLYPHS` draws it in text)."""
-    return VIEW_STYLE[1] if mode in views_of(MODES) else _mode_style(mode, SYMBOLS)
+def vector_label(label: str) -> str:
+    """A norm-profile label ``mode/vector`` as a reader reads it: ``vector · Mode label``."""
+    mode, _, vector = label.partition("/")
+    return f"{vector} · {mode_label(mode)}" if vector else label
 
 
 def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
     """Per-block L2 norm of each task vector (``label -> {block: norm}``, labels ``mode/vector``), in the order the
-    input flows.  Colour: the vector (one task's vectors in every mode share it); line style and marker: the mode
-    (:func:`mode_dash`, :func:`mode_marker`), so modes stay apart where their lines overlap."""
+    input flows.  Colour: the mode (:func:`mode_colour`, as everywhere); line style and marker: the vector (one task's
+    vectors in every mode share them), so one task's modes line up in the legend and stay apart by colour."""
     fig = go.Figure()
     vectors = list(dict.fromkeys(label.split("/", 1)[-1] for label in profiles))
     for label, blocks in profiles.items():
         mode, vector = label.split("/", 1) if "/" in label else ("", label)
         names = sorted(blocks, key=_block_order)
-        fig.add_scatter(x=names, y=[blocks[n] for n in names], mode="lines+markers", name=label,
-                        line=dict(color=PALETTE[vectors.index(vector) % len(PALETTE)], dash=mode_dash(mode)),
-                        marker=dict(symbol=mode_marker(mode), size=8))
+        i = vectors.index(vector)
+        fig.add_scatter(x=names, y=[blocks[n] for n in names], mode="lines+markers", name=vector_label(label),
+                        line=dict(color=mode_colour(mode), dash=DASHES[i % len(DASHES)]),
+                        marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=8),
+                        hovertemplate=f"{vector_label(label)}: %{{x}}, ‖τ‖ = %{{y:.3g}}<extra></extra>")
     order = sorted({n for b in profiles.values() for n in b}, key=_block_order)
     fig.update_xaxes(title="block / module", categoryorder="array", categoryarray=order)
     fig.update_yaxes(title="L2 norm of τ")
@@ -289,10 +299,10 @@ def pair_heatmap(pairs: Mapping) -> go.Figure:
     fig = go.Figure()
     fig.add_heatmap(x=tasks, y=tasks, z=z, zmin=-top, zmax=top, colorscale="RdBu_r",
                     text=[["" if v is None else fixed(v) for v in row] for row in z], texttemplate="%{text}",
-                    hovertemplate="adding τ %{x} costs %{y} %{z:.1f} points<extra></extra>",
-                    colorbar=dict(title="points", thickness=12))
+                    hovertemplate="%{y} with τ %{x} added: %{z:+.1f} points cost (negative: it helps)<extra></extra>",
+                    colorbar=dict(title="cost (points)<br>red: hurts<br>blue: helps", thickness=12))
     fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})", showgrid=False)
-    fig.update_yaxes(title="task hurt", autorange="reversed", scaleanchor="x", showgrid=False)
+    fig.update_yaxes(title="task hurt", autorange="reversed", showgrid=False)
     return _layout(fig, height=max(360, 34 * len(tasks) + 140))
 
 
