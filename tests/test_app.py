@@ -905,6 +905,14 @@ def test_arith_autocast_runs_the_app_under_autocast_and_a_bad_value_is_named(new
     assert any("ARITH_AUTOCAST must be bf16, fp16 or fp32 (or unset), not 'half'" in e.value for e in at.error)
 
 
+@pytest.mark.parametrize("value, said", [("abc", "ARITH_MAX_PER_TASK must be a positive whole number of images"),
+                                         ("0", "max_per_task must be a positive number of images")])
+def test_a_bad_arith_max_per_task_is_named(new_app, monkeypatch, value, said):
+    monkeypatch.setenv("ARITH_MAX_PER_TASK", value)
+    at = new_app()
+    assert not at.exception and any(said in e.value for e in at.error)
+
+
 def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(new_app, engine, bundle):
     at = new_app()
     box = at.sidebar.selectbox(key="w_mode")

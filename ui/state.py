@@ -140,7 +140,9 @@ def load_explorer(ref: BundleRef) -> Explorer:
     :func:`ui.entry.main` starts that load in the background after a run that did not need them."""
     manifest = ref.path / "manifest.json"
     stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
-    n = os.environ.get("ARITH_MAX_PER_TASK")
+    n = os.environ.get("ARITH_MAX_PER_TASK", "").strip()
+    if n and not n.isdigit():
+        raise ValueError(f"ARITH_MAX_PER_TASK must be a positive whole number of images per task, got {n!r}")
     return _open_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None, preferred_autocast())
 
 
