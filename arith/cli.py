@@ -157,7 +157,7 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
     from .modes import source_of
     from .taskvec import load_task_vector
 
-    base = ex.bundle.base
+    base = getattr(ex, "bundle", ex).base  # an Explorer's bundle, or a Bundle itself (evaluate-full)
     out = {}
     for f in files:
         tv = load_task_vector(f, base)

@@ -4,8 +4,8 @@ An :class:`Explorer` answers from a bundle's :class:`~arith.index.BundleIndex` (
 and, for anything the index cannot answer, from the loaded :class:`~arith.bundle.Bundle` and one evaluator per
 evaluation-subset size.  Every method is a function of its arguments (mode, coefficients, extra vectors from a
 session's workspace): nothing a caller passes is stored, so sessions cannot see each other.  Results the bundle
-ships precomputed are returned as they are when the request matches them; everything else is computed (and
-memoised in bounded caches keyed by content).
+ships precomputed are returned when the request matches them; everything else is computed (and memoised in bounded
+caches keyed by content).  Every answer is the caller's own copy (:func:`~arith.explore_diagnostics.fresh`).
 
 :meth:`Explorer.open` reads only the index and loads the tensors on first need (or on a background thread,
 :meth:`Explorer.load_in_background`): the requests the precomputed results answer (the app's opening view) are
@@ -209,7 +209,7 @@ class Explorer(Diagnostics):
             return self.catalog(view.source.name, extra)
         out = dict(self.index.vectors.get(mode, {}))
         out.update({name: tv.task for name, tv in _own(mode, extra).items()})
-        return out if out else _known_mode(mode)
+        return out if out else self._known_mode(mode)
 
     def vectors(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, TaskVector]:
         """The bundle's vectors of ``mode`` plus a session's ``extra`` vectors of that mode (by display name); for a
@@ -220,7 +220,19 @@ class Explorer(Diagnostics):
             return {n: tv.cut(view.part) for n, tv in self.vectors(view.source.name, extra).items()}
         out = dict(self.bundle.vectors.get(mode, {}))
         out.update(_own(mode, extra))
-        return out if out else _known_mode(mode)
+        return out if out else self._known_mode(mode)
+
+    def _known_mode(self, mode: str) -> dict:
+        """No vectors of ``mode`` here: an empty answer for a mode (a page may ask about one only the workspace has,
+        or had), an error naming this bundle's modes and views for a name that is no mode."""
+        from .modes import get_mode
+
+        try:
+            get_mode(mode)
+        except ValueError as e:
+            raise ValueError(f"{e}; this bundle has {', '.join(self.modes)}"
+                             + (f" and the views {', '.join(self.views)}" if self.views else "")) from None
+        return {}
 
     def _named(self, mode: str, names: Sequence[str], extra: Mapping[str, TaskVector] | None = None
                ) -> dict[str, TaskVector]:
@@ -488,15 +500,6 @@ class Explorer(Diagnostics):
         if pre and pre.get("controls") == controls and self.uses_all_images:
             return pre
         return self._memo.get(("neg", mode, target, tuple(controls)))
-
-
-def _known_mode(mode: str) -> dict:
-    """No vectors of ``mode`` here: an empty answer for a mode (a page may ask about one only the workspace has, or
-    had), an error naming the known modes for a name that is none."""
-    from .modes import get_mode
-
-    get_mode(mode)
-    return {}
 
 
 def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:

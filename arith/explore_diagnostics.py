@@ -1,9 +1,9 @@
 """The :class:`~arith.explore.Explorer`'s diagnostics: ξ grids, kernel reports, task-vector statistics, similarities.
 
 A mixin, so that the Explorer stays one object while its accuracy protocols (``explore.py``) and its diagnostics
-(here) live in modules of their own.  It uses the Explorer's plumbing: ``vectors``, ``catalog``, ``modes``,
-``evaluator``, ``bundle``, ``loaded``, ``index``, ``max_per_task``, ``uses_all_images``, ``_precomputed``, ``_memo``
-and ``_memoised``.  Like the rest of the Explorer, nothing a caller passes is stored; results are memoised by content
+(here) live in modules of their own.  It uses the Explorer's plumbing: ``vectors``, ``_named``, ``catalog``,
+``modes``, ``evaluator``, ``bundle``, ``loaded``, ``index``, ``max_per_task``, ``uses_all_images``, ``_precomputed``,
+``_memo`` and ``_memoised``.  Like the rest of the Explorer, nothing a caller passes is stored; results are memoised by content
 (and task: a uid names content only).
 """
 

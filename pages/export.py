@@ -1,9 +1,7 @@
 """View 7, export and share: the merged weights (safetensors), the coefficient set (JSON), a link and a command."""
 
 import json
-import os
 import shlex
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -95,10 +93,10 @@ url = (st.context.url or "").removesuffix("/export")  # the app's first view, no
 st.markdown("The sidebar's choices are mirrored in the address bar, so this link reproduces the view "
             "(workspace vectors are private to your session and do not travel with it):")
 st.code(f"{url}?{query}", language=None, wrap_lines=True)
-# the CLI's default bundle ($ARITH_BUNDLE, else the embedded one) needs no --bundle; another is named relative to the
-# repository when it is inside it
+# the embedded default needs no --bundle wherever the command runs (not $ARITH_BUNDLE: that is this server's); another
+# bundle is named relative to the repository when it is inside it
 path = ctx.ref.path.resolve()
-bundle_arg = ("" if path == Path(os.environ.get("ARITH_BUNDLE", DEFAULT_BUNDLE)).resolve() else
+bundle_arg = ("" if path == DEFAULT_BUNDLE.resolve() else
               f" --bundle {shlex.quote(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))}")
 cmd = [f"python -m arith evaluate{bundle_arg} --mode {ctx.mode}"
        + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]

@@ -319,15 +319,16 @@ def test_a_link_reproduces_the_view(new_app):
     assert metric(none, "Absolute accuracy") == metric(none, "Zero-shot absolute")
     bad = new_app({"mode": "attn", "tasks": [STRIPES], "c.synthetic-stripes": "lots"})
     assert not bad.exception
-    assert any("not a number" in w.value for w in bad.sidebar.warning)
+    assert any("From the link: coefficient 'synthetic-stripes'='lots' is not a number: ignored" in w.value
+               for w in bad.sidebar.warning)
     assert len(bad.sidebar.slider) == 1
     # what the link asks for and the bundle lacks is named, once each, and the view opens on what it has
     odd = new_app({"mode": "bogus", "tasks": [STRIPES, "nope"], f"c.{STRIPES}": "9", "c.zzz": "9"})
     clean(odd)
     notes = [w.value for w in odd.sidebar.warning]
     assert odd.sidebar.selectbox(key="w_mode").value == "attn" and odd.sidebar.multiselect(key="w_tasks").value == [STRIPES]
-    assert any("mode 'bogus' is not in this bundle" in n for n in notes), notes
-    assert any("no attn task vector named 'nope', 'zzz'" in n for n in notes), notes
+    assert any("mode 'bogus' is not in this bundle" in n and n.endswith(": ignored") for n in notes), notes
+    assert any("no attn task vector named 'nope', 'zzz': ignored" in n for n in notes), notes
     assert any(f"coefficient '{STRIPES}'=9 clipped" in n for n in notes) and not any("'zzz'=9" in n for n in notes)
     odd.run()
     assert not odd.sidebar.warning  # shown once, on the run that read the link
@@ -512,6 +513,7 @@ def test_export_and_load_a_coefficient_set(new_app, bundle):
     assert list(record["coefficients"]) == at.sidebar.multiselect(key="w_tasks").value  # the sidebar's order
     assert "c.synthetic-quadrants=-0.5" in at.code[1].value  # the share link
     assert "--coef synthetic-quadrants=-0.5" in at.code[2].value  # the CLI command
+    assert f"--bundle {bundle.root.resolve()}" in at.code[2].value  # not the embedded default: named
     # load a coefficient set: switches the mode and sets exactly those coefficients
     other = dict(record, mode="full", coefficients={STRIPES: 0.25, COLOURS: -1.0, "gone": 1.0})
     at.file_uploader(key="export_import").set_value(("set.json", json.dumps(other).encode(), "application/json")).run()
@@ -906,7 +908,7 @@ def test_arith_autocast_runs_the_app_under_autocast_and_a_bad_value_is_named(new
 
 
 @pytest.mark.parametrize("value, said", [("abc", "ARITH_MAX_PER_TASK must be a positive whole number of images"),
-                                         ("0", "max_per_task must be a positive number of images")])
+                                         ("0", "ARITH_MAX_PER_TASK must be a positive whole number of images")])
 def test_a_bad_arith_max_per_task_is_named(new_app, monkeypatch, value, said):
     monkeypatch.setenv("ARITH_MAX_PER_TASK", value)
     at = new_app()

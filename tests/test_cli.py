@@ -156,7 +156,10 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["evaluate", *b, "--mode", "full", "--coef", f"{TASKS[0]}=1", "--vector", attn_file],
          "a attn task vector, but --mode full uses full vectors"),
         (["kernel", *b, "--mode", "full@attn", "--task", TASKS[0], "--vector", attn_file], "--mode full@attn uses full"),
-        (["evaluate", *b, "--mode", "bogus"], "unknown mode 'bogus'"),
+        (["evaluate", *b, "--mode", "bogus"], "unknown mode 'bogus'; known modes: full, attn, attn_bias, linear, mlp; "
+                                               "this bundle has full, attn, linear, mlp and the views full@attn"),
+        (["evaluate-full", *b, "--mode", "full", "--coef", f"{TASKS[0]}=1", "--vector", attn_file],
+         "a attn task vector, but --mode full uses full vectors"),
         (["addition", *b, "--mode", "attn_bias"], "this bundle has no attn_bias task vectors; its modes: full, attn"),
         (["similarity", *b, "--modes", "bogus"], "unknown mode 'bogus'"),
         (["addition", *b, "--tasks", "foo"], "no attn task vector named ['foo']"),

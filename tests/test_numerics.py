@@ -96,6 +96,11 @@ def test_non_finite_coefficients_are_refused_everywhere(bundle, bad, capsys):
     assert code == 2 and "not a finite number" in json.loads(capsys.readouterr().out.splitlines()[0])["error"]
 
 
+def test_a_xi_grid_needs_coefficients(bundle):
+    with pytest.raises(ValueError, match="at least one coefficient per axis"):
+        Explorer(bundle).xi("attn", TASKS[0], TASKS[1], alphas=[])
+
+
 def test_explorer_computes_with_the_coefficients_its_cache_key_names(bundle):
     ex = Explorer(bundle)
     a = ex.evaluate("attn", {TASKS[0]: 0.30004, TASKS[1]: -0.2})

@@ -141,7 +141,7 @@ def load_explorer(ref: BundleRef) -> Explorer:
     manifest = ref.path / "manifest.json"
     stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
     n = os.environ.get("ARITH_MAX_PER_TASK", "").strip()
-    if n and not n.isdigit():
+    if n and (not n.isdigit() or int(n) < 1):
         raise ValueError(f"ARITH_MAX_PER_TASK must be a positive whole number of images per task, got {n!r}")
     return _open_explorer(str(ref.path), stamp, preferred_device(), int(n) if n else None, preferred_autocast())
 
@@ -380,7 +380,7 @@ def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
                 if not math.isfinite(v):
                     raise ValueError
             except ValueError:
-                notes.append(f"coefficient {key[2:]!r}={values[-1]!r} is not a number")
+                notes.append(f"coefficient {key[2:]!r}={values[-1]!r} is not a number: ignored")
                 continue
             if not COEF_MIN <= v <= COEF_MAX:
                 out.setdefault("clipped", {})[key[2:]] = v
