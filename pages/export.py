@@ -90,6 +90,7 @@ st.subheader("Share")
 params = link_params(ctx)
 query = urlencode(params, doseq=True)
 url = (st.context.url or "").removesuffix("/export")  # the app's first view, not this page
+url = url if not url or url.endswith("/") else url + "/"
 st.markdown("The sidebar's choices are mirrored in the address bar, so this link reproduces the view "
             "(workspace vectors are private to your session and do not travel with it):")
 st.code(f"{url}?{query}", language=None, wrap_lines=True)
