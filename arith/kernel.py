@@ -74,7 +74,7 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
             # other batches can differ from f0 by rounding on a GPU (kernels vary with the batch shape), which
             # turned the relative error's 0/0 into 1 (BENCHMARKS.md, *GPU*)
             # In fp32 under autocast too: f0 and J τ are fp32, and against a bf16 forward ‖f − f_lin‖ measures
-            # rounding, not non-linearity (a small τ's relative error went from 0.01 to 0.5)
+            # rounding, not non-linearity (tests/test_numerics.py compares the two evaluators)
             f_nl = f0 if s == 0 else ev.features(merge(ev.base.params, [here], [s]), split, tasks, fp32=True)
             rows.append({"s": float(s), **compare(ev, task, split, f_nl, f0 + s * jt, f0)})
             done += 1

@@ -267,8 +267,8 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
             nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise TaskVectorError(f"{key}: {nan + inf} non-finite value(s) ({nan} NaN, {inf} infinite) in "
                                   f"{str(t.dtype).removeprefix('torch.')}")
-        if t.dtype == torch.float64 and not torch.isfinite(t.to(torch.float32)).all():  # vectors are kept in fp32
-            big = int((~torch.isfinite(t.to(torch.float32))).sum())
+        big = int((~torch.isfinite(t.to(torch.float32))).sum()) if t.dtype == torch.float64 else 0  # kept in fp32
+        if big:
             raise TaskVectorError(f"{key}: {big} value(s) beyond float32's range (±{torch.finfo(torch.float32).max:.3g}); "
                                   "task vectors are kept in fp32")
     absent = [k for k in m.trainable_keys(shapes) if k not in tensors]

@@ -382,11 +382,12 @@ def parse_link(params: Mapping[str, list[str]]) -> tuple[dict, list[str]]:
             except ValueError:
                 notes.append(f"coefficient {key[2:]!r}={values[-1]!r} is not a number: ignored")
                 continue
-            if not COEF_MIN <= v <= COEF_MAX:
-                out.setdefault("clipped", {})[key[2:]] = v
-            coefs[key[2:]] = snap(v)
+            coefs[key[2:]] = v
+    clipped = beyond_sliders(coefs)
+    if clipped:
+        out["clipped"] = clipped
     if coefs:
-        out["coefs"] = coefs
+        out["coefs"] = {n: snap(v) for n, v in coefs.items()}
     return out, notes
 
 
