@@ -144,7 +144,7 @@ def finetune(base: Base, head: Head, train: Split, cfg: FinetuneConfig, *, task:
     losses: list[float] = []
     start = time.perf_counter()
     batches = _batches(len(train), cfg.batch_size, cfg.steps, cfg.seed)
-    if hasattr(train, "stream"):  # a lazy data set (arith.datasets): decodes this rank's share, in workers
+    if hasattr(train, "stream"):  # a lazy data set (arith.imagedata): decodes this rank's share, in workers
         stream = train.stream(batches, rank=rank, world=world, seed=cfg.seed, augment=cfg.augment)
     else:
         stream = _tensor_batches(train, batches, rank, world, aug_gen if cfg.augment else None)

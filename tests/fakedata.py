@@ -84,7 +84,7 @@ def make_dtd(root: Path, classes=("banded", "dotted", "zigzagged"), per_split=4,
 
 
 def make_eurosat(root: Path, per_class=6, seed=0) -> None:
-    from arith.datasets import EUROSAT_FOLDERS
+    from arith.realsets import EUROSAT_FOLDERS
 
     rng = np.random.default_rng(seed)
     for c, folder in enumerate(EUROSAT_FOLDERS):
@@ -114,7 +114,7 @@ def make_cars(root: Path, names=("AM General Hummer SUV 2000", "Acura RL Sedan 2
 
 
 def make_resisc45(root: Path, classes=("airplane", "beach", "wetland"), per_class=8, split_files=True, seed=0) -> None:
-    from arith.datasets import RESISC45_FOLDERS
+    from arith.realsets import RESISC45_FOLDERS
 
     rng = np.random.default_rng(seed)
     base = root / "resisc45"

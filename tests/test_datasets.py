@@ -8,9 +8,11 @@ from fakedata import MAKERS, image, make_folder, make_sun397
 from PIL import Image
 
 from arith import datasets as D
+from arith import imagedata
 from arith.data import get_task
 from arith.finetune import finetune
 from arith.heads import prototype_head
+from arith.realsets import TEMPLATES
 from arith.specs import FinetuneConfig
 
 from conftest import tiny_base
@@ -35,13 +37,13 @@ def no_workers(monkeypatch):
 @pytest.mark.parametrize("name", D.PAPER_TASKS)
 def test_each_paper_dataset_loads_from_its_layout(root, name):
     task = get_task(name).resolve(root)
-    assert task.family == "real" and task.templates == D.TEMPLATES[name] and "{}" in task.templates[0]
+    assert task.family == "real" and task.templates == TEMPLATES[name] and "{}" in task.templates[0]
     n_classes = {"cars": 3, "sun397": 4}.get(name, {"dtd": 47, "eurosat": 10, "gtsrb": 43, "resisc45": 45}.get(name, 10))
     assert len(task.classnames) == n_classes
     train = task.load("train", size=SIZE, root=root)
     val = task.load("val", size=SIZE, n=3, root=root)
     test = task.load("test", size=SIZE, n=5, root=root)
-    assert isinstance(train, D.LazySplit) and train.images.shape[1:] == (3, SIZE, SIZE)
+    assert isinstance(train, imagedata.LazySplit) and train.images.shape[1:] == (3, SIZE, SIZE)
     for s in (val, test):
         assert s.images.dtype == torch.uint8 and s.images.shape[1:] == (3, SIZE, SIZE)
         assert 0 <= int(s.labels.min()) and int(s.labels.max()) < n_classes
@@ -49,7 +51,7 @@ def test_each_paper_dataset_loads_from_its_layout(root, name):
     # the validation hold-out (method.md §7) is disjoint from training and deterministic
     part = task.partition(root)
     pool = len(part.train) + len(part.val)
-    assert len(part.val) == D.holdout_size(pool) >= 1
+    assert len(part.val) == imagedata.holdout_size(pool) >= 1
     assert not set(part.val.tolist()) & set(part.train.tolist())
     again = task.load("test", size=SIZE, n=5, root=root)
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
@@ -57,7 +59,7 @@ def test_each_paper_dataset_loads_from_its_layout(root, name):
     cat = task.splits(root)["train"]
     first = int(part.val[0])
     assert int(val.labels[0]) == int(cat.labels[first])
-    assert torch.equal(val.images[0], D.to_uint8(D.eval_geometry(cat.read(first), SIZE)))
+    assert torch.equal(val.images[0], imagedata.to_uint8(imagedata.eval_geometry(cat.read(first), SIZE)))
 
 
 def test_class_names_read_from_the_data(root):
@@ -89,16 +91,16 @@ def test_sun397_needs_its_official_partition(tmp_path):
 
 
 def test_holdout_rule():
-    assert D.holdout_size(100) == 10 and D.holdout_size(60_000) == 5000 and D.holdout_size(1) == 0
-    p = D.make_partition("x", 1000, 50)
+    assert imagedata.holdout_size(100) == 10 and imagedata.holdout_size(60_000) == 5000 and imagedata.holdout_size(1) == 0
+    p = imagedata.make_partition("x", 1000, 50)
     assert len(p.val) == 100 and len(p.train) == 900 and sorted(p.test.tolist()) == list(range(50))
-    assert np.array_equal(p.val, D.make_partition("x", 1000, 50).val)
-    assert not np.array_equal(p.val, D.make_partition("y", 1000, 50).val)
+    assert np.array_equal(p.val, imagedata.make_partition("x", 1000, 50).val)
+    assert not np.array_equal(p.val, imagedata.make_partition("y", 1000, 50).val)
 
 
 def test_eval_geometry_is_open_clips_preprocessing():
     img = Image.fromarray(image(3, np.random.default_rng(0), (40, 26)))
-    ours = D.to_uint8(D.eval_geometry(img, SIZE)).float() / 255
+    ours = imagedata.to_uint8(imagedata.eval_geometry(img, SIZE)).float() / 255
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
     theirs = open_clip.image_transform(SIZE, is_train=False)(img)
@@ -155,10 +157,10 @@ def test_custom_image_folders(tmp_path):
 
 def test_loader_workers_are_shared_among_torchrun_processes(monkeypatch):
     monkeypatch.delenv("ARITH_DATA_WORKERS")
-    monkeypatch.setattr(D.os, "cpu_count", lambda: 17)
+    monkeypatch.setattr(imagedata.os, "cpu_count", lambda: 17)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert D._workers() == 4
+    assert imagedata._workers() == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert D._workers() == 8
+    assert imagedata._workers() == 8
     monkeypatch.setenv("ARITH_DATA_WORKERS", "2")
-    assert D._workers() == 2
+    assert imagedata._workers() == 2
