@@ -21,6 +21,7 @@ _EXPORTS = {
     "MODES": "modes", "Mode": "modes", "get_mode": "modes", "register_mode": "modes",
     "FinetuneConfig": "specs", "ModelSpec": "specs", "TaskInfo": "specs",
     "TaskVector": "taskvec", "TaskVectorError": "taskvec", "load_task_vector": "taskvec",
+    "from_state_dicts": "convert",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -56,6 +56,7 @@ class Bundle:
 
     @property
     def modes(self) -> list[str]:
+        """The fine-tuning modes this bundle holds task vectors of, in its order."""
         return list(self.vectors)
 
     @property

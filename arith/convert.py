@@ -31,7 +31,7 @@ import torch
 from .cli import _config_arg, _emit, arguments, command
 from .modes import MODES, get_mode
 from .specs import Meta
-from .taskvec import TaskVector, validate
+from .taskvec import TaskVector, as_base, validate
 
 WRAPPERS = ("module.", "_orig_mod.", "model.", "image_encoder.")
 AUTO_MODES = ("attn", "attn_bias", "mlp", "full")
@@ -57,10 +57,15 @@ def read_checkpoint(path: str | Path) -> dict:
             pass
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path.name}: torch.load(weights_only=True) refused it ({first[:160]}); {RECIPE}") from None
+    return _unwrap(obj, path.name)
+
+
+def _unwrap(obj, name: str) -> dict:
+    """The state dict inside ``{"state_dict": ...}`` wrappers (Lightning's and others')."""
     while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path.name}: holds a {type(obj).__name__}, not a state dict")
+        raise ValueError(f"{name}: holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
 
 
@@ -169,19 +174,26 @@ def choose_mode(delta: Mapping[str, torch.Tensor], mode: str | None) -> tuple[st
     return m.name, changed
 
 
-def import_checkpoint(base, finetuned: str | Path, *, task: str, mode: str | None = None,
-                      pretrained_state: str | Path | None = None) -> tuple[TaskVector, dict]:
-    """A validated task vector for ``base`` from a fine-tuned checkpoint (and optionally its θ0 file)."""
-    sd = read_checkpoint(finetuned)
+def from_state_dicts(base, finetuned: Mapping, *, task: str, mode: str | None = None,
+                     pretrained: Mapping | None = None) -> TaskVector:
+    """A validated task vector τ = θ_t − θ0 for ``base`` from in-memory state dicts: ``finetuned`` (a CLIP model's
+    or its visual tower's; ``module.``/``model.``/``image_encoder.`` prefixes and ``{"state_dict": ...}`` are fine, as
+    is a tangent-space linearized one) against ``pretrained`` (default: θ0 itself, which it must then equal).
+    ``mode`` None or ``"auto"``: the narrowest mode that trains every tensor that changed (attn, mlp, full)."""
+    pretrained = None if pretrained is None else _unwrap(pretrained, "the pre-trained state dict")
+    return _vector(base, _unwrap(finetuned, "the fine-tuned state dict"), task, mode, pretrained, {})[0]
+
+
+def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping | None, info: dict) -> tuple[TaskVector, dict]:
+    """(task vector, report) of :func:`from_state_dicts`; ``info`` names the sources for the file's metadata."""
+    base = as_base(base)
     theta0 = {k: v.detach().cpu() for k, v in base.params.items()}
-    info: dict = {"source": Path(finetuned).name}
-    if pretrained_state is not None:
-        given = visual_state(read_checkpoint(pretrained_state))
+    if pretrained is not None:
+        given = visual_state(pretrained)
         diff = [k for k in theta0 if k in given and not _close(given[k], theta0[k])]
         if diff:
-            raise ValueError(f"{Path(pretrained_state).name}: {diff[0]} differs from the base's θ0 "
-                             f"({len(diff)} tensor(s)); import against the base these weights belong to")
-        info["pretrained"] = Path(pretrained_state).name
+            raise ValueError(f"{info.get('pretrained', 'the pre-trained state dict')}: {diff[0]} differs from the "
+                             f"base's θ0 ({len(diff)} tensor(s)); import against the base these weights belong to")
     if is_linearized(sd):
         if mode not in (None, "auto", "linear"):
             raise ValueError(f"a linearized checkpoint gives a 'linear' task vector, not {mode!r}")
@@ -190,15 +202,26 @@ def import_checkpoint(base, finetuned: str | Path, *, task: str, mode: str | Non
         if isinstance(sd.get("model_name"), str):
             info["model_name"] = sd["model_name"]
     else:
-        ref = visual_state(read_checkpoint(pretrained_state)) if pretrained_state is not None else theta0
+        ref = visual_state(pretrained) if pretrained is not None else theta0
         delta = pair_vector(visual_state(sd), ref, {k: tuple(v.shape) for k, v in theta0.items()})
         mode, changed = choose_mode(delta, mode)
         tensors = {k: v for k, v in delta.items() if get_mode(mode).trains(k)}
-        info["format"] = "state-dict pair" if pretrained_state is not None else "state dict against the base's θ0"
+        info["format"] = "state-dict pair" if pretrained is not None else "state dict against the base's θ0"
     meta = {Meta.BASE: base.id, Meta.MODE: mode, Meta.TASK: task, "arith.imported": json.dumps(info, sort_keys=True)}
     tv = validate(tensors, meta, base)
     report = {**info, "mode": mode, "changed": None if changed is None else len(changed)}
     return tv, report
+
+
+def import_checkpoint(base, finetuned: str | Path, *, task: str, mode: str | None = None,
+                      pretrained_state: str | Path | None = None) -> tuple[TaskVector, dict]:
+    """A validated task vector for ``base`` from a fine-tuned checkpoint (and optionally its θ0 file)."""
+    info: dict = {"source": Path(finetuned).name}
+    pretrained = None
+    if pretrained_state is not None:
+        pretrained = read_checkpoint(pretrained_state)
+        info["pretrained"] = Path(pretrained_state).name
+    return _vector(base, read_checkpoint(finetuned), task, mode, pretrained, info)
 
 
 # -- command ----------------------------------------------------------------------------------------------------------

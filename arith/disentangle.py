@@ -43,6 +43,8 @@ def xi_grid(ev: Evaluator, tv1: TaskVector, tv2: TaskVector, task1: str, task2: 
     if task1 == task2:
         raise ValueError("ξ needs two different tasks")
     a1s, a2s = [float(a) for a in alphas], [float(a) for a in (alphas if alphas2 is None else alphas2)]
+    if not a1s or not a2s:
+        raise ValueError("ξ needs at least one coefficient per task (alphas and alphas2 must not be empty)")
     pair = [task1, task2]
     sl = ev.eval_set(split).slices[task1]
     n1 = sl.stop - sl.start

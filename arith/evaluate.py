@@ -100,6 +100,8 @@ class Evaluator:
 
     def _select(self, split: str, tasks: Sequence[str] | None) -> tuple[EvalSet, list[str], torch.Tensor | None]:
         es = self.eval_set(split)
+        if isinstance(tasks, str):  # one task's name, not its letters
+            tasks = [tasks]
         tasks = list(self.tasks if tasks is None else tasks)
         unknown = [t for t in tasks if t not in es.slices]
         if unknown:
@@ -269,10 +271,13 @@ class Evaluator:
         return out
 
     def labels(self, split: str, task: str) -> torch.Tensor:
+        """The int64 labels of ``task``'s evaluation images in ``split``, in the order its features come."""
         es = self.eval_set(split)
         return es.labels[es.slices[task]]
 
     def accuracy(self, features: torch.Tensor, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        """Top-1 accuracy per task of ``features`` (the rows of ``tasks``' images in ``split``, in order) under each
+        task's frozen head."""
         preds = self.predictions(features, split, tasks)
         return {t: float((p == self.labels(split, t)).float().mean()) for t, p in preds.items()}
 
@@ -282,6 +287,7 @@ class Evaluator:
         return self.accuracy(self.merged_features(vectors, coefs, split, tasks, method), split, tasks)
 
     def zeroshot(self, split: str = "test", tasks: Sequence[str] | None = None) -> dict[str, float]:
+        """Accuracy of θ0 itself per task (the zero-shot heads on the pre-trained encoder)."""
         es, tasks, rows = self._select(split, tasks)
         f = self.f0(split)
         return self.accuracy(f if rows is None else f[rows], split, tasks)

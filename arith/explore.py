@@ -16,6 +16,7 @@ that need torch (two threads never import torch at once).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -192,9 +193,16 @@ class Explorer(Diagnostics):
         return self.index.modes
 
     @property
-    def results(self) -> Mapping:
-        """The bundle's precomputed results (read-only)."""
-        return self.index.results
+    def results(self) -> dict:
+        """The bundle's precomputed results: the caller's own copy (every session shares the bundle's).  A page that
+        needs one entry reads :meth:`result`, a smaller copy."""
+        return copy.deepcopy(self.index.results)
+
+    @fresh
+    def result(self, name: str, default=None):
+        """One precomputed result (``"addition"``, ``"disentanglement"``, ``"kernel"``, …) as the caller's own copy;
+        ``default`` when the bundle has none."""
+        return self.index.results.get(name, default)
 
     @property
     def views(self) -> list[str]:

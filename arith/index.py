@@ -123,7 +123,11 @@ def split_sizes(path: Path, rel: str) -> dict[str, int]:
 
 
 def finetune_config(manifest: Mapping[str, Any], mode: str) -> FinetuneConfig | None:
-    """The fine-tuning config a manifest records for ``mode`` (None when it records none)."""
+    """The fine-tuning config a manifest records for ``mode`` (None when it records none; an unknown mode is refused,
+    so that a misspelt one is not read as "no config")."""
+    from .modes import get_mode
+
+    get_mode(mode)
     cfg = manifest.get("finetune", {}).get(mode)
     return FinetuneConfig.from_dict(cfg) if cfg else None
 

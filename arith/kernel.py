@@ -56,8 +56,14 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
     """Kernel diagnostics of ``tv`` on ``task``: the non-linear model θ0 + sτ against f(θ0) + s Jτ.
 
     Returns ``{"task", "mode", "at_1": compare(...) at s = 1, "path": [{"s", ...compare}], "restricted":
-    {subset: {"norm_fraction", "path": [...]} or None}}``.
+    {subset: {"norm_fraction", "path": [...]} or None}}``.  ``path`` must hold s = 1; ``subsets`` are names of
+    :data:`SUBSETS`.
     """
+    if 1.0 not in [float(s) for s in path]:
+        raise ValueError(f"path {list(path)} lacks s = 1, where at_1 reports τ itself")
+    unknown = [name for name in subsets if name not in SUBSETS]
+    if unknown:
+        raise ValueError(f"unknown subset {unknown[0]!r}; known: {', '.join(SUBSETS)}")
     tasks = [task]
     f0 = ev.merged_features([], [], split, tasks)
     steps = len(path) * (1 + len(subsets))

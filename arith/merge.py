@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .specs import Meta
+
 if TYPE_CHECKING:  # the registry is read without torch (the app's sidebar lists it before torch is imported)
     import torch
 
@@ -309,7 +311,9 @@ def dare_vector(tv: TaskVector, density: float = 0.5, seed: int = 0) -> TaskVect
 
     if density >= 1.0:
         return tv
-    out = TaskVector(_Dropped(tv, float(density), int(seed)), tv.task, tv.mode, tv.base_id, dict(tv.meta))
+    meta = {k: v for k, v in tv.meta.items() if k not in Meta.TRAINING}  # no longer what training produced
+    meta[Meta.DERIVED] = f"DARE(density {float(density):g}, seed {int(seed)}) of {tv._made(grouped=True)}"
+    out = TaskVector(_Dropped(tv, float(density), int(seed)), tv.task, tv.mode, tv.base_id, meta)
     out.__dict__["uid"] = hashlib.sha256(f"{tv.uid}|dare|{float(density)!r}|{int(seed)}".encode()).hexdigest()[:20]
     return out
 
@@ -414,5 +418,9 @@ def apply_delta(theta0: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Te
 
 def merge(theta0: Mapping[str, torch.Tensor], vectors: Sequence[TaskVector], coefs: Sequence[float],
           method: str = "task_arithmetic", **options) -> dict[str, torch.Tensor]:
-    """Merged parameters θ0 + δ(vectors, coefs): for ``task_arithmetic``, θ0 + Σ_t λ_t τ_t."""
+    """Merged parameters θ0 + δ(vectors, coefs): for ``task_arithmetic``, θ0 + Σ_t λ_t τ_t.
+
+    Keys no vector touches are θ0's own tensors, not copies (a merge costs only what it changes): read the result
+    (``functional_call``, :meth:`arith.models.Base.features`), or make weights of your own to edit in place or train
+    (:meth:`arith.models.Base.encoder`, or clone them)."""
     return apply_delta(theta0, combine(vectors, coefs, method, **options))

@@ -145,6 +145,12 @@ def fingerprint(tensors: Mapping[str, torch.Tensor], length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def _refuse_load(module, *args, **kwargs):
+    """``load_state_dict`` on θ0's own module would write into θ0 (its parameters are θ0's tensors)."""
+    raise RuntimeError("this encoder holds θ0's own tensors (Base.module), which every evaluation shares: loading "
+                       "weights into it would change θ0. Use base.encoder(weights) for an encoder of your own")
+
+
 class Base:
     """θ0: a frozen image encoder plus how to feed it images.
 
@@ -164,6 +170,7 @@ class Base:
         self._lock = threading.Lock()
         if encoder is not None:
             self._module: ImageEncoder | None = encoder.eval().requires_grad_(False)
+            encoder.register_load_state_dict_pre_hook(_refuse_load)  # θ0 below is its parameters, not copies
             self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in encoder.named_parameters()}
             self.buffers: dict[str, torch.Tensor] = {k: b for k, b in encoder.named_buffers()}
         else:
@@ -201,7 +208,31 @@ class Base:
                     if left:
                         raise RuntimeError(f"{self.spec.label}: encoder tensors its layout did not expect: {left[:5]}")
                     self._module = enc.eval()
+                    enc.register_load_state_dict_pre_hook(_refuse_load)
         return self._module
+
+    def encoder(self, weights: Mapping[str, torch.Tensor] | None = None) -> ImageEncoder:
+        """An open_clip encoder of one's own: θ0, or θ0 with ``weights`` in place of its tensors (a merge's output,
+        :func:`arith.merge.merge`), in copies on θ0's device.  Training it, loading into it or exporting it never
+        touches θ0, which :attr:`module` holds and every evaluation shares."""
+        state = {**self.params, **self.buffers}
+        if weights is not None:
+            unknown = sorted(set(weights) - set(state))
+            if unknown:
+                raise ValueError(f"{unknown[0]}: not a tensor of {self.spec.label} ({len(unknown)} unknown key(s))")
+            wrong = [k for k, t in weights.items() if tuple(t.shape) != tuple(state[k].shape)]
+            if wrong:
+                raise ValueError(f"{wrong[0]}: shape {tuple(weights[wrong[0]].shape)}, θ0 has {tuple(state[wrong[0]].shape)}")
+            state.update(weights)
+        enc = build_visual(self.spec, device="meta")
+        wanted = enc.state_dict().keys()
+        enc.load_state_dict({k: state[k].detach().to(self.device, torch.float32 if state[k].is_floating_point()
+                                                     else state[k].dtype).clone() for k in wanted},
+                            strict=True, assign=True)
+        left = [k for k, t in [*enc.named_parameters(), *enc.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"{self.spec.label}: encoder tensors θ0 does not hold: {left[:5]}")
+        return enc.eval()
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod

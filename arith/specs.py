@@ -31,6 +31,8 @@ class Meta:
     VERSIONS = "arith.versions"  # JSON {"torch": ..., "open_clip": ..., "arith": ...}
     CREATED = "arith.created"
     PART = "arith.cut_to"  # a vector cut post hoc to the tensors another mode trains (TaskVector.cut): that mode
+    DERIVED = "arith.derived"  # how arithmetic made this vector from others ("0.35 × digits", "digits + street")
+    TRAINING = (STEPS, LR, SEED, CONFIG, VERSIONS, CREATED)  # what a fine-tuning run vouches for: never inherited
 
     REQUIRED = (FORMAT, BASE, MODE, TASK)
 

@@ -39,13 +39,24 @@ def library_versions() -> dict[str, str]:
 
 @dataclass(frozen=True, eq=False)
 class TaskVector:
-    """An immutable task vector. Arithmetic returns new vectors; stored tensors are never written to."""
+    """An immutable task vector. Arithmetic returns new vectors; stored tensors are never written to.
+
+    The constructor checks only the mode; :func:`validate` checks tensors against a base model (keys, shapes,
+    dtypes, finite values), as :func:`load_task_vector` does for files.  ``0.35 * tv``, ``tv / 2``, ``a + b``,
+    ``a - b``, ``-tv`` and ``sum([a, b, c])`` build new vectors (fp32 tensors stay fp32); a derived vector records
+    how it was made (``Meta.DERIVED``) and none of its sources' training provenance (``Meta.TRAINING``).
+    """
 
     tensors: Mapping[str, torch.Tensor]
     task: str
     mode: str
     base_id: str
     meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [m for m in self.mode.split("+") if m not in MODES]  # a sum of two modes' vectors is "a+b"
+        if unknown:
+            raise TaskVectorError(f"mode {self.mode!r}: unknown mode {unknown[0]!r}; known: {', '.join(MODES)}")
 
     # -- identity -------------------------------------------------------------------------------------------------
     @cached_property
@@ -113,22 +124,44 @@ class TaskVector:
             out[k] = out[k] + sign * t if k in out else sign * t
         mode = self.mode if self.mode == other.mode else f"{self.mode}+{other.mode}"
         op = "+" if sign > 0 else "-"
-        return TaskVector(out, f"{self.task}{op}{other.task}", mode, self.base_id)
+        made = f"{self._made()} {op} {other._made(grouped=True)}"
+        return TaskVector(out, f"{self.task}{op}{other.task}", mode, self.base_id, {Meta.DERIVED: made})
+
+    def _made(self, grouped: bool = False) -> str:
+        """How this vector was made, for a derived vector's ``Meta.DERIVED``: its task, or its own recipe."""
+        made = self.meta.get(Meta.DERIVED)
+        if made is None:
+            return self.task
+        return f"({made})" if grouped and (" + " in made or " - " in made) else made
 
     def __add__(self, other: TaskVector) -> TaskVector:
         return self._combine(other, 1.0)
+
+    def __radd__(self, other) -> TaskVector:
+        if isinstance(other, (int, float)) and other == 0:  # sum([a, b]) starts from 0
+            return self
+        return NotImplemented
 
     def __sub__(self, other: TaskVector) -> TaskVector:
         return self._combine(other, -1.0)
 
     def scale(self, coef: float) -> TaskVector:
-        return TaskVector({k: coef * t for k, t in self.tensors.items()}, self.task, self.mode, self.base_id,
-                          dict(self.meta))
+        """coef · τ as a new vector (the tensors it holds, each multiplied); a NaN or infinite ``coef`` is refused.
+        Metadata other than training provenance is kept (a cut's ``Meta.PART``, an import's note)."""
+        coef = float(coef)
+        if not math.isfinite(coef):
+            raise TaskVectorError(f"cannot scale a task vector by {coef}: coefficients must be finite")
+        meta = {k: v for k, v in self.meta.items() if k not in Meta.TRAINING}
+        meta[Meta.DERIVED] = f"{coef:g} × {self._made(grouped=True)}"
+        return TaskVector({k: coef * t for k, t in self.tensors.items()}, self.task, self.mode, self.base_id, meta)
 
     def __mul__(self, coef: float) -> TaskVector:
-        return self.scale(float(coef))
+        return self.scale(coef)
 
     __rmul__ = __mul__
+
+    def __truediv__(self, coef: float) -> TaskVector:
+        return self.scale(1.0 / float(coef))
 
     def __neg__(self) -> TaskVector:
         return self.scale(-1.0)
@@ -155,6 +188,7 @@ class TaskVector:
 
     # -- norms ------------------------------------------------------------------------------------------------------
     def norm(self) -> float:
+        """‖τ‖: the L2 norm over every tensor the vector holds (in fp64)."""
         return math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.tensors.values()))
 
     def layer_norms(self) -> dict[str, float]:
@@ -172,6 +206,8 @@ class TaskVector:
 
     # -- files --------------------------------------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
+        """The file's string metadata: this library's versions and the time written (a trained vector's own, when
+        it records them), the vector's ``meta``, then its format, kind, base, mode and task."""
         meta = {Meta.VERSIONS: json.dumps(library_versions(), sort_keys=True),
                 Meta.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"), **self.meta}
         meta.update({Meta.FORMAT: FORMAT_VERSION, Meta.KIND: "task_vector", Meta.BASE: self.base_id,
@@ -179,10 +215,17 @@ class TaskVector:
         return meta
 
     def to_bytes(self) -> bytes:
+        """The file's bytes (:meth:`save`); refuses a vector no mode describes."""
+        if self.mode not in MODES:
+            raise TaskVectorError(f"mode {self.mode!r}: a sum of vectors of different modes cannot be saved (a file "
+                                  "has one mode, which says what its tensors are); save the vectors one by one")
         tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in self.tensors.items()}
         return st_save(tensors, metadata=self.metadata())
 
     def save(self, path: str | Path) -> Path:
+        """Write the vector as a safetensors file with its metadata (atomically: a temporary file, then renamed;
+        an existing file at ``path`` is replaced) and return the path.  A sum of vectors of different modes
+        (mode ``"attn+full"``) is refused: no mode describes its tensors, so no loader could check it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -209,6 +252,11 @@ def cosine_matrix(vectors: Sequence[TaskVector]) -> torch.Tensor:
 _TORCH_FLOAT = {torch.float64, torch.float32, torch.float16, torch.bfloat16}
 
 
+def as_base(base):
+    """θ0 (an :class:`arith.models.Base`) of ``base``: itself, or a loaded bundle's ``base``."""
+    return base.base if not hasattr(base, "shapes") and hasattr(base, "base") else base
+
+
 def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
              *, task: str | None = None, mode: str | None = None, allow_other_base: bool = False) -> TaskVector:
     """Check tensors + metadata against ``base`` (an :class:`arith.models.Base`) and build a fp32 TaskVector.
@@ -216,8 +264,9 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
     Refuses, naming the key or field: missing metadata, an unknown format version or mode, a base-model id that is
     not ``base.id``, keys the base does not have, keys the mode does not train (metadata that lies), keys the mode
     trains but the file lacks, wrong shapes, non-float dtypes and NaN/Inf values.  ``task``/``mode`` fill in for
-    files written by other tools without our metadata.
+    files written by other tools without our metadata.  ``base`` may also be a loaded bundle (its θ0).
     """
+    base = as_base(base)
     meta = dict(meta)
     if task is not None:
         meta[Meta.TASK] = task
@@ -280,7 +329,8 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
 
 
 def load_task_vector(source, base, *, max_bytes: int = DEFAULT_MAX_BYTES, **overrides) -> TaskVector:
-    """Read and validate a task-vector file (path, bytes or file object) against ``base``.
+    """Read and validate a task-vector file (path, bytes or file object) against ``base`` (a :class:`Base`, or a
+    bundle: its θ0).
 
     Raises :class:`SafetensorsError` for a malformed container and :class:`TaskVectorError` for contents that
     do not fit ``base``; both are ``ValueError`` with a message meant for the user.

@@ -31,7 +31,7 @@ if len(names) < 2:
 
 # default pair: the first pair the bundle has precomputed (for this mode, else for any: a view or a workspace-only
 # mode then opens on the pair and grid the bundle's modes show at once), else the first two tasks
-stored = ex.results.get("disentanglement", {})
+stored = ex.result("disentanglement") or {}
 pre = stored.get(ctx.mode) or next((g for g in stored.values() if isinstance(g, dict) and g), {})
 first = next((k.split("|") for k in pre if all(p in names for p in k.split("|"))), names[:2])
 if st.session_state.get("xi_t1") not in names:

@@ -47,7 +47,8 @@ with guard("Kernel diagnostics"):
     fmt["non-linear advantage"] = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(table, hide_index=True, key="kernel_table", column_config=fmt)
     # the bundle's stored diagnostics over its tasks (the README's results table), on the images this page uses
-    over_all = {m: v for m, v in kernel_agreement(ex.results).items() if m != "linear"} if ex.uses_all_images else {}
+    stored = kernel_agreement({"kernel": ex.result("kernel")}) if ex.uses_all_images else {}
+    over_all = {m: v for m, v in stored.items() if m != "linear"}
     if over_all:
         st.caption("Agreement at s = 1, mean over the tasks with stored diagnostics: "
                    + ", ".join(f"{mode_label(m)} {100 * v:.1f} % ({n} tasks)" for m, (v, n) in over_all.items())

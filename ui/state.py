@@ -353,7 +353,7 @@ def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
 
 def default_alpha(ex: Explorer, mode: str) -> float:
     """The opening coefficient: the bundle's validation-chosen α for ``mode`` when it ships one."""
-    a = ex.results.get("addition", {}).get(mode)
+    a = (ex.result("addition") or {}).get(mode)
     a = a.get("alpha") if isinstance(a, dict) else None
     return snap(a) if isinstance(a, (int, float)) and math.isfinite(a) else DEFAULT_COEF
 
