@@ -22,7 +22,6 @@ from .lru import LRU
 from .merge import apply_delta, check_coefs, combine, parse_method
 from .metrics import check_max_per_task
 from .models import Base
-from .modes import get_mode
 from .taskvec import TaskVector
 
 
@@ -161,13 +160,12 @@ class Evaluator:
             self._f0[split] = self._forward(None, self.eval_set(split).x, fp32=True)
         return self._f0[split]
 
-    def jvp(self, vector: TaskVector, split: str, keys: Sequence[str] | None = None,
-            tasks: Sequence[str] | None = None) -> torch.Tensor:
-        """J(θ0) τ on the split's images of ``tasks`` (all by default); ``keys`` restricts the tangent to a subset
-        of τ's tensors (restricted linearization, method.md §5).  Cached by content."""
+    def jvp(self, vector: TaskVector, split: str, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        """J(θ0) τ on the split's images of ``tasks`` (all by default), cached by content.  A restricted
+        linearization (method.md §5) is the JVP of a cut vector (:meth:`arith.taskvec.TaskVector.cut`)."""
         es, tasks, rows = self._select(split, tasks)
-        sel = tuple(sorted(vector.tensors if keys is None else set(keys) & set(vector.tensors)))
-        ck = (vector.uid, split, None if keys is None else sel, None if rows is None else tuple(tasks))
+        sel = tuple(sorted(vector.tensors))
+        ck = (vector.uid, split, None if rows is None else tuple(tasks))
         hit = self._jvp.get(ck)
         if hit is not None:
             return hit
@@ -186,7 +184,7 @@ class Evaluator:
         # fp32 whatever the file held: the linear model's terms are fp32 (see f0)
         self._f0[split] = f0[:n].to(self.base.device, torch.float32)
         for uid, t in jvps.items():
-            self._jvp.put((uid, split, None, None), t[:n].to(self.base.device, torch.float32))
+            self._jvp.put((uid, split, None), t[:n].to(self.base.device, torch.float32))
 
     def export_linear_cache(self, vectors: Sequence[TaskVector], split: str) -> dict[str, torch.Tensor]:
         """f(x; θ0), J τ per vector (keyed by uid) and the per-task row counts, for a bundle's cache file."""
@@ -330,12 +328,3 @@ def shared_vector_cache(device: torch.device | str) -> LRU:
         if key not in _SHARED:
             _SHARED[key] = new_vector_cache(key)
         return _SHARED[key]
-
-
-def mode_of(vectors: Mapping[str, TaskVector]) -> str:
-    modes = {v.mode for v in vectors.values()}
-    if len(modes) != 1:
-        raise ValueError(f"expected task vectors of one mode, got {sorted(modes)}")
-    mode = modes.pop()
-    get_mode(mode)
-    return mode

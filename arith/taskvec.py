@@ -258,7 +258,7 @@ def as_base(base):
 
 
 def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
-             *, task: str | None = None, mode: str | None = None, allow_other_base: bool = False) -> TaskVector:
+             *, task: str | None = None, mode: str | None = None) -> TaskVector:
     """Check tensors + metadata against ``base`` (an :class:`arith.models.Base`) and build a fp32 TaskVector.
 
     Refuses, naming the key or field: missing metadata, an unknown format version or mode, a base-model id that is
@@ -284,7 +284,7 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
     if meta.get(Meta.MODE) not in MODES:
         raise TaskVectorError(f"metadata {Meta.MODE}={meta.get(Meta.MODE)!r}: unknown mode; known: {', '.join(MODES)}")
     claimed = meta.get(Meta.BASE)
-    if claimed and claimed != base.id and not allow_other_base:
+    if claimed and claimed != base.id:
         raise TaskVectorError(f"metadata {Meta.BASE}={claimed!r}: this vector was made for another base model "
                               f"(this one is {base.id!r})")
     if not claimed:

@@ -36,6 +36,8 @@ WRONG_SHAPES = {
     "linear cache J τ of another shape": (_linear(None), lambda t: t.__setitem__(
         next(k for k in t if k not in ("f0", "__rows__")), torch.zeros(3, 32))),
     "linear cache with Inf": (_linear(None), lambda t: t["f0"].__setitem__((0, 0), float("inf"))),
+    "linear cache J τ with NaN": (_linear(None), lambda t: t[next(k for k in t if k not in ("f0", "__rows__"))].__setitem__(
+        (0, 0), float("nan"))),
 }
 
 

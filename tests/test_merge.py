@@ -95,7 +95,37 @@ def test_ties_keeps_sign_consensus(base):
     # every kept entry has the sign of the elected direction and no larger magnitude than the inputs
     assert nz.float().mean() <= 0.4 + 1e-6
     assert (d[k][nz].abs() <= stack.abs().max(0).values[nz] + 1e-7).all()
+    # nothing trimmed: the elected sign is that of the sum, and only the entries agreeing with it are averaged
+    full = combine([v1, v2], [1.0, 1.0], "ties", density=1.0)[k]
+    elected = torch.sign(stack.sum(0))
+    agree = (torch.sign(stack) == elected) & (stack != 0)
+    expect = (stack * agree).sum(0) / agree.sum(0).clamp(min=1)
+    assert torch.allclose(full, expect, atol=1e-7) and (torch.sign(full) * elected >= 0).all()
     assert combine([v1], [0.0], "ties") == {}
+
+
+def test_vectors_that_cannot_be_merged_together_are_refused(base):
+    v1, v2 = _vec(base, 1), _vec(base, 2)
+    other = TaskVector(dict(v2.tensors), "t2", "full", "another base")
+    lin = TaskVector(dict(v2.tensors), "t2", "linear", base.id)
+    for method in ("task_arithmetic", "ties", "dare", "dare_ties"):
+        with pytest.raises(ValueError, match="different base models"):
+            combine([v1, other], [1.0, 1.0], method)
+        with pytest.raises(ValueError, match="linearized-mode and non-linear"):
+            combine([v1, lin], [1.0, 1.0], method)
+    for op in (lambda a, b: a + b, lambda a, b: a - b):
+        with pytest.raises(ValueError, match="linearized-mode vector with a non-linear one"):
+            op(v1, lin)
+        with pytest.raises(ValueError, match="different bases"):
+            op(v1, other)
+
+
+@pytest.mark.parametrize(("options", "match"), [({"density": 0.0}, "density"), ({"density": 1.5}, "density"),
+                                                ({"scope": "layer"}, "scope")])
+def test_ties_options_given_as_keywords_are_checked(base, options, match):
+    """Keyword options skip the spec parser: the method's own checks are the only guard."""
+    with pytest.raises(ValueError, match=match):
+        combine([_vec(base, 1)], [1.0], "ties", **options)
 
 
 def test_apply_delta_builds_new_tensors(base):

@@ -40,19 +40,21 @@ def test_other_requests_are_computed(bundle):
     vs = ex.vectors("attn")
     tasks = list(TASKS)
     a = ALPHAS[4]
-    for coefs in ({TASKS[0]: a, TASKS[1]: a},  # not every vector
+    coefs = {t: a for t in TASKS}
+    # the control: one shared α over the bundle's own vectors is a row of the sweep (each case below changes one thing)
+    assert ex._from_addition("attn", coefs, "test", tasks, "task_arithmetic", None) is not None
+    for other in ({TASKS[0]: a, TASKS[1]: a},  # not every vector
                   {TASKS[0]: a, TASKS[1]: a, TASKS[2]: a + 0.01},  # not one shared α
                   {t: 0.33 for t in TASKS},  # not on the sweep's grid
                   {t: -a for t in TASKS},  # negative
                   {TASKS[0]: a, TASKS[1]: a, TASKS[2]: 0.0}):  # one of them off
-        assert ex._from_addition("attn", coefs, "test", tasks, "task_arithmetic", vs) is None, coefs
-    coefs = {t: a for t in TASKS}
-    assert ex._from_addition("attn", coefs, "test", tasks[:2], "task_arithmetic", vs) is None  # a task subset
-    assert ex._from_addition("attn", coefs, "test", tasks, "ties", vs) is None  # another merge method
-    mine = dict(vs, **{TASKS[0]: 2.0 * vs[TASKS[0]]})  # an uploaded vector replacing a bundle task's
+        assert ex._from_addition("attn", other, "test", tasks, "task_arithmetic", None) is None, other
+    assert ex._from_addition("attn", coefs, "test", tasks[:2], "task_arithmetic", None) is None  # a task subset
+    assert ex._from_addition("attn", coefs, "test", tasks, "ties", None) is None  # another merge method
+    mine = {TASKS[0]: 2.0 * vs[TASKS[0]]}  # an uploaded vector replacing a bundle task's
     assert ex._from_addition("attn", coefs, "test", tasks, "task_arithmetic", mine) is None
     small = Explorer(bundle, max_per_task=8)  # an evaluation subset: the sweep does not apply
-    assert small._from_addition("attn", coefs, "test", tasks, "task_arithmetic", vs) is None
+    assert small._from_addition("attn", coefs, "test", tasks, "task_arithmetic", None) is None
 
 
 def test_repeats_and_rounding_share_the_memo(bundle):

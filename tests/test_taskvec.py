@@ -16,9 +16,11 @@ CASES = {name: (blob, expect) for name, blob, expect in corpus(tiny_base())}  # 
 
 def test_round_trip_keeps_tensors_and_metadata(base, tmp_path):
     tv = valid_vector(base)
+    tv = TaskVector(tv.tensors, tv.task, tv.mode, tv.base_id, {Meta.SEED: "7", "lab.note": "kept as written"})
     path = tv.save(tmp_path / "tv.safetensors")
     again = load_task_vector(path, base)
     assert again.uid == tv.uid and again.task == tv.task and again.mode == "attn" and again.base_id == base.id
+    assert again.meta[Meta.SEED] == "7" and again.meta["lab.note"] == "kept as written"  # the file's, not defaults
     meta = again.metadata()
     for key in (Meta.FORMAT, Meta.VERSIONS, Meta.CREATED):
         assert meta[key]
