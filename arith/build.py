@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -216,8 +217,14 @@ def similarity_table(vectors: dict[str, dict]) -> dict:
 def build_signature(plan: BuildPlan, sources) -> dict:
     """What a bundle's data, heads and vectors depend on besides θ0 (checked by id) and each vector's fine-tuning
     config (checked per file): a resumed build keeps earlier files only when this is unchanged."""
+    sources = list(sources)
+    root = plan.data_root or os.environ.get("ARITH_DATA_ROOT")
+    if root and any(hasattr(s, "splits") for s in sources):  # one folder however it is named: the flag or the
+        root = str(Path(root).expanduser().resolve())        # variable, ~, a trailing slash, a symlink
+    else:
+        root = None  # no task reads the data root
     return {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
-            "train_n": plan.train_n, "head": plan.head, "data_root": plan.data_root}
+            "train_n": plan.train_n, "head": plan.head, "data_root": root}
 
 
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,

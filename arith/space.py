@@ -4,12 +4,15 @@ Start-up (``space/start.sh`` runs ``python -m arith space-init`` before ``stream
 
 1. the configured bundle (``$ARITH_BUNDLE``, e.g. ``/data/bundles/vit-b-32`` on the Space's persistent storage)
    is used when it has a manifest; otherwise, when ``$ARITH_BUNDLE_REPO`` names a Hub repository (a dataset repo by
-   default, ``$ARITH_BUNDLE_REPO_TYPE``; a private one needs the ``HF_TOKEN`` secret), it is downloaded there once
-   and verified (sha256 of every file);
-2. the base model's open_clip weights (the bundle's base spec, or ``$ARITH_BASE_MODEL`` / ``$ARITH_BASE_PRETRAINED``)
-   are fetched once into open_clip's cache (the Hugging Face cache: put ``HF_HOME`` on persistent storage), so
-   training from the app and new zero-shot heads do not download at request time.  ``ARITH_FETCH_WEIGHTS=0``
-   skips it.
+   default, ``$ARITH_BUNDLE_REPO_TYPE``, at ``$ARITH_BUNDLE_REVISION``; a private one needs the ``HF_TOKEN``
+   secret), it is downloaded once into ``<ARITH_BUNDLE>.partial``, verified (sha256 of every file) and only then
+   renamed into place, so an interrupted or damaged download is never opened and the next start resumes it.  A
+   bundle in place is not downloaded again: to take a new revision, remove the directory (or point
+   ``$ARITH_BUNDLE`` at a new one);
+2. only when ``ARITH_FETCH_WEIGHTS=1``: the base model's open_clip weights (the bundle's base spec, or
+   ``$ARITH_BASE_MODEL`` / ``$ARITH_BASE_PRETRAINED``) are fetched into open_clip's cache (``$ARITH_OPENCLIP_CACHE``,
+   else the Hugging Face cache under ``HF_HOME``), for ``python -m arith`` commands run on the Space that build
+   models from tagged weights.  The app never needs them: θ0 and the heads come from the bundle.
 
 Nothing here fails the start: problems are reported and the app opens on the embedded default.
 """
@@ -42,6 +45,22 @@ def fetch_bundle(path: Path, repo: str, repo_type: str = "dataset", revision: st
     return path
 
 
+def install_bundle(path: Path, repo: str, repo_type: str = "dataset", revision: str | None = None) -> None:
+    """Download into ``<path>.partial`` (resuming an earlier attempt), verify every file, then rename it to
+    ``path``: ``path`` gets a manifest only once the whole bundle is there and checks out."""
+    from .bundle import load_bundle
+
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} exists without a manifest.json; remove it (or set ARITH_BUNDLE elsewhere) and "
+                              "restart to download the bundle")
+    partial = path.with_name(path.name + ".partial")
+    fetch_bundle(partial, repo, repo_type, revision)
+    load_bundle(partial)  # verifies every file's checksum; a failure leaves it to be resumed or replaced
+    if path.exists():
+        path.rmdir()  # empty
+    os.replace(partial, path)
+
+
 def fetch_weights(name: str, pretrained: str, cache_dir: str | None = None) -> str:
     """open_clip's pretrained weights for (name, tag), downloaded into its cache once; returns the file path."""
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
@@ -56,7 +75,7 @@ def fetch_weights(name: str, pretrained: str, cache_dir: str | None = None) -> s
 
 def init_space(bundle: str | None = None, repo: str | None = None, repo_type: str = "dataset",
                revision: str | None = None, model: str | None = None, pretrained: str | None = None,
-               fetch: bool = True, cache_dir: str | None = None) -> dict:
+               fetch: bool = False, cache_dir: str | None = None) -> dict:
     """Make the configured bundle and the base weights available; a report, never an exception."""
     out: dict = {"bundle": bundle, "bundle_source": None, "weights": None, "notes": []}
     path = Path(bundle) if bundle else None
@@ -67,10 +86,7 @@ def init_space(bundle: str | None = None, repo: str | None = None, repo_type: st
         out["bundle_source"] = "present"
     elif repo:
         try:
-            fetch_bundle(path, repo, repo_type, revision)
-            from .bundle import load_bundle
-
-            load_bundle(path)  # verifies every file's checksum
+            install_bundle(path, repo, repo_type, revision)
             out["bundle_source"] = f"downloaded from {repo_type} repo {repo}"
         except Exception as e:  # network, permissions, a damaged bundle: report, start anyway
             out["bundle_source"] = "missing"
@@ -87,7 +103,7 @@ def init_space(bundle: str | None = None, repo: str | None = None, repo_type: st
         spec = json.loads((path / "manifest.json").read_text()).get("base", {}).get("spec", {})
         model, pretrained = spec.get("name"), spec.get("pretrained")
     if not fetch:
-        out["notes"].append("weights not fetched (ARITH_FETCH_WEIGHTS=0)")
+        out["notes"].append("open_clip weights not fetched (the app does not need them; ARITH_FETCH_WEIGHTS=1 does)")
     elif model and pretrained:
         try:
             out["weights"] = fetch_weights(model, pretrained, cache_dir)
@@ -106,24 +122,26 @@ def _init_args(p):
     p.add_argument("--revision", default=env("ARITH_BUNDLE_REVISION"))
     p.add_argument("--model", default=env("ARITH_BASE_MODEL"), help="open_clip model whose weights to cache")
     p.add_argument("--pretrained", default=env("ARITH_BASE_PRETRAINED"), help="its pretrained tag, e.g. openai")
-    p.add_argument("--no-weights", action="store_true", default=env("ARITH_FETCH_WEIGHTS", "1") == "0",
-                   help="do not fetch open_clip weights ($ARITH_FETCH_WEIGHTS=0)")
+    p.add_argument("--weights", action="store_true", default=env("ARITH_FETCH_WEIGHTS", "0") == "1",
+                   help="also fetch the base's open_clip weights, for CLI commands on the Space ($ARITH_FETCH_WEIGHTS=1)")
     p.add_argument("--cache-dir", default=env("ARITH_OPENCLIP_CACHE"), help="open_clip cache (default: the HF cache)")
 
 
-@command("space-init", "Space start-up: fetch the configured bundle (ARITH_BUNDLE_REPO) and the base weights once")
+@command("space-init", "Space start-up: fetch and verify the configured bundle (ARITH_BUNDLE_REPO) once")
 @arguments(_init_args)
 def cmd_space_init(args):
     res = init_space(args.bundle, args.bundle_repo, args.repo_type, args.revision, args.model, args.pretrained,
-                     fetch=not args.no_weights, cache_dir=args.cache_dir)
+                     fetch=args.weights, cache_dir=args.cache_dir)
     _emit(args, res, lambda r: "\n".join([f"bundle: {r['bundle']} ({r['bundle_source']})",
                                           f"weights: {r['weights'] or '-'}", *r["notes"]]))
 
 
 def _listed_files(repo: Path) -> list[str]:
-    """Tracked and untracked-but-not-ignored files (git), else every file outside caches and environments."""
+    """The files git tracks (as they are in the working tree), else every file outside caches and environments.
+    Untracked files stay out: a real bundle built under precomputed/ (gigabytes; the Space downloads it from the
+    Hub) or an exported vector in the repository root must not end up in the Space's image."""
     try:
-        out = subprocess.run(["git", "-C", str(repo), "ls-files", "--cached", "--others", "--exclude-standard"],
+        out = subprocess.run(["git", "-C", str(repo), "ls-files", "--cached"],
                              capture_output=True, text=True, check=True).stdout.splitlines()
         return [f for f in out if (repo / f).is_file()]
     except (OSError, subprocess.CalledProcessError):
@@ -148,6 +166,10 @@ def prepare_space(out: str | Path, repo: str | Path = ROOT, exclude: tuple[str, 
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / f, dst)
     shutil.copy2(readme, out / "README.md")
+    if (repo / "README.md").is_file():  # the Upload page shows the file format from it (ui.common.readme_section)
+        (out / "docs").mkdir(exist_ok=True)
+        shutil.copy2(repo / "README.md", out / "docs" / "README.md")
+        files.append("docs/README.md")
     size = sum((out / f).stat().st_size for f in files)
     return {"out": str(out), "files": len(files) + 1, "bytes": size, "readme": "space/README.md"}
 

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -209,7 +209,7 @@ class TaskVector:
         """The file's string metadata: this library's versions and the time written (a trained vector's own, when
         it records them), the vector's ``meta``, then its format, kind, base, mode and task."""
         meta = {Meta.VERSIONS: json.dumps(library_versions(), sort_keys=True),
-                Meta.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"), **self.meta}
+                Meta.CREATED: datetime.now(UTC).isoformat(timespec="seconds"), **self.meta}
         meta.update({Meta.FORMAT: FORMAT_VERSION, Meta.KIND: "task_vector", Meta.BASE: self.base_id,
                      Meta.MODE: self.mode, Meta.TASK: self.task})
         return meta

@@ -89,7 +89,8 @@ if go:
         warmup = min(cfg0.warmup_steps, max(0, int(steps) // 10))
         cfg = FinetuneConfig.from_dict({**cfg0.to_dict(), "mode": mode, "steps": int(steps), "lr": float(lr),
                                         "batch_size": int(batch), "seed": int(seed), "warmup_steps": warmup})
-        root = plan.get("data_root") or os.environ.get("ARITH_DATA_ROOT")
+        # where the data sets are here (a Space mounts them anywhere), else where the bundle's builder had them
+        root = os.environ.get("ARITH_DATA_ROOT") or plan.get("data_root")
         data = train_split(task, b.base.image_size, int(train_n) or None, cfg.seed, root)
         bar = Progress(f"Fine-tuning {task} ({mode_label(mode)})")
         st.session_state["train_running"] = True

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Start-up of the Docker image (Hugging Face Space or any host):
-#  1. caches (Hugging Face hub, which holds open_clip's weights) on persistent storage when /data is writable;
-#  2. `python -m arith space-init`: download $ARITH_BUNDLE from $ARITH_BUNDLE_REPO if it is not there yet, and the
-#     base model's open_clip weights once (never fatal: problems are printed and the app still starts);
+#  1. caches (the Hugging Face hub's) on persistent storage when /data is writable;
+#  2. `python -m arith space-init`: download and verify $ARITH_BUNDLE from $ARITH_BUNDLE_REPO if it is not there yet
+#     (never fatal: problems are printed and the app still starts);
 #  3. serve the app on 0.0.0.0:$PORT (7860, the Space's app_port).
 set -u
 if [ -z "${HF_HOME:-}" ]; then

@@ -113,6 +113,47 @@ def test_an_interrupted_build_resumes(built, data):
 
 
 
+def test_a_resumed_build_knows_its_data_root_however_it_is_named(built, data, tmp_path, monkeypatch):
+    """$ARITH_DATA_ROOT for --data-root, with a trailing slash: the same folder, so every vector is kept."""
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(built[0], out)
+    args = build_args(data, out, ["mnist", f"blooms={data / 'blooms'}"], ["attn", "full", "linear"])
+    i = args.index("--data-root")
+    del args[i:i + 2]
+    monkeypatch.setenv("ARITH_DATA_ROOT", f"{data}/")
+    res = cli(*args)
+    assert res["trained"] == [] and len(res["kept"]) == 6
+
+
+def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
+    """The bundle records where a folder task's images were; --task-folder says where they are now."""
+    import shutil
+
+    from arith.data import TASKS
+
+    from conftest import rehash
+
+    out = tmp_path / "b"
+    shutil.copytree(built[0], out)
+    rel = "results/splits.json"
+    splits = json.loads((out / rel).read_text())
+    splits["blooms"]["path"] = str(tmp_path / "gone" / "blooms")  # as if the folder had moved since the build
+    (out / rel).write_text(json.dumps(splits))
+    rehash(out, rel)
+    moved = tmp_path / "elsewhere" / "flowers"
+    shutil.copytree(data / "blooms", moved)
+    monkeypatch.delitem(TASKS, "blooms")  # a fresh process: the task is registered from the bundle, not the build
+    args = ["finetune", "--bundle", str(out), "--task", "blooms", "--mode", "attn", "--steps", "2", "--batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "v.safetensors")]
+    assert main([*args, "--json"]) == 2  # the recorded path is gone: a one-line error
+    monkeypatch.delitem(TASKS, "blooms", raising=False)
+    res = cli(*args, "--task-folder", f"blooms={moved}")
+    assert res["task"] == "blooms" and (tmp_path / "v.safetensors").is_file()
+    assert TASKS["blooms"].path == str(moved.resolve())
+
+
 def test_a_rebuild_with_other_settings_keeps_nothing_stale(built, data, tmp_path):
     import shutil
 

@@ -91,10 +91,38 @@ def test_space_init_with_and_without_a_bundle(bundle_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(space, "fetch_bundle", broken_fetch)
     bad = space.init_space(str(tmp_path / "bad"), repo="me/bundle", fetch=False)
-    assert bad["bundle_source"] == "missing" and "heads.safetensors" in bad["notes"][0]
+    assert bad["bundle_source"] == "missing" and "heads.safetensors" in bad["notes"][0] and not bad["ok"]
+    assert not (tmp_path / "bad" / "manifest.json").exists()  # never in place: the next start tries again
+    assert space.init_space(str(tmp_path / "bad"), repo="me/bundle", fetch=False)["bundle_source"] == "missing"
 
 
-def test_space_init_fetches_the_base_weights_once(bundle_dir, monkeypatch, capsys):
+def test_an_interrupted_download_is_resumed_and_never_opened(bundle_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(path, repo, repo_type="dataset", revision=None):
+        calls.append(Path(path))
+        Path(path).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle_dir / "manifest.json", Path(path) / "manifest.json")  # the manifest lands first
+        if len(calls) == 1:
+            raise OSError("connection reset")
+        shutil.copytree(bundle_dir, path, dirs_exist_ok=True)
+
+    monkeypatch.setattr(space, "fetch_bundle", interrupted)
+    target = tmp_path / "bundles" / "b"
+    first = space.init_space(str(target), repo="me/bundle", fetch=False)
+    assert not first["ok"] and first["bundle_source"] == "missing" and not target.exists()
+    second = space.init_space(str(target), repo="me/bundle", fetch=False)
+    assert second["ok"] and second["bundle_source"].startswith("downloaded")
+    assert calls == [tmp_path / "bundles" / "b.partial"] * 2 and not calls[0].exists()
+    assert space.init_space(str(target), repo="me/bundle", fetch=False)["bundle_source"] == "present"
+    assert len(calls) == 2
+    junk = tmp_path / "junk"
+    (junk / "old").mkdir(parents=True)
+    refused = space.init_space(str(junk), repo="me/bundle", fetch=False)
+    assert not refused["ok"] and "exists without a manifest.json" in refused["notes"][0] and len(calls) == 2
+
+
+def test_space_init_fetches_the_base_weights_only_when_asked(bundle_dir, monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(space, "fetch_weights", lambda m, p, c=None: seen.append((m, p, c)) or f"/cache/{m}-{p}.bin")
     for k in ("ARITH_BUNDLE_REPO", "ARITH_FETCH_WEIGHTS", "ARITH_OPENCLIP_CACHE"):
@@ -102,14 +130,16 @@ def test_space_init_fetches_the_base_weights_once(bundle_dir, monkeypatch, capsy
     monkeypatch.setenv("ARITH_BUNDLE", str(bundle_dir))
     monkeypatch.setenv("ARITH_BASE_MODEL", "ViT-B-32")
     monkeypatch.setenv("ARITH_BASE_PRETRAINED", "openai")
+    assert main(["space-init", "--json"]) == 0  # the app never needs them: not fetched by default
+    res = json.loads(capsys.readouterr().out)
+    assert res["ok"] and res["weights"] is None and "not fetched" in " ".join(res["notes"]) and seen == []
+    monkeypatch.setenv("ARITH_FETCH_WEIGHTS", "1")
     assert main(["space-init", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["ok"] and res["weights"] == "/cache/ViT-B-32-openai.bin" and seen == [("ViT-B-32", "openai", None)]
+    assert res["weights"] == "/cache/ViT-B-32-openai.bin" and seen == [("ViT-B-32", "openai", None)]
     monkeypatch.delenv("ARITH_BASE_MODEL")
-    assert space.init_space(str(bundle_dir))["weights"] is None  # an inline tiny base: nothing to fetch
-    monkeypatch.setenv("ARITH_FETCH_WEIGHTS", "0")
-    assert main(["space-init", "--model", "ViT-B-32", "--pretrained", "openai", "--json"]) == 0
-    assert "not fetched" in " ".join(json.loads(capsys.readouterr().out)["notes"]) and len(seen) == 1
+    assert space.init_space(str(bundle_dir), fetch=True)["weights"] is None  # an inline tiny base: nothing to fetch
+    assert len(seen) == 1
 
 
 def test_space_prepare(tmp_path, capsys):
@@ -123,3 +153,26 @@ def test_space_prepare(tmp_path, capsys):
     assert not (out / "tests").exists() and not (out / ".ci").exists() and not (out / "precomputed").exists()
     assert os.access(out / "space" / "start.sh", os.X_OK)
     assert main(["space-prepare", "--out", str(out)]) == 2  # not empty: refused
+
+
+def test_space_prepare_takes_tracked_files_and_keeps_the_file_format_help(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for rel, text in {"README.md": "# Repo\n\n## Task-vector files\n\nthe format\n\n## Next\n", "Dockerfile": "FROM x\n",
+                      "space/README.md": "---\nsdk: docker\n---\n", "app.py": "", "precomputed/default/m.json": "{}"}.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    (repo / "precomputed" / "vit-b-32").mkdir()  # built in step 1, not committed
+    (repo / "precomputed" / "vit-b-32" / "base.safetensors").write_bytes(b"big")
+    (repo / "mnist-full.safetensors").write_bytes(b"an exported vector")
+    res = space.prepare_space(tmp_path / "out", repo)
+    got = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert got == ["Dockerfile", "README.md", "app.py", "docs/README.md", "precomputed/default/m.json",
+                   "space/README.md"] and res["files"] == len(got)
+    import ui.common
+
+    monkeypatch.setattr(ui.common, "ROOT", tmp_path / "out")  # as the Space's app sees it: README.md is its own
+    assert ui.common.readme_section("Task-vector files") == "the format"

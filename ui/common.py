@@ -14,21 +14,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_section(title: str) -> str:
-    """The markdown of one ``## title`` section of the README (the app shows the file format from there)."""
-    try:
-        text = (ROOT / "README.md").read_text(encoding="utf-8")
-    except OSError:
-        return ""
-    out, inside = [], False
-    for line in text.splitlines():
-        if line.startswith("## "):
-            if inside:
-                break
-            inside = line[3:].strip() == title
+    """The markdown of one ``## title`` section of the README (the app shows the file format from there).  On a
+    Space, README.md is the Space's own and the repository's is ``docs/README.md`` (``space-prepare``)."""
+    for path in (ROOT / "README.md", ROOT / "docs" / "README.md"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
             continue
-        if inside:
-            out.append(line)
-    return "\n".join(out).strip()
+        out, inside = [], False
+        for line in text.splitlines():
+            if line.startswith("## "):
+                if inside:
+                    break
+                inside = line[3:].strip() == title
+                continue
+            if inside:
+                out.append(line)
+        if out:
+            return "\n".join(out).strip()
+    return ""
 
 
 def message(e: BaseException) -> str:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..cli import _bar, _bundle_arg, _config_arg, _emit, _mode_arg, _pct, _table, arguments, command
 from ..specs import PRECOMPUTED
 
@@ -55,7 +57,10 @@ def _finetune_args(p):
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--data-root", help="where the task's training data lives (real data sets)")
+    p.add_argument("--data-root", help="where the task's training data lives (real data sets; default $ARITH_DATA_ROOT)")
+    p.add_argument("--task-folder", action="append", default=[], metavar="NAME=PATH",
+                   help="where a custom folder task's images are now (default: the path recorded in the bundle)")
+    p.add_argument("--workers", type=int, help="DataLoader workers per process (default $ARITH_DATA_WORKERS or cores-1, ≤8)")
     p.add_argument("--train-n", type=int, help="use at most this many training images")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the task vector (.safetensors)")
@@ -82,10 +87,12 @@ def cmd_finetune(args):
     cfg = FinetuneConfig.from_dict({**base_cfg, **{k: v for k, v in overrides.items() if v is not None}, "mode": mode})
     if cfg.warmup_steps >= cfg.steps:
         cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "warmup_steps": max(0, cfg.steps // 10)})
-    if "splits" in b.results:  # custom image-folder tasks come back from the paths the bundle recorded
+    if args.workers is not None:
+        os.environ["ARITH_DATA_WORKERS"] = str(args.workers)
+    if "splits" in b.results or args.task_folder:  # custom image-folder tasks: the recorded paths, or where they are now
         from ..datasets import register_folder_tasks
 
-        register_folder_tasks(b)
+        register_folder_tasks(b, dict(f.split("=", 1) for f in args.task_folder))
     with D.session(args.device):  # under torchrun: one process group for the run; a no-op otherwise
         device = D.device_for(args.device)
         base = b.base if device == "cpu" else b.base.to(device)
