@@ -223,8 +223,12 @@ def build_signature(plan: BuildPlan, sources) -> dict:
         root = str(Path(root).expanduser().resolve())        # variable, ~, a trailing slash, a symlink
     else:
         root = None  # no task reads the data root
-    return {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
-            "train_n": plan.train_n, "head": plan.head, "data_root": root}
+    sig = {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
+           "train_n": plan.train_n, "head": plan.head, "data_root": root}
+    folders = {s.name: {"path": s.path, "classes": list(s.classnames)} for s in sources if getattr(s, "path", None)}
+    if folders:  # a custom folder task is its folder and classes, not only its name (absent otherwise: old bundles'
+        sig["folders"] = folders  # signatures stay as they were)
+    return sig
 
 
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,

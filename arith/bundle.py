@@ -123,7 +123,7 @@ class BundleWriter:
 
     def __init__(self, root: str | Path, name: str, spec: ModelSpec, base_id: str, tasks: list[TaskInfo],
                  description: str = ""):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         old = read_manifest(self.root) if (self.root / Files.MANIFEST).exists() else {}
         if old.get("base", {}).get("id") != base_id:  # a different base: nothing old can be kept
@@ -246,7 +246,7 @@ def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None
     """Load and check a bundle directory; :class:`BundleError` names the file at fault.  ``index``: the bundle's
     :class:`~arith.index.BundleIndex` when already read (its files checked then); its manifest and results are used
     as they are, and with ``verify`` every file must be unchanged since (a stat each, no second hash)."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if index is None:
         index = BundleIndex.open(root, verify=verify)
     elif verify:

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -199,6 +200,15 @@ def _load(modules: tuple[str, ...], optional: bool = False) -> None:
                 raise
 
 
+def _one_line(msg: str) -> str:
+    """An error raised in a DataLoader worker arrives with the worker's traceback in its message ("Caught OSError in
+    DataLoader worker process 0. Original Traceback ..."): its last line is the error itself."""
+    if "Original Traceback" in msg:
+        last = [line for line in msg.splitlines() if line.strip()][-1]
+        return re.sub(r"^\w+(\.\w+)*: ", "", last.strip())
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the core commands need no plugin: without them, one that the bundle's precomputed results answer (table,
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except (ValueError, KeyError, OSError) as e:  # OSError: a missing file, a directory, no permission, ...
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": msg}))
         print(f"error: {msg}", file=sys.stderr)

@@ -188,23 +188,35 @@ PAPER_TASKS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397",
 
 def folder_task(path: str | os.PathLike, name: str | None = None, templates: Sequence[str] = FOLDER_TEMPLATES) -> RealTask:
     """Register (once) and return a task over an ImageFolder tree; class names are the folder names
-    (``_`` read as a space).  ``name`` defaults to the folder's name."""
-    from .data import TASKS
+    (``_`` read as a space; folders whose names start with ``.`` are not classes).  ``name`` defaults to the
+    folder's name.  Refused: an empty path, a name another task has, fewer than two classes, an empty class
+    folder, and two folders that read as one class name."""
+    from .data import TASKS, _load_families
 
+    if not str(path).strip():
+        raise ValueError(f"task {name or 'folder'!r}: no folder given (folder:PATH or NAME=PATH)")
     path = Path(path).expanduser().resolve()
     name = name or re.sub(r"[^a-z0-9_-]+", "-", path.name.lower()).strip("-") or "folder"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"task name {name!r}: use letters, digits, '_', '-' and '.'")
+    _load_families()  # the built-in tasks first: a folder named like one must not take its name
     if name in TASKS:
         old = TASKS[name]
         if isinstance(old, RealTask) and old.path == str(path):
             return old
-        raise ValueError(f"task name {name!r} is already taken; pick another with NAME=PATH")
+        whose = "a built-in task" if not (isinstance(old, RealTask) and old.path) else f"the folder {old.path}"
+        raise ValueError(f"task name {name!r} is taken by {whose}; pick another with NAME=PATH")
     try:
         classes = folder_classes(path)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{name}: {e}. Expected layout: {LAYOUTS['folder'].replace('PATH', str(path))}") from None
-    task = RealTask(name, tuple(c.replace("_", " ") for c in classes), _real_loader(name), tuple(templates), "folder",
+    names = [c.replace("_", " ") for c in classes]
+    if len(names) < 2:
+        raise ValueError(f"{name}: {path} has {len(names)} class folder(s); a classification task needs two or more")
+    twins = [c for c in classes if names.count(c.replace("_", " ")) > 1]
+    if twins:
+        raise ValueError(f"{name}: class folders {twins} read as one class name ('_' is read as a space); rename one")
+    task = RealTask(name, tuple(names), _real_loader(name), tuple(templates), "folder",
                     f"image folder {path}", catalogs=lambda r: _folder_catalogs(r, name), layout=LAYOUTS["folder"],
                     path=str(path))
     register_task(task)
@@ -221,16 +233,38 @@ def parse_task(spec: str) -> str:
     return spec
 
 
-def register_folder_tasks(bundle, overrides: dict[str, str] | None = None) -> list[str]:
-    """Register a bundle's custom folder tasks from the paths in its ``results/splits.json`` (``overrides``:
-    NAME -> PATH where the images live now); returns the names registered."""
+def register_folder_tasks(bundle, overrides: dict[str, str] | None = None, tasks: Sequence[str] | None = None,
+                          root=None) -> list[str]:
+    """Make a bundle's tasks that read images from disk ready to train or evaluate on: register its custom folder
+    tasks among ``tasks`` (all by default) from the paths in its ``results/splits.json`` (``overrides``: NAME ->
+    PATH where the images live now; a folder must hold the bundle's classes), then check that each such task's
+    data (``root`` for the paper's data sets) has the sizes the bundle was built from.  A folder that gained or
+    lost images would hold out other validation and test images (for a folder without ``train/``/``test/``, some
+    of the stored test images would be trained on), so it is refused.  Returns the names registered."""
     from .data import TASKS
 
-    paths = {t: r["path"] for t, r in bundle.results.get("splits", {}).items() if isinstance(r, dict) and r.get("path")}
+    records = {t: r for t, r in bundle.results.get("splits", {}).items() if isinstance(r, dict)}
+    wanted = [t for t in (bundle.tasks if tasks is None else tasks) if t in bundle.tasks]
+    paths = {t: r["path"] for t, r in records.items() if r.get("path")}
     paths.update(overrides or {})
     done = []
-    for name, path in paths.items():
-        if name in bundle.tasks and name not in TASKS:
-            folder_task(path, name)
+    for name in wanted:
+        if name in paths and name not in TASKS:
+            task = folder_task(paths[name], name)
+            want = tuple(bundle.tasks[name].classnames)
+            if task.classnames != want:
+                del TASKS[name]  # nothing changes: the task is not left registered with other classes
+                raise ValueError(f"{name}: {task.path} holds classes {list(task.classnames)}, the bundle's task has "
+                                 f"{list(want)}")
             done.append(name)
+    for name in wanted:
+        rec = records.get(name, {})
+        if "train_pool" in rec and isinstance(TASKS.get(name), RealTask):
+            cats = TASKS[name].splits(root)
+            now = (len(cats["train"]), len(cats["test"]))
+            if now != (rec["train_pool"], rec["test_size"]):
+                raise ValueError(f"{name}: {cats['train'].where} now holds {now[0]} training-pool and {now[1]} test "
+                                 f"images; the bundle was built from {rec['train_pool']} and {rec['test_size']}, so its "
+                                 "held-out validation and test images would not be the ones it stores (some could be "
+                                 "trained on). Restore the images, or build a new bundle")
     return done

@@ -84,8 +84,12 @@ class PathReader:
         return len(self.paths)
 
     def __call__(self, i: int) -> Image.Image:
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB")
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: not an image, truncated, a bad header
+            raise OSError(f"{path}: cannot read this image ({e})") from None
 
 
 class ArrayReader:

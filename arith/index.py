@@ -155,7 +155,7 @@ class BundleIndex:
     @classmethod
     def open(cls, root: str | Path, verify: bool = True) -> BundleIndex:
         """Read and check a bundle directory's manifest, files (sizes and sha256 when ``verify``) and results."""
-        root = Path(root)
+        root = Path(root).expanduser()
         manifest = read_manifest(root)
         stamps = {rel: _stamp(root / rel) for rel in manifest["files"]}  # before the hashes: a later edit shows
         if verify:

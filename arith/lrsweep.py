@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -115,8 +116,13 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
         if done is None:
             if ev is None:  # the first run to train: evaluator and training splits
                 ev = b.evaluator(device=device)
+                root = os.environ.get("ARITH_DATA_ROOT") or plan.get("data_root")  # here, else the builder's
+                if "splits" in b.results:  # tasks read from disk: custom folders registered, sizes checked
+                    from .datasets import register_folder_tasks
+
+                    register_folder_tasks(b, tasks=tasks, root=root)
                 data = {t: get_task(t).load("train", size=b.base.image_size, n=train_n, seed=plan.get("seed", 0),
-                                            root=plan.get("data_root")) for t in tasks}
+                                            root=root) for t in tasks}
             done = _run(b, ev, mode, lr, cfg, tasks, data, reuse, progress_factory, vectors_dir)
             log(f"lr-sweep: {mode} lr={lr:g} seed={cfg.seed}: mean validation accuracy {100 * done['val_mean']:.1f}")
         runs.append(done)

@@ -358,7 +358,7 @@ def cmd_evaluate_full(args):
     b = load_bundle(args.bundle)
     from .datasets import register_folder_tasks
 
-    register_folder_tasks(b, dict(f.split("=", 1) for f in args.task_folder))
+    register_folder_tasks(b, dict(f.split("=", 1) for f in args.task_folder), tasks=args.tasks, root=args.data_root)
     res = evaluate_full(b, args.mode, _parse_coefs(args.coef), root=args.data_root, split=args.split, tasks=args.tasks,
                         extra=_load_extra(b, args.vector, args.mode), batch_size=args.batch_size, device=args.device,
                         autocast=args.amp, normalize=args.normalize, progress=_bar(f"{args.split} {args.mode}"))

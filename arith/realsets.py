@@ -121,19 +121,30 @@ def _check_labels(task: str, labels: np.ndarray, num_classes: int, where: str) -
     return labels
 
 
+def _hidden(path: Path, top: Path) -> bool:
+    """Under a folder whose name starts with '.' (.ipynb_checkpoints, .git, ...) below ``top``."""
+    return any(part.startswith(".") for part in path.relative_to(top).parts)
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _hidden(p, folder))
 
 
 def _class_folders(root: Path, known: Sequence[str] | None = None) -> dict[str, list[Path]]:
-    """{class folder name: sorted image files} of an ImageFolder tree (only ``known`` folders when given)."""
+    """{class folder name: sorted image files} of an ImageFolder tree (only ``known`` folders when given; folders
+    whose names start with '.' are not classes).  Without ``known`` the tree defines the classes, so a class
+    folder without images is refused (with ``known``, e.g. a pre-split tree's test/, a class may be absent)."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
     out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if known is not None and d.name not in known:
             raise FileNotFoundError(f"{d}: unexpected class folder {d.name!r}")
         out[d.name] = _image_files(d)
+        if known is None and not out[d.name]:
+            raise FileNotFoundError(f"{d}: a class folder with no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                    "add some or remove it")
     if not out:
         raise FileNotFoundError(f"{root} has no class folders")
     return out

@@ -226,7 +226,7 @@ class TaskVector:
         """Write the vector as a safetensors file with its metadata (atomically: a temporary file, then renamed;
         an existing file at ``path`` is replaced) and return the path.  A sum of vectors of different modes
         (mode ``"attn+full"``) is refused: no mode describes its tensors, so no loader could check it."""
-        path = Path(path)
+        path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(self.to_bytes())

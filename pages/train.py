@@ -6,6 +6,7 @@ import os
 import streamlit as st
 
 from arith.data import get_task
+from arith.datasets import register_folder_tasks
 from arith.finetune import Cancelled, finetune
 from arith.modes import MODES, source_of
 from arith.specs import FinetuneConfig
@@ -26,17 +27,31 @@ def train_split(task: str, size: int, n: int | None, seed: int, root: str | None
     return get_task(task).load("train", size=size, n=n, seed=seed, root=root)
 
 
-def trainable(task: str) -> bool:
+# where the data sets are here (a Space mounts them anywhere), else where the bundle's builder had them
+data_root = os.environ.get("ARITH_DATA_ROOT") or b.manifest.get("plan", {}).get("data_root")
+
+
+def why_not(task: str) -> str | None:
+    """None when this machine can read the task's training images (a built-in source, or data on disk: a custom
+    folder at the path the bundle recorded, registered here, with the sizes the bundle was built from), else why."""
     try:
+        if "splits" in b.results:
+            register_folder_tasks(b, tasks=[task], root=data_root)
         get_task(task)
-        return True
-    except ValueError:
-        return False
+        return None
+    except (ValueError, OSError) as e:
+        return str(e)
 
 
-tasks = [t for t in b.task_names if t in b.heads and trainable(t)]
+reasons = {t: why_not(t) for t in b.task_names if t in b.heads}
+tasks = [t for t, why in reasons.items() if why is None]
+left_out = {t: why for t, why in reasons.items() if why is not None}
+if left_out:
+    with st.expander(f"{len(left_out)} task(s) cannot be trained here"):
+        for t, why in left_out.items():
+            st.markdown(f"- **{t}**: {why}")
 if not tasks:
-    st.warning("None of this bundle's tasks has a registered training-data source here, so nothing can be trained.")
+    st.warning("None of this bundle's tasks has training data this machine can read, so nothing can be trained.")
     st.stop()
 modes = list(MODES)
 source = source_of(ctx.mode)  # a view (full@attn) shows its source mode's vectors, cut
@@ -89,9 +104,7 @@ if go:
         warmup = min(cfg0.warmup_steps, max(0, int(steps) // 10))
         cfg = FinetuneConfig.from_dict({**cfg0.to_dict(), "mode": mode, "steps": int(steps), "lr": float(lr),
                                         "batch_size": int(batch), "seed": int(seed), "warmup_steps": warmup})
-        # where the data sets are here (a Space mounts them anywhere), else where the bundle's builder had them
-        root = os.environ.get("ARITH_DATA_ROOT") or plan.get("data_root")
-        data = train_split(task, b.base.image_size, int(train_n) or None, cfg.seed, root)
+        data = train_split(task, b.base.image_size, int(train_n) or None, cfg.seed, data_root)
         bar = Progress(f"Fine-tuning {task} ({mode_label(mode)})")
         st.session_state["train_running"] = True
         try:

@@ -149,10 +149,44 @@ def test_custom_image_folders(tmp_path):
     assert D.parse_task(f"mine={split}") == "mine"
     assert len(get_task("mine").splits()["test"]) == 6 and D.split_record("mine")["path"] == str(split.resolve())
     assert D.parse_task(f"mine={split}") == "mine"  # the same folder again is fine
-    with pytest.raises(ValueError, match="already taken"):
+    with pytest.raises(ValueError, match=f"taken by the folder {split.resolve()}"):
         D.parse_task(f"mine={flat}")
+    with pytest.raises(ValueError, match="taken by a built-in task"):
+        D.parse_task(f"synthetic-stripes={flat}")
     with pytest.raises(FileNotFoundError, match="Expected layout"):
         D.folder_task(tmp_path / "nothing-here", "empty")
+
+
+def test_folder_mistakes_are_refused_by_name(tmp_path):
+    for spec in ("folder:", "nopath=", "blank=  "):
+        with pytest.raises(ValueError, match="no folder given"):
+            D.parse_task(spec)
+    one = make_folder(tmp_path / "one", classes=("only",))
+    with pytest.raises(ValueError, match="needs two or more"):
+        D.folder_task(one, "one-class")
+    twins = make_folder(tmp_path / "twins", classes=("green_square", "green square", "red"))
+    with pytest.raises(ValueError, match="read as one class name"):
+        D.folder_task(twins, "twins")
+    empty = make_folder(tmp_path / "empty-class", classes=("a", "b"))
+    (empty / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match="c: a class folder with no images"):
+        D.folder_task(empty, "empty-class")
+    hidden = make_folder(tmp_path / "hidden", classes=("a", "b"))
+    for where in (hidden / ".ipynb_checkpoints", hidden / "a" / ".ipynb_checkpoints"):
+        where.mkdir()
+        Image.new("RGB", (8, 8)).save(where / "x-checkpoint.png")
+    task = D.folder_task(hidden, "hidden")
+    assert task.classnames == ("a", "b") and len(task.splits()["train"]) + len(task.splits()["test"]) == 20
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    tree = make_folder(tmp_path / "broken", classes=("a", "b"), per_class=3)
+    bad = tree / "a" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    task = D.folder_task(tree, "broken")
+    with pytest.raises(OSError, match=f"{bad}: cannot read this image"):
+        for split in ("train", "test"):  # wherever the seeded hold-out put it
+            task.load(split, size=SIZE).materialize()
 
 
 def test_loader_workers_are_shared_among_torchrun_processes(monkeypatch):

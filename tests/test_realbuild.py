@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from fakedata import make_folder, make_mnist
 
 from arith.bundle import load_bundle
 from arith.cli import main
+from arith.data import TASKS
+from arith.datasets import register_folder_tasks
 from arith.heads import zeroshot_head
 from arith.safefile import load_safetensors
 
@@ -115,8 +118,6 @@ def test_an_interrupted_build_resumes(built, data):
 
 def test_a_resumed_build_knows_its_data_root_however_it_is_named(built, data, tmp_path, monkeypatch):
     """$ARITH_DATA_ROOT for --data-root, with a trailing slash: the same folder, so every vector is kept."""
-    import shutil
-
     out = tmp_path / "b"
     shutil.copytree(built[0], out)
     args = build_args(data, out, ["mnist", f"blooms={data / 'blooms'}"], ["attn", "full", "linear"])
@@ -127,21 +128,28 @@ def test_a_resumed_build_knows_its_data_root_however_it_is_named(built, data, tm
     assert res["trained"] == [] and len(res["kept"]) == 6
 
 
-def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
-    """The bundle records where a folder task's images were; --task-folder says where they are now."""
-    import shutil
-
-    from arith.data import TASKS
-
+def _recorded_at(built, tmp_path, path) -> Path:
+    """A copy of the built bundle that recorded ``path`` as blooms' folder (as if it had moved since the build)."""
     from conftest import rehash
 
     out = tmp_path / "b"
     shutil.copytree(built[0], out)
     rel = "results/splits.json"
     splits = json.loads((out / rel).read_text())
-    splits["blooms"]["path"] = str(tmp_path / "gone" / "blooms")  # as if the folder had moved since the build
+    splits["blooms"]["path"] = str(path)
     (out / rel).write_text(json.dumps(splits))
     rehash(out, rel)
+    return out
+
+
+def _finetune(bundle, task, out, *extra):
+    return ["finetune", "--bundle", str(bundle), "--task", task, "--mode", "attn", "--steps", "2", "--batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--out", str(out), *extra]
+
+
+def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
+    """The bundle records where a folder task's images were; --task-folder says where they are now."""
+    out = _recorded_at(built, tmp_path, tmp_path / "gone" / "blooms")
     moved = tmp_path / "elsewhere" / "flowers"
     shutil.copytree(data / "blooms", moved)
     monkeypatch.delitem(TASKS, "blooms")  # a fresh process: the task is registered from the bundle, not the build
@@ -154,9 +162,36 @@ def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
     assert TASKS["blooms"].path == str(moved.resolve())
 
 
-def test_a_rebuild_with_other_settings_keeps_nothing_stale(built, data, tmp_path):
-    import shutil
+def test_folder_tasks_that_no_longer_fit_the_bundle_are_refused(built, data, tmp_path, monkeypatch):
+    v = tmp_path / "v.safetensors"
+    out = _recorded_at(built, tmp_path, tmp_path / "gone" / "blooms")
+    monkeypatch.delitem(TASKS, "blooms")
+    cli(*_finetune(out, "mnist", v, "--data-root", str(data)))  # one moved folder does not stop the other tasks
+    other = make_folder(tmp_path / "other", classes=("daisy", "tulip"))
+    assert main([*_finetune(out, "blooms", v, "--task-folder", f"blooms={other}"), "--json"]) == 2
+    assert "blooms" not in TASKS  # refused, not left registered with other classes
+    with pytest.raises(ValueError, match=r"holds classes \['daisy', 'tulip'\], the bundle's task has"):
+        register_folder_tasks(load_bundle(out), {"blooms": str(other)}, tasks=["blooms"])
+    grown = tmp_path / "grown"
+    shutil.copytree(data / "blooms", grown)
+    make_folder(grown, per_class=12, seed=5)  # two more images per class: another seeded hold-out
+    with pytest.raises(ValueError, match="the bundle was built from 24 and 6"):
+        register_folder_tasks(load_bundle(out), {"blooms": str(grown)}, tasks=["blooms"])
 
+
+def test_a_build_into_the_same_directory_with_another_folder_starts_over(data, tmp_path):
+    out = tmp_path / "b"
+    first = make_folder(tmp_path / "first")
+    res = cli(*build_args(data, out, [f"flowers={first}"], ["attn"]))
+    assert res["trained"] == ["attn/flowers"]
+    del TASKS["flowers"]  # another process, as a rerun would be
+    second = make_folder(tmp_path / "second", classes=("a", "b"))
+    res = cli(*build_args(data, out, [f"flowers={second}"], ["attn"]))
+    assert res["trained"] == ["attn/flowers"] and res["kept"] == []
+    assert load_bundle(out).tasks["flowers"].classnames == ("a", "b")
+
+
+def test_a_rebuild_with_other_settings_keeps_nothing_stale(built, data, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(built[0], out)
     tasks, modes = ["mnist", f"blooms={data / 'blooms'}"], ["attn", "full", "linear"]
@@ -246,3 +281,17 @@ def test_torchrun_build_bundle_matches_one_process(built, data, tmp_path):
         assert_same_vector(load_safetensors(tmp_path / "ddp" / "vectors" / mode / "mnist.safetensors")[0],
                            load_safetensors(out / "vectors" / mode / "mnist.safetensors")[0])
     assert b.results["training"]["full"]["mnist"]["processes"] == 2
+
+
+def test_the_train_page_offers_folder_tasks_and_says_which_it_cannot_train(built, tmp_path, new_app, monkeypatch):
+    monkeypatch.setenv("ARITH_BUNDLE", str(built[0]))
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception and at.selectbox(key="train_task").options == ["mnist", "blooms"]
+    out = _recorded_at(built, tmp_path, tmp_path / "gone" / "blooms")
+    monkeypatch.setenv("ARITH_BUNDLE", str(out))
+    monkeypatch.delitem(TASKS, "blooms")  # a fresh server: registered from the bundle's record, which is stale
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception and at.selectbox(key="train_task").options == ["mnist"]
+    assert any("blooms" in md.value and "is not a directory" in md.value for md in at.markdown)
