@@ -118,7 +118,8 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
             records = {}
             for name, s in sources.items():
                 if not writer.has(Files.data(name)):
-                    log(f"build: {name}: storing {plan.eval_n or 'all'} validation and test images per split")
+                    count = f"up to {plan.eval_n}" if plan.eval_n else "all"
+                    log(f"build: {name}: storing {count} validation and test images per split")
                     writer.put_data(name, {sp: _in_memory(s.load(sp, size=size, n=plan.eval_n, seed=plan.seed, root=root))
                                            for sp in ("val", "test")})
                 if hasattr(s, "splits"):
