@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .bundle import Bundle, BundleWriter, load_bundle
-from .data import Split, get_task
+from .data import Split, data_root_setting, get_task
 from .disentangle import GRID, xi_grid
 from .finetune import finetune
 from .heads import Head, prototype_head, zeroshot_head
@@ -216,19 +215,26 @@ def similarity_table(vectors: dict[str, dict]) -> dict:
 
 def build_signature(plan: BuildPlan, sources) -> dict:
     """What a bundle's data, heads and vectors depend on besides θ0 (checked by id) and each vector's fine-tuning
-    config (checked per file): a resumed build keeps earlier files only when this is unchanged."""
+    config (checked per file): a resumed build keeps earlier files only when this is unchanged (or is the
+    :func:`legacy_signature` of the same build)."""
     sources = list(sources)
-    root = plan.data_root or os.environ.get("ARITH_DATA_ROOT")
-    if root and any(hasattr(s, "splits") for s in sources):  # one folder however it is named: the flag or the
-        root = str(Path(root).expanduser().resolve())        # variable, ~, a trailing slash, a symlink
-    else:
-        root = None  # no task reads the data root
+    root = None
+    if any(hasattr(s, "splits") and not getattr(s, "path", None) for s in sources):  # a task reads the data root:
+        root = data_root_setting(plan.data_root)  # one folder however it is named (the flag or the variable, ~, a
+        root = str(Path(root).expanduser().resolve()) if root else None  # trailing slash, a symlink)
     sig = {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
            "train_n": plan.train_n, "head": plan.head, "data_root": root}
     folders = {s.name: {"path": s.path, "classes": list(s.classnames)} for s in sources if getattr(s, "path", None)}
-    if folders:  # a custom folder task is its folder and classes, not only its name (absent otherwise: old bundles'
-        sig["folders"] = folders  # signatures stay as they were)
+    if folders:  # a custom folder task is its folder and classes, not only its name (absent otherwise: the
+        sig["folders"] = folders  # default's signature stays as it was)
     return sig
+
+
+def legacy_signature(plan: BuildPlan, sources) -> dict:
+    """The signature builds recorded before the data root was resolved and folders were named (the root as typed):
+    a build interrupted then is resumed, not started over, and gets the new signature."""
+    return {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
+            "train_n": plan.train_n, "head": plan.head, "data_root": plan.data_root}
 
 
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,
@@ -262,7 +268,7 @@ def _prepare(out, base: Base, plan: BuildPlan, heads, clip, tokenizer, log: Log,
     sources = [get_task(t) for t in plan.tasks]
     infos = [s.info() for s in sources]
     writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
-    if writer.start_over_unless(build_signature(plan, sources)):
+    if writer.start_over_unless(build_signature(plan, sources), legacy_signature(plan, sources)):
         log(f"build: {out} holds a build of other data or settings; starting over")
     if not writer.has(Files.BASE):
         writer.put_base(base)

@@ -160,13 +160,15 @@ class BundleWriter:
         with safe_open(str(self.root / rel), "pt") as f:
             return trained_with(f.metadata() or {}, config)
 
-    def start_over_unless(self, signature: dict) -> bool:
+    def start_over_unless(self, signature: dict, *also: dict) -> bool:
         """Keep the files of an earlier (interrupted) build only if it was made from the same ``signature`` (what
-        the data, heads and vectors depend on besides θ0, whose id is checked on opening); returns whether any
-        earlier file other than θ0 was dropped."""
+        the data, heads and vectors depend on besides θ0, whose id is checked on opening; ``also``: older spellings
+        of the same signature, kept too); records ``signature``; returns whether any earlier file other than θ0
+        was dropped."""
         signature = json.loads(json.dumps(signature))
+        same = [signature, *(json.loads(json.dumps(a)) for a in also)]
         dropped = False
-        if self.manifest.get("signature") != signature:
+        if self.manifest.get("signature") not in same:
             dropped = any(rel != Files.BASE for rel in self.manifest["files"])
             self.manifest["files"] = {k: v for k, v in self.manifest["files"].items() if k == Files.BASE}
             self.manifest["modes"], self.manifest["finetune"] = [], {}

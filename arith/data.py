@@ -8,6 +8,7 @@ and ``--quick`` builds use it; the embedded default's tasks and the paper's data
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,6 +94,12 @@ def _load_families() -> None:
         except ModuleNotFoundError as e:
             if not (e.name and mod.startswith(e.name)):
                 raise
+
+
+def data_root_setting(given: str | None = None, recorded: str | None = None) -> str | None:
+    """Where the data sets are, by one rule everywhere: a root given here (a command's ``--data-root``), else
+    ``$ARITH_DATA_ROOT`` (this machine's), else the one a bundle's build recorded (its builder's)."""
+    return given or os.environ.get("ARITH_DATA_ROOT") or recorded
 
 
 def split_seed(task: str, split: str, seed: int) -> int:

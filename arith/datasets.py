@@ -185,13 +185,15 @@ _register("svhn", DIGITS, _svhn, "Street View House Numbers: digits")
 PAPER_TASKS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
 
 
+_REGISTRY_LOCK = threading.RLock()  # folder tasks: check-then-register, and a refused one's removal, as one step
+
 
 def folder_task(path: str | os.PathLike, name: str | None = None, templates: Sequence[str] = FOLDER_TEMPLATES) -> RealTask:
     """Register (once) and return a task over an ImageFolder tree; class names are the folder names
     (``_`` read as a space; folders whose names start with ``.`` are not classes).  ``name`` defaults to the
     folder's name.  Refused: an empty path, a name another task has, fewer than two classes, an empty class
     folder, and two folders that read as one class name."""
-    from .data import TASKS, _load_families
+    from .data import _load_families
 
     if not str(path).strip():
         raise ValueError(f"task {name or 'folder'!r}: no folder given (folder:PATH or NAME=PATH)")
@@ -200,6 +202,13 @@ def folder_task(path: str | os.PathLike, name: str | None = None, templates: Seq
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"task name {name!r}: use letters, digits, '_', '-' and '.'")
     _load_families()  # the built-in tasks first: a folder named like one must not take its name
+    with _REGISTRY_LOCK:  # sessions of the app register folder tasks from their threads
+        return _register_folder(path, name, templates)
+
+
+def _register_folder(path: Path, name: str, templates: Sequence[str]) -> RealTask:
+    from .data import TASKS
+
     if name in TASKS:
         old = TASKS[name]
         if isinstance(old, RealTask) and old.path == str(path):
@@ -233,6 +242,17 @@ def parse_task(spec: str) -> str:
     return spec
 
 
+def parse_task_folders(values: Sequence[str]) -> dict[str, str]:
+    """``--task-folder NAME=PATH`` values (where a bundle's custom folder task's images are now) as {NAME: PATH}."""
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not (sep and name.strip() and path.strip()):
+            raise ValueError(f"--task-folder {v!r}: expected NAME=PATH (the bundle's task name, where its images are)")
+        out[name.strip()] = path
+    return out
+
+
 def register_folder_tasks(bundle, overrides: dict[str, str] | None = None, tasks: Sequence[str] | None = None,
                           root=None) -> list[str]:
     """Make a bundle's tasks that read images from disk ready to train or evaluate on: register its custom folder
@@ -247,24 +267,36 @@ def register_folder_tasks(bundle, overrides: dict[str, str] | None = None, tasks
     wanted = [t for t in (bundle.tasks if tasks is None else tasks) if t in bundle.tasks]
     paths = {t: r["path"] for t, r in records.items() if r.get("path")}
     paths.update(overrides or {})
-    done = []
-    for name in wanted:
-        if name in paths and name not in TASKS:
-            task = folder_task(paths[name], name)
-            want = tuple(bundle.tasks[name].classnames)
-            if task.classnames != want:
-                del TASKS[name]  # nothing changes: the task is not left registered with other classes
-                raise ValueError(f"{name}: {task.path} holds classes {list(task.classnames)}, the bundle's task has "
-                                 f"{list(want)}")
-            done.append(name)
-    for name in wanted:
-        rec = records.get(name, {})
-        if "train_pool" in rec and isinstance(TASKS.get(name), RealTask):
-            cats = TASKS[name].splits(root)
-            now = (len(cats["train"]), len(cats["test"]))
-            if now != (rec["train_pool"], rec["test_size"]):
-                raise ValueError(f"{name}: {cats['train'].where} now holds {now[0]} training-pool and {now[1]} test "
-                                 f"images; the bundle was built from {rec['train_pool']} and {rec['test_size']}, so its "
-                                 "held-out validation and test images would not be the ones it stores (some could be "
-                                 "trained on). Restore the images, or build a new bundle")
+    done: list[str] = []
+    with _REGISTRY_LOCK:
+        try:
+            for name in wanted:
+                if name in paths:
+                    new = name not in TASKS
+                    # registered earlier in this process (another bundle, another session): the same folder gives
+                    # the task itself, another one is refused, named
+                    task = folder_task(paths[name], name)
+                    if new:
+                        done.append(name)
+                    if task.classnames != tuple(bundle.tasks[name].classnames):
+                        raise ValueError(f"{name}: {task.path} holds classes {list(task.classnames)}, the bundle's "
+                                         f"task has {list(bundle.tasks[name].classnames)}")
+                rec = records.get(name, {})
+                if "train_pool" in rec and isinstance(TASKS.get(name), RealTask):
+                    _check_sizes(TASKS[name], rec, root)
+        except BaseException:
+            for name in done:  # nothing changes: no task is left registered with other classes or images
+                TASKS.pop(name, None)
+            raise
     return done
+
+
+def _check_sizes(task: RealTask, rec: dict, root) -> None:
+    """The task's data has the sizes its split record (``split_record``) was made from."""
+    cats = task.splits(root)
+    now = (len(cats["train"]), len(cats["test"]))
+    if now != (rec["train_pool"], rec["test_size"]):
+        raise ValueError(f"{task.name}: {cats['train'].where} now holds {now[0]} training-pool and {now[1]} test "
+                         f"images; the bundle was built from {rec['train_pool']} and {rec['test_size']}, so its "
+                         "held-out validation and test images would not be the ones it stores (some could be "
+                         "trained on). Restore the images, or build a new bundle")

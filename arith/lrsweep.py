@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from .bundle import BundleWriter, load_bundle, trained_with
 from .cli import _bar, _emit, arguments, command
-from .data import get_task
+from .data import data_root_setting, get_task
 from .explore import resolve_device
 from .finetune import finetune
 from .specs import FinetuneConfig
@@ -116,7 +115,7 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
         if done is None:
             if ev is None:  # the first run to train: evaluator and training splits
                 ev = b.evaluator(device=device)
-                root = os.environ.get("ARITH_DATA_ROOT") or plan.get("data_root")  # here, else the builder's
+                root = data_root_setting(recorded=plan.get("data_root"))  # this machine's, else the builder's
                 if "splits" in b.results:  # tasks read from disk: custom folders registered, sizes checked
                     from .datasets import register_folder_tasks
 

@@ -24,8 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .specs import Meta
-
 if TYPE_CHECKING:  # the registry is read without torch (the app's sidebar lists it before torch is imported)
     import torch
 
@@ -311,8 +309,7 @@ def dare_vector(tv: TaskVector, density: float = 0.5, seed: int = 0) -> TaskVect
 
     if density >= 1.0:
         return tv
-    meta = {k: v for k, v in tv.meta.items() if k not in Meta.TRAINING}  # no longer what training produced
-    meta[Meta.DERIVED] = f"DARE(density {float(density):g}, seed {int(seed)}) of {tv._made(grouped=True)}"
+    meta = tv.derived_meta(f"DARE(density {float(density):g}, seed {int(seed)}) of {{}}")  # not what training made
     out = TaskVector(_Dropped(tv, float(density), int(seed)), tv.task, tv.mode, tv.base_id, meta)
     out.__dict__["uid"] = hashlib.sha256(f"{tv.uid}|dare|{float(density)!r}|{int(seed)}".encode()).hexdigest()[:20]
     return out

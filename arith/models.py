@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import threading
+import weakref
 from collections.abc import Mapping
 from functools import cached_property
 
@@ -145,10 +146,20 @@ def fingerprint(tensors: Mapping[str, torch.Tensor], length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def _refuse_load(module, *args, **kwargs):
-    """``load_state_dict`` on θ0's own module would write into θ0 (its parameters are θ0's tensors)."""
-    raise RuntimeError("this encoder holds θ0's own tensors (Base.module), which every evaluation shares: loading "
-                       "weights into it would change θ0. Use base.encoder(weights) for an encoder of your own")
+def _guard(base: Base, module: nn.Module) -> None:
+    """Make ``load_state_dict`` on θ0's own module refuse: it would write into θ0 (its parameters are θ0's tensors).
+    A deep copy of the module (its own tensors) takes the hook along and may load: the hook asks whether the module
+    is still the one ``base`` holds."""
+    owner = weakref.ref(base)
+
+    def refuse(mod, *args, **kwargs):
+        b = owner()
+        if b is not None and mod is b._module:
+            raise RuntimeError("this encoder holds θ0's own tensors (Base.module), which every evaluation shares: "
+                               "loading weights into it would change θ0. Use base.encoder(weights) for an encoder "
+                               "of your own")
+
+    module.register_load_state_dict_pre_hook(refuse)
 
 
 class Base:
@@ -170,7 +181,7 @@ class Base:
         self._lock = threading.Lock()
         if encoder is not None:
             self._module: ImageEncoder | None = encoder.eval().requires_grad_(False)
-            encoder.register_load_state_dict_pre_hook(_refuse_load)  # θ0 below is its parameters, not copies
+            _guard(self, encoder)  # θ0 below is its parameters, not copies
             self.params: dict[str, torch.Tensor] = {k: p.detach() for k, p in encoder.named_parameters()}
             self.buffers: dict[str, torch.Tensor] = {k: b for k, b in encoder.named_buffers()}
         else:
@@ -208,7 +219,7 @@ class Base:
                     if left:
                         raise RuntimeError(f"{self.spec.label}: encoder tensors its layout did not expect: {left[:5]}")
                     self._module = enc.eval()
-                    enc.register_load_state_dict_pre_hook(_refuse_load)
+                    _guard(self, enc)
         return self._module
 
     def encoder(self, weights: Mapping[str, torch.Tensor] | None = None) -> ImageEncoder:

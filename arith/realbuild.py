@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .build import BuildPlan, Log, Stopwatch, build_signature, cpu_capability, make_heads, precompute
+from .build import BuildPlan, Log, Stopwatch, build_signature, cpu_capability, legacy_signature, make_heads, precompute
 from .bundle import BundleWriter, load_bundle
 from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
 from .data import get_task
@@ -111,7 +111,7 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     with watch.stage("task data"):  # evaluation splits and heads (rank 0; the others wait at the barrier)
         if main:
             writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
-            if writer.start_over_unless(build_signature(plan, sources.values())):
+            if writer.start_over_unless(build_signature(plan, sources.values()), legacy_signature(plan, sources.values())):
                 log(f"build: {out} holds a build of other data or settings; starting over")
             if not writer.has(Files.BASE):
                 writer.put_base(base)
@@ -357,9 +357,9 @@ def _full_args(p):
 @arguments(_full_args)
 def cmd_evaluate_full(args):
     b = load_bundle(args.bundle)
-    from .datasets import register_folder_tasks
+    from .datasets import parse_task_folders, register_folder_tasks
 
-    register_folder_tasks(b, dict(f.split("=", 1) for f in args.task_folder), tasks=args.tasks, root=args.data_root)
+    register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=args.tasks, root=args.data_root)
     res = evaluate_full(b, args.mode, _parse_coefs(args.coef), root=args.data_root, split=args.split, tasks=args.tasks,
                         extra=_load_extra(b, args.vector, args.mode), batch_size=args.batch_size, device=args.device,
                         autocast=args.amp, normalize=args.normalize, progress=_bar(f"{args.split} {args.mode}"))

@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from .modes import source_of
+
 if TYPE_CHECKING:
     from .bundle import Bundle
     from .index import BundleIndex
@@ -31,7 +33,7 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
         xi = r.get("disentanglement", {}).get(mode, {})
         cost = r.get("cost", {}).get(mode) or {}
         train = r.get("training", {}).get(mode, {})
-        cfg = bundle.finetune_config(mode)
+        cfg = bundle.finetune_config(source_of(mode))  # a view (full@attn) was trained as its source mode
         rows.append({
             "mode": mode,
             "lr": cfg.lr if cfg else None,
@@ -138,7 +140,7 @@ def interference_rows(bundle: Bundle | BundleIndex, alone: dict[str, dict],
     accuracy, as fractions."""
     at_alpha, by_alpha = [], []
     for mode, a in alone.items():
-        i, cfg = a["interference"], bundle.finetune_config(mode)
+        i, cfg = a["interference"], bundle.finetune_config(source_of(mode))
         at_alpha.append({"mode": mode, "lr": cfg.lr if cfg else None, "addition α": i["alpha"],
                          "single-task": i["single_absolute"], "each task alone at α": i["alone_absolute"],
                          "merged at α": i["merged_absolute"], "cost of scaling to α": i["cost_of_alpha"],

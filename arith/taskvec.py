@@ -151,9 +151,15 @@ class TaskVector:
         coef = float(coef)
         if not math.isfinite(coef):
             raise TaskVectorError(f"cannot scale a task vector by {coef}: coefficients must be finite")
+        return TaskVector({k: coef * t for k, t in self.tensors.items()}, self.task, self.mode, self.base_id,
+                          self.derived_meta(f"{coef:g} × {{}}"))
+
+    def derived_meta(self, how: str) -> dict[str, str]:
+        """The metadata of a vector made from this one by ``how`` (``{}`` stands for this vector: its task, or how
+        it was made in turn): this one's, less training provenance (``Meta.TRAINING``), plus ``Meta.DERIVED``."""
         meta = {k: v for k, v in self.meta.items() if k not in Meta.TRAINING}
-        meta[Meta.DERIVED] = f"{coef:g} × {self._made(grouped=True)}"
-        return TaskVector({k: coef * t for k, t in self.tensors.items()}, self.task, self.mode, self.base_id, meta)
+        meta[Meta.DERIVED] = how.format(self._made(grouped=True))
+        return meta
 
     def __mul__(self, coef: float) -> TaskVector:
         return self.scale(coef)
@@ -161,6 +167,8 @@ class TaskVector:
     __rmul__ = __mul__
 
     def __truediv__(self, coef: float) -> TaskVector:
+        if float(coef) == 0.0:
+            raise TaskVectorError("cannot divide a task vector by 0")
         return self.scale(1.0 / float(coef))
 
     def __neg__(self) -> TaskVector:

@@ -1,11 +1,10 @@
 """View 6, train: fine-tune a task vector for a task and mode from the app; it joins the session's workspace."""
 
 import math
-import os
 
 import streamlit as st
 
-from arith.data import get_task
+from arith.data import data_root_setting, get_task
 from arith.datasets import register_folder_tasks
 from arith.finetune import Cancelled, finetune
 from arith.modes import MODES, source_of
@@ -28,7 +27,7 @@ def train_split(task: str, size: int, n: int | None, seed: int, root: str | None
 
 
 # where the data sets are here (a Space mounts them anywhere), else where the bundle's builder had them
-data_root = os.environ.get("ARITH_DATA_ROOT") or b.manifest.get("plan", {}).get("data_root")
+data_root = data_root_setting(recorded=b.manifest.get("plan", {}).get("data_root"))
 
 
 def why_not(task: str) -> str | None:

@@ -52,6 +52,18 @@ def test_theta0_module_refuses_load_state_dict_and_encoder_gives_a_copy(built):
     assert torch.allclose(base.encoder()(x), base.features(None, x), atol=1e-5)
 
 
+def test_a_deep_copy_of_theta0s_module_is_ones_own(base):
+    import copy
+
+    before = _snapshot(base.params)
+    mine = copy.deepcopy(base.module)
+    mine.load_state_dict({k: t + 1.0 for k, t in base.params.items()})  # a copy's tensors: allowed
+    assert _same(base.params, before)
+    moved = base.to("cpu")  # another Base: its module is its θ0, guarded in turn
+    with pytest.raises(RuntimeError, match=r"base\.encoder"):
+        moved.module.load_state_dict(dict(base.params))
+
+
 def test_encoder_refuses_weights_that_do_not_fit(base):
     key = next(iter(base.params))
     with pytest.raises(ValueError, match="visual.nope"):
@@ -95,6 +107,8 @@ def test_vectors_sum_and_divide_like_numbers(base):
     halved = a / 2
     assert all(torch.allclose(halved.tensors[k], 0.5 * a.tensors[k]) for k in a.tensors)
     assert sum([a]) is a
+    with pytest.raises(TaskVectorError, match="divide a task vector by 0"):
+        a / 0
 
 
 def test_a_sum_of_two_modes_cannot_be_saved_and_unknown_modes_are_refused(base, tmp_path):

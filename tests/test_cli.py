@@ -181,3 +181,13 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         said = captured.err + captured.out
         assert code == 2 and want in said, (argv, code, said)
         assert "Traceback" not in said
+
+
+def test_an_error_from_a_dataloader_worker_prints_as_its_last_line():
+    from arith.cli import _one_line
+
+    worker = ("Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+              '  File "x.py", line 3, in read\n    raise OSError(msg)\n'
+              "OSError: /data/a/1.png: cannot read this image (image file is truncated)\n")
+    assert _one_line(worker) == "/data/a/1.png: cannot read this image (image file is truncated)"
+    assert _one_line("plain: message\nsecond line") == "plain: message\nsecond line"

@@ -18,7 +18,7 @@ from fakedata import make_folder, make_mnist
 from arith.bundle import load_bundle
 from arith.cli import main
 from arith.data import TASKS
-from arith.datasets import register_folder_tasks
+from arith.datasets import parse_task_folders, register_folder_tasks
 from arith.heads import zeroshot_head
 from arith.safefile import load_safetensors
 
@@ -147,6 +147,19 @@ def _finetune(bundle, task, out, *extra):
             "--workers", "0", "--device", "cpu", "--out", str(out), *extra]
 
 
+def test_a_build_recorded_with_the_old_signature_is_resumed(built, data, tmp_path):
+    """Builds before the data root was resolved and folders were named recorded the root as typed: kept, re-signed."""
+    out = tmp_path / "b"
+    shutil.copytree(built[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["signature"] = {k: v for k, v in manifest["signature"].items() if k != "folders"}
+    manifest["signature"]["data_root"] = str(data)  # as build_args typed it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = cli(*build_args(data, out, ["mnist", f"blooms={data / 'blooms'}"], ["attn", "full", "linear"]))
+    assert res["trained"] == [] and len(res["kept"]) == 6
+    assert "folders" in json.loads((out / "manifest.json").read_text())["signature"]
+
+
 def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
     """The bundle records where a folder task's images were; --task-folder says where they are now."""
     out = _recorded_at(built, tmp_path, tmp_path / "gone" / "blooms")
@@ -177,6 +190,15 @@ def test_folder_tasks_that_no_longer_fit_the_bundle_are_refused(built, data, tmp
     make_folder(grown, per_class=12, seed=5)  # two more images per class: another seeded hold-out
     with pytest.raises(ValueError, match="the bundle was built from 24 and 6"):
         register_folder_tasks(load_bundle(out), {"blooms": str(grown)}, tasks=["blooms"])
+    assert "blooms" not in TASKS
+    assert main([*_finetune(out, "blooms", v, "--task-folder", "blooms"), "--json"]) == 2
+    with pytest.raises(ValueError, match="expected NAME=PATH"):
+        parse_task_folders(["blooms"])
+    assert register_folder_tasks(load_bundle(built[0]), tasks=["blooms"]) == ["blooms"]  # the build's own folder, again
+    twin = tmp_path / "twin"
+    shutil.copytree(data / "blooms", twin)  # the same images elsewhere: another bundle's folder task of that name
+    with pytest.raises(ValueError, match=f"taken by the folder {(data / 'blooms').resolve()}"):
+        register_folder_tasks(load_bundle(out), {"blooms": str(twin)}, tasks=["blooms"])
 
 
 def test_a_build_into_the_same_directory_with_another_folder_starts_over(data, tmp_path):

@@ -209,3 +209,13 @@ def test_a_view_is_named_where_only_a_mode_will_do_and_travels_in_a_coefficient_
     assert (back["mode"], back["coefficients"]) == ("full@attn", {bundle.task_names[0]: 0.5})
     with pytest.raises(ValueError, match="view 'full@nope'"):
         parse_coefficient_set(json.dumps({**rec, "mode": "full@nope"}), bundle.base.id)
+
+
+def test_a_views_rows_name_its_source_modes_learning_rate(bundle):
+    """The arithmetic page's sweep table asks the manifest for each shown mode's lr; a view was trained as its source."""
+    from arith.report import interference_rows
+
+    ex = Explorer(bundle, max_per_task=8)
+    alone = {"full@attn": ex.alone("full@attn")}
+    rows, _ = interference_rows(ex.index, alone, {"full@attn": ex.addition("full@attn")})
+    assert rows[0]["mode"] == "full@attn" and rows[0]["lr"] == bundle.finetune_config("full").lr

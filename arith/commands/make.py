@@ -89,10 +89,11 @@ def cmd_finetune(args):
         cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "warmup_steps": max(0, cfg.steps // 10)})
     if args.workers is not None:
         os.environ["ARITH_DATA_WORKERS"] = str(args.workers)
-    if "splits" in b.results or args.task_folder:  # tasks read from disk: custom folders registered, sizes checked
-        from ..datasets import register_folder_tasks
+    from ..datasets import parse_task_folders, register_folder_tasks
 
-        register_folder_tasks(b, dict(f.split("=", 1) for f in args.task_folder), tasks=[args.task], root=args.data_root)
+    # tasks read from disk: custom folders registered (where the bundle recorded them, or where they are now) and
+    # checked against the bundle, the paper's data sets checked too
+    register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=[args.task], root=args.data_root)
     with D.session(args.device):  # under torchrun: one process group for the run; a no-op otherwise
         device = D.device_for(args.device)
         base = b.base if device == "cpu" else b.base.to(device)
