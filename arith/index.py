@@ -172,6 +172,10 @@ class BundleIndex:
                 vectors.setdefault(parts[1], {})[Path(parts[2]).stem] = Path(parts[2]).stem
         order = {m: i for i, m in enumerate(manifest.get("modes", []))}
         vectors = dict(sorted(vectors.items(), key=lambda kv: order.get(kv[0], len(order))))
+        # each mode's vectors in the bundle's task order (the files are listed alphabetically), as every table is
+        rank = {t: i for i, t in enumerate(tasks)}
+        vectors = {m: dict(sorted(vs.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+                   for m, vs in vectors.items()}
         sizes = {t: split_sizes(root / Files.data(t), Files.data(t)) for t in tasks if Files.data(t) in files}
         return cls(root, manifest, tasks, vectors, sizes, read_results(root, manifest), stamps)
 

@@ -60,10 +60,11 @@ with guard("Evaluating the edited model"):
     edited = len(untouched) < len(acc) and untouched
 
     c1, c2, c3, c4, *c5 = st.columns(5 if edited else 4)
-    c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the added tasks",
+    c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the selected tasks (those at "
+              "λ = 0 included)",
               delta=f"{100 * (here['absolute'] - zs_here['absolute']):+.1f} points vs zero-shot")
     c2.metric("Normalized accuracy", pct(here.get("normalized")),
-              help="Mean over the added tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
+              help="Mean over the selected tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
     c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
     if edited:
@@ -236,8 +237,11 @@ with guard("Task negation"):
     ready = {t: ex.cached_negation(mode, t) for t in targets}
     missing = [t for t, r in ready.items() if r is None]
     if missing:
-        st.info(f"Not precomputed in {mode_label(mode)}: {', '.join(missing)} (21 values of λ each, on validation).")
-        if st.button(f"Compute negation for {len(missing)} task(s)", key="neg_compute"):
+        offer = st.empty()  # the note and its button go once the λ are computed (not on the next run)
+        box = offer.container()
+        box.info(f"Not precomputed in {mode_label(mode)}: {', '.join(missing)} (21 values of λ each, on validation).")
+        if box.button(f"Compute negation for {len(missing)} task(s)", key="neg_compute"):
+            offer.empty()
             for t in missing:
                 bar = Progress(f"Negating {t} ({mode_label(mode)})")
                 try:
@@ -254,6 +258,10 @@ with guard("Task negation"):
                      column_config={"λ (negated)": st.column_config.NumberColumn(format="%.2f"),
                                     **{c: st.column_config.NumberColumn(format="%.1f") for c in (
                                         "target (%)", "target zero-shot (%)", "control (%)", "control zero-shot (%)")}})
+        edge = [t for t, r in done.items() if r.get("curve") and r["alpha"] >= max(p["alpha"] for p in r["curve"])]
+        if edge:
+            st.caption(f"At the end of the λ searched ({max(p['alpha'] for p in done[edge[0]]['curve']):g}): "
+                       f"{', '.join(edge)}. The controls still held there, so a larger λ might forget more.")
         c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
         target = c1.selectbox("Negated model to open", list(done), key="neg_task", persist_state="session")
         c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=request_view,

@@ -11,7 +11,7 @@ from arith.modes import MODES, source_of
 from arith.specs import FinetuneConfig
 from ui import charts
 from ui.common import Progress, guard, pct
-from ui.state import add_to_workspace, context, mode_label, request_select, selected_note
+from ui.state import add_to_workspace, context, mode_label, request_select, selected_note, workspace_twin
 
 ctx = context()
 ex = ctx.ex
@@ -119,10 +119,12 @@ if go:
             bar.done()
         st.session_state.pop("train_running", None)  # not reached when a rerun interrupts the run
         if res is not None:
+            twin = workspace_twin(ex, res.vector)  # the same recipe and seed again: the same vector, bit for bit
             label = add_to_workspace(ex, res.vector, name or f"{task} ({mode}, trained)",
                                      f"trained: {cfg.steps} steps, lr {cfg.lr:g}")
             request_select([label])
-            result = {"name": label, "task": task, "mode": mode, "steps": cfg.steps, "seconds": res.seconds,
+            result = {"name": label, "twin": twin is not None, "task": task, "mode": mode, "steps": cfg.steps,
+                      "seconds": res.seconds,
                       "losses": res.losses, "norm": res.vector.norm(), "base_id": b.base.id}
             if task in ex.tasks:
                 acc = ex.evaluate(mode, {label: 1.0}, "test", extra={label: res.vector}, tasks=[task])
@@ -134,8 +136,10 @@ if go:
 last = st.session_state.get("train_last")
 if last and last["base_id"] == b.base.id:
     ws = ctx.workspace
+    where = ("It equals the workspace's " + repr(last["name"]) + " (same recipe and seed), so it was not added again"
+             if last.get("twin") else "It is in the workspace")
     st.success(f"Trained {last['name']!r}: {last['steps']} steps in {last['seconds']:.1f} s, final loss "
-               f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. It is in the workspace and "
+               f"{last['losses'][-1]:.4f}, ‖τ‖ = {last['norm']:.4g}. {where} and "
                f"{selected_note(ctx, last['mode'])}.", icon="✅")
     if "accuracy" in last:
         c1, c2 = st.columns(2)

@@ -19,6 +19,7 @@ from ui.state import (
     selected_note,
     upload_limit_mb,
     workspace_store,
+    workspace_twin,
 )
 
 EXAMPLE = ROOT / "assets" / "example-task-vector.safetensors"
@@ -90,10 +91,12 @@ for f in files or []:
         continue
     accepted.add(f.file_id)
     log[:] = [r for r in log if r.get("id") != f.file_id]  # its earlier refusal no longer applies
+    twin = workspace_twin(ex, tv)
     name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
     request_select([name])
+    added = f"already in the workspace as {name!r} (the same tensors), not added again" if twin else f"added as {name!r}"
     new_results.append({"id": f.file_id, "file": f.name, "ok": True,
-                        "message": f"added as {name!r}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
+                        "message": f"{added}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
                                    f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}"})
 if new_results:
     log[:0] = new_results

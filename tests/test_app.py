@@ -228,6 +228,7 @@ def test_negation_missing_from_a_bundle_is_computed_on_demand(new_app, engine, c
     assert not [d for d in at.dataframe if "λ (negated)" in d.value.columns]
     at.button(key="neg_compute").click().run(timeout=300)
     clean(at)
+    assert not [i for i in at.info if "Not precomputed" in i.value]  # gone in the run that computed them
     rows = table(at, "λ (negated)")
     assert list(rows["task"]) == engine.tasks
     for t, lam, target in zip(rows["task"], rows["λ (negated)"], rows["target (%)"]):  # the protocol, computed
@@ -301,6 +302,8 @@ def test_tie_switch_and_presets(new_app, engine):
     left = next(m for m in at.metric if m.label == "Tasks at λ = 0")
     assert left.value == f"{50 * (acc[STRIPES] + acc[QUADS]):.1f}%"
     assert left.proto.delta == f"{50 * (acc[STRIPES] + acc[QUADS] - zs[STRIPES] - zs[QUADS]):+.1f} points vs zero-shot"
+    at.sidebar.toggle(key="w_tie").set_value(True).run()  # tied again: at the one λ that is not 0, not zero-shot
+    assert coefs_in_url(at) == {STRIPES: 1.0, COLOURS: 1.0, QUADS: 1.0}
 
 
 def test_a_link_reproduces_the_view(new_app):
@@ -349,6 +352,16 @@ def test_two_sessions_do_not_affect_each_other(new_app, bundle):
     assert workspace(a) == {} and "half" not in a.sidebar.multiselect(key="w_tasks").options
     b.switch_page("pages/arithmetic.py").run()
     assert shown_accuracy(b) != shown_accuracy(a)
+
+
+def test_the_same_vector_uploaded_twice_is_kept_once(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    blob = bundle.vectors["attn"][COLOURS].scale(0.5).to_bytes()
+    at.file_uploader(key="upload_files").set_value(("half.safetensors", blob, "x")).run()
+    at.file_uploader(key="upload_files").set_value(("half-again.safetensors", blob, "x")).run()
+    assert list(workspace(at)) == ["half"]
+    assert any("half-again.safetensors: already in the workspace as 'half'" in s.value for s in at.success)
 
 
 # -- upload -------------------------------------------------------------------------------------------------------

@@ -108,3 +108,13 @@ def test_the_package_exports_are_objects_not_modules():
         if name != "__version__":
             importlib.import_module(f"arith.{arith._EXPORTS[name]}")
             assert not isinstance(getattr(arith, name), types.ModuleType), name
+
+
+def test_negations_at_the_end_of_the_search_are_flagged(new_app, monkeypatch):
+    """The default's attention-only negation of terrain stops at the grid's last λ: the page says so."""
+    negation = json.loads((DEFAULT / "results" / "negation.json").read_text())["attn"]
+    edge = sorted(t for t, r in negation.items() if r["alpha"] >= max(p["alpha"] for p in r["curve"]))
+    monkeypatch.setenv("ARITH_BUNDLE", str(DEFAULT))
+    at = new_app()
+    caps = [c.value for c in at.caption if "end of the λ searched" in c.value]
+    assert edge and len(caps) == 1 and all(t in caps[0] for t in edge)

@@ -79,7 +79,8 @@ def _on_tie_slider(names: list[str]) -> None:
 def _on_tie_toggle(names: list[str]) -> None:
     if st.session_state.get(K_TIE) and names:
         store = st.session_state.setdefault(S_COEFS, {})
-        v = snap(store.get(names[0], 0.0))
+        # the first task's λ that is not 0: after "Only this" the tie keeps that task's λ, not the others' 0
+        v = snap(next((store[n] for n in names if store.get(n, 0.0) != 0.0), store.get(names[0], 0.0)))
         st.session_state[K_ALL] = v
         set_coefs({n: v for n in names})
 

@@ -264,9 +264,19 @@ def workspace_store(base_id: str) -> dict[str, dict]:
     return st.session_state.setdefault(S_WORKSPACE, {}).setdefault(base_id, {})
 
 
+def workspace_twin(ex: Explorer, tv: TaskVector) -> str | None:
+    """The name under which this session's workspace already holds a vector equal to ``tv`` (same content uid),
+    if any: the same file uploaded twice, or the same training run repeated."""
+    return next((n for n, entry in workspace_store(ex.base_id).items() if entry["vector"].uid == tv.uid), None)
+
+
 def add_to_workspace(ex: Explorer, tv: TaskVector, hint: str, source: str) -> str:
     """Add ``tv`` to this session's workspace under a new name (never a bundle task's name, so it never silently
-    replaces a bundle vector); returns the name."""
+    replaces a bundle vector); returns the name.  A vector the workspace already holds is not added twice: its
+    name is returned (:func:`workspace_twin`)."""
+    twin = workspace_twin(ex, tv)
+    if twin is not None:
+        return twin
     store = workspace_store(ex.base_id)
     taken = set(store) | set(ex.task_names) | {n for m in ex.modes for n in ex.catalog(m)}
     base = hint.strip() or f"{tv.task} ({tv.mode})"
