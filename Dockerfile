@@ -22,5 +22,5 @@ COPY --chown=user . .
 
 EXPOSE 7860
 # space/start.sh: caches on /data when persistent storage is attached, `python -m arith space-init` (fetch the
-# configured bundle and the base weights once), then `streamlit run app.py` on 0.0.0.0:$PORT.
+# configured bundle once, verified), then `streamlit run app.py` on 0.0.0.0:$PORT.
 CMD ["sh", "space/start.sh"]
