@@ -191,3 +191,13 @@ def test_an_error_from_a_dataloader_worker_prints_as_its_last_line():
               "OSError: /data/a/1.png: cannot read this image (image file is truncated)\n")
     assert _one_line(worker) == "/data/a/1.png: cannot read this image (image file is truncated)"
     assert _one_line("plain: message\nsecond line") == "plain: message\nsecond line"
+
+
+def test_table_of_a_bundle_without_vectors_says_so(copy, capsys):
+    """A build stopped before its first vector leaves a bundle with nothing to tabulate: an error, not an empty table."""
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"] = {rel: v for rel, v in m["files"].items() if not rel.startswith(("vectors/", "results/", "cache/"))}
+    m["modes"], m["finetune"] = [], {}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["table", "--bundle", str(copy)]) == 2
+    assert "no task vectors to tabulate" in capsys.readouterr().err

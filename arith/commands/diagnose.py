@@ -130,6 +130,9 @@ def cmd_table(args):
     b = BundleIndex.open(args.bundle)  # precomputed results only: no tensor is loaded (unless --alone or --pairs on
     # a bundle without those results stored)
     res = {"rows": rp.results_rows(b), "per_task": rp.per_task_rows(b)}
+    if not res["rows"]:
+        raise ValueError(f"{args.bundle}: no task vectors to tabulate (an unfinished build? the same build command "
+                         "resumes it)")
     alone = {}
     from ..modes import parse_view
 
