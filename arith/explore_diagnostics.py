@@ -161,16 +161,39 @@ class Diagnostics:
         of :func:`arith.build.similarity_table`; the bundle's precomputed table when it covers the request."""
         modes = list(modes or self.modes)
         pre = self._precomputed("similarity", need=("by_mode", "all"))
-        labels = [f"{m}/{n}" for m in modes for n in self.catalog(m, extra)]
+        names = {m: list(self.catalog(m, extra)) for m in modes}
+        labels = [f"{m}/{n}" for m in modes for n in names[m]]
         if (pre and self.uses_all_images and set(pre.get("by_mode", {})) == set(modes)
-                and pre.get("all", {}).get("labels") == labels
+                and sorted(pre.get("all", {}).get("labels", [])) == sorted(labels)
                 and not any(tv.mode in modes for tv in (extra or {}).values())):
-            return pre
+            try:
+                return _reordered(pre, names)  # a build may have listed the vectors in another order
+            except (KeyError, IndexError, TypeError):  # a stored table that does not hold what it says: compute
+                pass
         vectors = {m: self.vectors(m, extra) for m in modes}
         from .build import similarity_table
 
         key = ("sim", tuple((m, tuple((n, tv.uid) for n, tv in vs.items())) for m, vs in vectors.items()))
         return self._memoised(key, lambda: similarity_table(vectors))
+
+
+def _reordered(table: dict, names: Mapping[str, Sequence[str]]) -> dict:
+    """A stored similarity table (:func:`arith.build.similarity_table`) with its rows and columns in the order of
+    ``names`` (mode -> vector names): the same cosines, permuted."""
+    def permute(labels, cosine, order):
+        at = {label: i for i, label in enumerate(labels)}
+        rows = [at[label] for label in order]
+        return [[cosine[i][j] for j in rows] for i in rows]
+
+    by_mode = {}
+    for m, order in names.items():
+        b = table["by_mode"][m]
+        by_mode[m] = {**b, "labels": list(order), "cosine": permute(b["labels"], b["cosine"], order),
+                      "norms": {n: b["norms"][n] for n in order}}
+    labels = [f"{m}/{n}" for m, order in names.items() for n in order]
+    return {**table, "by_mode": by_mode,
+            "all": {**table["all"], "labels": labels,
+                    "cosine": permute(table["all"]["labels"], table["all"]["cosine"], labels)}}
 
 
 def _check_length(length) -> None:

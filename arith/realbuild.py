@@ -28,7 +28,7 @@ from . import distributed as D
 from .build import BuildPlan, Log, Stopwatch, build_signature, cpu_capability, legacy_signature, make_heads, precompute
 from .bundle import BundleWriter, load_bundle
 from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
-from .data import get_task
+from .data import data_root_setting, get_task
 from .finetune import finetune
 from .models import Base, ImageEncoder, build_clip
 from .specs import Files, ModelSpec, Provenance
@@ -341,7 +341,8 @@ def _full_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
-    p.add_argument("--data-root", default=None, help="root folder of the data sets (default $ARITH_DATA_ROOT)")
+    p.add_argument("--data-root", default=None,
+                   help="root folder of the data sets (default $ARITH_DATA_ROOT, else the path the build recorded)")
     p.add_argument("--task-folder", action="append", default=[], metavar="NAME=PATH",
                    help="where a custom folder task's images are (default: the path recorded in the bundle)")
     p.add_argument("--tasks", nargs="+", help="tasks to evaluate (default: all)")
@@ -359,8 +360,9 @@ def cmd_evaluate_full(args):
     b = load_bundle(args.bundle)
     from .datasets import parse_task_folders, register_folder_tasks
 
-    register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=args.tasks, root=args.data_root)
-    res = evaluate_full(b, args.mode, _parse_coefs(args.coef), root=args.data_root, split=args.split, tasks=args.tasks,
+    root = data_root_setting(args.data_root, b.manifest.get("plan", {}).get("data_root"))  # flag, variable, recorded
+    register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=args.tasks, root=root)
+    res = evaluate_full(b, args.mode, _parse_coefs(args.coef), root=root, split=args.split, tasks=args.tasks,
                         extra=_load_extra(b, args.vector, args.mode), batch_size=args.batch_size, device=args.device,
                         autocast=args.amp, normalize=args.normalize, progress=_bar(f"{args.split} {args.mode}"))
     _emit(args, res, lambda r: _table([{"task": t, "images": r["images"][t], "accuracy": _pct(a)}

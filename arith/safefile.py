@@ -154,7 +154,7 @@ def read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int = DE
             raise SafetensorsError(f"file is {len(data)} bytes, over the {max_bytes}-byte limit")
         return data
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = Path(source).expanduser()
         if path.is_dir():
             raise SafetensorsError(f"{path} is a directory, not a safetensors file")
         size = path.stat().st_size

@@ -121,10 +121,13 @@ def test_a_sum_of_two_modes_cannot_be_saved_and_unknown_modes_are_refused(base, 
         TaskVector(valid_vector(base).tensors, "t", "atn", base.id)
 
 
-def test_load_task_vector_takes_a_bundle_for_its_base(bundle, tmp_path):
+def test_load_task_vector_takes_a_bundle_for_its_base(bundle, tmp_path, monkeypatch):
     tv = next(iter(bundle.vectors["attn"].values()))
     again = load_task_vector(tv.save(tmp_path / "v.safetensors"), bundle)
     assert again.uid == tv.uid
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ in a path, written and read
+    assert load_task_vector(tv.save("~/home.safetensors"), bundle).uid == tv.uid
+    assert load_task_vector("~/home.safetensors", bundle).uid == tv.uid and (tmp_path / "home.safetensors").is_file()
 
 
 def test_diagnostics_refuse_grids_and_paths_that_cannot_answer(bundle):

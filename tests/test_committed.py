@@ -118,3 +118,25 @@ def test_negations_at_the_end_of_the_search_are_flagged(new_app, monkeypatch):
     at = new_app()
     caps = [c.value for c in at.caption if "end of the λ searched" in c.value]
     assert edge and len(caps) == 1 and all(t in caps[0] for t in edge)
+
+
+def test_the_stored_similarity_table_is_served_in_the_bundles_task_order(monkeypatch):
+    """The committed table lists its vectors alphabetically (the order of its build); the Explorer lists them in the
+    bundle's task order, and serves the stored cosines permuted rather than computing them again."""
+    from arith import build
+    from arith.explore import Explorer
+
+    def computes(*_, **__):
+        raise AssertionError("computed, not served")
+
+    monkeypatch.setattr(build, "similarity_table", computes)
+    stored = json.loads((DEFAULT / "results" / "similarity.json").read_text())
+    ex = Explorer.open(DEFAULT)
+    got = ex.similarity()
+    want = [f"{m}/{n}" for m in ex.modes for n in ex.catalog(m)]
+    assert got["all"]["labels"] == want != stored["all"]["labels"]
+    at = {label: i for i, label in enumerate(stored["all"]["labels"])}
+    assert all(got["all"]["cosine"][i][j] == stored["all"]["cosine"][at[a]][at[b]]
+               for i, a in enumerate(want) for j, b in enumerate(want))
+    attn = got["by_mode"]["attn"]
+    assert attn["labels"] == list(ex.catalog("attn")) and list(attn["norms"]) == attn["labels"]

@@ -317,3 +317,9 @@ def test_the_train_page_offers_folder_tasks_and_says_which_it_cannot_train(built
     at.switch_page("pages/train.py").run()
     assert not at.exception and at.selectbox(key="train_task").options == ["mnist"]
     assert any("blooms" in md.value and "is not a directory" in md.value for md in at.markdown)
+
+
+def test_finetune_reads_the_data_where_the_build_recorded_it(built, tmp_path):
+    """No --data-root and no $ARITH_DATA_ROOT (the env fixture unsets it): the path the build recorded."""
+    res = cli(*_finetune(built[0], "mnist", tmp_path / "v.safetensors"))
+    assert res["task"] == "mnist" and (tmp_path / "v.safetensors").is_file()

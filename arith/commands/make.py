@@ -57,7 +57,8 @@ def _finetune_args(p):
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--data-root", help="where the task's training data lives (real data sets; default $ARITH_DATA_ROOT)")
+    p.add_argument("--data-root", help="where the task's training data lives (real data sets; default "
+                   "$ARITH_DATA_ROOT, else the path the build recorded)")
     p.add_argument("--task-folder", action="append", default=[], metavar="NAME=PATH",
                    help="where a custom folder task's images are now (default: the path recorded in the bundle)")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default $ARITH_DATA_WORKERS or cores-1, ≤8)")
@@ -71,7 +72,7 @@ def _finetune_args(p):
 def cmd_finetune(args):
     from .. import distributed as D
     from ..bundle import load_bundle
-    from ..data import get_task
+    from ..data import data_root_setting, get_task
     from ..explore import resolve_device
     from ..finetune import finetune
     from ..specs import FinetuneConfig
@@ -93,12 +94,12 @@ def cmd_finetune(args):
 
     # tasks read from disk: custom folders registered (where the bundle recorded them, or where they are now) and
     # checked against the bundle, the paper's data sets checked too
-    register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=[args.task], root=args.data_root)
+    root = data_root_setting(args.data_root, b.manifest.get("plan", {}).get("data_root"))  # flag, variable, recorded
+    register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=[args.task], root=root)
     with D.session(args.device):  # under torchrun: one process group for the run; a no-op otherwise
         device = D.device_for(args.device)
         base = b.base if device == "cpu" else b.base.to(device)
-        train = get_task(args.task).load("train", size=base.image_size, n=args.train_n, seed=cfg.seed,
-                                         root=args.data_root)
+        train = get_task(args.task).load("train", size=base.image_size, n=args.train_n, seed=cfg.seed, root=root)
         res = finetune(base, b.heads[args.task], train, cfg, task=args.task,
                        progress=_bar(f"{mode}/{args.task}") if D.is_main() else None)
         processes = D.world_size()
