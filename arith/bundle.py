@@ -212,6 +212,8 @@ class BundleWriter:
         self.put_tensors(Files.data(task), tensors)
 
     def put_vector(self, tv: TaskVector, config: FinetuneConfig | None = None) -> None:
+        """Write ``tv`` as ``vectors/<mode>/<task>.safetensors`` and list it; ``config``: the recipe it was trained
+        with (recorded per mode in the manifest)."""
         rel = Files.vector(tv.mode, tv.task)
         path = self.root / rel
         tv.save(path)
@@ -223,6 +225,7 @@ class BundleWriter:
         self.save_manifest()
 
     def put_result(self, name: str, obj: Any) -> None:
+        """Write a precomputed result as ``results/<name>.json`` and list it."""
         self.put_json(Files.result(name), obj)
 
     def set_provenance(self, prov: Provenance) -> None:

@@ -60,6 +60,8 @@ class TaskSource:
         return TaskInfo(self.name, self.classnames, self.templates, self.description)
 
     def load(self, split: str, *, size: int = 32, n: int | None = None, seed: int = 0, root: str | None = None) -> Split:
+        """The task's ``split`` (train, val or test) at ``size`` pixels, at most ``n`` images (drawn with ``seed``
+        where the task draws them), read from ``root`` when the task's images live on disk."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return self.loader(split, size=size, n=n, seed=seed, root=root)

@@ -83,6 +83,8 @@ class Evaluator:
 
     # -- evaluation sets ------------------------------------------------------------------------------------------
     def eval_set(self, split: str) -> EvalSet:
+        """Every task's evaluation images of ``split`` (at most ``max_per_task`` each), preprocessed once on the
+        evaluator's device and concatenated in task order, with each task's slice."""
         with self._lock:
             if split not in self._sets:
                 xs, ys, slices, pos = [], [], {}, 0

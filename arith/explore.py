@@ -163,6 +163,8 @@ class Explorer(Diagnostics):
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
     def evaluator(self, max_per_task: int | None | str = "default") -> Evaluator:
+        """The shared :class:`~arith.evaluate.Evaluator` on this bundle's evaluation images (the Explorer's own
+        ``max_per_task`` by default; one per subset size, built once)."""
         n = self.max_per_task if max_per_task == "default" else max_per_task
         bundle = self.bundle  # first: loads (and imports torch) before anything below may
         with self._lock:
@@ -275,6 +277,7 @@ class Explorer(Diagnostics):
     # -- accuracies -----------------------------------------------------------------------------------------------
     @fresh
     def zeroshot(self, split: str = "test") -> dict[str, float]:
+        """θ0's accuracy per task on ``split`` (the stored one when it covers the images in use)."""
         pre = self._precomputed_accuracy("zeroshot", split) if self.uses_all_images else None
         return dict(pre) if pre else self._memoised(("zs", split), lambda: self.evaluator().zeroshot(split))
 

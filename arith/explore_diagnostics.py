@@ -116,6 +116,8 @@ class Diagnostics:
 
     @fresh
     def kernel(self, mode: str, task: str, extra: Mapping[str, TaskVector] | None = None, progress: Progress = None) -> dict:
+        """The kernel report (:func:`arith.kernel.kernel_report`) of ``task``'s vector in ``mode`` (a view: its cut
+        vector; ``extra``: a session's vector of that name), stored or computed and memoised."""
         pre = self._precomputed("kernel", mode, task, need=("at_1", "path", "restricted"))
         if pre and not extra and self.uses_all_images:
             return pre

@@ -23,10 +23,12 @@ class Head:
     scale: float = 100.0
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """scale · normalise(features) @ weightᵀ (method.md §1: the frozen zero-shot head)."""
         w = self.weight.to(features.device, features.dtype)
         return self.scale * F.normalize(features, dim=-1) @ w.T
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """The predicted class index of each row of ``features``."""
         return self.logits(features).argmax(dim=-1)
 
     @property

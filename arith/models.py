@@ -289,10 +289,12 @@ class Base:
     # -- shapes and keys ------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where θ0's tensors are."""
         return self.mean.device
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        """θ0's tensor shapes by open_clip key (what a task vector is checked against)."""
         return {k: tuple(v.shape) for k, v in self.params.items()}
 
     @property
