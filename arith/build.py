@@ -222,8 +222,7 @@ def build_signature(plan: BuildPlan, sources) -> dict:
     if any(hasattr(s, "splits") and not getattr(s, "path", None) for s in sources):  # a task reads the data root:
         root = data_root_setting(plan.data_root)  # one folder however it is named (the flag or the variable, ~, a
         root = str(Path(root).expanduser().resolve()) if root else None  # trailing slash, a symlink)
-    sig = {"tasks": {s.name: getattr(s, "version", "") for s in sources}, "seed": plan.seed, "eval_n": plan.eval_n,
-           "train_n": plan.train_n, "head": plan.head, "data_root": root}
+    sig = {**legacy_signature(plan, sources), "data_root": root}
     folders = {s.name: {"path": s.path, "classes": list(s.classnames)} for s in sources if getattr(s, "path", None)}
     if folders:  # a custom folder task is its folder and classes, not only its name (absent otherwise: the
         sig["folders"] = folders  # default's signature stays as it was)
