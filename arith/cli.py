@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .extensions import load_extensions
 from .memory import keep_freed_memory
 from .merge import MERGE_METHODS, canonical_method
 
@@ -215,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     # addition, ...) runs without importing torch
     command_name = next((a for a in argv if not a.startswith("-")), None)
     _load(CORE)
+    try:  # one's own modes, merge methods and tasks ($ARITH_EXTENSIONS): before the help texts list them
+        load_extensions()
+    except ValueError as e:
+        if "--json" in argv:
+            print(json.dumps({"ok": False, "error": str(e)}))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = build_parser(plugins=command_name not in COMMANDS).parse_args(argv)
     keep_freed_memory()
     _, run, _ = COMMANDS[args.command]

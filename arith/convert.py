@@ -34,7 +34,6 @@ from .specs import Meta
 from .taskvec import TaskVector, as_base, validate
 
 WRAPPERS = ("module.", "_orig_mod.", "model.", "image_encoder.")
-AUTO_MODES = ("attn", "attn_bias", "mlp", "full")
 RECIPE = ("it is probably a whole pickled module (the task-vectors / tangent-space release format), which is never "
           "unpickled here; convert it once offline to a state dict (README, 'Importing checkpoints')")
 
@@ -159,10 +158,10 @@ def pair_vector(finetuned: Mapping[str, torch.Tensor], pretrained: Mapping[str, 
 def choose_mode(delta: Mapping[str, torch.Tensor], mode: str | None) -> tuple[str, list[str]]:
     """The mode of a state-dict-pair vector and the keys that changed; refuses a ``mode`` that would drop a change."""
     changed = [k for k, d in delta.items() if bool((d != 0).any())]
-    if mode in (None, "auto"):
-        for name in AUTO_MODES:
-            if all(MODES[name].trains(k) for k in changed):
-                return name, changed
+    if mode in (None, "auto"):  # the narrowest registered mode (fewest trained entries) that trains every change
+        fits = [m for m in MODES.values() if not m.linearized and all(m.trains(k) for k in changed)]
+        if fits:
+            return min(fits, key=lambda m: sum(d.numel() for k, d in delta.items() if m.trains(k))).name, changed
     m = get_mode(mode)
     if m.linearized:
         raise ValueError(f"mode {mode!r}: linearized vectors come from linearized checkpoints (params0/params), not "
@@ -179,7 +178,8 @@ def from_state_dicts(base, finetuned: Mapping, *, task: str, mode: str | None = 
     """A validated task vector τ = θ_t − θ0 for ``base`` from in-memory state dicts: ``finetuned`` (a CLIP model's
     or its visual tower's; ``module.``/``model.``/``image_encoder.`` prefixes and ``{"state_dict": ...}`` are fine, as
     is a tangent-space linearized one) against ``pretrained`` (default: θ0 itself, which it must then equal).
-    ``mode`` None or ``"auto"``: the narrowest mode that trains every tensor that changed (attn, mlp, full)."""
+    ``mode`` None or ``"auto"``: the narrowest mode that trains every tensor that changed (attn, mlp, full, or a
+    mode registered since)."""
     pretrained = None if pretrained is None else _unwrap(pretrained, "the pre-trained state dict")
     return _vector(base, _unwrap(finetuned, "the fine-tuned state dict"), task, mode, pretrained, {})[0]
 
@@ -237,7 +237,8 @@ def _import_args(p):
     p.add_argument("--pretrained-state", help="θ0 as a state-dict file (.pt read with weights_only=True, or safetensors)")
     p.add_argument("--finetuned", required=True, help="the fine-tuned checkpoint (state dict or linearized checkpoint)")
     p.add_argument("--task", required=True, help="task name recorded in the vector (e.g. the bundle's task)")
-    p.add_argument("--mode", default="auto", help="auto (default), attn, attn_bias, mlp, full or linear")
+    p.add_argument("--mode", default="auto", help="auto (default: the narrowest mode that trains every tensor the "
+                   f"checkpoint changed, or linear for a linearized checkpoint) or one of {', '.join(MODES)}")
     p.add_argument("--out", required=True, help="task-vector file to write (.safetensors)")
 
 

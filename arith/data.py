@@ -86,16 +86,23 @@ def get_task(name: str) -> TaskSource:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
 
 
+FAMILY_MODULES = ("arith.default.tasks", "arith.datasets")
+
+
 def _load_families() -> None:
-    """Import the modules that register further task families (kept lazy: they pull in fonts, datasets...)."""
+    """Import the modules that register further task families (kept lazy: they pull in fonts, datasets...), then
+    one's own extensions (``$ARITH_EXTENSIONS``, :mod:`arith.extensions`)."""
     import importlib
 
-    for mod in ("arith.default.tasks", "arith.datasets"):
+    from .extensions import load_extensions
+
+    for mod in FAMILY_MODULES:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if not (e.name and mod.startswith(e.name)):
                 raise
+    load_extensions()
 
 
 def data_root_setting(given: str | None = None, recorded: str | None = None) -> str | None:
@@ -116,37 +123,50 @@ _SYNTH_N = {"train": 512, "val": 96, "test": 96}
 _COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230], [230, 200, 40]], dtype=np.float32)
 
 
+def _stripes(img, c, rng, yy, xx, size) -> None:  # orientation of a grating
+    phase, freq = rng.uniform(0, 6.28), rng.uniform(3, 5)
+    u = [yy, xx, (xx + yy) / 1.41, (xx - yy) / 1.41][c]
+    img += 90 * np.sin(6.28 * freq * u + phase)[None]
+
+
+def _colours(img, c, rng, yy, xx, size) -> None:  # colour of a blob at a random place
+    cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
+    mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
+    img[:, mask] = _COLOURS[c][:, None] + rng.normal(0, 15, size=(3, 1))
+
+
+def _quadrants(img, c, rng, yy, xx, size) -> None:  # which quadrant holds the bright square
+    qy, qx = divmod(int(c), 2)
+    s = size // 2
+    y0, x0 = qy * s + rng.integers(0, s // 3 + 1), qx * s + rng.integers(0, s // 3 + 1)
+    img[:, y0:y0 + s // 2, x0:x0 + s // 2] = 245
+
+
+# kind -> (class names, draw(image, class, rng, yy, xx, size) painting one class's pattern onto a noise image in place)
+SYNTHETIC = {
+    "stripes": (("horizontal stripes", "vertical stripes", "diagonal stripes", "anti-diagonal stripes"), _stripes),
+    "colours": (("red blob", "green blob", "blue blob", "yellow blob"), _colours),
+    "quadrants": (("top-left square", "top-right square", "bottom-left square", "bottom-right square"), _quadrants),
+}
+
+
 def _synthetic(kind: str) -> Loader:
+    names, draw = SYNTHETIC[kind]
+
     def load(split: str, *, size: int = 32, n: int | None = None, seed: int = 0, root=None) -> Split:
         n = n or _SYNTH_N[split]
         rng = np.random.default_rng(split_seed(f"synthetic-{kind}", split, seed))
-        labels = rng.integers(0, 4, size=n)
+        labels = rng.integers(0, len(names), size=n)
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         imgs = rng.normal(110, 30, size=(n, 3, size, size)).astype(np.float32)
         for i, c in enumerate(labels):
-            if kind == "stripes":  # orientation of a grating
-                phase, freq = rng.uniform(0, 6.28), rng.uniform(3, 5)
-                u = [yy, xx, (xx + yy) / 1.41, (xx - yy) / 1.41][c]
-                imgs[i] += 90 * np.sin(6.28 * freq * u + phase)[None]
-            elif kind == "colours":  # colour of a blob at a random place
-                cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
-                mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
-                imgs[i][:, mask] = _COLOURS[c][:, None] + rng.normal(0, 15, size=(3, 1))
-            elif kind == "quadrants":  # which quadrant holds the bright square
-                qy, qx = divmod(int(c), 2)
-                s = size // 2
-                y0, x0 = qy * s + rng.integers(0, s // 3 + 1), qx * s + rng.integers(0, s // 3 + 1)
-                imgs[i][:, y0:y0 + s // 2, x0:x0 + s // 2] = 245
+            draw(imgs[i], int(c), rng, yy, xx, size)
         images = torch.from_numpy(np.clip(imgs, 0, 255).astype(np.uint8))
         return Split(images, torch.from_numpy(labels.astype(np.int64)))
 
     return load
 
 
-for _kind, _names in {
-    "stripes": ("horizontal stripes", "vertical stripes", "diagonal stripes", "anti-diagonal stripes"),
-    "colours": ("red blob", "green blob", "blue blob", "yellow blob"),
-    "quadrants": ("top-left square", "top-right square", "bottom-left square", "bottom-right square"),
-}.items():
+for _kind, (_names, _) in SYNTHETIC.items():
     register_task(TaskSource(f"synthetic-{_kind}", _names, _synthetic(_kind), ("a picture of a {}.",), "synthetic",
-                             f"procedural {_kind} (4 classes) for tests and --quick bundles"))
+                             f"procedural {_kind} ({len(_names)} classes) for tests and --quick bundles"))

@@ -18,11 +18,10 @@ import torch
 
 from .evaluate import Evaluator
 from .merge import merge
-from .modes import get_mode
+from .modes import get_mode, kernel_subsets
 from .taskvec import TaskVector, TaskVectorError
 
 PATH = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-SUBSETS = {"attention": "attn", "mlp": "mlp", "all": "full"}  # subset name -> the mode whose tensors it keeps
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> float:
@@ -52,18 +51,20 @@ def _restrict(tv: TaskVector, mode: str) -> TaskVector | None:
 
 
 def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test", path: Sequence[float] = PATH,
-                  subsets: Sequence[str] = tuple(SUBSETS), progress: Callable[[int, int], None] | None = None) -> dict:
+                  subsets: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Kernel diagnostics of ``tv`` on ``task``: the non-linear model θ0 + sτ against f(θ0) + s Jτ.
 
     Returns ``{"task", "mode", "at_1": compare(...) at s = 1, "path": [{"s", ...compare}], "restricted":
-    {subset: {"norm_fraction", "path": [...]} or None}}``.  ``path`` must hold s = 1; ``subsets`` are names of
-    :data:`SUBSETS`.
+    {subset: {"norm_fraction", "path": [...]} or None}}``.  ``path`` must hold s = 1; ``subsets`` are names from
+    :func:`arith.modes.kernel_subsets` (all of them by default: "attention", "mlp", "all" with the built-in modes).
     """
     if 1.0 not in [float(s) for s in path]:
         raise ValueError(f"path {list(path)} lacks s = 1, where at_1 reports τ itself")
-    unknown = [name for name in subsets if name not in SUBSETS]
+    known = kernel_subsets()
+    subsets = tuple(known) if subsets is None else tuple(subsets)
+    unknown = [name for name in subsets if name not in known]
     if unknown:
-        raise ValueError(f"unknown subset {unknown[0]!r}; known: {', '.join(SUBSETS)}")
+        raise ValueError(f"unknown subset {unknown[0]!r}; known: {', '.join(known)}")
     tasks = [task]
     f0 = ev.merged_features([], [], split, tasks)
     steps = len(path) * (1 + len(subsets))
@@ -93,7 +94,7 @@ def kernel_report(ev: Evaluator, tv: TaskVector, task: str, split: str = "test",
     norm = tv.norm()
     restricted = {}
     for name in subsets:
-        sub = _restrict(tv, SUBSETS[name])
+        sub = _restrict(tv, known[name])
         if sub is None:
             restricted[name] = None
             done += len(path)

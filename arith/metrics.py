@@ -1,6 +1,6 @@
 """Small tensor-free pieces the app's opening view needs before torch is imported: the accuracy summary of
-method.md §3 (absolute and normalized accuracy), the coefficient grid of the ξ heatmaps (method.md §4) and the check of
-an evaluation subset's size."""
+method.md §3 (absolute and normalized accuracy), the tasks a merge leaves unedited, the coefficient grid of the ξ
+heatmaps (method.md §4) and the check of an evaluation subset's size."""
 
 from __future__ import annotations
 
@@ -18,6 +18,21 @@ def summarize(acc: Mapping[str, float], normalizers: Mapping[str, float] | None 
         ratios = [acc[t] / normalizers[t] if normalizers[t] > 0 else 0.0 for t in acc]
         out["normalized"] = sum(ratios) / max(1, len(ratios))
     return out
+
+
+def untouched(acc: Mapping[str, float], zeroshot: Mapping[str, float], coefs: Mapping[str, float],
+              task_of: Mapping[str, str]) -> dict | None:
+    """The tasks that no vector with λ ≠ 0 was trained on, in a merge with coefficients ``coefs`` (vector name -> λ;
+    ``task_of``: vector name -> its task): ``{"tasks", "absolute", "zeroshot", "change"}``, their mean accuracy
+    against θ0's.  What they lose is the other vectors' leakage into them.  None when every task of ``acc`` is
+    edited or none is (then it says nothing the totals do not)."""
+    edited = {task_of.get(n, n) for n, v in coefs.items() if v != 0}
+    tasks = [t for t in acc if t in zeroshot and t not in edited]
+    if not tasks or len(tasks) == len(acc):
+        return None
+    absolute = sum(acc[t] for t in tasks) / len(tasks)
+    before = sum(zeroshot[t] for t in tasks) / len(tasks)
+    return {"tasks": tasks, "absolute": absolute, "zeroshot": before, "change": absolute - before}
 
 
 def check_max_per_task(n) -> None:

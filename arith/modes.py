@@ -31,6 +31,8 @@ class Mode:
     patterns: full-match regexes of the tensors this mode trains; the task vector is zero elsewhere.
     linearized: train and evaluate f_lin(x; θ) = f(x; θ0) + J_θ f(x; θ0)(θ − θ0) instead of f (method.md §2).
     part: what the patterns select, as a short noun ("attention"), for the label of a view that cuts to it.
+    kernel_subset: the name under which the kernel diagnostics linearize τ restricted to these tensors (method.md §5:
+        attention weights against MLP weights against all of τ); empty: no such restricted linearization.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Mode:
     linearized: bool = False
     description: str = ""
     part: str = ""
+    kernel_subset: str = ""
 
     @cached_property
     def _regex(self) -> re.Pattern:
@@ -62,6 +65,13 @@ def register_mode(mode: Mode) -> Mode:
     return mode
 
 
+def kernel_subsets() -> dict[str, str]:
+    """Restricted linearizations of the kernel diagnostics, ``{subset name: the mode whose tensors it keeps}``, from
+    the modes' records in registration order, the subset that keeps every tensor last ("all")."""
+    parts = [(m.kernel_subset, m.name) for m in MODES.values() if m.kernel_subset and not m.linearized]
+    return dict(sorted(parts, key=lambda p: MODES[p[1]].patterns == ALL))  # stable: the registry's order otherwise
+
+
 def get_mode(name: str) -> Mode:
     try:
         return MODES[name]
@@ -74,10 +84,10 @@ def get_mode(name: str) -> Mode:
 
 
 register_mode(Mode("full", "Full fine-tuning", ALL,
-                   description="every image-encoder parameter (non-linear baseline)"))
+                   description="every image-encoder parameter (non-linear baseline)", kernel_subset="all"))
 register_mode(Mode("attn", "Attention-only", ATTN_WEIGHTS,
                    description="W_q, W_k, W_v (packed in_proj_weight) and W_o of every block (Jin et al. 2025)",
-                   part="attention"))
+                   part="attention", kernel_subset="attention"))
 register_mode(Mode("attn_bias", "Attention-only + biases", ATTN_WEIGHTS + ATTN_BIASES,
                    description="attention weights and their two biases (the `attn` switch)",
                    part="attention + biases"))
@@ -85,7 +95,7 @@ register_mode(Mode("linear", "Linearized (NTK)", ALL, linearized=True,
                    description="first-order Taylor model at θ0, all parameters (Ortiz-Jimenez et al. 2023)"))
 register_mode(Mode("mlp", "MLP-only", MLP_WEIGHTS,
                    description="c_fc and c_proj weights of every block (ablation for the kernel diagnostics)",
-                   part="MLP"))
+                   part="MLP", kernel_subset="mlp"))
 
 
 # -- views: a mode's vectors cut post hoc to the tensors another mode trains -------------------------------------

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .modes import source_of
+from .modes import is_linearized, source_of
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -45,7 +45,7 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
             "negation target": _mean(n["target"] for n in neg.values()),
             "negation control": _mean(n["control"] for n in neg.values()),
             "mean ξ": _mean(g["mean"]["prediction"] for g in xi.values()),
-            "kernel agreement": agreement.get(mode, (None,))[0] if mode != "linear" else None,
+            "kernel agreement": agreement.get(mode, (None,))[0] if not is_linearized(mode) else None,
             "s/step": cost.get("seconds_per_step") or _mean(t.get("seconds_per_step") for t in train.values()),
             "state MB": cost.get("state_mb"),
             "peak MB": cost.get("peak_mb"),

@@ -150,6 +150,14 @@ class FinetuneConfig(_JsonRecord):
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps, grad_clip and weight_decay must be non-negative")
 
+    def with_steps(self, steps: int) -> FinetuneConfig:
+        """The same recipe over ``steps`` steps: the warm-up keeps its share of the run (50 of 500 steps becomes 10
+        of 100), so a shorter run keeps the schedule's shape.  The Train page and ``python -m arith finetune
+        --steps`` both shorten a bundle's recipe this way."""
+        steps = int(steps)
+        warmup = min(round(self.warmup_steps * steps / self.steps), max(0, steps - 1))
+        return dataclasses.replace(self, steps=steps, warmup_steps=warmup)
+
     @classmethod
     def paper(cls, mode: str = "attn", **overrides) -> FinetuneConfig:
         """AdamW lr 1e-5, wd 0.1, batch 128, 500 warm-up steps then cosine, clip 1.0, 2000 steps (method.md §2)."""

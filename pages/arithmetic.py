@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from arith.merge import get_merge_method, method_label
-from arith.metrics import summarize
+from arith.metrics import summarize, untouched
 from arith.modes import is_linearized, source_of
 from arith.report import interference_curve, interference_per_task, interference_rows
 from ui import charts
@@ -55,11 +55,9 @@ with guard("Evaluating the edited model"):
     task_of = ex.catalog(mode, ctx.extra())
     for n, v in ctx.coefs.items():
         lam.setdefault(task_of[n], []).append((n, v))
-    # the tasks no vector of theirs edits: what they lose is the other vectors' leakage into them
-    untouched = [t for t in acc if t in zs and not any(v != 0 for _, v in lam.get(t, []))]
-    edited = len(untouched) < len(acc) and untouched
+    left = untouched(acc, zs, ctx.coefs, task_of)  # the tasks no vector of theirs edits, and the leakage into them
 
-    c1, c2, c3, c4, *c5 = st.columns(5 if edited else 4)
+    c1, c2, c3, c4, *c5 = st.columns(5 if left else 4)
     c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the selected tasks (those at "
               "λ = 0 included)",
               delta=f"{100 * (here['absolute'] - zs_here['absolute']):+.1f} points vs zero-shot")
@@ -67,11 +65,10 @@ with guard("Evaluating the edited model"):
               help="Mean over the selected tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
     c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
-    if edited:
-        left, left_zs = (summarize({t: a[t] for t in untouched})["absolute"] for a in (acc, zs))
-        c5[0].metric("Tasks at λ = 0", pct(left), delta=f"{100 * (left - left_zs):+.1f} points vs zero-shot",
-                     help=f"Mean over the {len(untouched)} tasks that no vector with λ ≠ 0 was trained on: what they "
-                          "lose is the other vectors' leakage into them.")
+    if left:
+        c5[0].metric("Tasks at λ = 0", pct(left["absolute"]), delta=f"{100 * left['change']:+.1f} points vs zero-shot",
+                     help=f"Mean over the {len(left['tasks'])} tasks that no vector with λ ≠ 0 was trained on: what "
+                          "they lose is the other vectors' leakage into them.")
     st.plotly_chart(charts.accuracy_bars(acc, zs, ft, tasks, mode), key="acc_bars")
     shared = any(len(v) > 1 for v in lam.values())
     table = pd.DataFrame({"task": list(acc), "edited (%)": [100 * acc[t] for t in acc],

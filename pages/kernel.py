@@ -4,6 +4,7 @@ weights (attention vs MLP) behave like a kernel."""
 import pandas as pd
 import streamlit as st
 
+from arith.modes import is_linearized
 from arith.report import kernel_agreement, summary_row
 from ui import charts
 from ui.common import Progress, guard
@@ -48,11 +49,11 @@ with guard("Kernel diagnostics"):
     st.dataframe(table, hide_index=True, key="kernel_table", column_config=fmt)
     # the bundle's stored diagnostics over its tasks (the README's results table), on the images this page uses
     stored = kernel_agreement({"kernel": ex.result("kernel")}) if ex.uses_all_images else {}
-    over_all = {m: v for m, v in stored.items() if m != "linear"}
+    over_all = {m: v for m, v in stored.items() if not is_linearized(m)}
     if over_all:
         st.caption("Agreement at s = 1, mean over the tasks with stored diagnostics: "
                    + ", ".join(f"{mode_label(m)} {100 * v:.1f} % ({n} tasks)" for m, (v, n) in over_all.items())
-                   + ". The linearized mode is left out: its own model is the linear one.")
+                   + ". Linearized modes are left out: their own model is the linear one.")
     st.caption("Relative error ‖f − f_lin‖ / ‖f − f(θ0)‖; non-linear advantage (acc_nonlinear − acc_linear) / (1 − 1/C) "
                "(Ortiz-Jimenez et al. 2023). For the linearized mode, whose own model is the linearized one, the "
                "non-linear model is its τ run through the ordinary network: a post-hoc check.")
@@ -71,7 +72,7 @@ with guard("Kernel diagnostics"):
     a.plotly_chart(charts.restricted_bars(rows, "rel_error_logits", "relative error of the logits"), key="kernel_r_err")
     b.plotly_chart(charts.restricted_bars(rows, "agreement", "prediction agreement (%)", percent=True), key="kernel_r_agree")
     frac = pd.DataFrame([{"mode": mode_label(m), **{f"‖τ_part‖ / ‖τ‖, {s}": (r["restricted"][s] or {}).get("norm_fraction")
-                                                     for s in ("attention", "mlp", "all")}}
+                                                     for s in r["restricted"]}}
                          for m, r in reports.items()])
     st.dataframe(frac, hide_index=True, key="kernel_fracs",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frac.columns if c != "mode"})

@@ -88,7 +88,8 @@ with st.form("train_form", border=True, enter_to_submit=False):  # only the butt
                               key="train_n")
     name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name")
     st.caption(f"{recipe}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
-               f"weight decay {cfg0.weight_decay:g}, warm-up {cfg0.warmup_steps}, gradient clip {cfg0.grad_clip:g}. "
+               f"weight decay {cfg0.weight_decay:g}, warm-up {cfg0.warmup_steps} (the same share of other step counts), "
+               f"gradient clip {cfg0.grad_clip:g}. "
                f"Runs on {b.base.device}.")
     go = st.form_submit_button("Train", type="primary")
 
@@ -100,9 +101,8 @@ if cancel:
 
 if go:
     with guard("Training"):
-        warmup = min(cfg0.warmup_steps, max(0, int(steps) // 10))
-        cfg = FinetuneConfig.from_dict({**cfg0.to_dict(), "mode": mode, "steps": int(steps), "lr": float(lr),
-                                        "batch_size": int(batch), "seed": int(seed), "warmup_steps": warmup})
+        cfg = FinetuneConfig.from_dict({**cfg0.with_steps(int(steps)).to_dict(), "mode": mode, "lr": float(lr),
+                                        "batch_size": int(batch), "seed": int(seed)})
         data = train_split(task, b.base.image_size, int(train_n) or None, cfg.seed, data_root)
         bar = Progress(f"Fine-tuning {task} ({mode_label(mode)})")
         st.session_state["train_running"] = True

@@ -115,8 +115,21 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert ft["steps"] == 3 and out.exists() and ft["norm"] > 0
     ok = run(capsys, "validate", str(out), *b)
     assert ok["ok"] and ok["mode"] == "attn"
+    # the bundle's recipe (8 steps, 2 of warm-up) over 3 steps keeps its warm-up's share, as the Train page does
+    from arith.bundle import load_bundle
+    from arith.specs import FinetuneConfig, Meta
+    from arith.taskvec import load_task_vector
+
+    trained = FinetuneConfig.from_json(load_task_vector(out, load_bundle(cli_bundle).base).meta[Meta.CONFIG])
+    assert (trained.steps, trained.warmup_steps) == (3, 1)
+    assert main(["finetune", *b, "--task", TWO[0], "--mode", "attn", "--steps", "3", "--warmup-steps", "3",
+                 "--out", str(tmp_path / "no.safetensors")]) == 2
+    assert "leaves no step after the warm-up" in capsys.readouterr().err
+    assert not (tmp_path / "no.safetensors").exists()
     ev2 = run(capsys, "evaluate", *b, "--mode", "attn", "--vector", str(out), "--coef", f"{TWO[0]}=1")
     assert set(ev2["accuracy"]) == set(TWO)
+    assert ev2["untouched"]["tasks"] == [TWO[1]]  # the app's "Tasks at λ = 0": what the other vector leaks into it
+    assert ev2["untouched"]["absolute"] == ev2["accuracy"][TWO[1]]
 
 
 def test_errors_are_one_line_json(cli_bundle, capsys, tmp_path):

@@ -411,3 +411,16 @@ def test_explorer_autocast_computes_under_autocast_and_serves_stored_results_as_
     monkeypatch.setenv("ARITH_AUTOCAST", "half")
     with pytest.raises(ValueError, match="ARITH_AUTOCAST must be bf16, fp16 or fp32"):
         ui.state.preferred_autocast()
+
+
+def test_untouched_tasks_are_those_no_vector_with_a_coefficient_edits():
+    from arith.metrics import untouched
+
+    acc, zs = {"a": 0.9, "b": 0.5, "c": 0.7}, {"a": 0.6, "b": 0.6, "c": 0.8}
+    task_of = {"a": "a", "b": "b", "mine (a)": "a"}
+    left = untouched(acc, zs, {"a": 0.5, "b": 0.0}, task_of)
+    assert left["tasks"] == ["b", "c"] and left["absolute"] == pytest.approx(0.6)
+    assert left["zeroshot"] == pytest.approx(0.7) and left["change"] == pytest.approx(-0.1)
+    assert untouched(acc, zs, {"mine (a)": 1.0}, task_of)["tasks"] == ["b", "c"]  # a workspace vector's own task
+    assert untouched(acc, zs, {"a": 0.0}, task_of) is None  # nothing edited: θ0 itself
+    assert untouched(acc, zs, {"a": 1.0, "b": 1.0, "c": -1.0}, {**task_of, "c": "c"}) is None  # every task edited

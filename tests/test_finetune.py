@@ -64,6 +64,15 @@ def test_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
 
 
+def test_with_steps_keeps_the_warm_up_share():
+    cfg = FinetuneConfig(steps=500, warmup_steps=50, lr=1e-3)
+    assert cfg.with_steps(500) == cfg
+    assert (cfg.with_steps(100).steps, cfg.with_steps(100).warmup_steps, cfg.with_steps(100).lr) == (100, 10, 1e-3)
+    assert cfg.with_steps(2000).warmup_steps == 200
+    assert cfg.with_steps(1).warmup_steps == 0  # a run of one step still takes a step after its warm-up
+    assert FinetuneConfig(steps=10, warmup_steps=10).with_steps(4).warmup_steps == 3
+
+
 def test_trainable_linear_starts_at_the_base(base):
     x = base.preprocess(get_task(TASK).load("test", size=16, n=4).images)
     m = Trainable(base, "linear")

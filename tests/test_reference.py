@@ -12,7 +12,7 @@ from torch.func import functional_call
 from arith.disentangle import xi_grid
 from arith.explore import Explorer
 from arith.kernel import kernel_report
-from arith.merge import combine
+from arith.merge import MERGE_METHODS, combine
 
 from conftest import TASKS
 
@@ -48,8 +48,8 @@ def _x(ev, tasks):
     return torch.cat([es.x[es.slices[t]] for t in tasks])
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties:density=0.5", "dare:density=0.5,seed=1",
-                                    "dare_ties:density=0.5,seed=1"])
+@pytest.mark.parametrize("method", [*MERGE_METHODS,  # every registered method at its defaults, and with options
+                                    "ties:density=0.5", "dare:density=0.5,seed=1", "dare_ties:density=0.5,seed=1"])
 def test_a_linearized_merge_is_f0_plus_j_delta(bundle, ev, enc64, method):
     """Every merge method in linearized mode: the linear model at θ0 + δ, f(θ0) + J δ, whichever path computes it
     (cached J τ_t for task arithmetic and DARE, J δ afresh for the TIES family)."""

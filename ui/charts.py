@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import plotly.graph_objects as go
 
-from arith.modes import MODES, views_of
+from arith.modes import MODES, kernel_subsets, views_of
 
 from .state import COEF_MAX, mode_label, reachable
 
@@ -21,13 +21,32 @@ VIEW_COLOURS = ("#B279A2", "#9D755D", "#FF9DA6", "#EECA3B", "#17BECF", "#6A3D9A"
 # the parts of τ a restricted linearization keeps (restricted_bars): greys, named as parts of τ, not as modes
 PART_STYLE = {"attention": ("attention part of τ", "#3B3B3B"), "mlp": ("MLP part of τ", "#9A9A9A"),
               "all": ("all of τ", "#D0D0D0")}
+PART_GREYS = ("#5E5E5E", "#7A7A7A", "#B5B5B5")  # a part a registered mode adds
+
+
+def part_style(subset: str, i: int = 0) -> tuple[str, str]:
+    """(legend name, grey) of a restricted linearization's part of τ (``kernel_subsets()``'s names)."""
+    if subset in PART_STYLE:
+        return PART_STYLE[subset]
+    mode = MODES.get(kernel_subsets().get(subset, ""))
+    return f"{(mode.part if mode and mode.part else subset)} part of τ", PART_GREYS[i % len(PART_GREYS)]
+
+
+# a mode registered beyond the built-in ones: colours no built-in mode or view has, in the registry's order
+EXTRA_MODE_COLOURS = ("#393B79", "#8C6D31", "#637939", "#843C39", "#7B4173", "#3182BD")
 
 
 def mode_colour(mode: str, i: int = 0) -> str:
+    """A mode's or view's own colour, the same on every chart (``i``: the position of anything else)."""
     if mode in MODE_COLOURS:
         return MODE_COLOURS[mode]
     views = views_of(MODES)
-    return VIEW_COLOURS[views.index(mode) % len(VIEW_COLOURS)] if mode in views else PALETTE[i % len(PALETTE)]
+    if mode in views:
+        return VIEW_COLOURS[views.index(mode) % len(VIEW_COLOURS)]
+    extra = [m for m in MODES if m not in MODE_COLOURS]
+    if mode in extra:
+        return EXTRA_MODE_COLOURS[extra.index(mode) % len(EXTRA_MODE_COLOURS)]
+    return PALETTE[i % len(PALETTE)]
 
 
 def _layout(fig: go.Figure, title: str = "", height: int = 380, **kw) -> go.Figure:
@@ -225,7 +244,8 @@ def restricted_bars(rows: Sequence[Mapping], field: str, label: str, percent: bo
     names: "Attention-only" is a mode) stay the modes'."""
     fig = go.Figure()
     scale = _p if percent else (lambda v: v)
-    for s, (name, colour) in PART_STYLE.items():
+    for i, s in enumerate(kernel_subsets()):
+        name, colour = part_style(s, i)
         fig.add_bar(x=[mode_label(r["mode"]) for r in rows], y=[scale(r.get(f"{s}_{field}")) for r in rows],
                     name=name, marker_color=colour,
                     hovertemplate=f"%{{x}}, {name}: %{{y:{'.1f' if percent else '.3f'}}}<extra></extra>")

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from arith.extensions import load_extensions
+
 from . import sidebar, state
 
 
@@ -65,6 +67,10 @@ def main() -> None:
     state.leave_legacy_pages_mode()  # before any widget: keeps widget identities stable from the first run on
     # an emoji favicon is an inline SVG; a :material/…: one is fetched from fonts.gstatic.com, unreachable offline
     st.set_page_config(page_title="Task Arithmetic Explorer", page_icon="🧮", layout="wide")
+    try:
+        load_extensions()  # one's own modes, merge methods and tasks ($ARITH_EXTENSIONS), before a bundle names them
+    except ValueError as e:
+        st.error(str(e))
     ctx = sidebar.sidebar()
     if ctx is None:
         page = st.navigation([st.Page(no_bundle, title="Get started", icon=":material/rocket_launch:", url_path="start")])

@@ -50,11 +50,12 @@ def _finetune_args(p):
     p.add_argument("--task", required=True)
     _mode_arg(p)
     p.add_argument("--attn-bias", action="store_true", help="with --mode attn: also train the two attention biases")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="default: the bundle's recipe for the mode; other step counts keep the "
+                   "recipe's share of warm-up steps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--warmup-steps", type=int, help="default: the recipe's, scaled with --steps")
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root", help="where the task's training data lives (real data sets; default "
@@ -82,12 +83,16 @@ def cmd_finetune(args):
     mode = "attn_bias" if args.mode == "attn" and args.attn_bias else args.mode
     if args.task not in b.tasks:
         raise ValueError(f"task {args.task!r} is not in the bundle; it has {b.task_names}")
-    base_cfg = (b.finetune_config(mode) or b.finetune_config(args.mode) or FinetuneConfig()).to_dict()
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+    recipe = b.finetune_config(mode) or b.finetune_config(args.mode) or FinetuneConfig()
+    if args.steps is not None:  # the recipe over fewer or more steps, its warm-up keeping its share (as the Train page)
+        recipe = recipe.with_steps(args.steps)
+    if args.warmup_steps is not None and args.warmup_steps >= recipe.steps:
+        raise ValueError(f"--warmup-steps {args.warmup_steps} leaves no step after the warm-up of a "
+                         f"{recipe.steps}-step run: give fewer warm-up steps than steps")
+    overrides = {"batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
                  "warmup_steps": args.warmup_steps, "grad_clip": args.grad_clip, "seed": args.seed}
-    cfg = FinetuneConfig.from_dict({**base_cfg, **{k: v for k, v in overrides.items() if v is not None}, "mode": mode})
-    if cfg.warmup_steps >= cfg.steps:
-        cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "warmup_steps": max(0, cfg.steps // 10)})
+    cfg = FinetuneConfig.from_dict({**recipe.to_dict(), **{k: v for k, v in overrides.items() if v is not None},
+                                    "mode": mode})
     if args.workers is not None:
         os.environ["ARITH_DATA_WORKERS"] = str(args.workers)
     from ..datasets import parse_task_folders, register_folder_tasks

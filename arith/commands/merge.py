@@ -18,6 +18,7 @@ from ..cli import (
     arguments,
     command,
 )
+from ..metrics import untouched
 
 
 def _evaluate_args(p):
@@ -35,9 +36,22 @@ def _evaluate_args(p):
 def cmd_evaluate(args):
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
-    res = ex.evaluate(args.mode, _parse_coefs(args.coef), args.split, extra=extra, method=args.method)
-    _emit(args, res, lambda r: _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
-          + f"\nabsolute {_pct(r['absolute'])}  normalized {_pct(r.get('normalized'))}")
+    coefs = _parse_coefs(args.coef)
+    res = ex.evaluate(args.mode, coefs, args.split, extra=extra, method=args.method)
+    left = untouched(res["accuracy"], ex.zeroshot(args.split), coefs, ex.catalog(args.mode, extra))
+    if left:  # the app's "Tasks at λ = 0"
+        res = {**res, "untouched": left}
+
+    def text(r):
+        out = (_table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
+               + f"\nabsolute {_pct(r['absolute'])}  normalized {_pct(r.get('normalized'))}")
+        if "untouched" in r:
+            u = r["untouched"]
+            out += (f"\ntasks at λ = 0 ({len(u['tasks'])}): {_pct(u['absolute'])}, "
+                    f"{100 * u['change']:+.1f} points vs zero-shot (the other vectors' leakage)")
+        return out
+
+    _emit(args, res, text)
 
 
 def _addition_args(p):
