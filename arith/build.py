@@ -25,6 +25,7 @@ from .finetune import finetune
 from .heads import Head, prototype_head, zeroshot_head
 from .kernel import kernel_report
 from .models import Base
+from .modes import get_mode
 from .protocols import alone_curve, pair_costs, task_addition, task_negation
 from .specs import PRECOMPUTED, Files, FinetuneConfig, Provenance, TaskInfo, _JsonRecord
 from .taskvec import cosine_matrix, library_versions
@@ -84,6 +85,23 @@ class BuildPlan(_JsonRecord):
     negation: bool = True
     data_root: str | None = None
     description: str = ""
+
+    def __post_init__(self):
+        # checked as the plan is made, before a build writes anything: a bad mode or lr must not leave a
+        # half-written bundle behind (each per-mode config is checked by FinetuneConfig itself)
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"a build plan needs one or more distinct tasks (got {list(self.tasks)})")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"a mode is listed twice: {list(self.modes)}")
+        for mode in self.modes:
+            get_mode(mode)
+            self.config(mode)
+        for name in ("eval_n", "train_n", "xi_eval_n"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive number of images per task, or unset (got {v!r})")
+        if self.xi_pairs < 0 or self.xi_grid < 2:
+            raise ValueError(f"xi_pairs must be ≥ 0 and xi_grid ≥ 2 (got {self.xi_pairs} and {self.xi_grid})")
 
     def config(self, mode: str) -> FinetuneConfig:
         return FinetuneConfig.from_dict({**self.finetune.get(mode, self.finetune.get("*", {})), "mode": mode})

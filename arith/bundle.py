@@ -262,8 +262,6 @@ def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None
         spec = ModelSpec.from_dict(manifest["base"]["spec"])
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{Files.MANIFEST}: bad base spec ({e})") from None
-    if Files.BASE not in files:
-        raise BundleError(f"{Files.BASE}: not listed in the manifest")
     base_state = _tensors(root, Files.BASE)
     base_id = manifest["base"].get("id")
     try:
@@ -273,8 +271,9 @@ def load_bundle(root: str | Path, verify: bool = True, index: BundleIndex | None
     if base_id and "#" in base_id and base_id.rsplit("#", 1)[1] != fingerprint(base.params):
         raise BundleError(f"{Files.BASE}: weights do not match the base id {base_id!r}")
 
+    raw_heads = _tensors(root, Files.HEADS)  # its own error names the file
     try:
-        heads = heads_from_tensors(_tensors(root, Files.HEADS), list(tasks), base.embed_dim)
+        heads = heads_from_tensors(raw_heads, list(tasks), base.embed_dim)
     except ValueError as e:
         raise BundleError(f"{Files.HEADS}: {e}") from None
     for t, h in heads.items():

@@ -51,6 +51,37 @@ def method_type(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def check_device(name: str) -> str:
+    """A ``--device`` value this machine has: ``auto``, ``cpu``, or a torch device (``cuda``, ``cuda:1``, ``mps``)
+    that torch sees here; a ValueError saying which it is not.  Checked before any work, so a run does not train or
+    load for minutes and then fail on the device."""
+    if name in ("auto", "cpu"):
+        return name
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:1, mps, ...)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine (use cpu or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: torch sees no Apple GPU (MPS) on this machine")
+    return name
+
+
+def device_type(name: str) -> str:
+    """argparse's ``type`` for ``--device``: :func:`check_device`, its error as an argparse error."""
+    try:
+        return check_device(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _method_arg(p: argparse.ArgumentParser, help: str) -> None:
     """``--method NAME[:OPTION=VALUE,…]``: a merge method of ``arith.merge``'s registry, with its options."""
     known = "; ".join(m.name + (" (" + ", ".join(o.describe() for o in m.options) + ")" if m.options else "")
@@ -162,7 +193,10 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
     base = getattr(ex, "bundle", ex).base  # an Explorer's bundle, or a Bundle itself (evaluate-full)
     out = {}
     for f in files:
-        tv = load_task_vector(f, base)
+        try:
+            tv = load_task_vector(f, base)
+        except ValueError as e:  # name the file: a command may be given several
+            raise ValueError(str(e) if f in str(e) else f"{f}: {e}") from None
         if mode is not None and tv.mode != source_of(mode):
             raise ValueError(f"{f}: a {tv.mode} task vector, but --mode {mode} uses {source_of(mode)} vectors "
                              f"(pass --mode {tv.mode} to use it)")
@@ -171,18 +205,31 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors (an unknown flag, a bad --method) also print ``{"ok": false, "error"}``
+    on stdout under ``--json``, as every other error does."""
+
+    def error(self, message: str):
+        if "--json" in _ARGV:
+            print(json.dumps({"ok": False, "error": f"{self.prog}: {message}"}))
+        super().error(message)
+
+
+_ARGV: list[str] = []  # the arguments main() parses (tests call main(argv) without sys.argv)
+
+
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     """The CLI's parser: the core commands, and with ``plugins`` those defined next to what they drive."""
     from . import __version__
 
     _load(CORE)
-    parser = argparse.ArgumentParser(prog="python -m arith", description="Task Arithmetic Explorer engine")
+    parser = _Parser(prog="python -m arith", description="Task Arithmetic Explorer engine")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     if plugins:
         _load(PLUGINS, optional=True)
     for name, (add, _, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_)  # of the parser's class: _Parser
         add(p)
         p.add_argument("--json", action="store_true", help="print JSON on stdout")
     return parser
@@ -223,13 +270,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"ok": False, "error": str(e)}))
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _ARGV[:] = argv
     args = build_parser(plugins=command_name not in COMMANDS).parse_args(argv)
     keep_freed_memory()
     _, run, _ = COMMANDS[args.command]
     try:
         return int(run(args) or 0)
-    except (ValueError, KeyError, OSError) as e:  # OSError: a missing file, a directory, no permission, ...
+    except (ValueError, KeyError, OSError, RuntimeError) as e:  # OSError: a missing file, a directory, no permission
+        # RuntimeError: torch's and open_clip's (no GPU driver, weights that cannot be downloaded, a model config
+        # open_clip cannot build); $ARITH_DEBUG=1 re-raises it with its traceback, for a bug report
+        if isinstance(e, RuntimeError) and os.environ.get("ARITH_DEBUG"):
+            raise
         msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+        if isinstance(e, RuntimeError):  # torch's messages run over several lines: the first says what happened
+            msg = next((line.strip() for line in msg.splitlines() if line.strip()), type(e).__name__)
+            msg += " (ARITH_DEBUG=1 shows the traceback)"
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": msg}))
         print(f"error: {msg}", file=sys.stderr)

@@ -31,7 +31,7 @@ import torch
 from .cli import _config_arg, _emit, arguments, command
 from .modes import MODES, get_mode
 from .specs import Meta
-from .taskvec import TaskVector, as_base, validate
+from .taskvec import TaskVector, as_base, check_output_path, validate
 
 WRAPPERS = ("module.", "_orig_mod.", "model.", "image_encoder.")
 RECIPE = ("it is probably a whole pickled module (the task-vectors / tangent-space release format), which is never "
@@ -266,6 +266,7 @@ def _import_base(args):
 @command("import", "convert a fine-tuned checkpoint (state dicts or a linearized checkpoint) into a task-vector file")
 @arguments(_import_args)
 def cmd_import(args):
+    check_output_path(args.out)  # before the checkpoints are read, not after
     base = _import_base(args)
     tv, report = import_checkpoint(base, args.finetuned, task=args.task, mode=args.mode,
                                    pretrained_state=args.pretrained_state)

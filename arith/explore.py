@@ -386,6 +386,8 @@ class Explorer(Diagnostics):
 
     def _stored_addition(self, mode: str, tasks: Sequence[str], method: str = "task_arithmetic") -> dict | None:
         """The build's task-addition sweep for ``mode`` when it answers a request for ``tasks``, else None."""
+        if mode not in self.modes:  # results stored for vectors the bundle no longer lists answer nothing
+            return None
         pre = self._precomputed("addition", mode, need=("tasks", "alpha", "absolute", "normalized", "accuracy", "curve"))
         return (pre if pre and pre.get("tasks") == list(tasks) and self.uses_all_images
                 and pre.get("method", "task_arithmetic") == method else None)
@@ -479,7 +481,7 @@ class Explorer(Diagnostics):
     def negation(self, mode: str, target: str, controls: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Task negation of the bundle's ``target`` vector in ``mode`` (θ0 − λ τ, λ chosen on validation; the other
         tasks, or ``controls``, as control): precomputed when the bundle has it, else computed and memoised."""
-        controls = [c for c in (controls or self.tasks) if c != target]
+        controls = self._controls(target, controls)
         ready = self.cached_negation(mode, target, controls)
         if ready is not None:
             return ready
@@ -506,11 +508,24 @@ class Explorer(Diagnostics):
     @fresh
     def cached_negation(self, mode: str, target: str, controls: Sequence[str] | None = None) -> dict | None:
         """What :meth:`negation` would return if it is available without computing (precomputed or memoised)."""
-        controls = [c for c in (controls or self.tasks) if c != target]
-        pre = self._precomputed("negation", mode, target, need=NEGATION_FIELDS)
+        controls = self._controls(target, controls)
+        pre = self._precomputed("negation", mode, target, need=NEGATION_FIELDS) if mode in self.modes else None
         if pre and pre.get("controls") == controls and self.uses_all_images:
             return pre
         return self._memo.get(("neg", mode, target, tuple(controls)))
+
+
+    def _controls(self, target: str, controls: Sequence[str] | None) -> list[str]:
+        """Negation's control tasks: ``controls`` (default: every other task) without the target; an error when none
+        is left, or one is no task of the bundle."""
+        unknown = [c for c in controls or () if c not in self.tasks]
+        if unknown:
+            raise ValueError(f"control task {unknown[0]!r} is not in the bundle; its tasks: {', '.join(self.tasks)}")
+        left = [c for c in (self.tasks if controls is None else controls) if c != target]
+        if not left:
+            raise ValueError(f"negating {target!r} needs a control task other than {target!r} itself "
+                             "(the controls must keep their accuracy)")
+        return left
 
 
 def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:

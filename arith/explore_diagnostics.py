@@ -164,6 +164,10 @@ class Diagnostics:
         modes = list(modes or self.modes)
         pre = self._precomputed("similarity", need=("by_mode", "all"))
         names = {m: list(self.catalog(m, extra)) for m in modes}
+        empty = [m for m in modes if not names[m]]
+        if empty or not modes:
+            raise ValueError(f"no {empty[0] if empty else ''} task vectors to compare".replace("  ", " ")
+                             + f"; this bundle has {', '.join(self.modes) or 'none'}")
         labels = [f"{m}/{n}" for m in modes for n in names[m]]
         if (pre and self.uses_all_images and set(pre.get("by_mode", {})) == set(modes)
                 and sorted(pre.get("all", {}).get("labels", [])) == sorted(labels)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import BundleWriter, load_bundle, trained_with
-from .cli import _bar, _emit, arguments, command
+from .cli import _bar, _emit, arguments, command, device_type
 from .data import data_root_setting, get_task
 from .explore import resolve_device
 from .finetune import finetune
@@ -79,15 +79,17 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
     FinetuneConfig.from_dict({**overrides, "mode": "full"})  # unknown fields and bad values fail before any training
     b = load_bundle(bundle_dir)
     tasks = list(tasks or b.task_names)
+    unknown = [t for t in tasks if t not in b.tasks]
+    if unknown:
+        raise ValueError(f"lr-sweep: task {unknown[0]!r} is not in the bundle; its tasks: {', '.join(b.task_names)}")
     plan = b.manifest.get("plan", {})
     prev = _previous_runs(previous, tasks, b.base.id)
     n_val = sum(len(b.data[t]["val"]) for t in tasks)
     # every (mode, lr, seed) cell first, with the earlier run that answers it: nothing trains before all are known
     cells = []
     for mode in modes:
-        base_cfg = (b.finetune_config(mode) or FinetuneConfig(mode=mode)).to_dict()
-        if steps:
-            base_cfg.update(steps=steps, warmup_steps=min(base_cfg["warmup_steps"], steps // 10))
+        recipe = b.finetune_config(mode) or FinetuneConfig(mode=mode)
+        base_cfg = (recipe.with_steps(steps) if steps else recipe).to_dict()  # the warm-up keeps its share
         base_cfg.update(overrides)
         own_seed = base_cfg["seed"]
         wanted = list(seeds or [own_seed])
@@ -185,7 +187,7 @@ def _args(p):
                    help="earlier sweeps (lr-sweep --json output) on this bundle: their runs are reused, not retrained")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="fine-tuning seeds; an lr scores the mean over them (default: the schedule's own seed)")
-    p.add_argument("--device", default="cpu",
+    p.add_argument("--device", type=device_type, default="cpu",
                    help="cpu (default), cuda, auto; on another device than the CPU the bundle's vectors are not reused")
     p.add_argument("--no-train", action="store_true",
                    help="only combine --previous sweeps: fail, naming them, if any run is missing")

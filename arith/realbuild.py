@@ -27,7 +27,7 @@ import torch
 from . import distributed as D
 from .build import BuildPlan, Log, Stopwatch, build_signature, cpu_capability, legacy_signature, make_heads, precompute
 from .bundle import BundleWriter, load_bundle
-from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command
+from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command, device_type
 from .data import data_root_setting, get_task
 from .finetune import finetune
 from .models import Base, ImageEncoder, build_clip
@@ -105,6 +105,9 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     device = device or str(base.device)
     root = plan.data_root
     sources = {t: _resolved(t, root) for t in plan.tasks}
+    for s in sources.values():  # a data set that is not where it should be: refused before anything is written
+        if hasattr(s, "splits"):
+            s.splits(root)
     infos = [s.info() for s in sources.values()]
     size = base.image_size
     writer = None
@@ -283,7 +286,7 @@ def _build_args(p):
     p.add_argument("--xi-grid", type=int, default=15)
     p.add_argument("--head", default="auto", choices=["auto", "zeroshot", "prototype"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", type=device_type, default="cuda" if _cuda() else "cpu")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default $ARITH_DATA_WORKERS or cores-1, ≤8)")
 
 
@@ -308,20 +311,21 @@ def cmd_build_bundle(args):
         raise ValueError("no tasks: give --tasks and/or --task-folder")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"a task is listed twice: {tasks}")
+    spec = _config_spec(args)
+    on_disk = all(hasattr(get_task(t), "splits") for t in tasks)
+    augment = on_disk if args.augment == "auto" else args.augment == "on"
+    ft = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+          "warmup_steps": min(args.warmup_steps, args.steps // 2), "grad_clip": args.grad_clip, "seed": args.seed,
+          "augment": augment}
+    # the plan checks itself (modes, learning rates, sizes) before the base is loaded or anything written
+    plan = BuildPlan(name=args.name or Path(args.out).name, tasks=tuple(tasks), modes=tuple(args.modes),
+                     finetune={"*": ft}, eval_n=args.eval_n, train_n=args.train_n, head=args.head, seed=args.seed,
+                     xi_pairs=args.xi_pairs, xi_grid=args.xi_grid, data_root=args.data_root,
+                     description=f"{spec.label} on {', '.join(tasks)}")
     with D.session(args.device):
         device = D.device_for(args.device)
         torch.manual_seed(args.seed)
-        spec = _config_spec(args)
         base, clip, tokenizer = load_base(spec, device, args.head)
-        on_disk = all(hasattr(get_task(t), "splits") for t in tasks)
-        augment = on_disk if args.augment == "auto" else args.augment == "on"
-        ft = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-              "warmup_steps": min(args.warmup_steps, args.steps // 2), "grad_clip": args.grad_clip, "seed": args.seed,
-              "augment": augment}
-        plan = BuildPlan(name=args.name or Path(args.out).name, tasks=tuple(tasks), modes=tuple(args.modes),
-                         finetune={"*": ft}, eval_n=args.eval_n, train_n=args.train_n, head=args.head, seed=args.seed,
-                         xi_pairs=args.xi_pairs, xi_grid=args.xi_grid, data_root=args.data_root,
-                         description=f"{spec.label} on {', '.join(tasks)}")
         summary = build_real(args.out, base, plan, clip=clip, tokenizer=tokenizer, device=device,
                              progress_factory=lambda desc, total: _bar(desc),
                              command="python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -348,7 +352,7 @@ def _full_args(p):
     p.add_argument("--tasks", nargs="+", help="tasks to evaluate (default: all)")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", type=device_type, default="cuda" if _cuda() else "cpu")
     p.add_argument("--amp", choices=["fp16", "bf16"], help="autocast the forward passes (τ stays fp32; not in linear modes)")
     p.add_argument("--normalize", action="store_true", help="also evaluate each task's own fine-tuned model")
     _vectors_arg(p)

@@ -84,6 +84,13 @@ def init_space(bundle: str | None = None, repo: str | None = None, repo_type: st
         out["notes"].append("ARITH_BUNDLE is not set: the app opens the bundles under precomputed/")
     elif _has_manifest(path):
         out["bundle_source"] = "present"
+        from .index import read_manifest, verify_files
+
+        try:  # every listed file there, at its size (the app checks the hashes as it opens the bundle)
+            verify_files(path, read_manifest(path), hashes=False)
+        except Exception as e:
+            out["bundle_source"] = "damaged"
+            out["notes"].append(f"{path} is incomplete or damaged: {e}")
     elif repo:
         try:
             install_bundle(path, repo, repo_type, revision)
@@ -96,7 +103,7 @@ def init_space(bundle: str | None = None, repo: str | None = None, repo_type: st
         out["notes"].append(f"{path} has no manifest.json and ARITH_BUNDLE_REPO is not set: build one with "
                             "`python -m arith build-bundle ... --out` on a GPU machine and upload it (README, "
                             "'Deploying on a Hugging Face Space')")
-    out["ok"] = bool(path and _has_manifest(path))
+    out["ok"] = bool(path and _has_manifest(path)) and out["bundle_source"] != "damaged"
     if not (model and pretrained) and out["ok"]:
         import json
 

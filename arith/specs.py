@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,12 +144,20 @@ class FinetuneConfig(_JsonRecord):
     augment: bool = False
 
     def __post_init__(self):
+        # refused here, before a run: a config that trains a vector no loader accepts (a NaN τ from an infinite lr,
+        # a negative seed that the file's metadata cannot hold) must not cost a run first
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
-        if not self.lr > 0:
-            raise ValueError("lr must be positive")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_steps, grad_clip and weight_decay must be non-negative")
+            raise ValueError(f"steps and batch_size must be positive (got {self.steps} and {self.batch_size})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number (got {self.lr!r})")
+        if self.warmup_steps < 0 or self.seed < 0:
+            raise ValueError(f"warmup_steps and seed must be non-negative (got {self.warmup_steps} and {self.seed})")
+        for name in ("grad_clip", "weight_decay"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a non-negative finite number (got {v!r})")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"label_smoothing must lie in [0, 1) (got {self.label_smoothing!r})")
 
     def with_steps(self, steps: int) -> FinetuneConfig:
         """The same recipe over ``steps`` steps: the warm-up keeps its share of the run (50 of 500 steps becomes 10

@@ -234,12 +234,27 @@ class TaskVector:
         """Write the vector as a safetensors file with its metadata (atomically: a temporary file, then renamed;
         an existing file at ``path`` is replaced) and return the path.  A sum of vectors of different modes
         (mode ``"attn+full"``) is refused: no mode describes its tensors, so no loader could check it."""
-        path = Path(path).expanduser()
+        path = check_output_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(self.to_bytes())
-        tmp.replace(path)
+        try:
+            tmp.write_bytes(self.to_bytes())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # after a failed write or rename: no stray .tmp beside the path
         return path
+
+
+def check_output_path(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) as a task-vector file to write, or a ValueError when it cannot be one: a directory,
+    or a path under a file.  Commands check it before they train or convert, not after."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give the task-vector file to write, e.g. {path / 'vector.safetensors'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is a file, not a directory")
+    return path
 
 
 def cosine_matrix(vectors: Sequence[TaskVector]) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -164,6 +165,9 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
     from conftest import TASKS
 
     attn_file = str(bundle.vectors["attn"][TASKS[0]].save(tmp_path / "attn.safetensors"))
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(Path(attn_file).read_bytes()[:-100])
+    out = str(tmp_path / "new.safetensors")
     b = ["--bundle", str(bundle.root)]
     cases = [
         (["evaluate", *b, "--mode", "full", "--coef", f"{TASKS[0]}=1", "--vector", attn_file],
@@ -179,7 +183,8 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["negation", *b, "--task", "foo"], "no attn task vector named ['foo']"),
         (["kernel", *b, "--task", "foo"], "no attn task vector named ['foo']"),
         (["disentangle", *b, "--tasks", TASKS[0], "foo"], "no attn task vector named ['foo']"),
-        (["disentangle", *b, "--tasks", *TASKS[:2], "--grid", "0"], "--grid needs at least 2 points"),
+        (["disentangle", *b, "--tasks", *TASKS[:2], "--grid", "0"], "--grid takes 2 to 101 points"),
+        (["disentangle", *b, "--tasks", *TASKS[:2], "--grid", "100000"], "--grid takes 2 to 101 points"),
         (["disentangle", *b, "--tasks", *TASKS[:2], "--range", "-1"], "--range a positive number"),
         (["evaluate", *b, "--max-per-task", "0"], "max_per_task must be a positive number"),
         (["evaluate", *b, "--max-per-task", "-3"], "max_per_task must be a positive number"),
@@ -187,6 +192,21 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["validate", str(tmp_path), *b], "is a directory, not a safetensors file"),
         (["evaluate", *b, "--vector", str(tmp_path)], "is a directory, not a safetensors file"),
         (["table", *b, "--views", "full"], "--views takes views (SOURCE@PART"),
+        (["similarity", *b, "--modes", "attn_bias"], "no attn_bias task vectors to compare"),
+        (["negation", *b, "--task", TASKS[0], "--control", TASKS[0]], f"needs a control task other than {TASKS[0]!r}"),
+        (["negation", *b, "--task", TASKS[0], "--control", "nope"], "control task 'nope' is not in the bundle"),
+        (["cost", *b, "--task", "nosuch"], "task 'nosuch' is not in the bundle"),
+        (["validate", attn_file, *b, "--mode", "nonsense"], "unknown mode 'nonsense'"),
+        (["info", *b, "--mode", "attn"], "not both"),
+        (["evaluate", *b, "--vector", str(trunc), "--coef", f"{TASKS[0]}=1"], "trunc.safetensors"),
+        # refused before training: each of these trained first, then wrote nothing or a vector every loader refuses
+        (["finetune", *b, "--task", TASKS[0], "--seed", "-1", "--out", out], "seed must be non-negative"),
+        (["finetune", *b, "--task", TASKS[0], "--lr", "inf", "--out", out], "lr must be a positive finite number"),
+        (["finetune", *b, "--task", TASKS[0], "--out", str(tmp_path)], "is a directory: give the task-vector file"),
+        (["finetune", *b, "--task", TASKS[0], "--mode", "full", "--attn-bias", "--out", out], "--attn-bias adds"),
+        (["finetune", *b, "--task", TASKS[0], "--train-n", "0", "--out", out], "--train-n must be a positive"),
+        # torch's own errors: one line, and where to find the traceback
+        (["info", "--config", json.dumps({"embed_dim": 32, "vision_cfg": {"width": -5}})], "ARITH_DEBUG=1 shows"),
     ]
     for argv, want in cases:
         code = main(argv)
@@ -194,6 +214,7 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         said = captured.err + captured.out
         assert code == 2 and want in said, (argv, code, said)
         assert "Traceback" not in said
+    assert not Path(out).exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_an_error_from_a_dataloader_worker_prints_as_its_last_line():
@@ -214,3 +235,62 @@ def test_table_of_a_bundle_without_vectors_says_so(copy, capsys):
     (copy / "manifest.json").write_text(json.dumps(m))
     assert main(["table", "--bundle", str(copy)]) == 2
     assert "no task vectors to tabulate" in capsys.readouterr().err
+
+
+def test_usage_errors_print_json_too(cli_bundle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--bundle", cli_bundle, "--method", "nosuch", "--json"])
+    assert e.value.code == 2
+    res = json.loads(capsys.readouterr().out)
+    assert res["ok"] is False and "unknown merge method 'nosuch'" in res["error"]
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work():
+    import torch
+
+    from arith.cli import check_device
+
+    assert check_device("cpu") == "cpu" and check_device("auto") == "auto"
+    with pytest.raises(ValueError, match="is not a device"):
+        check_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU on this machine"):
+            check_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="CUDA GPU"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_build_bundle_refuses_bad_settings_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "b"
+    for bad in (["--modes", "nonsense"], ["--steps", "0"], ["--lr", "nan"], ["--modes", "attn", "attn"]):
+        assert main(["build-bundle", "--config", json.dumps(TINY), "--tasks", *TWO, "--out", str(out), *bad]) == 2
+        assert "error:" in capsys.readouterr().err
+        assert not out.exists(), bad
+
+
+def test_a_bundle_with_vectors_and_no_results_is_not_a_table_of_dashes(copy, capsys):
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"] = {rel: v for rel, v in m["files"].items() if not rel.startswith("results/")}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["table", "--bundle", str(copy)]) == 2
+    assert "no precomputed results to tabulate" in capsys.readouterr().err
+
+
+def test_a_manifest_without_its_heads_opens_nothing(copy, capsys):
+    m = json.loads((copy / "manifest.json").read_text())
+    del m["files"]["heads.safetensors"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    (copy / "heads.safetensors").unlink()
+    for cmd in (["table"], ["addition"], ["info"]):  # the stored results are not served without what they rest on
+        assert main([*cmd, "--bundle", str(copy)]) == 2, cmd
+        assert "heads.safetensors is not listed in manifest.json" in capsys.readouterr().err
+
+
+def test_space_init_reports_a_bundle_with_a_missing_file(copy):
+    from arith.space import init_space
+
+    (copy / "heads.safetensors").unlink()
+    res = init_space(str(copy))
+    assert res["ok"] is False and res["bundle_source"] == "damaged"
+    assert any("heads.safetensors" in n for n in res["notes"])

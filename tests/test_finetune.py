@@ -84,4 +84,10 @@ def test_bad_configs_are_refused():
         FinetuneConfig(steps=0)
     with pytest.raises(ValueError):
         FinetuneConfig(lr=-1)
+    # each of these trained a vector that validate and every loader then refused (a NaN τ; a seed the metadata rejects)
+    for bad, match in (({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr"), ({"seed": -1}, "seed"),
+                       ({"weight_decay": float("nan")}, "weight_decay"), ({"grad_clip": float("inf")}, "grad_clip"),
+                       ({"label_smoothing": 1.0}, "label_smoothing")):
+        with pytest.raises(ValueError, match=match):
+            FinetuneConfig(**bad)
     assert FinetuneConfig.from_json(FinetuneConfig(lr=3e-4).to_json()) == FinetuneConfig(lr=3e-4)

@@ -19,14 +19,18 @@ def _disentangle_args(p):
     _vectors_arg(p)
 
 
+MAX_GRID = 101  # 10,201 cells: hours on a CPU already; a larger grid is a typo, not a request
+
+
 @command("disentangle", "weight disentanglement error ξ(α1, α2) on a grid")
 @arguments(_disentangle_args)
 def cmd_disentangle(args):
     import numpy as np
 
-    if args.grid < 2 or not args.range > 0:
-        raise ValueError(f"--grid needs at least 2 points and --range a positive number (got {args.grid} and "
-                         f"{args.range:g}): the grid runs from -R to R")
+    if not 2 <= args.grid <= MAX_GRID or not args.range > 0:
+        raise ValueError(f"--grid takes 2 to {MAX_GRID} points and --range a positive number (got {args.grid} and "
+                         f"{args.range:g}): the grid runs from -R to R, and each of its grid² cells evaluates two "
+                         "merged models")
     ex = _explorer(args, args.max_per_task)
     grid = [float(a) for a in np.linspace(-args.range, args.range, args.grid)]
     res = ex.xi(args.mode, *args.tasks, alphas=grid, extra=_load_extra(ex, args.vector, args.mode),
@@ -65,8 +69,11 @@ def _validate_args(p):
 @arguments(_validate_args)
 def cmd_validate(args):
     from ..bundle import load_bundle
+    from ..modes import get_mode
     from ..taskvec import load_task_vector
 
+    if args.mode:
+        get_mode(args.mode)  # a mistyped --mode is the flag's fault, not the file's
     b = load_bundle(args.bundle)
     try:
         tv = load_task_vector(args.file, b.base, task=args.task, mode=args.mode)
@@ -133,6 +140,9 @@ def cmd_table(args):
     if not res["rows"]:
         raise ValueError(f"{args.bundle}: no task vectors to tabulate (an unfinished build? the same build command "
                          "resumes it)")
+    if "accuracy" not in b.results:  # vectors but nothing precomputed: a table of dashes would say nothing
+        raise ValueError(f"{args.bundle}: no precomputed results to tabulate (an unfinished build? the same build "
+                         "command resumes it; `python -m arith precompute` computes them from the vectors)")
     alone = {}
     from ..modes import parse_view
 

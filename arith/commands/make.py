@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ..cli import _bar, _bundle_arg, _config_arg, _emit, _mode_arg, _pct, _table, arguments, command
+from ..cli import _bar, _bundle_arg, _config_arg, _emit, _mode_arg, _pct, _table, arguments, command, device_type
 from ..specs import PRECOMPUTED
 
 
@@ -24,7 +24,10 @@ def cmd_info(args):
     from ..modes import MODES, get_mode
     from ..specs import ModelSpec
 
-    if args.bundle and not (args.model or args.config):
+    if args.bundle and (args.model or args.config or args.mode):
+        raise ValueError("info reports on a bundle (--bundle) or counts a model's parameters (--model or --config, "
+                         "with --mode), not both")
+    if args.bundle:
         from ..bundle import load_bundle
 
         b = load_bundle(args.bundle)
@@ -64,7 +67,7 @@ def _finetune_args(p):
                    help="where a custom folder task's images are now (default: the path recorded in the bundle)")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default $ARITH_DATA_WORKERS or cores-1, ≤8)")
     p.add_argument("--train-n", type=int, help="use at most this many training images")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto: cuda when available)")
+    p.add_argument("--device", type=device_type, default="auto", help="cpu, cuda, ... (default auto: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the task vector (.safetensors)")
 
 
@@ -77,10 +80,17 @@ def cmd_finetune(args):
     from ..explore import resolve_device
     from ..finetune import finetune
     from ..specs import FinetuneConfig
+    from ..taskvec import check_output_path
 
     args.device = resolve_device(args.device)
+    check_output_path(args.out)  # before training, not after it
+    if args.train_n is not None and args.train_n < 1:
+        raise ValueError(f"--train-n must be a positive number of images (got {args.train_n}); leave it out for all")
+    if args.attn_bias and args.mode != "attn":
+        raise ValueError(f"--attn-bias adds the attention biases to --mode attn, not to {args.mode!r} "
+                         "(or give --mode attn_bias)")
     b = load_bundle(args.bundle)
-    mode = "attn_bias" if args.mode == "attn" and args.attn_bias else args.mode
+    mode = "attn_bias" if args.attn_bias else args.mode
     if args.task not in b.tasks:
         raise ValueError(f"task {args.task!r} is not in the bundle; it has {b.task_names}")
     recipe = b.finetune_config(mode) or b.finetune_config(args.mode) or FinetuneConfig()
@@ -127,7 +137,7 @@ def _cost_args(p):
     p.add_argument("--task", help="whose head and images to use (default: the first task)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_type, default="cpu")
     p.add_argument("--threads", type=int, help="torch's intra-op threads for the measurement (default: torch's own)")
 
 
@@ -140,6 +150,9 @@ def cmd_cost(args):
     set_intra_op_threads(args.threads)
     b = load_bundle(args.bundle)
     task = args.task or b.task_names[0]
+    if task not in b.data:
+        raise ValueError(f"task {task!r} is not in the bundle (or has no stored images); its tasks: "
+                         f"{', '.join(b.task_names)}")
     split = b.data[task]["val"]
     res = measure(b.base, b.heads[task], split.images, split.labels, args.mode, args.steps, args.batch_size,
                   device=args.device)
@@ -150,7 +163,7 @@ def _precompute_args(p):
     _bundle_arg(p)
     p.add_argument("--only", nargs="+", metavar="RESULT",
                    help=f"recompute only these results ({', '.join(PRECOMPUTED)}); the bundle's others are kept")
-    p.add_argument("--device", default=None, help="run the evaluations there (e.g. cuda; default the CPU)")
+    p.add_argument("--device", type=device_type, default=None, help="run the evaluations there (e.g. cuda; default the CPU)")
 
 
 @command("precompute", "recompute a bundle's precomputed results from its own vectors, with its build plan's settings "
