@@ -43,12 +43,17 @@ def arguments(adder: Callable[[argparse.ArgumentParser], None]):
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------------
-def method_type(text: str) -> str:
-    """argparse's ``type`` for a merge-method spec: its canonical form, or an argparse error naming the fault."""
-    try:
-        return canonical_method(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def as_type(check: Callable[[str], str]) -> Callable[[str], str]:
+    """argparse's ``type`` from a check: the value it returns, or its ValueError as an argparse error naming the
+    fault (argparse prints only its own "invalid value" for any other exception)."""
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = check.__name__
+    return parse
 
 
 def check_device(name: str) -> str:
@@ -74,12 +79,8 @@ def check_device(name: str) -> str:
     return name
 
 
-def device_type(name: str) -> str:
-    """argparse's ``type`` for ``--device``: :func:`check_device`, its error as an argparse error."""
-    try:
-        return check_device(name)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+method_type = as_type(canonical_method)  # a merge-method spec, as its canonical form
+device_type = as_type(check_device)  # a --device this machine has
 
 
 def _method_arg(p: argparse.ArgumentParser, help: str) -> None:
