@@ -178,8 +178,9 @@ def _cuda() -> bool:
 
 
 def _vectors_arg(p):
-    p.add_argument("--vector", action="append", default=[], metavar="FILE",
-                   help="extra task-vector file (validated; joins under its task name, replacing the bundle's)")
+    p.add_argument("--vector", action="append", default=[], metavar="[NAME=]FILE",
+                   help="extra task-vector file (validated), named NAME for --coef, or after its task (then it "
+                        "replaces the bundle's vector of that task)")
 
 
 def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
@@ -193,7 +194,8 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
 
     base = getattr(ex, "bundle", ex).base  # an Explorer's bundle, or a Bundle itself (evaluate-full)
     out = {}
-    for f in files:
+    for item in files:
+        name, f = _named_file(item)
         try:
             tv = load_task_vector(f, base)
         except ValueError as e:  # name the file: a command may be given several
@@ -201,8 +203,19 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
         if mode is not None and tv.mode != source_of(mode):
             raise ValueError(f"{f}: a {tv.mode} task vector, but --mode {mode} uses {source_of(mode)} vectors "
                              f"(pass --mode {tv.mode} to use it)")
-        out[tv.task] = tv
+        name = name or tv.task
+        if name in out:
+            raise ValueError(f"--vector: two vectors named {name!r} (name one of them: --vector NAME=FILE)")
+        out[name] = tv
     return out
+
+
+def _named_file(item: str) -> tuple[str | None, str]:
+    """``NAME=FILE`` -> (NAME, FILE); a plain path (one that exists, even with '=' in it) -> (None, path)."""
+    name, sep, path = item.partition("=")
+    if not sep or Path(item).expanduser().exists() or not name:
+        return None, item
+    return name, path
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------

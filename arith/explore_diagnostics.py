@@ -55,7 +55,7 @@ class Diagnostics:
         if not alphas:
             raise ValueError("a ξ grid needs at least one coefficient per axis")
         vs = self._named(mode, [task1, task2], extra)
-        a1s, a2s = self._xi_axes(vs[task1], vs[task2], alphas, length)
+        a1s, a2s = self._xi_axes([(task1, vs[task1]), (task2, vs[task2])], alphas, length)
         from .disentangle import xi_grid
 
         res = self._memoised(self._xi_key(mode, vs[task1], vs[task2], a1s, a2s), lambda: xi_grid(
@@ -84,17 +84,18 @@ class Diagnostics:
         """A ξ grid's memo key: the vectors' content and the tasks they are scored on (a uid names content only)."""
         return ("xi", mode, tv1.uid, tv1.task, tv2.uid, tv2.task, tuple(a1s), tuple(a2s))
 
-    def _xi_axes(self, tv1: TaskVector, tv2: TaskVector, alphas: list[float],
+    def _xi_axes(self, pair: Sequence[tuple[str, TaskVector]], alphas: list[float],
                  length: float | None) -> tuple[list[float], list[float]]:
-        """The coefficients of a ξ grid's two axes: ``alphas`` itself, or at ``length`` (see :meth:`xi`)."""
+        """The coefficients of a ξ grid's two axes (``pair``: (name, vector) in axis order): ``alphas`` itself, or
+        at ``length`` (see :meth:`xi`)."""
         if length is None:
             return alphas, alphas
         _check_length(length)
         out = []
-        for tv in (tv1, tv2):
+        for name, tv in pair:
             norm = self._memoised(("norm", tv.uid), tv.norm)
             if norm == 0:
-                raise ValueError(f"{tv.task}'s vector is zero: it has no direction to take at a length")
+                raise ValueError(f"the vector {name!r} is zero: it has no direction to take at a length")
             out.append([a * length * self.theta0_norm / norm for a in alphas])
         return out[0], out[1]
 
@@ -142,7 +143,7 @@ class Diagnostics:
         vs = self.vectors(mode, extra)
         if task1 not in vs or task2 not in vs:
             return None
-        a1s, a2s = self._xi_axes(vs[task1], vs[task2], alphas, length)
+        a1s, a2s = self._xi_axes([(task1, vs[task1]), (task2, vs[task2])], alphas, length)
         res = self._memo.get(self._xi_key(mode, vs[task1], vs[task2], a1s, a2s))
         return None if res is None else _as_asked(res, mode, alphas, length)
 

@@ -68,6 +68,15 @@ def coefficient_set(*, bundle: str, base_id: str, mode: str, coefs: Mapping[str,
             "vectors": {n: {"task": vectors[n].task, "mode": vectors[n].mode, "uid": vectors[n].uid} for n in coefs}}
 
 
+def changed_vectors(record: Mapping, vectors: Mapping[str, TaskVector]) -> list[str]:
+    """Names of a coefficient set (:func:`coefficient_set`) whose vector here is not the one it was saved with: the
+    recorded content hash differs (another file uploaded under the same name, a retrained vector).  Names the set
+    records no hash for, or that are not here, are not listed."""
+    saved = record.get("vectors") if isinstance(record.get("vectors"), Mapping) else {}
+    return [n for n in record.get("coefficients", {}) if n in vectors and isinstance(saved.get(n), Mapping)
+            and saved[n].get("uid") not in (None, vectors[n].uid)]
+
+
 def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = None) -> dict:
     """Read a coefficient set back, checking its format, base model, mode, method and coefficient values.
 

@@ -80,6 +80,10 @@ with guard("Evaluating the edited model"):
     st.dataframe(table, hide_index=True, key="acc_table",
                  column_config={**{c: st.column_config.NumberColumn(format="%.1f") for c in table.columns[1:4]},
                                 **({} if shared else {"λ": st.column_config.NumberColumn(format="%.2f")})})
+    outside = [f"{n} (task {t}, λ {v:g})" for t, nv in lam.items() if t not in acc for n, v in nv if v != 0]
+    if outside:
+        st.caption("Also in the edited model, with no task here to score them (the bundle has no images of their "
+                   f"tasks): {', '.join(outside)}.")
 
 st.subheader("The same coefficients under every mode")
 st.caption("Interference at a glance: the coefficients above, applied to each mode's own task vectors.")

@@ -24,7 +24,9 @@ st.markdown("**Dark = disentangled**: adding the other task's vector leaves this
 st.caption("Click a cell to open that model, θ0 + α1 τ1 + α2 τ2: the sidebar then switches to that panel's mode and "
            "selects just these two tasks at the cell's coefficients.")
 
-names = ctx.names()
+names, unscored = ctx.scored_names()
+if unscored:
+    st.caption(f"Left out: {', '.join(unscored)}, vectors of tasks this bundle has no images of.")
 if len(names) < 2:
     st.info("Weight disentanglement needs two task vectors in this mode.")
     st.stop()
@@ -63,7 +65,7 @@ n = st.select_slider(f"Grid points per axis ({axis} ∈ [−2, 2])", sizes, valu
 if n != len(grid):
     grid = [float(a) for a in np.linspace(GRID[0], GRID[-1], n)]
 
-modes = [m for m in ctx.modes if t1 in ctx.names(m) and t2 in ctx.names(m)]
+modes = [m for m in ctx.modes if {t1, t2} <= set(ctx.scored_names(m)[0])]
 
 
 def extra_for(m):

@@ -1,6 +1,7 @@
 """View 7, export and share: the merged weights (safetensors), the coefficient set (JSON), a link and a command."""
 
 import json
+import re
 import shlex
 from urllib.parse import urlencode
 
@@ -8,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from arith.cli import DEFAULT_BUNDLE
-from arith.export import coefficient_set, merged_safetensors, parse_coefficient_set
+from arith.export import changed_vectors, coefficient_set, merged_safetensors, parse_coefficient_set
 from arith.merge import method_label
 from arith.modes import is_linearized
 from ui.common import ROOT, guard, message
@@ -43,6 +44,9 @@ with guard("Coefficient set"):
 note = st.session_state.pop("export_note", None)
 if note:
     st.info(note)
+warning = st.session_state.pop("export_warning", None)
+if warning:
+    st.warning(warning, icon="⚠️")
 with st.expander("Load a coefficient set"):
     up = st.file_uploader("Coefficient set (.json)", type=["json"], key="export_import")
     done = st.session_state.setdefault("export_import_seen", set())
@@ -59,6 +63,12 @@ with st.expander("Load a coefficient set"):
                 raise ValueError(f"none of its vectors ({', '.join(sorted(rec['coefficients']))}) is in this session's "
                                  f"{rec['mode']} vectors; nothing was changed")
             missing = sorted(set(rec["coefficients"]) - known)
+            changed = changed_vectors(rec, ex.vectors(rec["mode"], ctx.extra(rec["mode"])))
+            if changed:
+                st.session_state["export_warning"] = (
+                    f"{up.name}: {', '.join(changed)} here {'is not the vector' if len(changed) == 1 else 'are not the vectors'} "
+                    "the set was saved with (other tensors under the same name): its λ are applied to them, "
+                    "and the numbers can differ from the ones it was saved with.")
             clipped = beyond_sliders({n: v for n, v in rec["coefficients"].items() if n in known})
             st.session_state["export_note"] = (
                 f"Loaded {up.name}" + (f"; not available in this session, ignored: {', '.join(missing)}" if missing else "")
@@ -101,9 +111,23 @@ bundle_arg = ("" if path == DEFAULT_BUNDLE.resolve() else
               f" --bundle {shlex.quote(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))}")
 cmd = [f"python -m arith evaluate{bundle_arg} --mode {ctx.mode}"
        + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]
-cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items() if not ctx.is_workspace(n)]
+own: dict[str, str] = {}  # workspace vector -> the file it travels as: its name made a file name, one per vector
+for n in (n for n in ctx.coefs if ctx.is_workspace(n)):
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-.") or "vector"
+    f, i = f"{stem}.safetensors", 2
+    while f in own.values():
+        f, i = f"{stem}-{i}.safetensors", i + 1
+    own[n] = f
+cmd += [f"--vector {shlex.quote(f'{n}={f}')}" for n, f in own.items()]
+cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items()]
 st.markdown("The same evaluation from the command line:")
 st.code(" \\\n  ".join(cmd), language="bash")
-if any(ctx.is_workspace(n) for n in ctx.coefs):
-    st.caption("Workspace vectors are not in the command: download them and pass `--vector FILE` (the CLI names a "
-               "file's vector after its task).")
+if own:
+    st.caption("Workspace vectors join the command as files, under their names here (`--vector NAME=FILE`): save "
+               "each one next to where you run it.")
+    cols = st.columns(min(len(own), 4))
+    for i, (n, f) in enumerate(own.items()):
+        tv = vectors[n]
+        cols[i % len(cols)].download_button(f"Download {f}", lambda tv=tv: tv.to_bytes(), file_name=f,
+                                            mime="application/octet-stream", key=f"export_vec::{n}",
+                                            on_click="ignore")

@@ -17,14 +17,16 @@ st.caption("A fine-tuned model is in the kernel regime when f(x; θ0 + τ) ≈ f
            "non-linear model θ0 + sτ against its post-hoc linearization, and the linearization restricted to the "
            "attention weights, the MLP weights or the whole model.")
 
-names = ctx.names()
+names, unscored = ctx.scored_names()
+if unscored:
+    st.caption(f"Left out: {', '.join(unscored)}, vectors of tasks this bundle has no images of.")
 if not names:
     st.info("No task vectors in this mode.")
     st.stop()
 if st.session_state.get("kernel_task") not in names:
     st.session_state["kernel_task"] = ctx.tasks[0] if ctx.tasks else names[0]
 name = st.selectbox("Task", names, key="kernel_task", persist_state="session")
-modes = [m for m in ctx.modes if name in ctx.names(m)]
+modes = [m for m in ctx.modes if name in ctx.scored_names(m)[0]]
 
 with guard("Kernel diagnostics"):
     reports = {}

@@ -58,10 +58,10 @@ c1, c2 = st.columns(2)
 if st.session_state.get("train_task") not in tasks:
     st.session_state["train_task"] = next((ex.vectors(ctx.mode)[n].task for n in ctx.tasks
                                            if n in ex.vectors(ctx.mode) and ex.vectors(ctx.mode)[n].task in tasks), tasks[0])
-task = c1.selectbox("Task", tasks, key="train_task")
+task = c1.selectbox("Task", tasks, key="train_task", persist_state="session")
 if st.session_state.get("train_mode") not in modes:
     st.session_state["train_mode"] = source if source in modes else "attn"
-mode = c2.selectbox("Mode", modes, key="train_mode", format_func=mode_label)
+mode = c2.selectbox("Mode", modes, key="train_mode", persist_state="session", format_func=mode_label)
 own = b.finetune_config(mode)
 cfg0 = own or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) or FinetuneConfig(mode=mode)
 recipe = (f"Bundle recipe for {mode_label(mode)}" if own else
@@ -73,20 +73,21 @@ with st.form("train_form", border=True, enter_to_submit=False):  # only the butt
     c1, c2, c3, c4 = st.columns(4)
     # one set of fields per mode, each starting from that mode's recipe: a keyed input keeps its value whatever
     # default it is given later, in the browser too, so a field shared by the modes would keep another mode's lr
-    steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key=f"train_steps::{mode}")
+    steps = c1.number_input("Steps", 1, 100_000, int(cfg0.steps), key=f"train_steps::{mode}", persist_state="session")
     # ± moves by a tenth of the value's decade (1e-4 around 1e-3; the widget's own step, 0.01, jumps lr by 10×): of the
     # value the form last ran with, since a form reruns only when submitted (Streamlit keeps a keyed input's value
     # when its step changes)
     lr_key = f"train_lr::{mode}"
     lr_now = float(st.session_state.get(lr_key) or cfg0.lr)
     lr = c2.number_input("Learning rate", 1e-8, 1.0, float(cfg0.lr), step=10.0 ** (math.floor(math.log10(lr_now)) - 1),
-                         format="%.2e", key=lr_key)
-    batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key=f"train_batch::{mode}")
-    seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key=f"train_seed::{mode}")
+                         format="%.2e", key=lr_key, persist_state="session")
+    batch = c3.number_input("Batch size", 1, 4096, int(cfg0.batch_size), key=f"train_batch::{mode}", persist_state="session")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key=f"train_seed::{mode}", persist_state="session")
     c1, c2 = st.columns(2)
     train_n = c1.number_input("Training images (0 = all)", 0, 10_000_000, int(plan.get("train_n") or 0),
-                              key="train_n")
-    name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name")
+                              key="train_n", persist_state="session")
+    name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name",
+                         persist_state="session")
     st.caption(f"{recipe}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
                f"weight decay {cfg0.weight_decay:g}, warm-up {cfg0.warmup_steps} (the same share of other step counts), "
                f"gradient clip {cfg0.grad_clip:g}. "

@@ -48,10 +48,13 @@ if EXAMPLE.is_file():
 
 c1, c2 = st.columns(2)
 FROM_FILE = "(from the file's metadata)"
-task_override = c1.selectbox("Task, for files without metadata", [FROM_FILE, *ex.bundle.task_names], key="upload_task")
-mode_override = c2.selectbox("Mode, for files without metadata", [FROM_FILE, *MODES], key="upload_mode",
+# persist_state: the choices survive a visit to another page (a widget not drawn in a run is otherwise dropped)
+task_override = c1.selectbox("Task, for files without metadata", [FROM_FILE, *ex.bundle.task_names], key="upload_task",
+                             persist_state="session")
+mode_override = c2.selectbox("Mode, for files without metadata", [FROM_FILE, *MODES], key="upload_mode", persist_state="session",
                              format_func=lambda m: m if m == FROM_FILE else mode_label(m))
 assume_base = st.checkbox(f"Files without `arith.base_model` are for this base ({base.id})", key="upload_assume_base",
+                          persist_state="session",
                           help="For task vectors written by other tools: their keys and shapes are still checked "
                                "against this base, but not which checkpoint they were fine-tuned from.")
 limit_mb = upload_limit_mb()
@@ -69,17 +72,16 @@ for f in files or []:
     options = (task_override, mode_override, assume_base)
     if f.file_id in accepted or refused.get(f.file_id) == options:
         continue
-    overrides = {}
-    if task_override != FROM_FILE:
-        overrides["task"] = task_override
-    if mode_override != FROM_FILE:
-        overrides["mode"] = mode_override
     try:
         f.seek(0)  # the reader checks the size first and refuses an oversized file without reading it
         tensors, meta = load_safetensors(f, max_bytes=limit_mb * 2**20)
+        # the pickers fill in what a file does not say; a file's own metadata is never overridden
+        for key, value in ((Meta.TASK, task_override), (Meta.MODE, mode_override)):
+            if value != FROM_FILE:
+                meta.setdefault(key, value)
         if assume_base:
             meta.setdefault(Meta.BASE, base.id)
-        tv = validate(tensors, meta, base, **overrides)
+        tv = validate(tensors, meta, base)
     except ValueError as e:
         refused[f.file_id] = options
         new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": message(e)})
@@ -95,9 +97,12 @@ for f in files or []:
     name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
     request_select([name])
     added = f"already in the workspace as {name!r} (the same tensors), not added again" if twin else f"added as {name!r}"
+    elsewhere = ("" if tv.task in ex.bundle.task_names else
+                 f" Its task {tv.task!r} is none of the bundle's: it changes the merged model, but no task here "
+                 "scores it, and the diagnostics that need its task's images (ξ, kernel) leave it out.")
     new_results.append({"id": f.file_id, "file": f.name, "ok": True,
                         "message": f"{added}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
-                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}"})
+                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}{elsewhere}"})
 if new_results:
     log[:0] = new_results
     if any(r["ok"] for r in new_results):

@@ -1014,3 +1014,105 @@ def test_disentanglement_at_one_length_computes_every_modes_grid_on_one_scale(ne
     assert any("At one length" in c.value for c in at.caption)
     at.toggle(key="xi_at_length").set_value(False).run()  # back to the vectors as built: the stored grids at once
     assert charts(at) == 4 and not [b for b in at.button if b.key == "xi_compute"]
+
+
+# -- a researcher's own vectors: the app review's findings ----------------------------------------------------------
+def test_twins_in_one_upload_are_one_vector_and_every_page_still_runs(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    blob = bundle.vectors["attn"][COLOURS].scale(0.5).to_bytes()
+    at.file_uploader(key="upload_files").set_value([("a.safetensors", blob, "x"), ("b.safetensors", blob, "x"),
+                                                    ("c.safetensors", blob, "x")]).run()
+    assert not at.exception and list(workspace(at)) == ["a"]
+    tasks = at.sidebar.multiselect(key="w_tasks").value
+    assert tasks.count("a") == 1
+    for page in ("pages/arithmetic.py", "pages/vectors.py", "pages/export.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page
+
+
+def test_a_files_own_task_and_mode_are_never_overridden_by_the_pickers(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    at.selectbox(key="upload_task").set_value(STRIPES)
+    at.selectbox(key="upload_mode").set_value("mlp")
+    tv = bundle.vectors["attn"][COLOURS].scale(0.5)  # its metadata: COLOURS, attn
+    at.file_uploader(key="upload_files").set_value(("half.safetensors", tv.to_bytes(), "x")).run()
+    assert [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "attn")]
+    # the same tensors labelled with another task are another vector (another head scores them), not a duplicate
+    relabelled = dict(tv.metadata(), **{Meta.TASK: QUADS})
+    at.file_uploader(key="upload_files").set_value(
+        ("quads.safetensors", st_save(dict(tv.tensors), metadata=relabelled), "x")).run()
+    assert sorted(v.task for v in workspace(at).values()) == sorted([COLOURS, QUADS])
+
+
+def test_upload_and_train_settings_survive_a_visit_to_another_page(new_app):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    train_quads(at, "attn", 2, "quick")  # the form's values count once submitted
+    at.switch_page("pages/upload.py").run()
+    at.selectbox(key="upload_mode").set_value("mlp").run()
+    at.switch_page("pages/arithmetic.py").run()
+    at.switch_page("pages/train.py").run()
+    assert at.selectbox(key="train_task").value == QUADS
+    assert (at.number_input(key="train_steps::attn").value, at.number_input(key="train_batch::attn").value) == (2, 16)
+    at.switch_page("pages/upload.py").run()
+    assert at.selectbox(key="upload_mode").value == "mlp"
+
+
+def test_the_export_command_carries_workspace_vectors_under_their_names(new_app, bundle, tmp_path, capsys):
+    """The command the Export page prints gives the app's numbers: a workspace vector that shares a task with a
+    bundle vector joins as NAME=FILE with its own λ (before, its λ was lost and the bundle's replaced)."""
+    import shlex
+
+    from arith.cli import main
+
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    mine = bundle.vectors["attn"][COLOURS].scale(0.5)
+    at.file_uploader(key="upload_files").set_value(("my half.safetensors", mine.to_bytes(), "x")).run()
+    at.sidebar.slider(key="w_coef::my half").set_value(1.0).run()
+    at.switch_page("pages/arithmetic.py").run()
+    shown = shown_accuracy(at)
+    at.switch_page("pages/export.py").run()
+    clean(at)
+    cmd = at.code[2].value
+    assert "--vector my-half.safetensors" not in cmd and shlex.quote("my half=my-half.safetensors") in cmd
+    assert any(d.label == "Download my-half.safetensors" for d in at.get("download_button"))
+    mine.save(tmp_path / "my-half.safetensors")
+    argv = shlex.split(cmd.replace("\\\n", " "))[3:]  # after "python -m arith"
+    argv = [a.replace("my-half.safetensors", str(tmp_path / "my-half.safetensors")) for a in argv]
+    assert main(["evaluate", *argv[1:], "--bundle", str(bundle.root), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["accuracy"]
+    assert {t: 100 * a for t, a in got.items() if t in shown} == pytest.approx(shown, abs=1e-3)
+    assert len(shown) == 3  # every task, COLOURS edited by both its vectors
+
+
+def test_a_coefficient_set_saved_with_other_tensors_says_so(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    at.file_uploader(key="upload_files").set_value(
+        ("mine.safetensors", bundle.vectors["attn"][COLOURS].scale(0.5).to_bytes(), "x")).run()
+    at.switch_page("pages/export.py").run()
+    record = parse_coefficient_set(at.code[0].value, bundle.base.id)
+    record["vectors"]["mine"]["uid"] = "0" * 16  # saved in a session whose 'mine' was another file
+    at.file_uploader(key="export_import").set_value(("set.json", json.dumps(record).encode(), "application/json")).run()
+    clean(at)
+    assert any("mine here is not the vector the set was saved with" in w.value for w in at.warning)
+
+
+def test_a_vector_of_a_task_the_bundle_lacks_is_named_where_it_cannot_be_scored(new_app, bundle):
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    tv = bundle.vectors["attn"][COLOURS].scale(0.5)
+    meta = dict(tv.metadata(), **{Meta.TASK: "elsewhere"})
+    at.file_uploader(key="upload_files").set_value(("other.safetensors", st_save(dict(tv.tensors), metadata=meta),
+                                                    "x")).run()
+    assert any("is none of the bundle's" in s.value for s in at.success)
+    at.sidebar.slider(key="w_coef::other").set_value(1.0).run()
+    at.switch_page("pages/arithmetic.py").run()
+    assert any("other (task elsewhere, λ 1)" in c.value for c in at.caption)
+    for page in ("pages/disentanglement.py", "pages/kernel.py"):
+        at.switch_page(page).run()
+        assert not at.exception and not at.error, page
+        assert any(c.value.startswith("Left out: other") for c in at.caption), page

@@ -199,6 +199,8 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["validate", attn_file, *b, "--mode", "nonsense"], "unknown mode 'nonsense'"),
         (["info", *b, "--mode", "attn"], "not both"),
         (["evaluate", *b, "--vector", str(trunc), "--coef", f"{TASKS[0]}=1"], "trunc.safetensors"),
+        (["evaluate", *b, "--vector", attn_file, "--vector", attn_file], f"two vectors named {TASKS[0]!r}"),
+        (["evaluate", *b, "--vector", f"mine={tmp_path / 'none.safetensors'}"], "none.safetensors"),
         # refused before training: each of these trained first, then wrote nothing or a vector every loader refuses
         (["finetune", *b, "--task", TASKS[0], "--seed", "-1", "--out", out], "seed must be non-negative"),
         (["finetune", *b, "--task", TASKS[0], "--lr", "inf", "--out", out], "lr must be a positive finite number"),

@@ -223,7 +223,7 @@ def sidebar() -> Context | None:
         ss[K_TASKS] = [n for n in apply["coefs"] if n in names]
         set_coefs({n: v for n, v in apply["coefs"].items() if n in names}, untie=True)
     if ss.get(S_SELECT):  # names of another mode's vectors (trained or uploaded there) wait until it is shown
-        want = ss.pop(S_SELECT)
+        want = list(dict.fromkeys(ss.pop(S_SELECT)))  # a name queued twice (twins in one upload) is one widget
         ss[K_TASKS] = ss[K_TASKS] + [n for n in want if n in names and n not in ss[K_TASKS]]
         if later := [n for n in want if n not in names]:
             ss[S_SELECT] = later

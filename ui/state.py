@@ -221,6 +221,13 @@ class Context:
         """Vector names available in ``mode``: the bundle's tasks, then the workspace's."""
         return list(self.ex.catalog(mode or self.mode, self.extra(mode)))
 
+    def scored_names(self, mode: str | None = None) -> tuple[list[str], list[str]]:
+        """(names, left out) of :meth:`names`: the vectors whose task the bundle has images of, which the diagnostics
+        (ξ, kernel) can score, and the others (a workspace vector of a task the bundle does not hold)."""
+        catalog = self.ex.catalog(mode or self.mode, self.extra(mode))
+        ok = [n for n, t in catalog.items() if t in self.ex.tasks]
+        return ok, [n for n in catalog if n not in ok]
+
     def coefs_in(self, mode: str) -> dict[str, float]:
         """The current coefficients restricted to the vectors ``mode`` has (used to compare modes)."""
         names = set(self.names(mode))
@@ -265,9 +272,11 @@ def workspace_store(base_id: str) -> dict[str, dict]:
 
 
 def workspace_twin(ex: Explorer, tv: TaskVector) -> str | None:
-    """The name under which this session's workspace already holds a vector equal to ``tv`` (same content uid),
-    if any: the same file uploaded twice, or the same training run repeated."""
-    return next((n for n, entry in workspace_store(ex.base_id).items() if entry["vector"].uid == tv.uid), None)
+    """The name under which this session's workspace already holds a vector equal to ``tv`` (same content uid and
+    the same task), if any: the same file uploaded twice, or the same training run repeated.  The same tensors
+    labelled with another task are another vector: they are evaluated with that task's head."""
+    return next((n for n, entry in workspace_store(ex.base_id).items()
+                 if entry["vector"].uid == tv.uid and entry["vector"].task == tv.task), None)
 
 
 def add_to_workspace(ex: Explorer, tv: TaskVector, hint: str, source: str) -> str:
@@ -290,7 +299,8 @@ def add_to_workspace(ex: Explorer, tv: TaskVector, hint: str, source: str) -> st
 def request_select(names: list[str]) -> None:
     """Select these vector names in the sidebar on the next run (when they exist in the current mode), at λ = 0
     unless they already have a coefficient.  Pages call this after the sidebar has rendered."""
-    st.session_state.setdefault(S_SELECT, []).extend(names)
+    queued = st.session_state.setdefault(S_SELECT, [])
+    queued.extend(n for n in dict.fromkeys(names) if n not in queued)  # once each: one widget key per name
 
 
 def request_view(mode: str, coefs: Mapping[str, float], method: str | None = None) -> None:
