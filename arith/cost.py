@@ -89,8 +89,9 @@ def measure(base, head, images, labels, mode: str, steps: int = 20, batch_size: 
     from .finetune import finetune
     from .specs import FinetuneConfig
 
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"cost: need steps ≥ 1 and warmup ≥ 0 (got steps={steps}, warmup={warmup})")
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"cost: need steps ≥ 1, warmup ≥ 0 and a batch size ≥ 1 (got steps={steps}, "
+                         f"warmup={warmup}, batch size {batch_size})")
     if device != "cpu":
         base = base.to(device)
     state = training_state_mb(base, head, images[:batch_size], labels[:batch_size], mode)

@@ -196,6 +196,7 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["negation", *b, "--task", TASKS[0], "--control", TASKS[0]], f"needs a control task other than {TASKS[0]!r}"),
         (["negation", *b, "--task", TASKS[0], "--control", "nope"], "control task 'nope' is not in the bundle"),
         (["cost", *b, "--task", "nosuch"], "task 'nosuch' is not in the bundle"),
+        (["cost", *b, "--batch-size", "0"], "a batch size ≥ 1"),
         (["validate", attn_file, *b, "--mode", "nonsense"], "unknown mode 'nonsense'"),
         (["info", *b, "--mode", "attn"], "not both"),
         (["evaluate", *b, "--vector", str(trunc), "--coef", f"{TASKS[0]}=1"], "trunc.safetensors"),
