@@ -211,11 +211,14 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
 
 
 def _named_file(item: str) -> tuple[str | None, str]:
-    """``NAME=FILE`` -> (NAME, FILE); a plain path (one that exists, even with '=' in it) -> (None, path)."""
-    name, sep, path = item.partition("=")
-    if not sep or Path(item).expanduser().exists() or not name:
+    """``NAME=FILE`` -> (NAME, FILE); a plain path (one that exists, even with '=' in it) -> (None, path).  A name
+    may hold '=' too (``lr=1e-3=lr-1e-3.safetensors``): the split is at the first '=' after which a file exists,
+    else at the last one (the Export page's file names hold none)."""
+    if "=" not in item or Path(item).expanduser().exists():
         return None, item
-    return name, path
+    cuts = [i for i, c in enumerate(item) if c == "=" and i > 0]
+    at = next((i for i in cuts if Path(item[i + 1:]).expanduser().exists()), cuts[-1] if cuts else None)
+    return (None, item) if at is None else (item[:at], item[at + 1:])
 
 
 # -- entry point ------------------------------------------------------------------------------------------------------

@@ -17,16 +17,26 @@ def extension_modules() -> list[str]:
     return [m for m in (part.strip() for part in os.environ.get(EXTENSIONS_VAR, "").split(",")) if m]
 
 
+_FAILED: dict[str, str] = {}  # module -> why its import failed: not imported again (it may have registered half)
+
+
 def load_extensions() -> list[str]:
-    """Import every module ``$ARITH_EXTENSIONS`` names (each once: Python caches modules) and return their names; a
-    module that cannot be found is a ValueError naming it.  Errors raised inside an extension propagate as they are."""
+    """Import every module ``$ARITH_EXTENSIONS`` names (each once: Python caches modules) and return their names.
+    A module that cannot be found, or fails as it runs, is a ValueError naming it and its error; a failed module is
+    not imported again (a second run would find its first records registered and fail on those instead)."""
     names = extension_modules()
     for mod in names:
+        if mod in _FAILED:
+            raise ValueError(_FAILED[mod])
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name and mod.startswith(e.name):
-                raise ValueError(f"${EXTENSIONS_VAR} names {mod!r}, which cannot be imported (is it on PYTHONPATH?)") \
-                    from None
-            raise
+                _FAILED[mod] = f"${EXTENSIONS_VAR} names {mod!r}, which cannot be imported (is it on PYTHONPATH?)"
+            else:
+                _FAILED[mod] = f"${EXTENSIONS_VAR} module {mod!r} failed as it was imported: {e}"
+            raise ValueError(_FAILED[mod]) from None
+        except Exception as e:
+            _FAILED[mod] = f"${EXTENSIONS_VAR} module {mod!r} failed as it was imported: {type(e).__name__}: {e}"
+            raise ValueError(_FAILED[mod]) from None
     return names

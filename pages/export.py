@@ -127,7 +127,7 @@ if own:
                "each one next to where you run it.")
     cols = st.columns(min(len(own), 4))
     for i, (n, f) in enumerate(own.items()):
-        tv = vectors[n]
+        tv = ctx.extra()[n]  # the workspace's own vector: in a view, the CLI cuts it as the page did
         cols[i % len(cols)].download_button(f"Download {f}", lambda tv=tv: tv.to_bytes(), file_name=f,
                                             mime="application/octet-stream", key=f"export_vec::{n}",
                                             on_click="ignore")

@@ -20,7 +20,7 @@ from arith.bundle import load_bundle
 from arith.explore import Explorer
 from arith.export import parse_coefficient_set
 from arith.models import fingerprint
-from arith.modes import get_mode
+from arith.modes import get_mode, source_of
 from arith.report import results_rows
 from arith.specs import Files, Meta
 from ui.charts import fixed, mode_colour
@@ -1060,16 +1060,19 @@ def test_upload_and_train_settings_survive_a_visit_to_another_page(new_app):
     assert at.selectbox(key="upload_mode").value == "mlp"
 
 
-def test_the_export_command_carries_workspace_vectors_under_their_names(new_app, bundle, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["attn", "full@attn"])
+def test_the_export_command_carries_workspace_vectors_under_their_names(new_app, bundle, tmp_path, capsys, mode):
     """The command the Export page prints gives the app's numbers: a workspace vector that shares a task with a
-    bundle vector joins as NAME=FILE with its own λ (before, its λ was lost and the bundle's replaced)."""
+    bundle vector joins as NAME=FILE with its own λ (before, its λ was lost and the bundle's replaced).  In a view
+    the file is the uncut vector, which the command cuts as the app does."""
     import shlex
 
     from arith.cli import main
 
     at = new_app()
+    at.sidebar.selectbox(key="w_mode").set_value(mode).run()
     at.switch_page("pages/upload.py").run()
-    mine = bundle.vectors["attn"][COLOURS].scale(0.5)
+    mine = bundle.vectors[source_of(mode)][COLOURS].scale(0.5)
     at.file_uploader(key="upload_files").set_value(("my half.safetensors", mine.to_bytes(), "x")).run()
     at.sidebar.slider(key="w_coef::my half").set_value(1.0).run()
     at.switch_page("pages/arithmetic.py").run()

@@ -123,6 +123,9 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
 
     trained = FinetuneConfig.from_json(load_task_vector(out, load_bundle(cli_bundle).base).meta[Meta.CONFIG])
     assert (trained.steps, trained.warmup_steps) == (3, 1)
+    bias = run(capsys, "finetune", *b, "--task", TWO[0], "--mode", "attn_bias", "--attn-bias", "--steps", "1",
+               "--out", str(tmp_path / "bias.safetensors"))  # the flag names the mode already given: fine
+    assert bias["mode"] == "attn_bias"
     assert main(["finetune", *b, "--task", TWO[0], "--mode", "attn", "--steps", "3", "--warmup-steps", "3",
                  "--out", str(tmp_path / "no.safetensors")]) == 2
     assert "leaves no step after the warm-up" in capsys.readouterr().err

@@ -176,3 +176,39 @@ def test_an_extension_module_reaches_every_command(bundle_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "arith", "table", "--json"], capture_output=True, text=True,
                          env={**env, "ARITH_EXTENSIONS": "lab_missing_ext"}, timeout=120)
     assert bad.returncode == 2 and "lab_missing_ext" in bad.stderr and json.loads(bad.stdout)["ok"] is False
+
+
+def test_an_extension_that_fails_half_way_keeps_its_own_error(tmp_path, monkeypatch):
+    """A module that registers a record and then fails: its error, each time, not 'already registered' the second
+    time (the app calls load_extensions on every run)."""
+    from arith.extensions import _FAILED, load_extensions
+
+    (tmp_path / "lab_half_ext.py").write_text(
+        "from arith.modes import ALL, Mode, register_mode\n"
+        "register_mode(Mode('half_mode', 'Half', ALL))\n"
+        "import lab_dependency_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ARITH_EXTENSIONS", "lab_half_ext")
+    try:
+        for _ in range(2):
+            with pytest.raises(ValueError, match="'lab_half_ext' failed as it was imported: No module named "
+                                                 "'lab_dependency_that_is_not_installed'"):
+                load_extensions()
+    finally:
+        M.MODES.pop("half_mode", None)
+        _FAILED.pop("lab_half_ext", None)
+        sys.modules.pop("lab_half_ext", None)
+
+
+def test_a_vector_name_may_hold_an_equals_sign(tmp_path):
+    from arith.cli import _named_file
+
+    f = tmp_path / "lr-1e-3.safetensors"
+    f.write_bytes(b"")
+    odd = tmp_path / "a=b.safetensors"
+    odd.write_bytes(b"")
+    assert _named_file(f"lr=1e-3={f}") == ("lr=1e-3", str(f))
+    assert _named_file(f"mine={odd}") == ("mine", str(odd))  # the file's own '=' stays in the path
+    assert _named_file(str(odd)) == (None, str(odd))  # a plain path that exists
+    assert _named_file("mine=missing.safetensors") == ("mine", "missing.safetensors")
+    assert _named_file("plain.safetensors") == (None, "plain.safetensors")

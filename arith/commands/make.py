@@ -86,7 +86,7 @@ def cmd_finetune(args):
     check_output_path(args.out)  # before training, not after it
     if args.train_n is not None and args.train_n < 1:
         raise ValueError(f"--train-n must be a positive number of images (got {args.train_n}); leave it out for all")
-    if args.attn_bias and args.mode != "attn":
+    if args.attn_bias and args.mode not in ("attn", "attn_bias"):
         raise ValueError(f"--attn-bias adds the attention biases to --mode attn, not to {args.mode!r} "
                          "(or give --mode attn_bias)")
     b = load_bundle(args.bundle)
