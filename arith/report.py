@@ -25,7 +25,7 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
     memory: ``state MB`` exact, ``peak MB`` measured, see arith/cost.py)."""
     r = bundle.results
     zs = r.get("accuracy", {}).get("zeroshot", {}).get("test", {})
-    rows, agreement = [], kernel_agreement(r)
+    rows, agreement = [], kernel_agreement(r.get("kernel"))
     for mode in bundle.modes:
         ft = r.get("accuracy", {}).get("finetuned", {}).get(mode, {}).get("test", {})
         add = r.get("addition", {}).get(mode, {})
@@ -53,11 +53,11 @@ def results_rows(bundle: Bundle | BundleIndex) -> list[dict]:
     return rows
 
 
-def kernel_agreement(results: dict) -> dict[str, tuple[float, int]]:
+def kernel_agreement(per_mode: dict | None) -> dict[str, tuple[float, int]]:
     """Mean agreement at s = 1 per mode over the tasks whose stored kernel diagnostics have it: {mode: (mean, tasks)}.
-    Reads ``results["kernel"]`` only and skips malformed entries, so a page can show it beside its own numbers."""
+    ``per_mode``: a bundle's ``kernel`` result (mode -> task -> report); malformed entries are skipped, so a page can
+    show it beside its own numbers."""
     out = {}
-    per_mode = results.get("kernel")
     for mode, per_task in (per_mode.items() if isinstance(per_mode, dict) else ()):
         vals = [k["at_1"]["agreement"] for k in (per_task.values() if isinstance(per_task, dict) else ())
                 if isinstance(k, dict) and isinstance(k.get("at_1"), dict)

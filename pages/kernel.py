@@ -50,7 +50,7 @@ with guard("Kernel diagnostics"):
     fmt["non-linear advantage"] = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(table, hide_index=True, key="kernel_table", column_config=fmt)
     # the bundle's stored diagnostics over its tasks (the README's results table), on the images this page uses
-    stored = kernel_agreement({"kernel": ex.result("kernel")}) if ex.uses_all_images else {}
+    stored = kernel_agreement(ex.result("kernel")) if ex.uses_all_images else {}
     over_all = {m: v for m, v in stored.items() if not is_linearized(m)}
     if over_all:
         st.caption("Agreement at s = 1, mean over the tasks with stored diagnostics: "
