@@ -22,7 +22,7 @@ from arith.export import parse_coefficient_set
 from arith.models import fingerprint
 from arith.modes import get_mode, source_of
 from arith.report import results_rows
-from arith.specs import Files, Meta
+from arith.specs import Files, FinetuneConfig, Meta
 from ui.charts import fixed, mode_colour
 from ui.state import mode_label
 
@@ -1046,18 +1046,64 @@ def test_a_files_own_task_and_mode_are_never_overridden_by_the_pickers(new_app, 
     assert sorted(v.task for v in workspace(at).values()) == sorted([COLOURS, QUADS])
 
 
-def test_upload_and_train_settings_survive_a_visit_to_another_page(new_app):
+def test_upload_and_train_settings_survive_a_visit_to_another_page(new_app, bundle):
     at = new_app()
     at.switch_page("pages/train.py").run()
-    train_quads(at, "attn", 2, "quick")  # the form's values count once submitted
+    at.number_input(key="train_lr::attn").set_value(2e-3)
+    at.number_input(key="train_seed::attn").set_value(5)
+    at.number_input(key="train_n").set_value(64)
+    train_quads(at, "attn", 12, "quick")  # the form's values count once submitted
+    # the recipe over 12 steps keeps its warm-up's share, as `finetune --steps 12` does
+    trained = FinetuneConfig.from_json(workspace(at)["quick"].meta[Meta.CONFIG])
+    assert trained.warmup_steps == bundle.finetune_config("attn").with_steps(12).warmup_steps
+    at.selectbox(key="train_mode").set_value("mlp").run()
     at.switch_page("pages/upload.py").run()
-    at.selectbox(key="upload_mode").set_value("mlp").run()
+    at.selectbox(key="upload_mode").set_value("mlp")
+    at.selectbox(key="upload_task").set_value(QUADS)
+    at.checkbox(key="upload_assume_base").check().run()
     at.switch_page("pages/arithmetic.py").run()
     at.switch_page("pages/train.py").run()
-    assert at.selectbox(key="train_task").value == QUADS
-    assert (at.number_input(key="train_steps::attn").value, at.number_input(key="train_batch::attn").value) == (2, 16)
+    assert (at.selectbox(key="train_task").value, at.selectbox(key="train_mode").value) == (QUADS, "mlp")
+    at.selectbox(key="train_mode").set_value("attn").run()
+    assert [at.number_input(key=f"train_{f}::attn").value for f in ("steps", "batch", "seed")] == [12, 16, 5]
+    assert at.number_input(key="train_lr::attn").value == pytest.approx(2e-3)
+    assert (at.number_input(key="train_n").value, at.text_input(key="train_name").value) == (64, "quick")
     at.switch_page("pages/upload.py").run()
-    assert at.selectbox(key="upload_mode").value == "mlp"
+    assert (at.selectbox(key="upload_mode").value, at.selectbox(key="upload_task").value) == ("mlp", QUADS)
+    assert at.checkbox(key="upload_assume_base").value
+
+
+def test_a_name_queued_twice_is_selected_once(new_app):
+    """The sidebar takes a name queued twice for selection once (one widget key per name), whoever queued it."""
+    from ui.state import S_SELECT
+
+    at = new_app()
+    at.sidebar.multiselect(key="w_tasks").set_value([STRIPES]).run()
+    at.session_state[S_SELECT] = [QUADS, QUADS]
+    at.run()
+    assert not at.exception and at.sidebar.multiselect(key="w_tasks").value == [STRIPES, QUADS]
+
+
+def test_extensions_reach_the_app(new_app, tmp_path, monkeypatch):
+    (tmp_path / "lab_app_ext.py").write_text(
+        "from arith.merge import MergeMethod, register_merge_method, task_arithmetic\n"
+        "register_merge_method(MergeMethod('lab_sum', 'Lab sum', lambda vs, cs: task_arithmetic(vs, cs), "
+        "linear=False))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ARITH_EXTENSIONS", "lab_app_ext")
+    from arith.merge import MERGE_METHODS
+
+    try:
+        at = new_app()
+        assert "Lab sum" in at.sidebar.selectbox(key="w_method").options
+    finally:
+        MERGE_METHODS.pop("lab_sum", None)
+        import sys
+
+        sys.modules.pop("lab_app_ext", None)
+    monkeypatch.setenv("ARITH_EXTENSIONS", "lab_missing_app_ext")
+    at = new_app()
+    assert any("lab_missing_app_ext" in e.value for e in at.error) and not at.exception
 
 
 @pytest.mark.parametrize("mode", ["attn", "full@attn"])

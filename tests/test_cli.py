@@ -269,7 +269,8 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work():
 
 def test_build_bundle_refuses_bad_settings_before_writing_anything(tmp_path, capsys):
     out = tmp_path / "b"
-    for bad in (["--modes", "nonsense"], ["--steps", "0"], ["--lr", "nan"], ["--modes", "attn", "attn"]):
+    for bad in (["--modes", "nonsense"], ["--steps", "0"], ["--lr", "nan"], ["--modes", "attn", "attn"],
+                ["--eval-n", "0"], ["--xi-grid", "1"], ["--xi-pairs", "-1"], ["--train-n", "0"]):
         assert main(["build-bundle", "--config", json.dumps(TINY), "--tasks", *TWO, "--out", str(out), *bad]) == 2
         assert "error:" in capsys.readouterr().err
         assert not out.exists(), bad
@@ -300,3 +301,57 @@ def test_space_init_reports_a_bundle_with_a_missing_file(copy):
     res = init_space(str(copy))
     assert res["ok"] is False and res["bundle_source"] == "damaged"
     assert any("heads.safetensors" in n for n in res["notes"])
+
+
+def test_arith_debug_shows_the_traceback_of_torchs_errors(monkeypatch):
+    monkeypatch.setenv("ARITH_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="negative dimension"):
+        main(["info", "--config", json.dumps({"embed_dim": 32, "vision_cfg": {"width": -5}})])
+
+
+def test_every_device_flag_is_checked_as_it_is_parsed(cli_bundle, tmp_path, capsys):
+    b = ["--bundle", cli_bundle]
+    for argv in (["finetune", *b, "--task", TWO[0], "--out", str(tmp_path / "x.safetensors")], ["cost", *b],
+                 ["precompute", *b], ["lr-sweep", *b], ["evaluate-full", *b],
+                 ["build-bundle", "--config", json.dumps(TINY), "--tasks", *TWO, "--out", str(tmp_path / "b")]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--device", "nonsense"])
+        assert e.value.code == 2 and "is not a device" in capsys.readouterr().err, argv
+    assert not list(tmp_path.iterdir())
+
+
+def test_finetune_refuses_a_directory_before_it_trains(cli_bundle, tmp_path, capsys, monkeypatch):
+    import arith.finetune
+
+    def trained(*_, **__):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(arith.finetune, "finetune", trained)
+    assert main(["finetune", "--bundle", cli_bundle, "--task", TWO[0], "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_failed_save_leaves_no_temporary_file(bundle, tmp_path, monkeypatch):
+    from pathlib import Path as P
+
+    tv = next(iter(bundle.vectors["attn"].values()))
+    target = tmp_path / "v.safetensors"
+
+    def broken(self, other):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(P, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        tv.save(target)
+    assert not list(tmp_path.iterdir())
+
+
+def test_results_of_vectors_the_manifest_no_longer_lists_are_not_served(copy, capsys):
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"] = {rel: v for rel, v in m["files"].items() if not rel.startswith("vectors/mlp/")}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["addition", "--bundle", str(copy), "--mode", "mlp"]) == 2
+    assert "no mlp task vectors" in capsys.readouterr().err
+    from conftest import TASKS
+
+    assert main(["negation", "--bundle", str(copy), "--mode", "mlp", "--task", TASKS[0]]) == 2

@@ -307,6 +307,9 @@ def test_lr_sweep_extends_an_earlier_sweep_without_retraining_it(quick, tmp_path
     assert main([*args, "--lrs", "1e-3", "--previous", str(first)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["lrs"] == [1e-4, 1e-3] and [r.get("from") for r in res["runs"]] == [str(first), None]
+    # --steps keeps the recipe's warm-up share, as finetune and the Train page do (12 steps, 2 of warm-up -> 9, 2)
+    assert main([*args[:-3], "--steps", "9", "--lrs", "1e-3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["schedule"]["warmup_steps"] == 2
     # a sweep scored on other tasks is refused, naming the file
     assert main([*args, "--tasks", "terrain", "--lrs", "1e-3", "--previous", str(first)]) == 2
     assert "other tasks" in json.loads(capsys.readouterr().out)["error"]

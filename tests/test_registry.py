@@ -92,6 +92,9 @@ def test_a_registered_mode_gets_a_colour_of_its_own(extra_modes):
     colours = {charts.mode_colour(m.name) for m in extra_modes}
     assert len(colours) == 2 and not colours & builtin
     assert charts.part_style("layernorm")[0] == "LayerNorm part of τ"
+    rows = [{"mode": "full", **{f"{s}_agreement": 0.9 for s in kernel_subsets()}}]
+    names = [trace.name for trace in charts.restricted_bars(rows, "agreement", "agreement", percent=True).data]
+    assert names == ["attention part of τ", "MLP part of τ", "LayerNorm part of τ", "all of τ"]
 
 
 def test_extensions_named_in_the_environment_register_their_tasks(tmp_path, monkeypatch):
@@ -212,3 +215,13 @@ def test_a_vector_name_may_hold_an_equals_sign(tmp_path):
     assert _named_file(str(odd)) == (None, str(odd))  # a plain path that exists
     assert _named_file("mine=missing.safetensors") == ("mine", "missing.safetensors")
     assert _named_file("plain.safetensors") == (None, "plain.safetensors")
+
+
+def test_the_zero_vector_is_named_by_its_name_not_its_task(bundle):
+    from arith.explore import Explorer
+
+    ex = Explorer(bundle)
+    t1, t2 = bundle.task_names[:2]
+    zero = bundle.vectors["attn"][t1].scale(0.0)
+    with pytest.raises(ValueError, match="the vector 'nothing' is zero"):
+        ex.xi("attn", "nothing", t2, alphas=[0.0, 1.0], extra={"nothing": zero}, length=0.05)
