@@ -128,3 +128,36 @@ def new_app(app_env, monkeypatch):
             at.query_params.update(query_params)
         return at.run()
     return make
+
+
+# -- extension modules ($ARITH_EXTENSIONS, arith/extensions.py) ----------------------------------------------------
+@pytest.fixture
+def extension(tmp_path, monkeypatch):
+    """``install(name, source)`` writes a module of one's own, puts it on the path and names it in
+    ``$ARITH_EXTENSIONS``; afterwards every mode, merge method and task registered since, the module and any record
+    of its failure are gone, so no other test sees them."""
+    import sys
+
+    from arith import extensions
+    from arith.data import TASKS
+    from arith.merge import MERGE_METHODS
+    from arith.modes import MODES
+
+    registries = (MODES, MERGE_METHODS, TASKS)
+    before = [set(r) for r in registries]
+    names: list[str] = []
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def install(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        monkeypatch.setenv("ARITH_EXTENSIONS", name)
+        return name
+
+    yield install
+    for registry, keys in zip(registries, before):
+        for key in set(registry) - keys:
+            registry.pop(key)
+    for name in names:
+        sys.modules.pop(name, None)
+        extensions._FAILED.pop(name, None)

@@ -1084,23 +1084,11 @@ def test_a_name_queued_twice_is_selected_once(new_app):
     assert not at.exception and at.sidebar.multiselect(key="w_tasks").value == [STRIPES, QUADS]
 
 
-def test_extensions_reach_the_app(new_app, tmp_path, monkeypatch):
-    (tmp_path / "lab_app_ext.py").write_text(
-        "from arith.merge import MergeMethod, register_merge_method, task_arithmetic\n"
-        "register_merge_method(MergeMethod('lab_sum', 'Lab sum', lambda vs, cs: task_arithmetic(vs, cs), "
-        "linear=False))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("ARITH_EXTENSIONS", "lab_app_ext")
-    from arith.merge import MERGE_METHODS
-
-    try:
-        at = new_app()
-        assert "Lab sum" in at.sidebar.selectbox(key="w_method").options
-    finally:
-        MERGE_METHODS.pop("lab_sum", None)
-        import sys
-
-        sys.modules.pop("lab_app_ext", None)
+def test_extensions_reach_the_app(new_app, extension, monkeypatch):
+    extension("lab_app_ext", "from arith.merge import MergeMethod, register_merge_method, task_arithmetic\n"
+                             "register_merge_method(MergeMethod('lab_sum', 'Lab sum', "
+                             "lambda vs, cs: task_arithmetic(vs, cs), linear=False))\n")
+    assert "Lab sum" in new_app().sidebar.selectbox(key="w_method").options
     monkeypatch.setenv("ARITH_EXTENSIONS", "lab_missing_app_ext")
     at = new_app()
     assert any("lab_missing_app_ext" in e.value for e in at.error) and not at.exception

@@ -10,7 +10,7 @@ import torch
 
 from arith import modes as M
 from arith.convert import choose_mode
-from arith.data import TASKS, get_task
+from arith.data import get_task
 from arith.evaluate import Evaluator
 from arith.kernel import kernel_report
 from arith.modes import ALL, Mode, kernel_subsets, register_mode
@@ -97,19 +97,14 @@ def test_a_registered_mode_gets_a_colour_of_its_own(extra_modes):
     assert names == ["attention part of τ", "MLP part of τ", "LayerNorm part of τ", "all of τ"]
 
 
-def test_extensions_named_in_the_environment_register_their_tasks(tmp_path, monkeypatch):
-    (tmp_path / "lab_tasks_for_test.py").write_text(
-        "from arith.data import TaskSource, register_task, get_task\n"
-        "src = get_task('synthetic-stripes')\n"
-        "register_task(TaskSource('lab-stripes', src.classnames, src.loader, family='lab'))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("ARITH_EXTENSIONS", " lab_tasks_for_test , ")
-    try:
-        assert get_task("lab-stripes").family == "lab"
-        assert len(get_task("lab-stripes").load("test", size=8, n=4)) == 4
-    finally:
-        TASKS.pop("lab-stripes", None)
-        sys.modules.pop("lab_tasks_for_test", None)
+def test_extensions_named_in_the_environment_register_their_tasks(extension, monkeypatch):
+    extension("lab_tasks_for_test",
+              "from arith.data import TaskSource, register_task, get_task\n"
+              "src = get_task('synthetic-stripes')\n"
+              "register_task(TaskSource('lab-stripes', src.classnames, src.loader, family='lab'))\n")
+    monkeypatch.setenv("ARITH_EXTENSIONS", " lab_tasks_for_test , ")  # spaces and an empty entry are fine
+    assert get_task("lab-stripes").family == "lab"
+    assert len(get_task("lab-stripes").load("test", size=8, n=4)) == 4
     monkeypatch.setenv("ARITH_EXTENSIONS", "no_such_module_here")
     with pytest.raises(ValueError, match=r"ARITH_EXTENSIONS names 'no_such_module_here'"):
         get_task("lab-nothing")
@@ -181,26 +176,18 @@ def test_an_extension_module_reaches_every_command(bundle_dir, tmp_path):
     assert bad.returncode == 2 and "lab_missing_ext" in bad.stderr and json.loads(bad.stdout)["ok"] is False
 
 
-def test_an_extension_that_fails_half_way_keeps_its_own_error(tmp_path, monkeypatch):
+def test_an_extension_that_fails_half_way_keeps_its_own_error(extension):
     """A module that registers a record and then fails: its error, each time, not 'already registered' the second
     time (the app calls load_extensions on every run)."""
-    from arith.extensions import _FAILED, load_extensions
+    from arith.extensions import load_extensions
 
-    (tmp_path / "lab_half_ext.py").write_text(
-        "from arith.modes import ALL, Mode, register_mode\n"
-        "register_mode(Mode('half_mode', 'Half', ALL))\n"
-        "import lab_dependency_that_is_not_installed\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("ARITH_EXTENSIONS", "lab_half_ext")
-    try:
-        for _ in range(2):
-            with pytest.raises(ValueError, match="'lab_half_ext' failed as it was imported: No module named "
-                                                 "'lab_dependency_that_is_not_installed'"):
-                load_extensions()
-    finally:
-        M.MODES.pop("half_mode", None)
-        _FAILED.pop("lab_half_ext", None)
-        sys.modules.pop("lab_half_ext", None)
+    extension("lab_half_ext", "from arith.modes import ALL, Mode, register_mode\n"
+                              "register_mode(Mode('half_mode', 'Half', ALL))\n"
+                              "import lab_dependency_that_is_not_installed\n")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'lab_half_ext' failed as it was imported: No module named "
+                                             "'lab_dependency_that_is_not_installed'"):
+            load_extensions()
 
 
 def test_a_vector_name_may_hold_an_equals_sign(tmp_path):
