@@ -85,9 +85,14 @@ def init_space(bundle: str | None = None, repo: str | None = None, repo_type: st
     elif _has_manifest(path):
         out["bundle_source"] = "present"
         from .index import read_manifest, verify_files
+        from .specs import Files
 
         try:  # every listed file there, at its size (the app checks the hashes as it opens the bundle)
-            verify_files(path, read_manifest(path), hashes=False)
+            manifest = read_manifest(path)
+            unlisted = [rel for rel in (Files.BASE, Files.HEADS) if rel not in manifest["files"]]
+            if unlisted:
+                raise ValueError(f"{unlisted[0]} is not listed in {Files.MANIFEST}")
+            verify_files(path, manifest, hashes=False)
         except Exception as e:
             out["bundle_source"] = "damaged"
             out["notes"].append(f"{path} is incomplete or damaged: {e}")

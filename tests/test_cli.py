@@ -301,6 +301,11 @@ def test_space_init_reports_a_bundle_with_a_missing_file(copy):
     res = init_space(str(copy))
     assert res["ok"] is False and res["bundle_source"] == "damaged"
     assert any("heads.safetensors" in n for n in res["notes"])
+    m = json.loads((copy / "manifest.json").read_text())  # the heads no longer listed either: still not a bundle
+    del m["files"]["heads.safetensors"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    res = init_space(str(copy))
+    assert res["ok"] is False and any("heads.safetensors is not listed" in n for n in res["notes"])
 
 
 def test_arith_debug_shows_the_traceback_of_torchs_errors(monkeypatch):
