@@ -167,8 +167,8 @@ class Diagnostics:
         names = {m: list(self.catalog(m, extra)) for m in modes}
         empty = [m for m in modes if not names[m]]
         if empty or not modes:
-            raise ValueError(f"no {empty[0] if empty else ''} task vectors to compare".replace("  ", " ")
-                             + f"; this bundle has {', '.join(self.modes) or 'none'}")
+            which = f"{empty[0]} " if empty else ""
+            raise ValueError(f"no {which}task vectors to compare; this bundle has {', '.join(self.modes) or 'none'}")
         labels = [f"{m}/{n}" for m in modes for n in names[m]]
         if (pre and self.uses_all_images and set(pre.get("by_mode", {})) == set(modes)
                 and sorted(pre.get("all", {}).get("labels", [])) == sorted(labels)

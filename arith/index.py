@@ -70,6 +70,14 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
+def require_core_files(manifest: dict) -> None:
+    """The manifest lists θ0 and the heads; a :class:`BundleError` naming the first it lacks otherwise."""
+    for rel in (Files.BASE, Files.HEADS):
+        if rel not in manifest["files"]:
+            raise BundleError(f"{rel} is not listed in {Files.MANIFEST}: the bundle is incomplete (an unfinished "
+                              "build? the same build command resumes it)")
+
+
 def verify_files(root: Path, manifest: dict, hashes: bool = True) -> None:
     """Every file the manifest lists exists with its recorded size and sha256 (``hashes=False``: its size only, a
     stat per file); refuses naming the file."""
@@ -166,10 +174,7 @@ class BundleIndex:
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{Files.MANIFEST}: bad task list ({e})") from None
         files = manifest["files"]
-        for rel in (Files.BASE, Files.HEADS):  # what every answer rests on, even one read from the stored results
-            if rel not in files:
-                raise BundleError(f"{rel} is not listed in {Files.MANIFEST}: the bundle is incomplete (an unfinished "
-                                  "build? the same build command resumes it)")
+        require_core_files(manifest)  # what every answer rests on, even one read from the stored results
         vectors: dict[str, dict[str, str]] = {}
         for rel in sorted(files):  # vectors/<mode>/<task>.safetensors; loading checks each file holds what its path says
             parts = Path(rel).parts

@@ -84,14 +84,11 @@ def init_space(bundle: str | None = None, repo: str | None = None, repo_type: st
         out["notes"].append("ARITH_BUNDLE is not set: the app opens the bundles under precomputed/")
     elif _has_manifest(path):
         out["bundle_source"] = "present"
-        from .index import read_manifest, verify_files
-        from .specs import Files
+        from .index import read_manifest, require_core_files, verify_files
 
         try:  # every listed file there, at its size (the app checks the hashes as it opens the bundle)
             manifest = read_manifest(path)
-            unlisted = [rel for rel in (Files.BASE, Files.HEADS) if rel not in manifest["files"]]
-            if unlisted:
-                raise ValueError(f"{unlisted[0]} is not listed in {Files.MANIFEST}")
+            require_core_files(manifest)
             verify_files(path, manifest, hashes=False)
         except Exception as e:
             out["bundle_source"] = "damaged"

@@ -299,8 +299,7 @@ def add_to_workspace(ex: Explorer, tv: TaskVector, hint: str, source: str) -> st
 def request_select(names: list[str]) -> None:
     """Select these vector names in the sidebar on the next run (when they exist in the current mode), at λ = 0
     unless they already have a coefficient.  Pages call this after the sidebar has rendered."""
-    queued = st.session_state.setdefault(S_SELECT, [])
-    queued.extend(n for n in dict.fromkeys(names) if n not in queued)  # once each: one widget key per name
+    st.session_state.setdefault(S_SELECT, []).extend(names)  # the sidebar takes each name once
 
 
 def request_view(mode: str, coefs: Mapping[str, float], method: str | None = None) -> None:
