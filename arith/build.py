@@ -202,7 +202,9 @@ def precompute(bundle_dir: str | Path, plan: BuildPlan, log: Log = _stderr, devi
             out["kernel"][mode] = {t: kernel_report(ev, vs[t], t) for t in vs}
         writer.put_result("kernel", out["kernel"])
     if want("similarity"):
-        out["similarity"] = similarity_table(bundle.vectors)
+        # stored with each mode's vectors in alphabetical order, however the bundle lists them (task order since
+        # f6318b0), so that a precompute reproduces the committed table; the Explorer permutes it for display
+        out["similarity"] = similarity_table({m: dict(sorted(vs.items())) for m, vs in bundle.vectors.items()})
         writer.put_result("similarity", out["similarity"])
     linear = [m for m, vs in bundle.vectors.items() if vs and next(iter(vs.values())).linearized]
     if want("linear_cache") and linear:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from arith.cli import main
@@ -140,3 +141,21 @@ def test_the_stored_similarity_table_is_served_in_the_bundles_task_order(monkeyp
                for i, a in enumerate(want) for j, b in enumerate(want))
     attn = got["by_mode"]["attn"]
     assert attn["labels"] == list(ex.catalog("attn")) and list(attn["norms"]) == attn["labels"]
+
+
+def test_precompute_reproduces_the_committed_similarity_table(tmp_path, capsys):
+    """The stored table lists each mode's vectors alphabetically whatever order the bundle lists them in (the index
+    went to task order later), so recomputing it on the committed default gives the committed file back: the same
+    labels in the same order, the same cosines up to float rounding (the GPU recompute of 2026-11-27 found the rows
+    permuted)."""
+    import shutil
+
+    copy = tmp_path / "default"
+    shutil.copytree(DEFAULT, copy)
+    assert main(["precompute", "--bundle", str(copy), "--only", "similarity", "--json"]) == 0
+    capsys.readouterr()
+    old, new = (json.loads((d / "results" / "similarity.json").read_text()) for d in (DEFAULT, copy))
+    for got, want in [(new["all"], old["all"])] + [(new["by_mode"][m], old["by_mode"][m]) for m in old["by_mode"]]:
+        assert got["labels"] == want["labels"]
+        assert np.allclose(got["cosine"], want["cosine"], rtol=0, atol=1e-12)
+    assert list(new["by_mode"]) == list(old["by_mode"])
