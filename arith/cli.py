@@ -73,7 +73,8 @@ def check_device(name: str) -> str:
         if count == 0:
             raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine (use cpu or auto)")
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+            have = "one CUDA GPU, cuda:0" if count == 1 else f"{count} CUDA GPUs, cuda:0 to cuda:{count - 1}"
+            raise ValueError(f"--device {name}: this machine has {have}")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: torch sees no Apple GPU (MPS) on this machine")
     return name

@@ -267,6 +267,21 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work():
             check_device(f"cuda:{torch.cuda.device_count()}")
 
 
+@pytest.mark.parametrize(("count", "said"), [(1, "this machine has one CUDA GPU, cuda:0$"),
+                                             (4, "this machine has 4 CUDA GPUs, cuda:0 to cuda:3$")])
+def test_a_gpu_index_past_the_machines_gpus_says_which_it_has(monkeypatch, count, said):
+    """As the lent H200 answered `cost --device cuda:7` (BENCHMARKS, GPU run 12), with torch's counts patched here."""
+    import torch
+
+    from arith.cli import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ValueError, match=said):
+        check_device("cuda:7")
+    assert check_device(f"cuda:{count - 1}") == f"cuda:{count - 1}" and check_device("cuda") == "cuda"
+
+
 def test_build_bundle_refuses_bad_settings_before_writing_anything(tmp_path, capsys):
     out = tmp_path / "b"
     for bad in (["--modes", "nonsense"], ["--steps", "0"], ["--lr", "nan"], ["--modes", "attn", "attn"],
