@@ -1125,6 +1125,40 @@ def test_the_export_command_carries_workspace_vectors_under_their_names(new_app,
     assert len(shown) == 3  # every task, COLOURS edited by both its vectors
 
 
+def test_each_export_download_is_its_own_workspace_vector(new_app, bundle, monkeypatch):
+    """The Export page's download buttons hand out each workspace vector's own file, under the name its command
+    line uses, also when two names make the same file name (the second gets ``-2``)."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from arith.taskvec import load_task_vector
+
+    offered = {}
+    original = DeltaGenerator.download_button
+
+    def record(self, label, data, file_name=None, *args, **kwargs):  # kept to be called after the run, as a click is
+        if kwargs.get("key", "").startswith("export_vec::"):
+            offered[file_name] = data
+        return original(self, label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", record)
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    mine = {"my half": bundle.vectors["attn"][COLOURS].scale(0.5), "my-half": bundle.vectors["attn"][STRIPES].scale(0.25)}
+    at.file_uploader(key="upload_files").set_value([(f"{n}.safetensors", tv.to_bytes(), "x")
+                                                    for n, tv in mine.items()]).run()
+    for n in mine:
+        at.sidebar.slider(key=f"w_coef::{n}").set_value(0.5).run()
+    at.switch_page("pages/export.py").run()
+    clean(at)
+    files = {"my half": "my-half.safetensors", "my-half": "my-half-2.safetensors"}
+    cmd = at.code[2].value
+    assert all(f"{n}={f}" in cmd for n, f in files.items()) and set(offered) == set(files.values())
+    for n, f in files.items():
+        got = load_task_vector(offered[f]() if callable(offered[f]) else offered[f], bundle.base)
+        assert (got.task, got.mode) == (mine[n].task, mine[n].mode)
+        assert all(torch.equal(got.tensors[k], mine[n].tensors[k]) for k in mine[n].tensors)
+
+
 def test_a_coefficient_set_saved_with_other_tensors_says_so(new_app, bundle):
     at = new_app()
     at.switch_page("pages/upload.py").run()
