@@ -22,7 +22,9 @@ in a throwaway environment with the old open_clip, save ``state_dict()``, import
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,35 +36,57 @@ from .specs import Meta
 from .taskvec import TaskVector, as_base, check_output_path, validate
 
 WRAPPERS = ("module.", "_orig_mod.", "model.", "image_encoder.")
+NESTS = ("state_dict", "model", "module")  # {"state_dict": sd} (open_clip, Lightning), {"model": sd} (timm, DeiT)
 RECIPE = ("it is probably a whole pickled module (the task-vectors / tangent-space release format), which is never "
           "unpickled here; convert it once offline to a state dict (README, 'Importing checkpoints')")
+ZIP = b"PK\x03\x04"  # what torch.save writes
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's mapping (tensors and plain values), read without unpickling arbitrary objects."""
+    """A checkpoint's mapping (tensors and plain values), read without unpickling arbitrary objects: safetensors, or
+    ``torch.load(weights_only=True)`` (a torch.save zip is read so whatever its name).  Errors name the file."""
     from .safefile import SafetensorsError, load_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path, max_bytes=8 * 2**30)[0]
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        try:  # a safetensors file under another name
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if path.suffix == ".safetensors" and head != ZIP:
+        try:
             return load_safetensors(path, max_bytes=8 * 2**30)[0]
-        except SafetensorsError:
-            pass
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path.name}: torch.load(weights_only=True) refused it ({first[:160]}); {RECIPE}") from None
+        except SafetensorsError as e:
+            raise ValueError(f"{path.name}: {e}") from None
+    try:
+        with open(path, "rb") as fh:  # a file object: torch.load reads a path's suffix (.safetensors) otherwise
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if head != ZIP:
+            try:  # a safetensors file under another name
+                return load_safetensors(path, max_bytes=8 * 2**30)[0]
+            except SafetensorsError:
+                pass
+        raise ValueError(f"{path.name}: {_load_error(e)}") from None
     return _unwrap(obj, path.name)
 
 
+def _load_error(e: Exception) -> str:
+    """What torch.load's refusal means: an object weights_only will not unpickle (naming the class or function it
+    asks for), or a file that is not a readable checkpoint at all (truncated, damaged, another format)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch's message carries terminal colour codes
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        held = f" (it asks for {found.group(1)})" if found else ""
+        return f"torch.load(weights_only=True) refused to unpickle it{held}; {RECIPE}"
+    first = (text.strip().splitlines() or [type(e).__name__])[0][:160] or type(e).__name__
+    return f"not a checkpoint torch can read ({first}); is it truncated or damaged?"
+
+
 def _unwrap(obj, name: str) -> dict:
-    """The state dict inside ``{"state_dict": ...}`` wrappers (Lightning's and others')."""
-    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    """The state dict inside ``{"state_dict": ...}`` or ``{"model": ...}`` wrappers (a state dict's own values are
+    tensors, never mappings)."""
+    while isinstance(obj, Mapping) and (nest := next((n for n in NESTS if isinstance(obj.get(n), Mapping)), None)):
+        obj = obj[nest]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{name}: holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
@@ -72,8 +96,10 @@ def _tensors(sd: Mapping) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if isinstance(k, str) and torch.is_tensor(v)}
 
 
-def visual_state(sd: Mapping) -> dict[str, torch.Tensor]:
-    """The image-encoder tensors of a state dict under open_clip names (``visual.…``)."""
+def split_state(sd: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(image-encoder tensors under open_clip names ``visual.…``, every other tensor: text tower, heads).  Wrapper
+    prefixes shared by every key are stripped; the image encoder is also found under a prefix of its own when other
+    keys lack it (``image_encoder.model.visual.…`` beside ``classification_head.…``)."""
     tensors = _tensors(sd)
     changed = True
     while changed and tensors:
@@ -82,9 +108,19 @@ def visual_state(sd: Mapping) -> dict[str, torch.Tensor]:
             if all(k.startswith(w) for k in tensors):
                 tensors = {k[len(w):]: v for k, v in tensors.items()}
                 changed = True
-    if any(k.startswith("visual.") for k in tensors):
-        return {k: v for k, v in tensors.items() if k.startswith("visual.")}
-    return {f"visual.{k}": v for k, v in tensors.items()}  # a visual tower saved on its own
+    prefix = ""
+    if not any(k.startswith("visual.") for k in tensors):
+        nested = Counter(k[:k.index(".visual.") + 1] for k in tensors if ".visual." in k)
+        if not nested:  # a visual tower saved on its own
+            return {f"visual.{k}": v for k, v in tensors.items()}, {}
+        prefix = nested.most_common(1)[0][0]
+    mine = {k: v for k, v in tensors.items() if k.startswith(prefix + "visual.")}
+    return {k[len(prefix):]: v for k, v in mine.items()}, {k: v for k, v in tensors.items() if k not in mine}
+
+
+def visual_state(sd: Mapping) -> dict[str, torch.Tensor]:
+    """The image-encoder tensors of a state dict under open_clip names (``visual.…``): :func:`split_state`'s first."""
+    return split_state(sd)[0]
 
 
 def _indexed(sd: Mapping, name: str) -> list[torch.Tensor]:
@@ -99,8 +135,27 @@ def is_linearized(sd: Mapping) -> bool:
     return any(re.match(r"^(?:.*\.)?params0\.\d+$", k) for k in sd if isinstance(k, str))
 
 
+def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The coarser of two float dtypes (the larger machine epsilon): where two copies of one weight can be compared."""
+    return max((a, b), key=lambda d: torch.finfo(d).eps)
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float(), b.float().to(a.device), rtol=1e-5, atol=1e-6)
+    """The same weights up to the coarser precision of the two: fp32 to 1e-5, an fp16 or bf16 copy of θ0 up to its
+    own rounding."""
+    if a.shape != b.shape:
+        return False
+    rtol = max(1e-5, torch.finfo(_coarser(a.dtype, b.dtype)).eps)
+    return torch.allclose(a.float(), b.float().to(a.device), rtol=rtol, atol=1e-6)
+
+
+def _check_floats(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Weights are real floating-point tensors: an integer, bool or complex one is refused by name (casting it would
+    import something else than what was trained)."""
+    bad = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if bad:
+        raise ValueError(f"{bad[0]}: {tensors[bad[0]].dtype} in the {what}; weights must be floating point "
+                         f"({len(bad)} such tensor(s))")
 
 
 def _map_positions(params0: list[torch.Tensor], params: list[torch.Tensor],
@@ -134,6 +189,8 @@ def linearized_vector(sd: Mapping, theta0: Mapping[str, torch.Tensor]) -> dict[s
     p0, p = _indexed(sd, "params0"), _indexed(sd, "params")
     if len(p0) != len(p) or not p0:
         raise ValueError(f"linearized checkpoint: {len(p0)} params0 but {len(p)} params tensors")
+    _check_floats({f"params0.{i}": t for i, t in enumerate(p0)} | {f"params.{i}": t for i, t in enumerate(p)},
+                  "linearized checkpoint")
     for i, (a, b) in enumerate(zip(p0, p)):
         if a.shape != b.shape:
             raise ValueError(f"linearized checkpoint: params.{i} has shape {tuple(b.shape)}, params0.{i} {tuple(a.shape)}")
@@ -143,15 +200,29 @@ def linearized_vector(sd: Mapping, theta0: Mapping[str, torch.Tensor]) -> dict[s
 
 def pair_vector(finetuned: Mapping[str, torch.Tensor], pretrained: Mapping[str, torch.Tensor],
                 shapes: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
-    """θ_t − θ0 over the base's keys, fp32; missing keys and shape mismatches are refused by name."""
+    """θ_t − θ0 over the base's keys, fp32; missing, extra and non-float keys and shape mismatches are refused by
+    name.  A tensor counts as changed when the two differ at the coarser precision of the two: an fp16 or bf16
+    checkpoint's untouched tensors are θ0 rounded, not fine-tuning, and give exact zeros."""
     out = {}
+    for what, sd in (("fine-tuned", finetuned), ("pre-trained", pretrained)):
+        if sd and not any(k in sd for k in shapes):
+            raise ValueError(f"the {what} checkpoint holds none of the base's image-encoder tensors (it has e.g. "
+                             f"{', '.join(sorted(sd)[:3])}); is it an open_clip model of this architecture?")
+        extra = sorted(k for k in sd if k not in shapes)
+        if extra:
+            raise ValueError(f"{extra[0]}: in the {what} checkpoint but not in the base's image encoder "
+                             f"({len(extra)} such tensor(s)); the checkpoint is of another architecture")
+        _check_floats({k: v for k, v in sd.items() if k in shapes}, f"{what} checkpoint")
     for k, shape in shapes.items():
         for what, sd in (("fine-tuned", finetuned), ("pre-trained", pretrained)):
             if k not in sd:
                 raise ValueError(f"{k}: missing from the {what} checkpoint")
             if tuple(sd[k].shape) != tuple(shape):
                 raise ValueError(f"{k}: shape {tuple(sd[k].shape)} in the {what} checkpoint, the base has {tuple(shape)}")
-        out[k] = finetuned[k].float() - pretrained[k].float()
+        ft, pre = finetuned[k], pretrained[k]
+        common = _coarser(ft.dtype, pre.dtype)
+        same = torch.equal(ft.to(common), pre.to(common))
+        out[k] = torch.zeros(shape) if same else ft.float() - pre.float()
     return out
 
 
@@ -188,8 +259,9 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     """(task vector, report) of :func:`from_state_dicts`; ``info`` names the sources for the file's metadata."""
     base = as_base(base)
     theta0 = {k: v.detach().cpu() for k, v in base.params.items()}
+    given, given_others = split_state(pretrained) if pretrained is not None else ({}, {})
     if pretrained is not None:
-        given = visual_state(pretrained)
+        _check_floats({k: v for k, v in given.items() if k in theta0}, "pre-trained checkpoint")
         diff = [k for k in theta0 if k in given and not _close(given[k], theta0[k])]
         if diff:
             raise ValueError(f"{info.get('pretrained', 'the pre-trained state dict')}: {diff[0]} differs from the "
@@ -197,41 +269,55 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     if is_linearized(sd):
         if mode not in (None, "auto", "linear"):
             raise ValueError(f"a linearized checkpoint gives a 'linear' task vector, not {mode!r}")
-        tensors, mode, changed = linearized_vector(sd, theta0), "linear", None
+        tensors, mode, changed, others = linearized_vector(sd, theta0), "linear", None, {}
         info["format"] = "tangent-space linearized (params0/params)"
         if isinstance(sd.get("model_name"), str):
             info["model_name"] = sd["model_name"]
+        if not any(bool((t != 0).any()) for t in tensors.values()):
+            raise ValueError("the linearized checkpoint's params equal its params0: nothing was fine-tuned")
     else:
-        ref = visual_state(pretrained) if pretrained is not None else theta0
-        delta = pair_vector(visual_state(sd), ref, {k: tuple(v.shape) for k, v in theta0.items()})
+        visual, others = split_state(sd)
+        delta = pair_vector(visual, given if pretrained is not None else theta0,
+                            {k: tuple(v.shape) for k, v in theta0.items()})
+        if not any(bool((d != 0).any()) for d in delta.values()):
+            raise ValueError("the fine-tuned checkpoint's image encoder equals θ0: nothing was fine-tuned (is it the "
+                             "pre-trained file?)")
         mode, changed = choose_mode(delta, mode)
         tensors = {k: v for k, v in delta.items() if get_mode(mode).trains(k)}
         info["format"] = "state-dict pair" if pretrained is not None else "state dict against the base's θ0"
     meta = {Meta.BASE: base.id, Meta.MODE: mode, Meta.TASK: task, "arith.imported": json.dumps(info, sort_keys=True)}
     tv = validate(tensors, meta, base)
-    report = {**info, "mode": mode, "changed": None if changed is None else len(changed)}
+    # what τ leaves out: the checkpoint's other tensors (text tower, heads); with θ0's file, how many of them changed
+    shared = [k for k in others if k in given_others and others[k].shape == given_others[k].shape]
+    left_changed = (sum(not torch.equal(others[k], given_others[k].to(others[k].dtype)) for k in shared)
+                    if pretrained is not None else None)
+    report = {**info, "mode": mode, "changed": None if changed is None else len(changed),
+              "left_out": len(others), "left_out_changed": left_changed}
     return tv, report
 
 
 def import_checkpoint(base, finetuned: str | Path, *, task: str, mode: str | None = None,
                       pretrained_state: str | Path | None = None) -> tuple[TaskVector, dict]:
     """A validated task vector for ``base`` from a fine-tuned checkpoint (and optionally its θ0 file)."""
+    pretrained = None if pretrained_state is None else read_checkpoint(pretrained_state)
+    return _import(base, finetuned, task, mode, pretrained_state, pretrained)
+
+
+def _import(base, finetuned, task, mode, pretrained_state, pretrained) -> tuple[TaskVector, dict]:
+    """:func:`import_checkpoint` with θ0's file already read (``pretrained``), so a command reads it once."""
     info: dict = {"source": Path(finetuned).name}
-    pretrained = None
     if pretrained_state is not None:
-        pretrained = read_checkpoint(pretrained_state)
         info["pretrained"] = Path(pretrained_state).name
     return _vector(base, read_checkpoint(finetuned), task, mode, pretrained, info)
 
 
 # -- command ----------------------------------------------------------------------------------------------------------
 def _import_args(p):
-    from .cli import _bundle_arg
-
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", help="open_clip model of the base, e.g. ViT-B-32 (with --pretrained and/or --pretrained-state)")
     g.add_argument("--config", help="inline open_clip model config of the base (with --pretrained-state)")
-    _bundle_arg(p)
+    p.add_argument("--bundle", help="the bundle whose θ0 is the base (default, without --model or --config: "
+                                    "$ARITH_BUNDLE or precomputed/default)")
     p.add_argument("--pretrained", help="open_clip pretrained tag of the base (e.g. openai): names the base id and, "
                                         "without --pretrained-state, loads its weights (open_clip's cache)")
     p.add_argument("--pretrained-state", help="θ0 as a state-dict file (.pt read with weights_only=True, or safetensors)")
@@ -242,21 +328,24 @@ def _import_args(p):
     p.add_argument("--out", required=True, help="task-vector file to write (.safetensors)")
 
 
-def _import_base(args):
+def _import_base(args, pretrained: Mapping | None):
     from .bundle import load_bundle
+    from .cli import DEFAULT_BUNDLE
     from .models import Base
     from .specs import ModelSpec
 
+    if args.bundle and (args.model or args.config):
+        raise ValueError("the base is a bundle's θ0 (--bundle) or a model (--model or --config), not both")
     if not (args.model or args.config):
-        return load_bundle(args.bundle).base
+        return load_bundle(args.bundle or os.environ.get("ARITH_BUNDLE", str(DEFAULT_BUNDLE))).base
     if args.config:
         cfg = _config_arg(args.config)
         spec = ModelSpec(config=cfg)
     else:
         spec = ModelSpec(name=args.model, pretrained=args.pretrained)
-    if args.pretrained_state:
-        state = visual_state(read_checkpoint(args.pretrained_state))
-        return Base.from_state_dict(spec, state)  # the id: open_clip:<name>:<tag> for a known tag, else a fingerprint
+    if pretrained is not None:
+        # the id: open_clip:<name>:<tag> for a known tag, else a fingerprint
+        return Base.from_state_dict(spec, visual_state(pretrained))
     if not (args.model and args.pretrained):
         raise ValueError("give the base: --bundle, or --model with --pretrained and/or --pretrained-state")
     return Base.from_spec(spec)
@@ -266,12 +355,23 @@ def _import_base(args):
 @command("import", "convert a fine-tuned checkpoint (state dicts or a linearized checkpoint) into a task-vector file")
 @arguments(_import_args)
 def cmd_import(args):
-    check_output_path(args.out)  # before the checkpoints are read, not after
-    base = _import_base(args)
-    tv, report = import_checkpoint(base, args.finetuned, task=args.task, mode=args.mode,
-                                   pretrained_state=args.pretrained_state)
+    out = check_output_path(args.out)  # before the checkpoints are read, not after
+    for flag, given in (("--finetuned", args.finetuned), ("--pretrained-state", args.pretrained_state)):
+        if given and out.exists() and Path(given).exists() and os.path.samefile(out, given):
+            raise ValueError(f"--out {args.out} is the {flag} checkpoint itself; write the task vector elsewhere")
+    pretrained = read_checkpoint(args.pretrained_state) if args.pretrained_state else None
+    base = _import_base(args, pretrained)
+    tv, report = _import(base, args.finetuned, args.task, args.mode, args.pretrained_state, pretrained)
     tv.save(args.out)
     res = {"ok": True, "out": args.out, "task": tv.task, "mode": tv.mode, "base_model": tv.base_id,
            "keys": len(tv.tensors), "parameters": tv.numel, "norm": tv.norm(), **report}
-    _emit(args, res, lambda r: f"{r['format']}: {r['mode']} task vector for {r['task']} ({r['keys']} tensors, "
-                               f"‖τ‖ = {r['norm']:.4g}) written to {r['out']}")
+
+    def text(r):
+        left = ""
+        if r["left_out"]:
+            which = f", {r['left_out_changed']} of them changed" if r["left_out_changed"] else ""
+            left = f"; {r['left_out']} tensor(s) outside the image encoder left out (text tower, heads{which})"
+        return (f"{r['format']}: {r['mode']} task vector for {r['task']} ({r['keys']} tensors, ‖τ‖ = {r['norm']:.4g}) "
+                f"written to {r['out']}{left}")
+
+    _emit(args, res, text)

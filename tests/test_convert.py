@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arith.cli import main
-from arith.convert import import_checkpoint, visual_state
+from arith.convert import from_state_dicts, import_checkpoint, visual_state
 from arith.models import Base, ImageEncoder, build_clip
 from arith.specs import ModelSpec
 from arith.taskvec import load_task_vector
@@ -166,3 +166,96 @@ def test_whole_module_pickles_are_never_unpickled(clip, tmp_path, capsys):
 def test_visual_state_keeps_only_the_image_encoder(clip):
     vis = visual_state({f"module.model.{k}": v for k, v in clip.state_dict().items()} | {"module.model.step": 3})
     assert vis and all(k.startswith("visual.") for k in vis) and "visual.proj" in vis
+
+
+ATTN = ("attn.in_proj_weight", "attn.out_proj.weight")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_keeps_its_mode_and_its_values(clip, base, tmp_path, dtype):
+    """An fp16 or bf16 attention-only fine-tune: its untouched tensors are θ0 rounded, not fine-tuning (it was
+    imported as `full`, and `--mode attn` was refused); against θ0's own fp16 file too, and linearized."""
+    ft = {k: v.to(dtype) for k, v in _finetuned(clip, keys=lambda k: k.endswith(ATTN)).items()}
+    tv = from_state_dicts(base, ft, task="x")
+    assert tv.mode == "attn" and set(tv.tensors) == {k for k in base.params if k.endswith(ATTN)}
+    assert all(torch.equal(t, ft[k].float() - base.params[k]) for k, t in tv.tensors.items())  # θ0 + τ = θ_t
+    pre = {k: v.to(dtype) for k, v in clip.state_dict().items()}
+    assert from_state_dicts(base, ft, task="x", mode="attn", pretrained=pre).mode == "attn"
+    sd, named = _linearized_checkpoint(clip)
+    lin = from_state_dicts(base, {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in sd.items()}, task="x")
+    assert lin.mode == "linear" and torch.allclose(lin.tensors["visual.proj"], named["visual.proj"][1] - named["visual.proj"][0],
+                                                   atol=0.05)
+
+
+def test_checkpoints_that_are_not_float_weights_of_this_encoder_are_refused(clip, base):
+    key = next(k for k in base.params if k.endswith("attn.in_proj_weight"))
+    for dtype in (torch.int8, torch.bool, torch.complex64):
+        ft = _finetuned(clip, keys=lambda k: k.endswith(ATTN))
+        ft[key] = ft[key].to(dtype)
+        with pytest.raises(ValueError, match=f"{key}: torch.{str(dtype).split('.')[1]} in the fine-tuned checkpoint"):
+            from_state_dicts(base, ft, task="x")
+    bigger = _finetuned(clip) | {"visual.transformer.resblocks.9.ln_1.weight": torch.ones(TINY_CLIP["vision_cfg"]["width"])}
+    with pytest.raises(ValueError, match="resblocks.9.ln_1.weight: in the fine-tuned checkpoint but not in the base"):
+        from_state_dicts(base, bigger, task="x")
+    with pytest.raises(ValueError, match="equals θ0: nothing was fine-tuned"):
+        from_state_dicts(base, clip.state_dict(), task="x")
+    sd, _ = _linearized_checkpoint(clip)
+    with pytest.raises(ValueError, match="params equal its params0"):
+        from_state_dicts(base, {k.replace("params.", "params0.") if ".params." in k else k: v for k, v in sd.items()}
+                         | {k: v for k, v in sd.items() if ".params0." in k} |
+                         {k: sd[k.replace(".params.", ".params0.")] for k in sd if ".params." in k}, task="x")
+
+
+def test_heads_and_nested_wrappers_are_found_and_what_is_left_out_is_reported(clip, base, tmp_path, capsys):
+    """A task-vectors ImageClassifier (image_encoder.model.* beside classification_head.*) and a timm-style
+    {"model": sd} import; the text tower and the head are left out and counted."""
+    ft = _finetuned(clip, keys=lambda k: k.endswith(ATTN))
+    width = TINY_CLIP["embed_dim"]
+    classifier = {f"image_encoder.model.{k}": v for k, v in ft.items()} | {"classification_head.weight": torch.ones(3, width)}
+    assert from_state_dicts(base, classifier, task="x").mode == "attn"
+    assert from_state_dicts(base, {"model": ft, "epoch": 1}, task="x").mode == "attn"
+    text = next(k for k in ft if not k.startswith("visual.") and ft[k].is_floating_point())
+    ft[text] = ft[text] + 1  # a FLYP-style fine-tune also trained the text tower
+    torch.save(ft, tmp_path / "ft.pt")
+    torch.save(clip.state_dict(), tmp_path / "pre.pt")
+    code, res = run(capsys, "import", "--config", json.dumps(TINY_CLIP), "--pretrained-state", str(tmp_path / "pre.pt"),
+                    "--finetuned", str(tmp_path / "ft.pt"), "--task", "x", "--out", str(tmp_path / "tv.safetensors"))
+    others = sum(1 for k, v in ft.items() if not k.startswith("visual.") and torch.is_tensor(v))
+    assert code == 0 and res["left_out"] == others and res["left_out_changed"] == 1
+    assert main(["import", "--config", json.dumps(TINY_CLIP), "--pretrained-state", str(tmp_path / "pre.pt"),
+                 "--finetuned", str(tmp_path / "ft.pt"), "--task", "x", "--out", str(tmp_path / "tv2.safetensors")]) == 0
+    assert f"{others} tensor(s) outside the image encoder left out (text tower, heads, 1 of them changed)" in \
+        capsys.readouterr().out
+    with pytest.raises(ValueError, match="holds none of the base's image-encoder tensors"):
+        from_state_dicts(base, {"model": {"blocks.0.weight": torch.ones(2)}}, task="x")
+
+
+def test_import_never_overwrites_its_inputs_and_names_damaged_files(clip, tmp_path, capsys):
+    torch.save(_finetuned(clip), tmp_path / "ft.pt")
+    torch.save(clip.state_dict(), tmp_path / "pre.pt")
+    before = (tmp_path / "ft.pt").read_bytes()
+    args = ["import", "--config", json.dumps(TINY_CLIP), "--task", "x"]
+    for out, flag in (("ft.pt", "--finetuned"), ("pre.pt", "--pretrained-state")):
+        code, res = run(capsys, *args, "--pretrained-state", str(tmp_path / "pre.pt"), "--finetuned",
+                        str(tmp_path / "ft.pt"), "--out", str(tmp_path / out))
+        assert code == 2 and f"is the {flag} checkpoint itself" in res["error"]
+    assert (tmp_path / "ft.pt").read_bytes() == before
+    (tmp_path / "cut.pt").write_bytes(before[: len(before) // 2])  # a truncated torch.save zip: damaged, not a pickle
+    code, res = run(capsys, *args, "--pretrained-state", str(tmp_path / "pre.pt"), "--finetuned", str(tmp_path / "cut.pt"),
+                    "--out", str(tmp_path / "o.safetensors"))
+    assert code == 2 and res["error"].startswith("cut.pt: not a checkpoint torch can read") and "truncated" in res["error"]
+    assert "Importing checkpoints" not in res["error"]
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp_path / "pre.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "pre.safetensors").read_bytes()[:-100])
+    code, res = run(capsys, *args, "--pretrained-state", str(tmp_path / "bad.safetensors"), "--finetuned",
+                    str(tmp_path / "ft.pt"), "--out", str(tmp_path / "o.safetensors"))
+    assert code == 2 and res["error"].startswith("bad.safetensors: ")
+    (tmp_path / "zip.safetensors").write_bytes(before)  # a torch.save zip under the other name: read by torch, safely
+    code, res = run(capsys, *args, "--pretrained-state", str(tmp_path / "pre.pt"), "--finetuned",
+                    str(tmp_path / "zip.safetensors"), "--out", str(tmp_path / "o.safetensors"))
+    assert code == 0 and res["mode"] == "full"
+    code, res = run(capsys, "import", "--bundle", str(tmp_path / "nowhere"), *args[1:], "--pretrained-state",
+                    str(tmp_path / "pre.pt"), "--finetuned", str(tmp_path / "ft.pt"), "--out", str(tmp_path / "p.safetensors"))
+    assert code == 2 and "not both" in res["error"]
