@@ -36,9 +36,14 @@ from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Prove
 from .taskvec import TaskVector, TaskVectorError, validate
 
 
-@dataclass
+@dataclass(repr=False)
 class Bundle:
     """A loaded bundle.  Treat every tensor in it as read-only: it is shared by all sessions of the app."""
+
+    def __repr__(self) -> str:  # a summary: the default would print every image and tensor (megabytes)
+        vectors = ", ".join(f"{m}: {len(vs)}" for m, vs in self.vectors.items()) or "none"
+        return (f"Bundle({self.name!r} at {str(self.root)!r}; {len(self.tasks)} tasks: {', '.join(self.tasks)}; "
+                f"task vectors {vectors}; results: {', '.join(sorted(self.results)) or 'none'})")
 
     root: Path
     manifest: dict
@@ -52,6 +57,7 @@ class Bundle:
 
     @property
     def name(self) -> str:
+        """The bundle's name (its manifest's, else its folder's)."""
         return self.manifest.get("name", self.root.name)
 
     @property
@@ -61,6 +67,7 @@ class Bundle:
 
     @property
     def task_names(self) -> list[str]:
+        """Its tasks, in the bundle's order."""
         return list(self.tasks)
 
     @property

@@ -20,9 +20,12 @@ from .specs import TaskInfo
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Split:
     """uint8 images [N, 3, H, W] and int64 labels [N]."""
+
+    def __repr__(self) -> str:
+        return f"Split({len(self)} images {tuple(self.images.shape[1:])}, {len(self.labels.unique())} classes seen)"
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -70,14 +73,17 @@ class TaskSource:
 TASKS: dict[str, TaskSource] = {}
 
 
-def register_task(source: TaskSource) -> TaskSource:
-    if source.name in TASKS:
-        raise ValueError(f"task {source.name!r} is already registered")
+def register_task(source: TaskSource, *, replace: bool = False) -> TaskSource:
+    """Add a task record to the registry (``TASKS``) and return it; every command, page and help text then
+    offers it.  A name already registered is refused unless ``replace`` (re-running a notebook cell)."""
+    if source.name in TASKS and not replace:
+        raise ValueError(f"task {source.name!r} is already registered (replace=True replaces it)")
     TASKS[source.name] = source
     return source
 
 
 def get_task(name: str) -> TaskSource:
+    """The registered task ``name`` (its family modules imported on first need); a ValueError listing the tasks."""
     if name not in TASKS:
         _load_families()
     try:

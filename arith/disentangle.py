@@ -31,15 +31,20 @@ def _cosine_distance(ref: torch.Tensor, got: torch.Tensor) -> float:
     return float((1.0 - F.cosine_similarity(ref, got, dim=-1)).mean())
 
 
-def xi_grid(ev: Evaluator, tv1: TaskVector, tv2: TaskVector, task1: str, task2: str,
+def xi_grid(ev: Evaluator, tv1: TaskVector, tv2: TaskVector, task1: str | None = None, task2: str | None = None,
             alphas: Sequence[float] = GRID, alphas2: Sequence[float] | None = None, split: str = "test",
             method: str = "task_arithmetic", progress: Callable[[int, int], None] | None = None) -> dict:
     """ξ over the grid ``alphas`` × ``alphas2`` (rows: α1 for ``tv1``/``task1``; columns: α2), both variants.
 
     Returns ``{"prediction": [[...]], "representation": [[...]], "alpha1", "alpha2", "tasks", "mode", "split",
     "mean": {variant: mean over the grid}}``; ``prediction[i][j]`` is ξ(alpha1[i], alpha2[j]) in [0, 2].
-    The two variants come from the same forward passes, so the second costs nothing.
+    The two variants come from the same forward passes, so the second costs nothing.  ``task1``/``task2``: the tasks
+    whose data each vector is scored on, by default the vectors' own (``tv.task``).
     """
+    task1, task2 = task1 or tv1.task, task2 or tv2.task
+    unknown = [t for t in (task1, task2) if t not in ev.tasks]
+    if unknown:
+        raise ValueError(f"no evaluation data for task(s) {unknown}; this evaluator has {', '.join(ev.tasks)}")
     if task1 == task2:
         raise ValueError("ξ needs two different tasks")
     a1s, a2s = [float(a) for a in alphas], [float(a) for a in (alphas if alphas2 is None else alphas2)]

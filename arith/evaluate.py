@@ -65,7 +65,10 @@ class Evaluator:
         check_max_per_task(max_per_task)
         self.autocast = autocast
         self.base, self.heads = base, dict(heads)
-        self.tasks = tuple(t for t in data if t in self.heads)
+        headless = [t for t in data if t not in self.heads]
+        if headless:
+            raise ValueError(f"evaluation data for task(s) {headless} without a head (heads: {', '.join(self.heads)})")
+        self.tasks = tuple(data)
         self._data = {t: dict(data[t]) for t in self.tasks}
         # CPU: batches of 256 keep each activation small enough to be served from the allocator's free lists
         # instead of fresh page-faulted memory (25 % faster than 1024 on the default's encoder, same results)
@@ -81,6 +84,11 @@ class Evaluator:
         self._vectors = (shared_vector_cache(base.device) if vector_cache_mb is None
                          else new_vector_cache(base.device, vector_cache_mb))
 
+    def __repr__(self) -> str:
+        return (f"Evaluator({len(self.tasks)} tasks: {', '.join(self.tasks)}; θ0 {self.base.id!r} on {self.base.device}"
+                f"{'' if self.max_per_task is None else f'; {self.max_per_task} images per task'}"
+                f"{'' if self.autocast is None else f'; autocast {self.autocast}'})")
+
     # -- evaluation sets ------------------------------------------------------------------------------------------
     def eval_set(self, split: str) -> EvalSet:
         """Every task's evaluation images of ``split`` (at most ``max_per_task`` each), preprocessed once on the
@@ -92,6 +100,9 @@ class Evaluator:
                     if split not in self._data[t]:
                         raise KeyError(f"task {t!r} has no {split!r} split")
                     s = self._data[t][split].head(self.max_per_task)
+                    n = self.heads[t].num_classes
+                    if len(s) and (int(s.labels.min()) < 0 or int(s.labels.max()) >= n):
+                        raise ValueError(f"task {t!r}: {split} labels outside its head's classes 0..{n - 1}")
                     xs.append(self.base.preprocess(s.images))
                     ys.append(s.labels.to(self.base.device))
                     slices[t] = slice(pos, pos + len(s))
@@ -155,16 +166,35 @@ class Evaluator:
         return self._forward(params, src if rows is None else src[rows], start, fp32=fp32)
 
     def f0(self, split: str) -> torch.Tensor:
-        """f(x; θ0) on every image of ``split`` (cached).  Always fp32, autocast or not: it is the constant term of
-        the linearized model f(x; θ0) + Σ λ J τ (method.md §2), whose J τ terms are fp32 too, and with small task
-        vectors J τ can be as small as autocast's rounding of f(x; θ0)."""
+        """f(x; θ0) on every image of ``split`` (a copy of the cached tensor: editing it changes nothing here).
+        Always fp32, autocast or not: it is the constant term of the linearized model f(x; θ0) + Σ λ J τ (method.md
+        §2), whose J τ terms are fp32 too, and with small task vectors J τ can be as small as autocast's rounding of
+        f(x; θ0)."""
+        return self._cached_f0(split).clone()
+
+    def _cached_f0(self, split: str) -> torch.Tensor:
         if split not in self._f0:
             self._f0[split] = self._forward(None, self.eval_set(split).x, fp32=True)
         return self._f0[split]
 
+    def check_vectors(self, vectors: Sequence[TaskVector]) -> None:
+        """Every item is a :class:`TaskVector` made for this evaluator's θ0 (its ``base_id``); else a TypeError or
+        ValueError naming it.  Scoring another base's vector would give numbers, not an error (method.md §1)."""
+        for v in vectors:
+            if not isinstance(v, TaskVector):
+                hint = " (a dict of vectors? pass list(d.values()))" if isinstance(v, str) else ""
+                raise TypeError(f"expected task vectors, got a {type(v).__name__} {v!r:.40}{hint}")
+            if v.base_id != self.base.id:
+                raise ValueError(f"{v.task} ({v.mode}) was made for the base {v.base_id!r}, not this evaluator's "
+                                 f"θ0 {self.base.id!r}")
+
     def jvp(self, vector: TaskVector, split: str, tasks: Sequence[str] | None = None) -> torch.Tensor:
-        """J(θ0) τ on the split's images of ``tasks`` (all by default), cached by content.  A restricted
-        linearization (method.md §5) is the JVP of a cut vector (:meth:`arith.taskvec.TaskVector.cut`)."""
+        """J(θ0) τ on the split's images of ``tasks`` (all by default), cached by content (a copy is returned).  A
+        restricted linearization (method.md §5) is the JVP of a cut vector (:meth:`arith.taskvec.TaskVector.cut`)."""
+        self.check_vectors([vector])
+        return self._cached_jvp(vector, split, tasks).clone()
+
+    def _cached_jvp(self, vector: TaskVector, split: str, tasks: Sequence[str] | None = None) -> torch.Tensor:
         es, tasks, rows = self._select(split, tasks)
         sel = tuple(sorted(vector.tensors))
         ck = (vector.uid, split, None if rows is None else tuple(tasks))
@@ -191,21 +221,24 @@ class Evaluator:
     def export_linear_cache(self, vectors: Sequence[TaskVector], split: str) -> dict[str, torch.Tensor]:
         """f(x; θ0), J τ per vector (keyed by uid) and the per-task row counts, for a bundle's cache file."""
         es = self.eval_set(split)
-        out = {"f0": self.f0(split).cpu(), "__rows__": torch.tensor([es.slices[t].stop - es.slices[t].start
+        out = {"f0": self._cached_f0(split).cpu(), "__rows__": torch.tensor([es.slices[t].stop - es.slices[t].start
                                                                      for t in es.tasks])}
         for tv in vectors:
-            out[tv.uid] = self.jvp(tv, split).cpu()
+            out[tv.uid] = self._cached_jvp(tv, split).cpu()
         return out
 
     def linear_features(self, vectors: Sequence[TaskVector], coefs: Sequence[float], split: str,
                         tasks: Sequence[str] | None = None) -> torch.Tensor:
         """f_lin = f(x; θ0) + Σ λ_t J τ_t: a weighted sum of cached tensors, no network pass."""
+        self.check_vectors(vectors)
         es, tasks, rows = self._select(split, tasks)
-        out = self.f0(split)
+        out = self._cached_f0(split)
         for tv, lam in zip(vectors, coefs):
             if float(lam) != 0.0:
-                out = out + float(lam) * self.jvp(tv, split)
-        return out if rows is None else out[rows]
+                out = out + float(lam) * self._cached_jvp(tv, split)
+        if rows is not None:
+            return out[rows]  # indexing copies
+        return out.clone() if out is self._f0[split] else out  # never the cached tensor itself
 
     def resident(self, vectors: Sequence[TaskVector]) -> list[TaskVector]:
         """``vectors`` with their tensors on the evaluator's device: kept copies on a GPU (see the class docstring),
@@ -238,9 +271,10 @@ class Evaluator:
         if len(vectors) != len(coefs):
             raise ValueError(f"{len(vectors)} task vectors but {len(coefs)} coefficients")
         check_coefs(coefs)  # every path below, the linear model's cached sums included
+        self.check_vectors(vectors)
         if not vectors:
             _, _, rows = self._select(split, tasks)
-            return self.f0(split) if rows is None else self.f0(split)[rows]
+            return self.f0(split) if rows is None else self._cached_f0(split)[rows]
         if linearized is None:
             linearized = bool(vectors) and all(v.linearized for v in vectors)
         if linearized:
@@ -289,11 +323,14 @@ class Evaluator:
     def zeroshot(self, split: str = "test", tasks: Sequence[str] | None = None) -> dict[str, float]:
         """Accuracy of θ0 itself per task (the zero-shot heads on the pre-trained encoder)."""
         es, tasks, rows = self._select(split, tasks)
-        f = self.f0(split)
+        f = self._cached_f0(split)
         return self.accuracy(f if rows is None else f[rows], split, tasks)
 
     def finetuned(self, vectors: Mapping[str, TaskVector], split: str = "test") -> dict[str, float]:
-        """Single-task accuracy: θ0 + τ_t (its linearization in a linearized mode) on task t alone."""
+        """Single-task accuracy: θ0 + τ_t (its linearization in a linearized mode) on task t alone; ``vectors``: task
+        -> its vector."""
+        if not isinstance(vectors, Mapping):
+            raise TypeError(f"finetuned() takes a mapping task -> task vector, not a {type(vectors).__name__}")
         return {t: self.evaluate([tv], [1.0], split, [t])[t] for t, tv in vectors.items()}
 
 

@@ -34,8 +34,13 @@ class Cancelled(RuntimeError):
     """Raised when ``should_stop()`` asks a fine-tuning run to stop."""
 
 
-@dataclass
+@dataclass(repr=False)
 class FinetuneResult:
+    """A fine-tuning run: its task vector, wall time, time per step, losses per step and (CUDA) peak memory."""
+
+    def __repr__(self) -> str:
+        loss = f", final loss {self.losses[-1]:.4g}" if self.losses else ""
+        return f"FinetuneResult({self.vector!r}, {self.seconds:.1f} s, {self.seconds_per_step:.3g} s/step{loss})"
     vector: TaskVector
     seconds: float
     seconds_per_step: float
@@ -141,6 +146,10 @@ def finetune(base: Base, head: Head, train: Split, cfg: FinetuneConfig, *, task:
     if base.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(base.device)
 
+    labels = getattr(train, "labels", None)  # a lazy data set checks its own labels as it decodes
+    if torch.is_tensor(labels) and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= head.num_classes):
+        raise ValueError(f"{task}: training labels outside the head's classes 0..{head.num_classes - 1} (the head of "
+                         "another task?)")
     losses: list[float] = []
     start = time.perf_counter()
     batches = _batches(len(train), cfg.batch_size, cfg.steps, cfg.seed)

@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Head:
     """A frozen linear head on normalised features: ``logits = scale · normalise(f) @ weight.T``."""
+
+    def __repr__(self) -> str:
+        return f"Head({self.num_classes} classes, {self.weight.shape[1]}-d features, scale {self.scale:g})"
 
     weight: torch.Tensor  # [C, D], rows L2-normalised
     scale: float = 100.0

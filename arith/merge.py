@@ -129,9 +129,11 @@ class MergeMethod:
 MERGE_METHODS: dict[str, MergeMethod] = {}
 
 
-def register_merge_method(method: MergeMethod) -> MergeMethod:
-    if method.name in MERGE_METHODS:
-        raise ValueError(f"merge method {method.name!r} is already registered")
+def register_merge_method(method: MergeMethod, *, replace: bool = False) -> MergeMethod:
+    """Add a merge method record to the registry (``MERGE_METHODS``) and return it; every command, page and help text then
+    offers it.  A name already registered is refused unless ``replace`` (re-running a notebook cell)."""
+    if method.name in MERGE_METHODS and not replace:
+        raise ValueError(f"merge method {method.name!r} is already registered (replace=True replaces it)")
     MERGE_METHODS[method.name] = method
     return method
 

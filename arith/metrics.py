@@ -15,6 +15,9 @@ def summarize(acc: Mapping[str, float], normalizers: Mapping[str, float] | None 
     """``absolute``: mean accuracy; ``normalized``: mean of acc_t / acc_t(fine-tuned alone, same mode)."""
     out = {"accuracy": dict(acc), "absolute": sum(acc.values()) / max(1, len(acc))}
     if normalizers is not None:
+        missing = [t for t in acc if t not in normalizers]
+        if missing:
+            raise ValueError(f"no fine-tuned accuracy to normalise by for task(s) {missing}")
         ratios = [acc[t] / normalizers[t] if normalizers[t] > 0 else 0.0 for t in acc]
         out["normalized"] = sum(ratios) / max(1, len(ratios))
     return out

@@ -280,6 +280,10 @@ class Base:
         enc.load_state_dict({k: state[k] for k in expected}, strict=True)
         return cls(spec, enc, base_id=base_id)
 
+    def __repr__(self) -> str:
+        n = sum(t.numel() for t in self.params.values())
+        return f"Base({self.spec.label}, id {self.id!r}, {len(self.params)} tensors, {n:,} parameters on {self.device})"
+
     def default_id(self) -> str:
         """``open_clip:<name>:<tag>`` for tagged weights, else the spec label plus a fingerprint of θ0."""
         if _is_tag(self.spec):

@@ -58,9 +58,11 @@ class Mode:
 MODES: dict[str, Mode] = {}
 
 
-def register_mode(mode: Mode) -> Mode:
-    if mode.name in MODES:
-        raise ValueError(f"mode {mode.name!r} is already registered")
+def register_mode(mode: Mode, *, replace: bool = False) -> Mode:
+    """Add a mode record to the registry (``MODES``) and return it; every command, page and help text then
+    offers it.  A name already registered is refused unless ``replace`` (re-running a notebook cell)."""
+    if mode.name in MODES and not replace:
+        raise ValueError(f"mode {mode.name!r} is already registered (replace=True replaces it)")
     MODES[mode.name] = mode
     return mode
 
@@ -73,6 +75,7 @@ def kernel_subsets() -> dict[str, str]:
 
 
 def get_mode(name: str) -> Mode:
+    """The registered mode ``name``; a ValueError listing the modes (or saying it is a view) otherwise."""
     try:
         return MODES[name]
     except KeyError:

@@ -39,7 +39,9 @@ def library_versions() -> dict[str, str]:
 
 @dataclass(frozen=True, eq=False)
 class TaskVector:
-    """An immutable task vector. Arithmetic returns new vectors; stored tensors are never written to.
+    """A task vector, immutable by contract: arithmetic returns new vectors and this library never writes to a
+    vector's tensors or its ``tensors`` mapping.  Neither is frozen (tensors cannot be), so do not edit them in place:
+    anything computed from the vector is cached under its content hash (``uid``), taken once.
 
     The constructor checks only the mode; :func:`validate` checks tensors against a base model (keys, shapes,
     dtypes, finite values), as :func:`load_task_vector` does for files.  ``0.35 * tv``, ``tv / 2``, ``a + b``,
@@ -57,6 +59,12 @@ class TaskVector:
         unknown = [m for m in self.mode.split("+") if m not in MODES]  # a sum of two modes' vectors is "a+b"
         if unknown:
             raise TaskVectorError(f"mode {self.mode!r}: unknown mode {unknown[0]!r}; known: {', '.join(MODES)}")
+
+    def __repr__(self) -> str:
+        made = self.meta.get(Meta.DERIVED)
+        part = self.meta.get(Meta.PART)
+        return (f"TaskVector(task={self.task!r}, mode={self.mode!r}{f', cut to {part!r}' if part else ''}, "
+                f"{len(self.tensors)} tensors, {self.numel:,} entries{f', made as {made!r}' if made else ''})")
 
     # -- identity -------------------------------------------------------------------------------------------------
     @cached_property
@@ -135,6 +143,8 @@ class TaskVector:
         return f"({made})" if grouped and (" + " in made or " - " in made) else made
 
     def __add__(self, other: TaskVector) -> TaskVector:
+        if not isinstance(other, TaskVector):
+            return NotImplemented  # τ + 3 is not defined (sum([...]) starts from 0: __radd__)
         return self._combine(other, 1.0)
 
     def __radd__(self, other) -> TaskVector:
@@ -143,11 +153,15 @@ class TaskVector:
         return NotImplemented
 
     def __sub__(self, other: TaskVector) -> TaskVector:
+        if not isinstance(other, TaskVector):
+            return NotImplemented
         return self._combine(other, -1.0)
 
     def scale(self, coef: float) -> TaskVector:
         """coef · τ as a new vector (the tensors it holds, each multiplied); a NaN or infinite ``coef`` is refused.
         Metadata other than training provenance is kept (a cut's ``Meta.PART``, an import's note)."""
+        if isinstance(coef, TaskVector):
+            raise TypeError("a task vector times a task vector is not defined: scale by a number")
         coef = float(coef)
         if not math.isfinite(coef):
             raise TaskVectorError(f"cannot scale a task vector by {coef}: coefficients must be finite")
@@ -223,10 +237,16 @@ class TaskVector:
         return meta
 
     def to_bytes(self) -> bytes:
-        """The file's bytes (:meth:`save`); refuses a vector no mode describes."""
+        """The file's bytes (:meth:`save`); refuses a vector no mode describes, and a cut (a view's vector), which
+        lacks tensors its mode trains, so no loader would read the file back."""
         if self.mode not in MODES:
             raise TaskVectorError(f"mode {self.mode!r}: a sum of vectors of different modes cannot be saved (a file "
                                   "has one mode, which says what its tensors are); save the vectors one by one")
+        part = self.meta.get(Meta.PART)
+        if part and part != self.mode:
+            raise TaskVectorError(f"{self.task} is {self.mode}'s τ cut to {part!r} (a view): a {self.mode} file must "
+                                  f"hold every tensor {self.mode} trains, so it cannot be saved; save the uncut "
+                                  "vector (a view cuts it again when loaded)")
         tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in self.tensors.items()}
         return st_save(tensors, metadata=self.metadata())
 
@@ -286,15 +306,18 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
 
     Refuses, naming the key or field: missing metadata, an unknown format version or mode, a base-model id that is
     not ``base.id``, keys the base does not have, keys the mode does not train (metadata that lies), keys the mode
-    trains but the file lacks, wrong shapes, non-float dtypes and NaN/Inf values.  ``task``/``mode`` fill in for
-    files written by other tools without our metadata.  ``base`` may also be a loaded bundle (its θ0).
+    trains but the file lacks, wrong shapes, non-float dtypes and NaN/Inf values.  ``task``/``mode`` fill in what
+    the metadata lacks (files written by other tools); one that contradicts the metadata is refused, not applied
+    (a full vector read as linear would be scored as another model).  The base-model id cannot be filled in.
+    ``base`` may also be a loaded bundle (its θ0).
     """
     base = as_base(base)
     meta = dict(meta)
-    if task is not None:
-        meta[Meta.TASK] = task
-    if mode is not None:
-        meta[Meta.MODE] = mode
+    for key, given in ((Meta.TASK, task), (Meta.MODE, mode)):
+        if given is not None and meta.get(key) and meta[key] != given:
+            raise TaskVectorError(f"metadata {key}={meta[key]!r}, not {given!r} as asked: the file says what it is")
+        if given is not None:
+            meta[key] = given
     meta.setdefault(Meta.FORMAT, FORMAT_VERSION)
     missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
     if missing:

@@ -14,7 +14,7 @@ from arith.kernel import kernel_report
 from arith.merge import dare_vector, merge
 from arith.models import Base
 from arith.specs import FinetuneConfig, Meta
-from arith.taskvec import TaskVector, TaskVectorError, load_task_vector
+from arith.taskvec import TaskVector, TaskVectorError, load_task_vector, validate
 
 from conftest import tiny_base
 from hostile import valid_vector
@@ -177,3 +177,101 @@ def test_from_state_dicts_rebuilds_a_vector_and_checks_theta0(bundle):
     other = {k: t + 1.0 for k, t in base.params.items()}
     with pytest.raises(ValueError, match="differs from the base's θ0"):
         arith.from_state_dicts(base, finetuned, task=tv.task, pretrained=other)
+
+
+# -- from a review of the API as a notebook user meets it --------------------------------------------------------------
+def test_an_evaluator_refuses_vectors_of_another_base_and_things_that_are_not_vectors(bundle):
+    """Another θ0's vector (same architecture) scored as numbers before; now every entry point names it."""
+    other = Base.from_state_dict(bundle.base.spec, {k: v + 0.05 for k, v in bundle.base.params.items()})
+    ev = arith.Evaluator(other, bundle.heads, bundle.data, max_per_task=8)
+    tvs = list(bundle.vectors["attn"].values())
+    for call in (lambda: ev.evaluate(tvs[:1], [1.0]), lambda: ev.jvp(tvs[0], "test"),
+                 lambda: ev.linear_features(list(bundle.vectors["linear"].values())[:1], [1.0], "test"),
+                 lambda: xi_grid(ev, tvs[0], tvs[1], alphas=[1.0])):
+        with pytest.raises(ValueError, match="was made for the base .*not this evaluator's θ0"):
+            call()
+    mine = bundle.evaluator(max_per_task=8)
+    with pytest.raises(TypeError, match="a dict of vectors"):
+        mine.evaluate(bundle.vectors["attn"], [1.0] * len(tvs))
+    with pytest.raises(TypeError, match="mapping task -> task vector"):
+        mine.finetuned(tvs)
+
+
+def test_what_an_evaluator_returns_is_the_callers_to_edit(bundle):
+    """f(θ0), J τ and the features of a merge at λ = 0 are the evaluator's caches: editing a returned tensor in place
+    changed every later answer (zero-shot included)."""
+    ev = bundle.evaluator(max_per_task=8)
+    lin = list(bundle.vectors["linear"].values())[0]
+    before = ev.zeroshot("test"), ev.evaluate([lin], [1.0])
+    for f in (ev.f0("test"), ev.merged_features([], [], "test"), ev.jvp(lin, "test"),
+              ev.linear_features([lin], [0.0], "test")):
+        f.mul_(0)
+    assert (ev.zeroshot("test"), ev.evaluate([lin], [1.0])) == before
+
+
+def test_an_evaluator_refuses_tasks_without_a_head_and_labels_outside_it(bundle):
+    digits = next(iter(bundle.data))
+    with pytest.raises(ValueError, match=r"evaluation data for task\(s\) \['mine'\] without a head"):
+        arith.Evaluator(bundle.base, bundle.heads, {digits: bundle.data[digits], "mine": bundle.data[digits]})
+    s = bundle.data[digits]["test"]
+    shifted = {digits: {"test": type(s)(s.images, s.labels + bundle.heads[digits].num_classes)}}
+    with pytest.raises(ValueError, match="labels outside its head's classes"):
+        arith.Evaluator(bundle.base, bundle.heads, shifted).zeroshot("test")
+
+
+def test_a_cut_is_not_saved_as_a_file_no_loader_reads(bundle, tmp_path):
+    cut = bundle.vectors["full"][next(iter(bundle.vectors["full"]))].cut(arith.get_mode("attn"))
+    for tv in (cut, 0.5 * cut):
+        with pytest.raises(TaskVectorError, match="cut to 'attn' .*cannot be saved"):
+            tv.save(tmp_path / "cut.safetensors")
+    assert not (tmp_path / "cut.safetensors").exists()
+
+
+def test_load_overrides_fill_in_and_never_contradict_the_file(bundle, tmp_path):
+    tv = bundle.vectors["full"][next(iter(bundle.vectors["full"]))]
+    path = tv.save(tmp_path / "v.safetensors")
+    with pytest.raises(TaskVectorError, match="mode='full', not 'linear' as asked"):
+        load_task_vector(path, bundle, mode="linear")  # a full vector read as linear was scored as another model
+    with pytest.raises(TaskVectorError, match="not 'other' as asked"):
+        load_task_vector(path, bundle, task="other")
+    assert load_task_vector(path, bundle, mode="full", task=tv.task).uid == tv.uid  # agreeing is fine
+    meta = {Meta.BASE: bundle.base.id}  # a file of another tool's: task and mode filled in
+    assert validate(dict(tv.tensors), meta, bundle, task="mine", mode="full").task == "mine"
+
+
+def test_notebook_reprs_are_summaries_and_vectors_only_combine_with_vectors(bundle):
+    assert len(repr(bundle)) < 1000 and all(m in repr(bundle) for m in bundle.modes)
+    tv = bundle.vectors["attn"][next(iter(bundle.vectors["attn"]))]
+    for obj in (tv, bundle.base, bundle.evaluator(), next(iter(bundle.heads.values())),
+                bundle.data[tv.task]["test"]):
+        assert len(repr(obj)) < 300 and "tensor(" not in repr(obj), repr(obj)
+    assert f"{tv.numel:,} entries" in repr(tv) and "made as '0.5 × " in repr(0.5 * tv)
+    for bad in (lambda: tv + 0, lambda: tv - 1, lambda: tv * tv):
+        with pytest.raises(TypeError):
+            bad()
+
+
+def test_registries_take_a_record_again_only_when_told(extension):
+    from arith.modes import MODES, Mode
+
+    mode = Mode("lab_ln_api", "LayerNorm only", (r"visual\..*ln_.*",))
+    try:
+        arith.register_mode(mode)
+        with pytest.raises(ValueError, match="already registered .replace=True"):
+            arith.register_mode(mode)
+        assert arith.register_mode(mode, replace=True) is mode and MODES["lab_ln_api"] is mode
+    finally:
+        MODES.pop("lab_ln_api", None)
+
+
+def test_summarize_and_finetune_name_what_does_not_fit(bundle):
+    with pytest.raises(ValueError, match=r"no fine-tuned accuracy to normalise by for task\(s\) \['b'\]"):
+        arith.summarize({"a": 0.5, "b": 0.4}, {"a": 0.9})
+    from arith.finetune import finetune
+    from arith.heads import Head
+
+    t, head = next(iter(bundle.heads.items()))
+    two = Head(head.weight[:2], head.scale)  # another task's head, of fewer classes than t's labels
+    assert int(bundle.data[t]["test"].labels.max()) >= 2
+    with pytest.raises(ValueError, match="training labels outside the head's classes 0..1"):
+        finetune(bundle.base, two, bundle.data[t]["test"], FinetuneConfig(steps=1), task=t)

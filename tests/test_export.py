@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from arith.build import similarity_table
 from arith.explore import Explorer
+from arith.explore_diagnostics import _reordered
 from arith.export import coefficient_set, merged_safetensors, merged_state, parse_coefficient_set
 from arith.models import fingerprint
 
@@ -108,7 +109,9 @@ def test_vector_stats_and_similarity(ex, bundle):
     tv = bundle.vectors["attn"][S]
     assert stats[S]["norm"] == pytest.approx(tv.norm()) and stats[S]["parameters"] == tv.numel
     assert stats[S]["blocks"] == pytest.approx(tv.block_norms())
-    assert serving_only(Explorer(bundle)).similarity() == bundle.results["similarity"]  # precomputed when nothing is added
+    served, stored = serving_only(Explorer(bundle)).similarity(), bundle.results["similarity"]  # precomputed: served
+    names = {m: list(bundle.vectors[m]) for m in bundle.vectors}  # in the bundle's task order, stored alphabetically
+    assert served == _reordered(stored, names) and stored["by_mode"]["attn"]["labels"] == sorted(names["attn"])
     extra = {"neg": -bundle.vectors["attn"][S]}
     sim = ex.similarity(["attn"], extra)
     assert sim["all"]["labels"][-1] == "attn/neg"
