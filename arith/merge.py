@@ -408,9 +408,14 @@ def combine(vectors: Sequence[TaskVector], coefs: Sequence[float], method: str =
 
 
 def apply_delta(theta0: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """θ0 + δ as a new dict; untouched keys reference θ0's tensors (read-only), touched ones are new tensors."""
+    """θ0 + δ as a new dict; untouched keys reference θ0's tensors (read-only), touched ones are new tensors.  A δ key
+    θ0 lacks, or of another shape, is a ValueError naming it (a vector of another architecture)."""
     out = dict(theta0)
     for k, d in delta.items():
+        if k not in theta0 or theta0[k].shape != d.shape:
+            have = "has no such tensor" if k not in theta0 else f"has shape {tuple(theta0[k].shape)}"
+            raise ValueError(f"{k}: the task vector's {tuple(d.shape)} does not fit θ0, which {have} (a vector of "
+                             "another model?)")
         out[k] = theta0[k] + d.to(theta0[k].device, theta0[k].dtype)
     return out
 
@@ -421,5 +426,6 @@ def merge(theta0: Mapping[str, torch.Tensor], vectors: Sequence[TaskVector], coe
 
     Keys no vector touches are θ0's own tensors, not copies (a merge costs only what it changes): read the result
     (``functional_call``, :meth:`arith.models.Base.features`), or make weights of your own to edit in place or train
-    (:meth:`arith.models.Base.encoder`, or clone them)."""
+    (:meth:`arith.models.Base.encoder`, or clone them).  Linearized-mode vectors give θ0 + δ too: the non-linear
+    model at those weights, not the linear model f(θ0) + J δ that :class:`arith.evaluate.Evaluator` scores for them."""
     return apply_delta(theta0, combine(vectors, coefs, method, **options))

@@ -275,3 +275,14 @@ def test_summarize_and_finetune_name_what_does_not_fit(bundle):
     assert int(bundle.data[t]["test"].labels.max()) >= 2
     with pytest.raises(ValueError, match="training labels outside the head's classes 0..1"):
         finetune(bundle.base, two, bundle.data[t]["test"], FinetuneConfig(steps=1), task=t)
+
+
+def test_merge_names_a_vector_that_does_not_fit_theta0(bundle):
+    tv = bundle.vectors["attn"][next(iter(bundle.vectors["attn"]))]
+    key = next(iter(tv.tensors))
+    wide = TaskVector({key: torch.zeros(*tv.tensors[key].shape[:-1], tv.tensors[key].shape[-1] + 1)}, tv.task, "attn",
+                      tv.base_id)
+    alien = TaskVector({"visual.nope": torch.zeros(2)}, tv.task, "full", tv.base_id)
+    for bad, said in ((wide, "does not fit θ0, which has shape"), (alien, "visual.nope: .*has no such tensor")):
+        with pytest.raises(ValueError, match=said):
+            merge(bundle.base.params, [bad], [1.0])
