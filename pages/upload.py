@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from arith.convert import from_state_dicts
 from arith.modes import MODES
 from arith.safefile import load_safetensors
 from arith.specs import Meta
@@ -31,7 +32,8 @@ st.title("Upload task vectors")
 st.markdown(f"Task vectors for this bundle's base model **`{base.id}`** ({base.spec.label}), as safetensors files "
             "keyed by open_clip state-dict names. Each file is checked before it is used; accepted vectors join "
             "this session's **workspace** and appear in every view (sidebar tasks, ξ, kernel, vectors, export). "
-            "Nothing you upload is visible to other sessions or kept after you leave.")
+            "Nothing you upload is visible to other sessions or kept after you leave. Fine-tuned weights θ_t "
+            "(safetensors) are taken to their task vector τ = θ_t − θ0 here.")
 with st.expander("File format (README → Task-vector files)"):
     st.markdown(readme_section("Task-vector files") or "See the README's *Task-vector files* section.")
     st.markdown("Check a file from the command line with `python -m arith validate FILE --bundle DIR`.")
@@ -46,6 +48,12 @@ if EXAMPLE.is_file():
     except ValueError:
         st.caption(f"The example file `{EXAMPLE.relative_to(ROOT)}` is for another base model (the embedded default).")
 
+VECTORS, WEIGHTS = "task vectors τ", "fine-tuned weights θ_t"
+kind = st.radio("The files hold", [VECTORS, WEIGHTS], horizontal=True, key="upload_kind", persist_state="session",
+                help="Fine-tuned weights: an open_clip state dict of the whole model or its image encoder (a "
+                     "`model.safetensors` of your own fine-tune, fp32, fp16 or bf16). τ = θ_t − θ0 is taken here against "
+                     "this bundle's θ0 and the mode is the narrowest one that trains every changed tensor (README → "
+                     "Importing checkpoints; `python -m arith import` does the same, and reads .pt files too).")
 c1, c2 = st.columns(2)
 FROM_FILE = "(from the file's metadata)"
 # persist_state: the choices survive a visit to another page (a widget not drawn in a run is otherwise dropped)
@@ -53,12 +61,12 @@ task_override = c1.selectbox("Task, for files without metadata", [FROM_FILE, *ex
                              persist_state="session")
 mode_override = c2.selectbox("Mode, for files without metadata", [FROM_FILE, *MODES], key="upload_mode", persist_state="session",
                              format_func=lambda m: m if m == FROM_FILE else mode_label(m))
-assume_base = st.checkbox(f"Files without `arith.base_model` are for this base ({base.id})", key="upload_assume_base",
-                          persist_state="session",
-                          help="For task vectors written by other tools: their keys and shapes are still checked "
-                               "against this base, but not which checkpoint they were fine-tuned from.")
+assume_base = kind == VECTORS and st.checkbox(
+    f"Files without `arith.base_model` are for this base ({base.id})", key="upload_assume_base", persist_state="session",
+    help="For task vectors written by other tools: their keys and shapes are still checked against this base, but not "
+         "which checkpoint they were fine-tuned from.")
 limit_mb = upload_limit_mb()
-files = st.file_uploader("Task-vector files (.safetensors)", accept_multiple_files=True, key="upload_files",
+files = st.file_uploader("Files (.safetensors)", accept_multiple_files=True, key="upload_files",
                          max_upload_size=limit_mb,
                          help=f"One or several files of up to {limit_mb} MB. Pickles (.pt/.pth/.bin) are refused: "
                               "convert them to safetensors.")
@@ -69,19 +77,27 @@ accepted = st.session_state.setdefault("upload_accepted", set())
 refused = st.session_state.setdefault("upload_refused", {})
 new_results = []
 for f in files or []:
-    options = (task_override, mode_override, assume_base)
+    options = (kind, task_override, mode_override, assume_base)
     if f.file_id in accepted or refused.get(f.file_id) == options:
         continue
     try:
         f.seek(0)  # the reader checks the size first and refuses an oversized file without reading it
         tensors, meta = load_safetensors(f, max_bytes=limit_mb * 2**20)
-        # the pickers fill in what a file does not say; a file's own metadata is never overridden
-        for key, value in ((Meta.TASK, task_override), (Meta.MODE, mode_override)):
-            if value != FROM_FILE:
-                meta.setdefault(key, value)
-        if assume_base:
-            meta.setdefault(Meta.BASE, base.id)
-        tv = validate(tensors, meta, base)
+        if kind == WEIGHTS:
+            if Meta.FORMAT in meta:
+                raise ValueError(f"a task vector (its metadata says so), not fine-tuned weights: choose {VECTORS!r} above")
+            if task_override == FROM_FILE:
+                raise ValueError("fine-tuned weights do not say their task: choose it above (Task)")
+            tv = from_state_dicts(base, tensors, task=task_override,
+                                  mode=None if mode_override == FROM_FILE else mode_override)
+        else:
+            # the pickers fill in what a file does not say; a file's own metadata is never overridden
+            for key, value in ((Meta.TASK, task_override), (Meta.MODE, mode_override)):
+                if value != FROM_FILE:
+                    meta.setdefault(key, value)
+            if assume_base:
+                meta.setdefault(Meta.BASE, base.id)
+            tv = validate(tensors, meta, base)
     except ValueError as e:
         refused[f.file_id] = options
         new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": message(e)})
@@ -94,7 +110,8 @@ for f in files or []:
     accepted.add(f.file_id)
     log[:] = [r for r in log if r.get("id") != f.file_id]  # its earlier refusal no longer applies
     twin = workspace_twin(ex, tv)
-    name = add_to_workspace(ex, tv, Path(f.name).stem, f"uploaded {f.name}")
+    how = f"uploaded {f.name}" if kind == VECTORS else f"θ_t − θ0 of {f.name} ({tv.mode})"
+    name = add_to_workspace(ex, tv, Path(f.name).stem, how)
     request_select([name])
     added = f"already in the workspace as {name!r} (the same tensors), not added again" if twin else f"added as {name!r}"
     elsewhere = ("" if tv.task in ex.bundle.task_names else

@@ -1017,6 +1017,32 @@ def test_disentanglement_at_one_length_computes_every_modes_grid_on_one_scale(ne
 
 
 # -- a researcher's own vectors: the app review's findings ----------------------------------------------------------
+def test_fine_tuned_weights_upload_as_their_task_vector(new_app, bundle):
+    """θ_t as a safetensors state dict (prefixed, bf16 untouched tensors as a half-precision save would leave them)
+    joins the workspace as θ_t − θ0 in the narrowest mode; files that are not weights, or without a task, are named."""
+    from safetensors.torch import save as st_save
+
+    tau = bundle.vectors["attn"][STRIPES].scale(0.5)
+    theta_t = {f"model.{k}": (t + tau.tensors[k] if k in tau.tensors else t.to(torch.bfloat16))
+               for k, t in bundle.base.params.items()}
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    at.radio(key="upload_kind").set_value("fine-tuned weights θ_t").run()
+    assert not at.get("checkbox") or all(c.key != "upload_assume_base" for c in at.get("checkbox"))
+    blob = st_save({k: v.contiguous() for k, v in theta_t.items()})
+    at.file_uploader(key="upload_files").set_value([("mine.safetensors", blob, "x"),
+                                                    ("vec.safetensors", tau.to_bytes(), "x")]).run()
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("mine.safetensors: fine-tuned weights do not say their task") for e in errors), errors
+    assert any(e.startswith("vec.safetensors: a task vector (its metadata says so)") for e in errors), errors
+    at.selectbox(key="upload_task").set_value(STRIPES).run()
+    ws = workspace(at)
+    assert list(ws) == ["mine"] and (ws["mine"].task, ws["mine"].mode) == (STRIPES, "attn")
+    assert set(ws["mine"].tensors) == set(tau.tensors)
+    assert all(torch.allclose(ws["mine"].tensors[k], tau.tensors[k], atol=1e-6) for k in tau.tensors)
+    assert any("mine.safetensors: added as 'mine': " in s.value for s in at.success)
+
+
 def test_twins_in_one_upload_are_one_vector_and_every_page_still_runs(new_app, bundle):
     at = new_app()
     at.switch_page("pages/upload.py").run()
