@@ -85,7 +85,8 @@ def _load_error(e: Exception) -> str:
 def _unwrap(obj, name: str) -> dict:
     """The state dict inside ``{"state_dict": ...}`` or ``{"model": ...}`` wrappers (a state dict's own values are
     tensors, never mappings)."""
-    while isinstance(obj, Mapping) and (nest := next((n for n in NESTS if isinstance(obj.get(n), Mapping)), None)):
+    while isinstance(obj, Mapping) and (nest := next((n for n in NESTS if isinstance(obj.get(n), Mapping) and obj[n]),
+                                                     None)):
         obj = obj[nest]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{name}: holds a {type(obj).__name__}, not a state dict")
@@ -113,7 +114,10 @@ def split_state(sd: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
         nested = Counter(k[:k.index(".visual.") + 1] for k in tensors if ".visual." in k)
         if not nested:  # a visual tower saved on its own
             return {f"visual.{k}": v for k, v in tensors.items()}, {}
-        prefix = nested.most_common(1)[0][0]
+        if len(nested) > 1:
+            raise ValueError(f"the checkpoint holds {len(nested)} image encoders ({', '.join(f'{p}visual.…' for p in nested)}):"
+                             " save the one to import on its own")
+        prefix = next(iter(nested))
     mine = {k: v for k, v in tensors.items() if k.startswith(prefix + "visual.")}
     return {k[len(prefix):]: v for k, v in mine.items()}, {k: v for k, v in tensors.items() if k not in mine}
 
@@ -141,12 +145,24 @@ def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """The same weights up to the coarser precision of the two: fp32 to 1e-5, an fp16 or bf16 copy of θ0 up to its
-    own rounding."""
+    """The same weights: in fp32 to 1e-5; an fp16 or bf16 copy of θ0 is θ0 rounded to it, exactly (a tolerance of
+    that precision's rounding would also pass fine-tuned weights, whose changes are smaller)."""
     if a.shape != b.shape:
         return False
-    rtol = max(1e-5, torch.finfo(_coarser(a.dtype, b.dtype)).eps)
-    return torch.allclose(a.float(), b.float().to(a.device), rtol=rtol, atol=1e-6)
+    common = _coarser(a.dtype, b.dtype)
+    if torch.finfo(common).eps > torch.finfo(torch.float32).eps:
+        return torch.equal(a.to(common), b.to(common).to(a.device))
+    return torch.allclose(a.float(), b.float().to(a.device), rtol=1e-5, atol=1e-6)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal at the coarser precision of the two (any dtypes; an integer tensor by value)."""
+    if a.shape != b.shape:
+        return False
+    if a.is_floating_point() and b.is_floating_point():
+        common = _coarser(a.dtype, b.dtype)
+        return torch.equal(a.to(common), b.to(common))
+    return torch.equal(a, b.to(a.dtype))
 
 
 def _check_floats(tensors: Mapping[str, torch.Tensor], what: str) -> None:
@@ -220,9 +236,7 @@ def pair_vector(finetuned: Mapping[str, torch.Tensor], pretrained: Mapping[str, 
             if tuple(sd[k].shape) != tuple(shape):
                 raise ValueError(f"{k}: shape {tuple(sd[k].shape)} in the {what} checkpoint, the base has {tuple(shape)}")
         ft, pre = finetuned[k], pretrained[k]
-        common = _coarser(ft.dtype, pre.dtype)
-        same = torch.equal(ft.to(common), pre.to(common))
-        out[k] = torch.zeros(shape) if same else ft.float() - pre.float()
+        out[k] = torch.zeros(shape) if _same(ft, pre) else ft.float() - pre.float()
     return out
 
 
@@ -259,7 +273,9 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     """(task vector, report) of :func:`from_state_dicts`; ``info`` names the sources for the file's metadata."""
     base = as_base(base)
     theta0 = {k: v.detach().cpu() for k, v in base.params.items()}
+    buffers = set(getattr(base, "buffers", {}))  # BatchNorm statistics and the like: not weights, not in τ
     given, given_others = split_state(pretrained) if pretrained is not None else ({}, {})
+    given = {k: v for k, v in given.items() if k not in buffers}
     if pretrained is not None:
         _check_floats({k: v for k, v in given.items() if k in theta0}, "pre-trained checkpoint")
         diff = [k for k in theta0 if k in given and not _close(given[k], theta0[k])]
@@ -277,6 +293,7 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
             raise ValueError("the linearized checkpoint's params equal its params0: nothing was fine-tuned")
     else:
         visual, others = split_state(sd)
+        visual = {k: v for k, v in visual.items() if k not in buffers}
         delta = pair_vector(visual, given if pretrained is not None else theta0,
                             {k: tuple(v.shape) for k, v in theta0.items()})
         if not any(bool((d != 0).any()) for d in delta.values()):
@@ -288,9 +305,8 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     meta = {Meta.BASE: base.id, Meta.MODE: mode, Meta.TASK: task, "arith.imported": json.dumps(info, sort_keys=True)}
     tv = validate(tensors, meta, base)
     # what τ leaves out: the checkpoint's other tensors (text tower, heads); with θ0's file, how many of them changed
-    shared = [k for k in others if k in given_others and others[k].shape == given_others[k].shape]
-    left_changed = (sum(not torch.equal(others[k], given_others[k].to(others[k].dtype)) for k in shared)
-                    if pretrained is not None else None)
+    shared = [k for k in others if k in given_others]  # None: no θ0 file, or none of its keys to compare with
+    left_changed = sum(not _same(others[k], given_others[k]) for k in shared) if shared else None
     report = {**info, "mode": mode, "changed": None if changed is None else len(changed),
               "left_out": len(others), "left_out_changed": left_changed}
     return tv, report

@@ -294,6 +294,11 @@ class _Dropped(Mapping):
         t = self._tv.tensors[key]
         return t * self._tv.dare_mask(self._density, self._seed, key) / self._density
 
+    @property
+    def unmapped(self) -> Mapping:
+        """τ's own tensors, of the same keys and shapes (for what needs shapes only: TaskVector.numel)."""
+        return self._tv.tensors
+
     def __iter__(self):
         return iter(self._tv.tensors)
 

@@ -119,7 +119,9 @@ class TaskVector:
 
     @property
     def numel(self) -> int:
-        return sum(t.numel() for t in self.tensors.values())
+        """The number of entries the vector holds (read from shapes only: a DARE vector's drops are not drawn)."""
+        tensors = getattr(self.tensors, "unmapped", self.tensors)
+        return sum(t.numel() for t in tensors.values())
 
     # -- arithmetic (method.md §3) -------------------------------------------------------------------------------
     def _combine(self, other: TaskVector, sign: float) -> TaskVector:
@@ -132,8 +134,11 @@ class TaskVector:
             out[k] = out[k] + sign * t if k in out else sign * t
         mode = self.mode if self.mode == other.mode else f"{self.mode}+{other.mode}"
         op = "+" if sign > 0 else "-"
-        made = f"{self._made()} {op} {other._made(grouped=True)}"
-        return TaskVector(out, f"{self.task}{op}{other.task}", mode, self.base_id, {Meta.DERIVED: made})
+        meta = {Meta.DERIVED: f"{self._made()} {op} {other._made(grouped=True)}"}
+        part = self.meta.get(Meta.PART) or other.meta.get(Meta.PART)
+        if part:  # a sum with a cut is a cut too: it lacks tensors its mode trains (to_bytes refuses it)
+            meta[Meta.PART] = part
+        return TaskVector(out, f"{self.task}{op}{other.task}", mode, self.base_id, meta)
 
     def _made(self, grouped: bool = False) -> str:
         """How this vector was made, for a derived vector's ``Meta.DERIVED``: its task, or its own recipe."""

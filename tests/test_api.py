@@ -286,3 +286,15 @@ def test_merge_names_a_vector_that_does_not_fit_theta0(bundle):
     for bad, said in ((wide, "does not fit θ0, which has shape"), (alien, "visual.nope: .*has no such tensor")):
         with pytest.raises(ValueError, match=said):
             merge(bundle.base.params, [bad], [1.0])
+
+
+def test_a_sum_with_a_cut_is_a_cut_and_printing_a_dare_vector_draws_nothing(bundle, tmp_path):
+    full = bundle.vectors["full"]
+    a, b = (full[t].cut(arith.get_mode("attn")) for t in list(full)[:2])
+    for tv in (a + b, a - b, list(full.values())[0] + b):
+        with pytest.raises(TaskVectorError, match="cannot be saved"):
+            tv.save(tmp_path / "sum.safetensors")
+    v = bundle.vectors["attn"][next(iter(bundle.vectors["attn"]))]
+    src = TaskVector(dict(v.tensors), v.task, v.mode, v.base_id)  # its own: no masks drawn on it yet
+    tv = dare_vector(src, 0.5, 1)
+    assert f"{tv.numel:,} entries" in repr(tv) and tv.numel == v.numel and "_dare" not in src.__dict__

@@ -259,3 +259,43 @@ def test_import_never_overwrites_its_inputs_and_names_damaged_files(clip, tmp_pa
     code, res = run(capsys, "import", "--bundle", str(tmp_path / "nowhere"), *args[1:], "--pretrained-state",
                     str(tmp_path / "pre.pt"), "--finetuned", str(tmp_path / "ft.pt"), "--out", str(tmp_path / "p.safetensors"))
     assert code == 2 and "not both" in res["error"]
+
+
+def test_what_the_diff_review_found(clip, base):
+    """BatchNorm buffers are not weights (a ResNet's checkpoint imports); a bf16 θ_t given as θ0 is refused (a
+    tolerance of bf16's rounding passed it); two image encoders in one file are refused, not one picked; the text
+    tower's changes are counted at the coarser precision, and not at all when no key matches; an empty nest is skipped."""
+    cfg = {**TINY_CLIP, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16}}
+    torch.manual_seed(0)
+    resnet = build_clip(ModelSpec(config=cfg))
+    rbase = Base(ModelSpec(config=cfg), ImageEncoder(resnet.visual))
+    assert rbase.buffers
+    ft = {k: (v + 0.01 if k.startswith("visual.") and v.is_floating_point() and k not in rbase.buffers else v.clone())
+          for k, v in resnet.state_dict().items()}
+    ft = {k: (v + 1 if k in rbase.buffers and v.is_floating_point() else v) for k, v in ft.items()}  # stats moved too
+    assert set(from_state_dicts(rbase, ft, task="x").tensors) == set(rbase.params)
+
+    sd = _finetuned(clip, scale=1e-3)
+    g = torch.Generator().manual_seed(2)  # fine-tuning's changes are far below bf16's rounding of θ0 (0.4 %)
+    small = {k: (v * (1 + 1e-3 * torch.randn(v.shape, generator=g)) if k.startswith("visual.") and v.is_floating_point()
+                 else v) for k, v in clip.state_dict().items()}
+    half = {k: v.to(torch.bfloat16) for k, v in small.items()}
+    with pytest.raises(ValueError, match="differs from the base's θ0"):
+        from_state_dicts(base, clip.state_dict(), task="x", pretrained=half)  # the files swapped
+
+    two = {f"teacher.{k}": v for k, v in sd.items()} | {f"student.{k}": v for k, v in clip.state_dict().items()}
+    with pytest.raises(ValueError, match="2 image encoders .*teacher.visual.…"):
+        from_state_dicts(base, {"state_dict": two}, task="x")
+
+    from arith.convert import _vector
+
+    text = next(k for k in sd if not k.startswith("visual.") and sd[k].is_floating_point())
+    pre16 = {k: v.half() if v.is_floating_point() else v for k, v in clip.state_dict().items()}
+    _, rep = _vector(base, sd, "x", None, pre16, {})
+    assert rep["left_out_changed"] == 0  # the fp32 text tower, untouched, equals θ0's fp16 copy once rounded
+    _, rep = _vector(base, sd | {text: sd[text] + 1}, "x", None, pre16, {})
+    assert rep["left_out_changed"] == 1
+    classifier = {f"image_encoder.model.{k}": v for k, v in sd.items()} | {"classification_head.weight": torch.ones(2, 2)}
+    _, rep = _vector(base, classifier, "x", None, clip.state_dict(), {})
+    assert rep["left_out"] > 0 and rep["left_out_changed"] is None  # no key of the θ0 file to compare with
+    assert from_state_dicts(base, {"state_dict": {}, "model": sd}, task="x").mode == "full"
