@@ -590,3 +590,22 @@ def test_precompute_pairs_without_a_stored_addition_says_what_to_run(quick, tmp_
     assert (copy / "results" / "pairs.json").read_bytes() == before  # nothing written
     assert main(["precompute", "--bundle", str(copy), "--only", "addition", "pairs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"] == ["addition", "pairs"]
+
+
+def test_drawn_data_cached_with_other_fonts_is_drawn_again(tmp_path, monkeypatch):
+    """Images drawn before the font packages were installed (Pillow's built-in font) are other images: the cache key
+    names the fonts, so neither they nor a θ0 pre-trained on them are reused after (a stale cache failed the
+    base-probe test on a machine whose fonts arrived mid-session)."""
+    from arith.default import render, tasks
+
+    monkeypatch.setenv("ARITH_DATA_CACHE", str(tmp_path))
+    calls = []
+
+    def make():
+        calls.append(1)
+        return np.zeros((1, 3, 2, 2), np.uint8), np.zeros(1, np.int64)
+
+    for files in ((), ("/fonts/a.ttf",), ()):
+        monkeypatch.setattr(render, "font_files", lambda kind, files=files: files)
+        tasks.cached("some/key", make)
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.npz"))) == 2  # the third call found the first's file

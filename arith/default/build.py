@@ -33,6 +33,7 @@ from ..build import BuildPlan, Stopwatch, build_bundle, cpu_capability
 from ..cli import DEFAULT_BUNDLE, _bar, _emit, arguments, command
 from ..cost import measure_modes, set_intra_op_threads
 from .pretrain import PRETRAIN_VERSION, PretrainConfig, pretrain
+from .render import fonts_id
 from .tasks import DEFAULT_TASKS, source_pool
 
 
@@ -175,7 +176,7 @@ def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu", stopwatch: S
     from ..models import Base
     from .tasks import POOL_VERSION, _cache_dir
 
-    ident = [pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__]
+    ident = [pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__, ["fonts", fonts_id()]]
     dev = torch.device(device)
     if dev.type != "cpu":  # another device's θ0 differs; a GPU's also by model and CUDA version
         ident.append([dev.type, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "", torch.version.cuda])

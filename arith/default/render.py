@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -46,6 +48,14 @@ def font_files(kind: str) -> tuple[str, ...]:
         warnings.warn(f"no {kind} fonts found in {dirs}; using Pillow's built-in font (install the Debian font "
                       "packages listed in the README for the real default bundle)", stacklevel=2)
     return tuple(files)
+
+
+def fonts_id() -> str:
+    """Which fonts draw the images here (their file names; "none": Pillow's built-in one): part of every cache key
+    for drawn data and for the θ0 pre-trained on it, so a cache filled before the font packages were installed is
+    not reused after (the images differ)."""
+    names = [Path(f).name for kind in ("source", "task") for f in font_files(kind)]
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:12] if names else "none"
 
 
 @functools.lru_cache(maxsize=512)

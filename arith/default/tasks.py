@@ -28,7 +28,10 @@ def _cache_dir() -> Path | None:
 
 def cached(key: str, make):
     """``make()`` -> (images, labels) arrays, memoised on disk by ``key``."""
+    from .render import fonts_id
+
     d = _cache_dir()
+    key = f"{key}|fonts:{fonts_id()}"  # images drawn with other fonts are other images
     path = d / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz" if d else None
     if path is not None and path.exists():
         with np.load(path) as z:
