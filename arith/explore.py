@@ -313,14 +313,17 @@ class Explorer(Diagnostics):
 
         ``coefs`` maps vector names (bundle task names or workspace names) to λ; missing names are 0.  Each λ is
         taken to 4 decimals (:func:`round_coefs`, the cache key): what is computed is what the key says.
+        ``normalized`` is None when an evaluated task has no vector of ``mode`` to normalise by.
         """
+        if not isinstance(coefs, Mapping):
+            raise TypeError(f"coefficients are a mapping vector name -> λ, not a {type(coefs).__name__}")
         check_coefs(list(coefs.values()))
         coefs = {k: round(float(v), 4) for k, v in coefs.items()}
         names = self.catalog(mode, extra)
         unknown = sorted(set(coefs) - set(names))
         if unknown:
             raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(names)}")
-        tasks = list(tasks or self.tasks)
+        tasks = _selection(tasks) or list(self.tasks)
         method = canonical_method(method)  # one cache key per request, however the spec was written
         res = self._from_addition(mode, coefs, split, tasks, method, extra)
         if res is None:
@@ -345,7 +348,9 @@ class Explorer(Diagnostics):
             acc = self.evaluator().evaluate([vs[n] for n in names], [float(coefs[n]) for n in names], split, tasks,
                                             method)
             ft = self.finetuned(mode, split, extra)
-            return summarize(acc, {t: ft.get(t, 0.0) for t in acc} if all(t in ft for t in acc) else None)
+            out = summarize(acc, {t: ft.get(t, 0.0) for t in acc} if all(t in ft for t in acc) else None)
+            out.setdefault("normalized", None)  # None: a task without a vector of this mode to normalise by
+            return out
 
         return self._memoised(key, compute)
 
@@ -379,7 +384,8 @@ class Explorer(Diagnostics):
     def _in_order(self, tasks: Sequence[str] | None) -> list[str]:
         """``tasks`` (all by default) in the bundle's order: the protocols add vectors in the order given, so one
         selection is one request (and the stored results answer it) whatever order it was picked in."""
-        if not tasks:
+        tasks = _selection(tasks)
+        if tasks is None:
             return list(self.tasks)
         rank = {t: i for i, t in enumerate(self.tasks)}
         return sorted(dict.fromkeys(tasks), key=lambda t: rank.get(t, len(rank)))
@@ -457,14 +463,14 @@ class Explorer(Diagnostics):
 
     def pairs_stored(self, mode: str, tasks: Sequence[str] | None = None) -> bool:
         """Whether :meth:`pairs` for these tasks is served from the bundle (instant) rather than computed."""
-        return self._stored_pairs(mode, list(tasks or self.tasks)) is not None
+        return self._stored_pairs(mode, _selection(tasks) or list(self.tasks)) is not None
 
     @fresh
     def pairs(self, mode: str, tasks: Sequence[str] | None = None, progress: Progress = None) -> dict:
         """Which vector costs which task at the addition's chosen α (:func:`arith.protocols.pair_costs`, test
         split; every ordered pair of ``tasks``); precomputed in bundles built since pair costs joined the build (or
         added by ``python -m arith precompute --only pairs``), else computed on demand; memoised."""
-        tasks = list(tasks or self.tasks)  # the order asked for: the matrix's rows and columns
+        tasks = _selection(tasks) or list(self.tasks)  # the order asked for: the matrix's rows and columns
         if len(tasks) < 2:  # before the addition sweep it needs
             raise ValueError(f"pair costs need at least two task vectors (got {tasks})")
         pre = self._stored_pairs(mode, tasks)
@@ -518,6 +524,7 @@ class Explorer(Diagnostics):
     def _controls(self, target: str, controls: Sequence[str] | None) -> list[str]:
         """Negation's control tasks: ``controls`` (default: every other task) without the target; an error when none
         is left, or one is no task of the bundle."""
+        controls = None if controls is None else [controls] if isinstance(controls, str) else list(controls)
         unknown = [c for c in controls or () if c not in self.tasks]
         if unknown:
             raise ValueError(f"control task {unknown[0]!r} is not in the bundle; its tasks: {', '.join(self.tasks)}")
@@ -526,6 +533,17 @@ class Explorer(Diagnostics):
             raise ValueError(f"negating {target!r} needs a control task other than {target!r} itself "
                              "(the controls must keep their accuracy)")
         return left
+
+
+def _selection(tasks: str | Sequence[str] | None) -> list[str] | None:
+    """Tasks as asked for: None (every task), one name (itself, not its letters) or names; an empty selection is an
+    error, not a request for every task."""
+    if tasks is None:
+        return None
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not tasks:
+        raise ValueError("no tasks selected (leave the argument out, or pass None, for every task)")
+    return tasks
 
 
 def _own(mode: str, extra: Mapping[str, TaskVector] | None) -> dict[str, TaskVector]:

@@ -32,14 +32,16 @@ MERGED_KIND = "merged_model"
 def merged_state(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str, TaskVector], coefs: Mapping[str, float],
                  method: str = "task_arithmetic") -> dict[str, torch.Tensor]:
     """θ0 + δ for the named ``vectors`` with coefficients ``coefs`` (names missing from ``coefs`` get 0), as fp32 CPU
-    tensors in a new dict (entries δ does not touch are θ0's own read-only tensors when θ0 is fp32 on the CPU).
+    tensors in a new dict of the caller's own (copies: editing one never writes to θ0, which the app shares).
     Raises ``KeyError`` for a coefficient whose vector is not given."""
     unknown = sorted(set(coefs) - set(vectors))
     if unknown:
         raise KeyError(f"no task vector named {unknown}; have {sorted(vectors)}")
     names = [n for n in coefs if float(coefs[n]) != 0.0]
     merged = merge(theta0, [vectors[n] for n in names], [float(coefs[n]) for n in names], method)
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in merged.items()}
+    out = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in merged.items()}
+    return {k: v.clone() if v.untyped_storage().data_ptr() == theta0[k].untyped_storage().data_ptr() else v
+            for k, v in out.items()}  # untouched entries were θ0's own tensors (merge costs only what it changes)
 
 
 def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str, TaskVector],
@@ -47,8 +49,16 @@ def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str,
     """The merged encoder θ0 + δ as safetensors bytes, with string metadata: ``arith.kind`` (``merged_model``),
     ``arith.base_model``, ``arith.mode``, ``arith.method``, ``arith.coefficients`` (JSON), ``arith.linearized``."""
     method = canonical_method(method)
-    state = merged_state(theta0, vectors, coefs, method)
+    resolve(mode)  # a mode or a view of this registry, not any string
+    used = [vectors[n] for n in coefs if n in vectors and float(coefs[n]) != 0.0]
+    other = next((v for v in used if v.base_id != base_id), None)
+    if other is not None:
+        raise ValueError(f"{other.task} ({other.mode}) was made for the base {other.base_id!r}, not {base_id!r}")
     linearized = is_linearized(mode)
+    if any(v.linearized != linearized for v in used):  # the metadata must say what the weights are
+        raise ValueError(f"mode {mode!r} is {'' if linearized else 'not '}linearized, but its vectors are "
+                         f"{'not ' if linearized else ''}linearized ones")
+    state = merged_state(theta0, vectors, coefs, method)
     meta = {"arith.format": FORMAT_VERSION, "arith.kind": MERGED_KIND, "arith.base_model": base_id, "arith.mode": mode,
             "arith.method": method, "arith.linearized": "true" if linearized else "false",
             "arith.coefficients": json.dumps({n: float(c) for n, c in coefs.items()}, sort_keys=True),
@@ -63,6 +73,8 @@ def coefficient_set(*, bundle: str, base_id: str, mode: str, coefs: Mapping[str,
     missing = sorted(set(coefs) - set(vectors))
     if missing:
         raise KeyError(f"no task vector named {missing}")
+    for name, value in coefs.items():  # what parse_coefficient_set reads back (strict JSON has no NaN)
+        _coefficient(name, value)
     return {"format": COEFFICIENTS_FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle, "base_model": base_id,
             "mode": mode, "method": canonical_method(method), "coefficients": {n: float(c) for n, c in coefs.items()},
             "vectors": {n: {"task": vectors[n].task, "mode": vectors[n].mode, "uid": vectors[n].uid} for n in coefs}}
@@ -100,8 +112,8 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
     if isinstance(data, str):
         try:
             data = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"not a coefficient set: invalid JSON ({e})") from None
+        except ValueError as e:  # invalid JSON, or an integer beyond Python's digit limit
+            raise ValueError(f"not a coefficient set: invalid JSON ({str(e)[:120]})") from None
         except RecursionError:
             raise ValueError("not a coefficient set: JSON nested too deeply") from None
     if not isinstance(data, Mapping) or data.get("format") != COEFFICIENTS_FORMAT:
@@ -120,9 +132,16 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
     coefs = data.get("coefficients")
     if not isinstance(coefs, Mapping):
         raise ValueError("coefficient set: \"coefficients\" must be an object {name: number}")
-    out = {}
-    for name, value in coefs.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"coefficient set: {name!r} has a non-numeric or non-finite value {value!r}")
-        out[str(name)] = float(value)
+    out = {str(name): _coefficient(name, value) for name, value in coefs.items()}
     return {**dict(data), "method": method, "coefficients": out}
+
+
+def _coefficient(name, value) -> float:
+    """A coefficient set's λ: a finite real number (not a bool, not an integer beyond float's range)."""
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValueError(f"coefficient set: {name!r} has a non-numeric or non-finite value {str(value)[:40]!r}")
+    return float(value)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,9 +29,25 @@ from .taskvec import TaskVector
 
 
 def alpha_grid(method: str = "task_arithmetic", step: float = 0.05) -> tuple[float, ...]:
-    """{0, step, …, alpha_max} of ``method``'s record: task addition's α grid (step 0.05) and per-task λ's (0.1)."""
+    """{0, step, 2·step, …} up to ``method``'s record's alpha_max: task addition's α grid (step 0.05) and per-task
+    λ's (0.1).  Each value is i·step rounded to 10 decimals (0.15, not 0.15000000000000002)."""
+    step = float(step)
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"an α grid's step must be a positive number, not {step!r}")
     top = get_merge_method(method).alpha_max
-    return tuple(round(float(a), 2) for a in np.arange(0.0, top + step / 10, step))
+    return tuple(round(i * step, 10) for i in range(int(math.floor(top / step + 1e-9)) + 1))
+
+
+def _check_alphas(alphas: Sequence[float], what: str, negative: bool = True) -> list[float]:
+    """A coefficient grid: not empty, finite, and (unless ``negative``) no value below 0."""
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise ValueError(f"{what} needs at least one coefficient to try")
+    bad = [a for a in alphas if not math.isfinite(a) or (a < 0 and not negative)]
+    if bad:
+        raise ValueError(f"{what}: coefficient {bad[0]!r} is not a {'finite' if negative else 'finite, non-negative'} "
+                         "number")
+    return alphas
 
 
 ALPHAS = alpha_grid()  # task arithmetic's: {0, 0.05, …, 1}
@@ -61,8 +78,10 @@ def task_addition(ev: Evaluator, vectors: Mapping[str, TaskVector], alphas: Sequ
     validation and test absolute/normalized) for plotting.  ``finetuned`` may pass precomputed normalisers.
     """
     tasks = list(vectors)
+    if not tasks:
+        raise ValueError("task addition needs at least one task vector")
     tvs = [vectors[t] for t in tasks]
-    alphas = alpha_grid(method) if alphas is None else alphas
+    alphas = alpha_grid(method) if alphas is None else _check_alphas(alphas, "task addition")
     ft = _normalisers(ev, vectors, ("val", "test"), finetuned)
     curve = []
     for i, a in enumerate(alphas):
@@ -174,9 +193,11 @@ def task_negation(ev: Evaluator, vector: TaskVector, target: str, controls: Sequ
     ``curve`` (per λ: ``val`` target and control) and whether any λ > 0 met the control constraint
     (``constraint_met``).  Test accuracy is evaluated at the chosen λ only.
     """
-    controls = [c for c in controls if c != target]
+    controls = [c for c in ([controls] if isinstance(controls, str) else controls) if c != target]  # a name, not letters
     if not controls:
         raise ValueError("task negation needs at least one control task other than the target")
+    # θ0 − λ τ: a λ below 0 would add τ, not negate it
+    alphas = _check_alphas(alphas, "task negation", negative=False)
     tasks = [target, *controls]
     # zero-shot (the floor, and the reference the result reports) in the curve's own arithmetic: f(x; θ0) is fp32,
     # while under an evaluator's autocast the non-linear θ0 − λτ runs in reduced precision

@@ -144,3 +144,62 @@ def test_the_example_file_script_makes_a_vector_valid_for_its_bundle(bundle_dir,
     tv = load_task_vector(out, bundle.base)
     assert (tv.task, tv.mode) == (bundle.task_names[0], "attn") and tv.meta["arith.seed"] == "1"
     assert tv.uid != bundle.vectors["attn"][tv.task].uid
+
+
+# -- from a review of the protocols, the Explorer and export as a notebook user meets them ----------------------------
+def test_merged_weights_are_the_callers_own_and_their_metadata_cannot_contradict_them(bundle):
+    base, vs = bundle.base, bundle.vectors["attn"]
+    before = fingerprint(base.params)
+    state = merged_state(base.params, vs, {S: 0.5})
+    for t in state.values():
+        t.mul_(0)  # untouched entries were θ0's own storage: this zeroed the shared θ0
+    assert fingerprint(base.params) == before
+    lin = bundle.vectors["linear"]
+    for kwargs, said in (({"mode": "attn"}, "not linearized, but its vectors are linearized"),
+                         ({"mode": "atn"}, "unknown mode"), ({"mode": "linear", "base_id": "other"}, "made for the base")):
+        with pytest.raises(ValueError, match=said):
+            merged_safetensors(base.params, lin, {S: 0.5}, **{"base_id": base.id, **kwargs})
+
+
+def test_coefficient_sets_refuse_what_json_cannot_carry(bundle):
+    vs = bundle.vectors["attn"]
+    for bad in (math.nan, math.inf, True):
+        with pytest.raises(ValueError, match="non-numeric or non-finite"):
+            coefficient_set(bundle="b", base_id="x", mode="attn", coefs={S: bad}, vectors=vs)
+    record = coefficient_set(bundle="b", base_id="x", mode="attn", coefs={S: 0.5}, vectors=vs)
+    for big in ("1" * 401, "1" * 5001):  # beyond float's range; beyond Python's digit limit for int()
+        text = json.dumps(record).replace("0.5", big)
+        with pytest.raises(ValueError, match="not a coefficient set|non-numeric or non-finite"):
+            parse_coefficient_set(text)
+
+
+def test_one_task_name_is_a_task_and_an_empty_selection_is_an_error(ex):
+    a, b = ex.tasks[:2]
+    assert ex.evaluate("attn", {a: 0.3}, tasks=a) == ex.evaluate("attn", {a: 0.3}, tasks=[a])
+    assert ex.addition("attn", a)["tasks"] == [a] and ex.pairs("attn", [a, b])["tasks"] == [a, b]
+    assert ex.negation("attn", a, b)["control"] == ex.negation("attn", a, [b])["control"]
+    for call in (lambda: ex.evaluate("attn", {a: 0.3}, tasks=[]), lambda: ex.addition("attn", []),
+                 lambda: ex.pairs("attn", [])):
+        with pytest.raises(ValueError, match="no tasks selected"):
+            call()
+    with pytest.raises(TypeError, match="mapping vector name -> λ"):
+        ex.evaluate("attn", [0.3, 0.3, 0.3])
+    res = ex.evaluate("attn_bias", {})  # a mode without vectors: nothing to normalise by, said as None
+    assert res["normalized"] is None and res["absolute"] == pytest.approx(sum(ex.zeroshot().values()) / len(ex.tasks))
+
+
+def test_alpha_grids_and_the_protocols_refuse_grids_they_cannot_use(ex, bundle):
+    from arith.protocols import alpha_grid, task_addition, task_negation
+
+    assert alpha_grid(step=0.025)[:4] == (0.0, 0.025, 0.05, 0.075) and len(set(alpha_grid(step=0.001))) == 1001
+    assert alpha_grid() == tuple(round(0.05 * i, 2) for i in range(21))
+    for step in (0, -0.1, math.nan):
+        with pytest.raises(ValueError, match="step must be a positive number"):
+            alpha_grid(step=step)
+    ev, vs = bundle.evaluator(), bundle.vectors["attn"]
+    with pytest.raises(ValueError, match="at least one task vector"):
+        task_addition(ev, {})
+    with pytest.raises(ValueError, match="at least one coefficient"):
+        task_addition(ev, vs, alphas=[])
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        task_negation(ev, vs[S], S, [C], alphas=[-1.0, 0.5])  # θ0 − (−1)τ adds τ: no negation
