@@ -253,7 +253,7 @@ class Explorer(Diagnostics):
                            + (f"; views: {', '.join(self.views)}" if self.views else ""))
         missing = [n for n in names if n not in vs]
         if missing:
-            raise KeyError(f"no {mode} task vector named {missing}; have {sorted(vs)}")
+            raise KeyError(f"no {mode} task vector named {missing}; have {sorted(vs)}{_elsewhere(missing, extra)}")
         return {n: vs[n] for n in names}
 
     def _memoised(self, key, compute):
@@ -322,7 +322,7 @@ class Explorer(Diagnostics):
         names = self.catalog(mode, extra)
         unknown = sorted(set(coefs) - set(names))
         if unknown:
-            raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(names)}")
+            raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(names)}{_elsewhere(unknown, extra)}")
         tasks = _selection(tasks) or list(self.tasks)
         method = canonical_method(method)  # one cache key per request, however the spec was written
         res = self._from_addition(mode, coefs, split, tasks, method, extra)
@@ -533,6 +533,12 @@ class Explorer(Diagnostics):
             raise ValueError(f"negating {target!r} needs a control task other than {target!r} itself "
                              "(the controls must keep their accuracy)")
         return left
+
+
+def _elsewhere(names: Sequence[str], extra: Mapping[str, TaskVector] | None) -> str:
+    """For an error about missing names: which of them are ``extra`` vectors of another mode (shown there)."""
+    other = {n: extra[n].mode for n in names if extra and n in extra}
+    return "".join(f"; {n!r} is a vector of mode {m}, shown there" for n, m in other.items())
 
 
 def _selection(tasks: str | Sequence[str] | None) -> list[str] | None:

@@ -37,7 +37,8 @@ def merged_state(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str, TaskV
     unknown = sorted(set(coefs) - set(vectors))
     if unknown:
         raise KeyError(f"no task vector named {unknown}; have {sorted(vectors)}")
-    names = [n for n in coefs if float(coefs[n]) != 0.0]
+    coefs = {n: _coefficient(n, v) for n, v in coefs.items()}  # as a coefficient set reads them: True is no λ
+    names = [n for n in coefs if coefs[n] != 0.0]
     merged = merge(theta0, [vectors[n] for n in names], [float(coefs[n]) for n in names], method)
     out = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in merged.items()}
     return {k: v.clone() if v.untyped_storage().data_ptr() == theta0[k].untyped_storage().data_ptr() else v

@@ -150,6 +150,8 @@ def test_the_example_file_script_makes_a_vector_valid_for_its_bundle(bundle_dir,
 def test_merged_weights_are_the_callers_own_and_their_metadata_cannot_contradict_them(bundle):
     base, vs = bundle.base, bundle.vectors["attn"]
     before = fingerprint(base.params)
+    with pytest.raises(ValueError, match="non-numeric or non-finite value 'True'"):
+        merged_state(base.params, vs, {S: True})
     state = merged_state(base.params, vs, {S: 0.5})
     for t in state.values():
         t.mul_(0)  # untouched entries were θ0's own storage: this zeroed the shared θ0
@@ -203,3 +205,9 @@ def test_alpha_grids_and_the_protocols_refuse_grids_they_cannot_use(ex, bundle):
         task_addition(ev, vs, alphas=[])
     with pytest.raises(ValueError, match="finite, non-negative"):
         task_negation(ev, vs[S], S, [C], alphas=[-1.0, 0.5])  # θ0 − (−1)τ adds τ: no negation
+
+
+def test_a_vector_asked_for_in_another_mode_is_said_to_be_there(ex, bundle):
+    mine = bundle.vectors["attn"][S].scale(0.5)
+    with pytest.raises(KeyError, match="'mine' is a vector of mode attn, shown there"):
+        ex.evaluate("full", {"mine": 1.0}, extra={"mine": mine})
