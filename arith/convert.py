@@ -40,6 +40,8 @@ NESTS = ("state_dict", "model", "module")  # {"state_dict": sd} (open_clip, Ligh
 RECIPE = ("it is probably a whole pickled module (the task-vectors / tangent-space release format), which is never "
           "unpickled here; convert it once offline to a state dict (README, 'Importing checkpoints')")
 ZIP = b"PK\x03\x04"  # what torch.save writes
+TEXT_KEYS = ("token_embedding.", "ln_final.", "text_projection")  # a CLIP text tower's own (open_clip names)
+FAR = 0.5  # ‖θ_t − θ0‖ above this fraction of ‖θ0‖ is no fine-tune of θ0 (one moves it a few percent)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -112,6 +114,9 @@ def split_state(sd: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     prefix = ""
     if not any(k.startswith("visual.") for k in tensors):
         nested = Counter(k[:k.index(".visual.") + 1] for k in tensors if ".visual." in k)
+        text = sorted(k for k in tensors if k.startswith(TEXT_KEYS))
+        if not nested and text:
+            raise ValueError(f"no image-encoder tensors: the checkpoint holds a text tower ({', '.join(text[:3])}, …)")
         if not nested:  # a visual tower saved on its own
             return {f"visual.{k}": v for k, v in tensors.items()}, {}
         if len(nested) > 1:
@@ -137,6 +142,10 @@ def _indexed(sd: Mapping, name: str) -> list[torch.Tensor]:
 
 def is_linearized(sd: Mapping) -> bool:
     return any(re.match(r"^(?:.*\.)?params0\.\d+$", k) for k in sd if isinstance(k, str))
+
+
+def _norm(tensors) -> float:
+    return float(sum(t.double().pow(2).sum() for t in tensors)) ** 0.5
 
 
 def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
@@ -254,7 +263,7 @@ def choose_mode(delta: Mapping[str, torch.Tensor], mode: str | None) -> tuple[st
     outside = [k for k in changed if not m.trains(k)]
     if outside:
         raise ValueError(f"{outside[0]}: changed by fine-tuning but mode {m.name!r} does not train it "
-                         f"({len(outside)} such tensor(s)); use --mode auto or full")
+                         f"({len(outside)} such tensor(s)); import it as mode auto (or full)")
     return m.name, changed
 
 
@@ -265,8 +274,16 @@ def from_state_dicts(base, finetuned: Mapping, *, task: str, mode: str | None = 
     is a tangent-space linearized one) against ``pretrained`` (default: θ0 itself, which it must then equal).
     ``mode`` None or ``"auto"``: the narrowest mode that trains every tensor that changed (attn, mlp, full, or a
     mode registered since)."""
+    return import_state_dicts(base, finetuned, task=task, mode=mode, pretrained=pretrained)[0]
+
+
+def import_state_dicts(base, finetuned: Mapping, *, task: str, mode: str | None = None,
+                       pretrained: Mapping | None = None) -> tuple[TaskVector, dict]:
+    """:func:`from_state_dicts` with its report: ``mode``, ``changed`` (tensors that differ from θ0), ``left_out``
+    (the checkpoint's tensors outside the image encoder: text tower, heads), ``left_out_changed`` (how many of them
+    differ from ``pretrained``'s; None without it), ``format``."""
     pretrained = None if pretrained is None else _unwrap(pretrained, "the pre-trained state dict")
-    return _vector(base, _unwrap(finetuned, "the fine-tuned state dict"), task, mode, pretrained, {})[0]
+    return _vector(base, _unwrap(finetuned, "the fine-tuned state dict"), task, mode, pretrained, {})
 
 
 def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping | None, info: dict) -> tuple[TaskVector, dict]:
@@ -299,6 +316,10 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
         if not any(bool((d != 0).any()) for d in delta.values()):
             raise ValueError("the fine-tuned checkpoint's image encoder equals θ0: nothing was fine-tuned (is it the "
                              "pre-trained file?)")
+        far = _norm(delta.values()) / max(_norm(theta0.values()), 1e-12)
+        if far > FAR:
+            raise ValueError(f"‖θ_t − θ0‖ is {far:.2f} × ‖θ0‖: these weights are no fine-tune of this θ0 (a task "
+                             "vector given as weights, or another pre-trained model?)")
         mode, changed = choose_mode(delta, mode)
         tensors = {k: v for k, v in delta.items() if get_mode(mode).trains(k)}
         info["format"] = "state-dict pair" if pretrained is not None else "state dict against the base's θ0"

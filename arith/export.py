@@ -37,7 +37,7 @@ def merged_state(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str, TaskV
     unknown = sorted(set(coefs) - set(vectors))
     if unknown:
         raise KeyError(f"no task vector named {unknown}; have {sorted(vectors)}")
-    coefs = {n: _coefficient(n, v) for n, v in coefs.items()}  # as a coefficient set reads them: True is no λ
+    coefs = {n: _coefficient(n, v, "λ") for n, v in coefs.items()}  # numbers, numpy or torch scalars; True is no λ
     names = [n for n in coefs if coefs[n] != 0.0]
     merged = merge(theta0, [vectors[n] for n in names], [float(coefs[n]) for n in names], method)
     out = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in merged.items()}
@@ -50,8 +50,11 @@ def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str,
     """The merged encoder θ0 + δ as safetensors bytes, with string metadata: ``arith.kind`` (``merged_model``),
     ``arith.base_model``, ``arith.mode``, ``arith.method``, ``arith.coefficients`` (JSON), ``arith.linearized``."""
     method = canonical_method(method)
-    resolve(mode)  # a mode or a view of this registry, not any string
-    used = [vectors[n] for n in coefs if n in vectors and float(coefs[n]) != 0.0]
+    source = resolve(mode).name  # a mode or a view of this registry (a view's vectors are its source mode's)
+    used = [vectors[n] for n in coefs if n in vectors and _coefficient(n, coefs[n], "λ") != 0.0]
+    if any(v.mode != source for v in used):
+        v = next(v for v in used if v.mode != source)
+        raise ValueError(f"{v.task} is a {v.mode} vector: the file cannot say it is mode {mode!r}")
     other = next((v for v in used if v.base_id != base_id), None)
     if other is not None:
         raise ValueError(f"{other.task} ({other.mode}) was made for the base {other.base_id!r}, not {base_id!r}")
@@ -137,12 +140,18 @@ def parse_coefficient_set(data: bytes | str | Mapping, base_id: str | None = Non
     return {**dict(data), "method": method, "coefficients": out}
 
 
-def _coefficient(name, value) -> float:
-    """A coefficient set's λ: a finite real number (not a bool, not an integer beyond float's range)."""
+def _coefficient(name, value, what: str = "coefficient set") -> float:
+    """A λ: a finite real number (a Python, numpy or one-element torch number), not a bool, a string or an integer
+    beyond float's range; else a ValueError naming it."""
+    if torch.is_tensor(value) and value.numel() == 1:
+        value = value.item()
+    ok = not isinstance(value, (bool, str, bytes)) and type(value).__name__ != "bool_"
     try:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
-    except OverflowError:
+        ok = ok and math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ValueError(f"coefficient set: {name!r} has a non-numeric or non-finite value {str(value)[:40]!r}")
+        shown = (f"an integer of {value.bit_length()} bits" if isinstance(value, int) and value.bit_length() > 64
+                 else repr(value)[:40])
+        raise ValueError(f"{what}: {name!r} has a non-numeric or non-finite value {shown}")
     return float(value)

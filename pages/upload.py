@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from arith.convert import from_state_dicts
+from arith.convert import import_state_dicts
+from arith.export import MERGED_KIND
 from arith.modes import MODES
 from arith.safefile import load_safetensors
 from arith.specs import Meta
@@ -83,13 +84,17 @@ for f in files or []:
     try:
         f.seek(0)  # the reader checks the size first and refuses an oversized file without reading it
         tensors, meta = load_safetensors(f, max_bytes=limit_mb * 2**20)
+        report = {}
         if kind == WEIGHTS:
-            if Meta.FORMAT in meta:
+            if meta.get(Meta.KIND) == MERGED_KIND and meta.get("arith.linearized") == "true":
+                raise ValueError("merged weights of a linearized mode: the app evaluated the linear model at them, not "
+                                 "these weights in the ordinary encoder, so their τ would be another vector")
+            if Meta.FORMAT in meta and meta.get(Meta.KIND) != MERGED_KIND:  # a merged model is weights θ_t too
                 raise ValueError(f"a task vector (its metadata says so), not fine-tuned weights: choose {VECTORS!r} above")
             if task_override == FROM_FILE:
                 raise ValueError("fine-tuned weights do not say their task: choose it above (Task)")
-            tv = from_state_dicts(base, tensors, task=task_override,
-                                  mode=None if mode_override == FROM_FILE else mode_override)
+            tv, report = import_state_dicts(base, tensors, task=task_override,
+                                            mode=None if mode_override == FROM_FILE else mode_override)
         else:
             # the pickers fill in what a file does not say; a file's own metadata is never overridden
             for key, value in ((Meta.TASK, task_override), (Meta.MODE, mode_override)):
@@ -108,7 +113,6 @@ for f in files or []:
                             "message": f"cannot be read ({type(e).__name__}: {e})"})
         continue
     accepted.add(f.file_id)
-    log[:] = [r for r in log if r.get("id") != f.file_id]  # its earlier refusal no longer applies
     twin = workspace_twin(ex, tv)
     how = f"uploaded {f.name}" if kind == VECTORS else f"θ_t − θ0 of {f.name} ({tv.mode})"
     name = add_to_workspace(ex, tv, Path(f.name).stem, how)
@@ -117,11 +121,14 @@ for f in files or []:
     elsewhere = ("" if tv.task in ex.bundle.task_names else
                  f" Its task {tv.task!r} is none of the bundle's: it changes the merged model, but no task here "
                  "scores it, and the diagnostics that need its task's images (ξ, kernel) leave it out.")
+    left = (f" {report['left_out']} tensor(s) outside the image encoder (text tower, heads) were left out."
+            if report.get("left_out") else "")
     new_results.append({"id": f.file_id, "file": f.name, "ok": True,
                         "message": f"{added}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
-                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}{elsewhere}"})
+                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}{elsewhere}{left}"})
 if new_results:
-    log[:0] = new_results
+    fresh = {r["id"] for r in new_results}  # a file read again (other options) replaces its earlier message
+    log[:] = new_results + [r for r in log if r.get("id") not in fresh]
     if any(r["ok"] for r in new_results):
         st.rerun()  # the sidebar lists the new vectors on the next run
 

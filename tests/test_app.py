@@ -1041,6 +1041,38 @@ def test_fine_tuned_weights_upload_as_their_task_vector(new_app, bundle):
     assert set(ws["mine"].tensors) == set(tau.tensors)
     assert all(torch.allclose(ws["mine"].tensors[k], tau.tensors[k], atol=1e-6) for k in tau.tensors)
     assert any("mine.safetensors: added as 'mine': " in s.value for s in at.success)
+    # a message per file: the refusal before the task was chosen is replaced by the result
+    assert not any(e.value.startswith("mine.safetensors:") for e in at.error)
+
+
+def test_merged_weights_exported_by_the_app_upload_back_as_weights(new_app, bundle):
+    """The Export page's merged weights are fine-tuned weights too: uploaded as θ_t they give back the edit; a full
+    CLIP state dict's text tower is left out and said so; a linearized mode's merged weights are refused."""
+    from safetensors.torch import save as st_save
+
+    from arith.export import merged_safetensors
+
+    vs = bundle.vectors["attn"]
+    merged = merged_safetensors(bundle.base.params, vs, {STRIPES: 0.5}, base_id=bundle.base.id, mode="attn")
+    lin = merged_safetensors(bundle.base.params, bundle.vectors["linear"], {STRIPES: 0.5}, base_id=bundle.base.id,
+                             mode="linear")
+    with_text = st_save({**{k: v.contiguous() for k, v in bundle.base.params.items()},
+                         "visual.transformer.resblocks.0.attn.out_proj.weight":
+                             bundle.base.params["visual.transformer.resblocks.0.attn.out_proj.weight"] + 0.01,
+                         "token_embedding.weight": torch.zeros(4, 2), "ln_final.weight": torch.ones(2)})
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    at.radio(key="upload_kind").set_value("fine-tuned weights θ_t").run()
+    at.selectbox(key="upload_task").set_value(STRIPES).run()
+    at.file_uploader(key="upload_files").set_value([("merged.safetensors", merged, "x"), ("lin.safetensors", lin, "x"),
+                                                    ("clip.safetensors", with_text, "x")]).run()
+    assert not at.exception
+    ws = workspace(at)
+    assert ws["merged"].mode == "attn"
+    assert all(torch.allclose(ws["merged"].tensors[k], 0.5 * vs[STRIPES].tensors[k], atol=1e-6) for k in vs[STRIPES].tensors)
+    assert any(e.value.startswith("lin.safetensors: merged weights of a linearized mode") for e in at.error)
+    assert any(s.value.startswith("clip.safetensors: added") and "2 tensor(s) outside the image encoder" in s.value
+               for s in at.success)
 
 
 def test_twins_in_one_upload_are_one_vector_and_every_page_still_runs(new_app, bundle):

@@ -299,3 +299,12 @@ def test_what_the_diff_review_found(clip, base):
     _, rep = _vector(base, classifier, "x", None, clip.state_dict(), {})
     assert rep["left_out"] > 0 and rep["left_out_changed"] is None  # no key of the θ0 file to compare with
     assert from_state_dicts(base, {"state_dict": {}, "model": sd}, task="x").mode == "full"
+
+
+def test_a_text_tower_or_a_task_vector_given_as_weights_is_named(clip, base):
+    text_only = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+    with pytest.raises(ValueError, match="no image-encoder tensors: the checkpoint holds a text tower"):
+        from_state_dicts(base, text_only, task="x")
+    tau = {k: 1e-2 * torch.randn_like(v) for k, v in base.params.items()}  # a full τ, uploaded as if it were θ_t
+    with pytest.raises(ValueError, match=r"‖θ_t − θ0‖ is .* × ‖θ0‖: these weights are no fine-tune of this θ0"):
+        from_state_dicts(base, tau, task="x")

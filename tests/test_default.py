@@ -609,3 +609,15 @@ def test_drawn_data_cached_with_other_fonts_is_drawn_again(tmp_path, monkeypatch
         monkeypatch.setattr(render, "font_files", lambda kind, files=files: files)
         tasks.cached("some/key", make)
     assert len(calls) == 2 and len(list(tmp_path.glob("*.npz"))) == 2  # the third call found the first's file
+
+
+def test_the_pretrained_theta0_cache_key_names_the_fonts(monkeypatch):
+    from arith.default import render
+    from arith.default.build import pretrain_key
+    from arith.default.pretrain import PretrainConfig
+
+    keys = set()
+    for files in ((), ("/fonts/a.ttf",)):
+        monkeypatch.setattr(render, "font_files", lambda kind, files=files: files)
+        keys.add(pretrain_key(PretrainConfig()))
+    assert len(keys) == 2

@@ -150,14 +150,14 @@ def test_the_example_file_script_makes_a_vector_valid_for_its_bundle(bundle_dir,
 def test_merged_weights_are_the_callers_own_and_their_metadata_cannot_contradict_them(bundle):
     base, vs = bundle.base, bundle.vectors["attn"]
     before = fingerprint(base.params)
-    with pytest.raises(ValueError, match="non-numeric or non-finite value 'True'"):
+    with pytest.raises(ValueError, match="λ: 'synthetic-stripes' has a non-numeric or non-finite value True"):
         merged_state(base.params, vs, {S: True})
     state = merged_state(base.params, vs, {S: 0.5})
     for t in state.values():
         t.mul_(0)  # untouched entries were θ0's own storage: this zeroed the shared θ0
     assert fingerprint(base.params) == before
     lin = bundle.vectors["linear"]
-    for kwargs, said in (({"mode": "attn"}, "not linearized, but its vectors are linearized"),
+    for kwargs, said in (({"mode": "attn"}, "is a linear vector: the file cannot say it is mode .attn."),
                          ({"mode": "atn"}, "unknown mode"), ({"mode": "linear", "base_id": "other"}, "made for the base")):
         with pytest.raises(ValueError, match=said):
             merged_safetensors(base.params, lin, {S: 0.5}, **{"base_id": base.id, **kwargs})
@@ -211,3 +211,27 @@ def test_a_vector_asked_for_in_another_mode_is_said_to_be_there(ex, bundle):
     mine = bundle.vectors["attn"][S].scale(0.5)
     with pytest.raises(KeyError, match="'mine' is a vector of mode attn, shown there"):
         ex.evaluate("full", {"mine": 1.0}, extra={"mine": mine})
+
+
+def test_export_takes_numpy_and_torch_numbers_and_refuses_a_mode_its_vectors_are_not(bundle):
+    import numpy as np
+
+    base, vs = bundle.base, bundle.vectors["attn"]
+    ref = merged_state(base.params, vs, {S: 0.5})
+    for lam in (np.float32(0.5), torch.tensor(0.5), np.float64(0.5)):
+        got = merged_state(base.params, vs, {S: lam})
+        assert all(torch.equal(got[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match="is a attn vector: the file cannot say it is mode 'mlp'"):
+        merged_safetensors(base.params, vs, {S: 0.5}, base_id=base.id, mode="mlp")
+    with pytest.raises(ValueError, match="λ: 'synthetic-stripes' has a non-numeric or non-finite value 'abc'"):
+        merged_safetensors(base.params, vs, {S: "abc"}, base_id=base.id, mode="attn")
+    assert merged_safetensors(base.params, bundle.vectors["full"], {S: 0.5}, base_id=base.id, mode="full@attn")
+    with pytest.raises(ValueError, match="an integer of"):
+        merged_state(base.params, vs, {S: 10**5000})
+
+
+def test_negation_takes_one_control_name(bundle):
+    from arith.protocols import task_negation
+
+    ev, vs = bundle.evaluator(), bundle.vectors["attn"]
+    assert task_negation(ev, vs[S], S, C, alphas=[0.0, 0.5]) == task_negation(ev, vs[S], S, [C], alphas=[0.0, 0.5])

@@ -159,6 +159,22 @@ def _build_default(out, recipe: Recipe, plan: BuildPlan, seed: int, log, command
     return Path(out)
 
 
+def pretrain_key(pcfg: PretrainConfig, device: str = "cpu") -> str:
+    """The cache key of a pre-trained θ0: everything its bits depend on (the recipe, the source pool's version and
+    fonts, torch; the device, or on the CPU the thread count and kernel level)."""
+    import json
+
+    from .tasks import POOL_VERSION
+
+    ident = [pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__, ["fonts", fonts_id()]]
+    dev = torch.device(device)
+    if dev.type != "cpu":  # another device's θ0 differs; a GPU's also by model and CUDA version
+        ident.append([dev.type, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "", torch.version.cuda])
+    else:  # and on the CPU by the thread count (see THREADS) and the kernel level (AVX2, AVX512: other bits)
+        ident.append(["threads", torch.get_num_threads(), "cpu", cpu_capability()])
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu", stopwatch: Stopwatch | None = None) -> tuple:
     """Pre-train θ0 (or reuse the result of an identical earlier run, kept next to the cached task data).
 
@@ -174,17 +190,10 @@ def pretrained_base(pcfg: PretrainConfig, log, device: str = "cpu", stopwatch: S
 
     from ..heads import Head
     from ..models import Base
-    from .tasks import POOL_VERSION, _cache_dir
+    from .tasks import _cache_dir
 
-    ident = [pcfg.to_dict(), POOL_VERSION, PRETRAIN_VERSION, torch.__version__, ["fonts", fonts_id()]]
-    dev = torch.device(device)
-    if dev.type != "cpu":  # another device's θ0 differs; a GPU's also by model and CUDA version
-        ident.append([dev.type, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "", torch.version.cuda])
-    else:  # and on the CPU by the thread count (see THREADS) and the kernel level (AVX2, AVX512: other bits)
-        ident.append(["threads", torch.get_num_threads(), "cpu", cpu_capability()])
-    key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode())
     d = _cache_dir()
-    path = d / f"pretrain-{key.hexdigest()[:16]}.safetensors" if d else None
+    path = d / f"pretrain-{pretrain_key(pcfg, device)}.safetensors" if d else None
     if path is not None and path.exists():
         log(f"build-default: reusing pre-trained θ0 from {path}")
         with safe_open(str(path), "pt") as f:

@@ -51,10 +51,11 @@ def font_files(kind: str) -> tuple[str, ...]:
 
 
 def fonts_id() -> str:
-    """Which fonts draw the images here (their file names; "none": Pillow's built-in one): part of every cache key
+    """Which fonts draw the images here (file names and sizes; "none": Pillow's built-in one): part of every cache key
     for drawn data and for the θ0 pre-trained on it, so a cache filled before the font packages were installed is
     not reused after (the images differ)."""
-    names = [Path(f).name for kind in ("source", "task") for f in font_files(kind)]
+    names = [f"{Path(f).name}:{Path(f).stat().st_size if Path(f).exists() else 0}"  # a package upgrade keeping names
+             for kind in ("source", "task") for f in font_files(kind)]
     return hashlib.sha1("\n".join(names).encode()).hexdigest()[:12] if names else "none"
 
 
