@@ -302,7 +302,8 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     if is_linearized(sd):
         if mode not in (None, "auto", "linear"):
             raise ValueError(f"a linearized checkpoint gives a 'linear' task vector, not {mode!r}")
-        tensors, mode, changed, others = linearized_vector(sd, theta0), "linear", None, {}
+        tensors, mode, changed = linearized_vector(sd, theta0), "linear", None
+        others = dict.fromkeys(range(len(_indexed(sd, "params0")) - len(tensors)))  # positions outside the encoder
         info["format"] = "tangent-space linearized (params0/params)"
         if isinstance(sd.get("model_name"), str):
             info["model_name"] = sd["model_name"]

@@ -263,7 +263,8 @@ def tune_coefficients(ev: Evaluator, vectors: Mapping[str, TaskVector], start: f
             was = coefs[t]
             for g in grid:
                 done += 1
-                if g != coefs[t]:
+                # λ_t's value at the start of this pass scored `best` then (≤ best now): a move never returns to it
+                if g != coefs[t] and g != was:
                     trial = {**coefs, t: g}
                     s = score(trial)["normalized"]
                     evaluations += 1

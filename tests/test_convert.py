@@ -308,3 +308,15 @@ def test_a_text_tower_or_a_task_vector_given_as_weights_is_named(clip, base):
     tau = {k: 1e-2 * torch.randn_like(v) for k, v in base.params.items()}  # a full τ, uploaded as if it were θ_t
     with pytest.raises(ValueError, match=r"‖θ_t − θ0‖ is .* × ‖θ0‖: these weights are no fine-tune of this θ0"):
         from_state_dicts(base, tau, task="x")
+
+
+def test_a_linearized_checkpoints_tensors_outside_the_encoder_are_counted(clip, base):
+    from arith.convert import import_state_dicts
+
+    sd, named = _linearized_checkpoint(clip)
+    n = len(named)
+    outside = sum(1 for k in named if not k.startswith("visual."))  # the CLIP parameters an ImageEncoder keeps
+    assert outside and import_state_dicts(base, sd, task="x")[1]["left_out"] == outside
+    extra = sd | {f"model.params0.{n}": torch.ones(3), f"model.params.{n}": torch.ones(3)}
+    tv, report = import_state_dicts(base, extra, task="x")
+    assert tv.mode == "linear" and report["left_out"] == outside + 1 and report["left_out_changed"] is None
