@@ -250,6 +250,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)  # of the parser's class: _Parser
         add(p)
         p.add_argument("--json", action="store_true", help="print JSON on stdout")
+        p.set_defaults(_parser=p)  # its own usage for an unknown flag (main), not the top level's
     return parser
 
 
@@ -289,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _ARGV[:] = argv
-    args = build_parser(plugins=command_name not in COMMANDS).parse_args(argv)
+    args, unknown = build_parser(plugins=command_name not in COMMANDS).parse_known_args(argv)
+    if unknown:  # the subcommand's usage and name, as argparse gives for its other usage errors
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     keep_freed_memory()
     _, run, _ = COMMANDS[args.command]
     try:

@@ -375,3 +375,12 @@ def test_results_of_vectors_the_manifest_no_longer_lists_are_not_served(copy, ca
     from conftest import TASKS
 
     assert main(["negation", "--bundle", str(copy), "--mode", "mlp", "--task", TASKS[0]]) == 2
+
+
+def test_an_unknown_flag_is_reported_with_its_subcommands_usage(cli_bundle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--bundle", cli_bundle, "--nosuchflag", "--json"])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": "python -m arith evaluate: unrecognized arguments: --nosuchflag"}
+    assert "usage: python -m arith evaluate" in err and "--coef" in err
