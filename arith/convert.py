@@ -156,12 +156,9 @@ def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """The same weights: in fp32 to 1e-5; an fp16 or bf16 copy of θ0 is θ0 rounded to it, exactly (a tolerance of
     that precision's rounding would also pass fine-tuned weights, whose changes are smaller)."""
-    if a.shape != b.shape:
-        return False
-    common = _coarser(a.dtype, b.dtype)
-    if torch.finfo(common).eps > torch.finfo(torch.float32).eps:
-        return torch.equal(a.to(common), b.to(common).to(a.device))
-    return torch.allclose(a.float(), b.float().to(a.device), rtol=1e-5, atol=1e-6)
+    if torch.finfo(_coarser(a.dtype, b.dtype)).eps > torch.finfo(torch.float32).eps:
+        return _same(a, b.to(a.device))
+    return a.shape == b.shape and torch.allclose(a.float(), b.float().to(a.device), rtol=1e-5, atol=1e-6)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -267,6 +264,19 @@ def choose_mode(delta: Mapping[str, torch.Tensor], mode: str | None) -> tuple[st
     return m.name, changed
 
 
+def check_weights_metadata(meta: Mapping[str, str]) -> None:
+    """A safetensors file offered as fine-tuned weights θ_t: refuses one whose metadata says it is a task vector, and
+    merged weights of a linearized mode (the evaluated model is the linear one at them, so θ_t − θ0 would be another
+    vector).  Merged weights of another mode, and files without this library's metadata, pass."""
+    from .export import MERGED_KIND
+
+    if meta.get(Meta.KIND) == MERGED_KIND and meta.get("arith.linearized") == "true":
+        raise ValueError("merged weights of a linearized mode: the app evaluated the linear model at them, not these "
+                         "weights in the ordinary encoder, so their τ would be another vector")
+    if Meta.FORMAT in meta and meta.get(Meta.KIND) != MERGED_KIND:
+        raise ValueError("a task vector (its metadata says so), not fine-tuned weights: load it as a task vector")
+
+
 def from_state_dicts(base, finetuned: Mapping, *, task: str, mode: str | None = None,
                      pretrained: Mapping | None = None) -> TaskVector:
     """A validated task vector τ = θ_t − θ0 for ``base`` from in-memory state dicts: ``finetuned`` (a CLIP model's
@@ -302,8 +312,8 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     if is_linearized(sd):
         if mode not in (None, "auto", "linear"):
             raise ValueError(f"a linearized checkpoint gives a 'linear' task vector, not {mode!r}")
-        tensors, mode, changed = linearized_vector(sd, theta0), "linear", None
-        others = dict.fromkeys(range(len(_indexed(sd, "params0")) - len(tensors)))  # positions outside the encoder
+        tensors, mode, changed, others = linearized_vector(sd, theta0), "linear", None, {}
+        left_out = len(_indexed(sd, "params0")) - len(tensors)  # list positions outside the image encoder
         info["format"] = "tangent-space linearized (params0/params)"
         if isinstance(sd.get("model_name"), str):
             info["model_name"] = sd["model_name"]
@@ -311,6 +321,7 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
             raise ValueError("the linearized checkpoint's params equal its params0: nothing was fine-tuned")
     else:
         visual, others = split_state(sd)
+        left_out = len(others)
         visual = {k: v for k, v in visual.items() if k not in buffers}
         delta = pair_vector(visual, given if pretrained is not None else theta0,
                             {k: tuple(v.shape) for k, v in theta0.items()})
@@ -330,7 +341,7 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
     shared = [k for k in others if k in given_others]  # None: no θ0 file, or none of its keys to compare with
     left_changed = sum(not _same(others[k], given_others[k]) for k in shared) if shared else None
     report = {**info, "mode": mode, "changed": None if changed is None else len(changed),
-              "left_out": len(others), "left_out_changed": left_changed}
+              "left_out": left_out, "left_out_changed": left_changed}
     return tv, report
 
 

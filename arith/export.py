@@ -58,10 +58,7 @@ def merged_safetensors(theta0: Mapping[str, torch.Tensor], vectors: Mapping[str,
     other = next((v for v in used if v.base_id != base_id), None)
     if other is not None:
         raise ValueError(f"{other.task} ({other.mode}) was made for the base {other.base_id!r}, not {base_id!r}")
-    linearized = is_linearized(mode)
-    if any(v.linearized != linearized for v in used):  # the metadata must say what the weights are
-        raise ValueError(f"mode {mode!r} is {'' if linearized else 'not '}linearized, but its vectors are "
-                         f"{'not ' if linearized else ''}linearized ones")
+    linearized = is_linearized(mode)  # the vectors' own, as they are the mode's (checked above)
     state = merged_state(theta0, vectors, coefs, method)
     meta = {"arith.format": FORMAT_VERSION, "arith.kind": MERGED_KIND, "arith.base_model": base_id, "arith.mode": mode,
             "arith.method": method, "arith.linearized": "true" if linearized else "false",

@@ -5,8 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from arith.convert import import_state_dicts
-from arith.export import MERGED_KIND
+from arith.convert import check_weights_metadata, import_state_dicts
 from arith.modes import MODES
 from arith.safefile import load_safetensors
 from arith.specs import Meta
@@ -86,11 +85,7 @@ for f in files or []:
         tensors, meta = load_safetensors(f, max_bytes=limit_mb * 2**20)
         report = {}
         if kind == WEIGHTS:
-            if meta.get(Meta.KIND) == MERGED_KIND and meta.get("arith.linearized") == "true":
-                raise ValueError("merged weights of a linearized mode: the app evaluated the linear model at them, not "
-                                 "these weights in the ordinary encoder, so their τ would be another vector")
-            if Meta.FORMAT in meta and meta.get(Meta.KIND) != MERGED_KIND:  # a merged model is weights θ_t too
-                raise ValueError(f"a task vector (its metadata says so), not fine-tuned weights: choose {VECTORS!r} above")
+            check_weights_metadata(meta)  # a task vector, or a linearized mode's merged weights, is refused
             if task_override == FROM_FILE:
                 raise ValueError("fine-tuned weights do not say their task: choose it above (Task)")
             tv, report = import_state_dicts(base, tensors, task=task_override,
