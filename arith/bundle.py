@@ -1,4 +1,5 @@
-"""Bundles: a directory with everything the app and the CLI need for one base model (design.md "Bundle").
+"""Bundles: a directory with everything the app and the CLI need for one base model (the design notes' "Bundle":
+a manifest, safetensors files, precomputed JSON).
 
     manifest.json                     format version, base spec and id, tasks, modes, sha256 of every file,
                                       provenance, fine-tuning configs

@@ -6,7 +6,7 @@
   reported on test (absolute and normalized with test normalisers).
 * Each task alone at the shared α: θ0 + α τ_t on task t, the addition sweep without the other vectors. At one α the
   gap between the two (alone − merged) is what the other task vectors cost: the interference that weight
-  disentanglement (method.md §5) is about; what remains between "alone at α" and single-task accuracy is the price of
+  disentanglement (method.md §4) is about; what remains between "alone at α" and single-task accuracy is the price of
   the small α that interference forces.
 * Pairs at the shared α: θ0 + α τ_i + α τ_j on task i, against task i alone: which vector costs which task.
 * Negation: θ0 − λ τ_target, λ chosen on validation to minimise target accuracy subject to the control tasks'

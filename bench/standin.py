@@ -48,7 +48,7 @@ def register(n: int = N_TASKS) -> list[str]:
 
 
 def main(argv=None) -> None:
-    p = parser("build the stand-in bundle (the default's shapes, synthetic tasks)", bundle=False)
+    p = parser("build the stand-in bundle (width 96, 3 heads, synthetic tasks)", bundle=False)
     p.add_argument("--out", default="/tmp/standin")
     p.add_argument("--tasks", type=int, default=N_TASKS)
     p.add_argument("--eval-n", type=int, default=256, help="validation and test images per task")

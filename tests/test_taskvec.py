@@ -149,3 +149,30 @@ def test_combining_different_bases_is_refused(base):
     other = TaskVector(dict(a.tensors), "x", "attn", "another")
     with pytest.raises(TaskVectorError, match="different bases"):
         a + other
+
+
+def _tv(tensors, task="A"):
+    return TaskVector({k: torch.tensor(v) for k, v in tensors.items()}, task, "full", "b")
+
+
+def test_difference_negates_the_keys_only_the_subtrahend_holds():
+    a = _tv({"k1": [1.0, 2.0]})
+    b = _tv({"k1": [10.0, 20.0], "k2": [3.0]}, "B")
+    d = a - b
+    assert d.tensors["k1"].tolist() == [-9.0, -18.0] and d.tensors["k2"].tolist() == [-3.0]
+    assert (b - a).tensors["k2"].tolist() == [3.0]
+    s = a + b
+    assert s.tensors["k1"].tolist() == [11.0, 22.0] and s.tensors["k2"].tolist() == [3.0]
+
+
+def test_division_scales_by_the_reciprocal():
+    a = _tv({"k1": [1.0, -2.0], "k2": [4.0]})
+    assert (a / 4).tensors["k1"].tolist() == [0.25, -0.5] and (a / 4).tensors["k2"].tolist() == [1.0]
+    assert (a / 2).norm() == pytest.approx(a.norm() / 2)
+
+
+def test_block_norms_are_named_by_the_blocks_own_index():
+    blocks = "visual.transformer.resblocks"
+    tv = _tv({f"{blocks}.0.attn.in_proj_weight": [3.0], f"{blocks}.0.mlp.c_fc.weight": [4.0],
+              f"{blocks}.11.attn.out_proj.weight": [1.0, 1.0], "visual.conv1.weight": [2.0]})
+    assert tv.block_norms() == pytest.approx({"block 00": 5.0, "block 11": math.sqrt(2.0), "conv1": 2.0})
