@@ -320,3 +320,52 @@ def test_a_linearized_checkpoints_tensors_outside_the_encoder_are_counted(clip, 
     extra = sd | {f"model.params0.{n}": torch.ones(3), f"model.params.{n}": torch.ones(3)}
     tv, report = import_state_dicts(base, extra, task="x")
     assert tv.mode == "linear" and report["left_out"] == outside + 1 and report["left_out_changed"] is None
+
+
+def test_a_tensor_changed_in_one_entry_counts_as_changed(clip, base):
+    """A fine-tune that moved a single entry of an MLP weight still trained that tensor: the mode must train it and τ
+    must hold the change (not be narrowed to a mode that drops it)."""
+    key = "visual.transformer.resblocks.0.mlp.c_fc.weight"
+    ft = {k: v.clone() for k, v in clip.state_dict().items()}
+    ft[key][0, 0] += 0.25
+    tv, rep = import_state_dicts_report(base, ft)
+    assert rep["changed"] == 1 and key in tv.tensors
+    expected = torch.zeros_like(ft[key])
+    expected[0, 0] = ft[key][0, 0] - clip.state_dict()[key][0, 0]
+    assert torch.equal(tv.tensors[key], expected)
+    assert all(not t.any() for k, t in tv.tensors.items() if k != key)
+
+
+def import_state_dicts_report(base, ft, **kw):
+    from arith.convert import import_state_dicts
+
+    return import_state_dicts(base, ft, task="dtd", **kw)
+
+
+def test_a_pretrained_file_that_differs_from_theta0_in_its_last_tensor_is_refused(clip, base):
+    pre = {k: v.clone() for k, v in clip.state_dict().items()}
+    last = list(base.params)[-1]
+    pre[last] = pre[last] + 0.1
+    with pytest.raises(ValueError, match=rf"{last} differs from the base's θ0 \(1 tensor"):
+        from_state_dicts(base, _finetuned(clip), task="dtd", pretrained=pre)
+
+
+def test_linearized_indices_must_run_from_zero_without_gaps():
+    from arith.convert import _indexed
+
+    t = torch.zeros(2)
+    assert len(_indexed({"model.params0.0": t, "model.params0.1": t}, "params0")) == 2
+    for keys in (("params0.0", "params0.2"), ("params0.1",)):
+        with pytest.raises(ValueError, match="indices are not 0.."):
+            _indexed(dict.fromkeys(keys, t), "params0")
+
+
+def test_a_linearized_checkpoint_is_refused_under_a_non_linear_mode(clip, base):
+    sd = {}
+    for i, v in enumerate(base.params.values()):
+        sd[f"model.params0.{i}"] = v.detach().clone()
+        sd[f"model.params.{i}"] = v.detach().clone() + 0.01
+    assert from_state_dicts(base, sd, task="dtd").mode == "linear"
+    for mode in ("full", "attn"):
+        with pytest.raises(ValueError, match=f"gives a 'linear' task vector, not '{mode}'"):
+            from_state_dicts(base, sd, task="dtd", mode=mode)

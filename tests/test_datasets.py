@@ -198,3 +198,20 @@ def test_loader_workers_are_shared_among_torchrun_processes(monkeypatch):
     assert imagedata._workers() == 8
     monkeypatch.setenv("ARITH_DATA_WORKERS", "2")
     assert imagedata._workers() == 2
+
+
+def test_split_sizes_round_to_the_nearest_image():
+    # min(round(10 % of the pool), 5000), at least one image from two on
+    assert [imagedata.holdout_size(n) for n in (0, 1, 2, 19, 21, 100, 60000)] == [0, 0, 1, 2, 2, 10, 5000]
+    train, test = imagedata.fixed_test_holdout(1, "solo", 0.2)  # one image: it trains, no test image
+    assert train.tolist() == [0] and test.tolist() == []
+    train, test = imagedata.fixed_test_holdout(13, "t", 0.2)  # round(2.6) = 3
+    assert len(test) == 3 and sorted(train.tolist() + test.tolist()) == list(range(13))
+
+
+def test_a_label_equal_to_the_class_count_is_refused():
+    from arith.realsets import _check_labels
+
+    assert _check_labels("t", np.array([0, 9]), 10, "here").tolist() == [0, 9]
+    with pytest.raises(FileNotFoundError, match=r"labels outside 0..9 in here"):
+        _check_labels("t", np.array([0, 10]), 10, "here")

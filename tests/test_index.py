@@ -219,3 +219,51 @@ def test_the_lru_counts_tensor_bytes_without_importing_torch():
     cache.put("b", "text")
     cache.put("c", torch.zeros(20))  # 80 bytes: over the bound, the oldest go
     assert cache.nbytes == 80 and cache.get("a") is None and cache.get("c") is not None
+
+
+def _bare_bundle(tmp_path, files, tasks=("zeta", "alpha")):
+    """A manifest listing ``files`` (no tensors; opened with verify=False)."""
+    from arith.specs import FORMAT_VERSION
+
+    manifest = {"format": "arith-bundle", "format_version": FORMAT_VERSION, "base": {"spec": {}},
+                "tasks": [{"name": t, "classnames": ["a", "b"]} for t in tasks],
+                "files": {rel: {"sha256": "0" * 64, "bytes": 0} for rel in files}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_vectors_are_listed_in_task_order_and_only_safetensors_files_count(tmp_path):
+    core = [Files.BASE, Files.HEADS]
+    root = _bare_bundle(tmp_path, core + ["vectors/attn/alpha.safetensors", "vectors/attn/zeta.safetensors",
+                                          "vectors/attn/notes.txt", "vectors/attn/zeta.json"])
+    idx = BundleIndex.open(root, verify=False)
+    assert list(idx.vectors["attn"]) == ["zeta", "alpha"]  # the manifest's task order, not the files' alphabetical one
+
+
+def test_only_files_under_results_are_results(tmp_path):
+    root = _bare_bundle(tmp_path, [Files.BASE, Files.HEADS, "results/accuracy.json", "results.json",
+                                   "results-old/stale.json"])
+    for rel in ("results/accuracy.json", "results.json", "results-old/stale.json"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text('{"x": 1}')
+    assert set(BundleIndex.open(root, verify=False).results) == {"accuracy"}
+
+
+def test_a_manifest_size_must_be_a_whole_number_not_a_bool(tmp_path):
+    from arith.index import read_manifest
+
+    root = _bare_bundle(tmp_path, [Files.BASE])
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"][Files.BASE]["bytes"] = True
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="sha256 and size in bytes"):
+        read_manifest(root)
+
+
+def test_an_oversized_safetensors_header_is_refused_before_it_is_read(tmp_path):
+    from arith.index import MAX_HEADER_BYTES, split_sizes
+
+    path = tmp_path / "d.safetensors"
+    path.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}")
+    with pytest.raises(BundleError, match=f"header of {MAX_HEADER_BYTES + 1} bytes"):
+        split_sizes(path, "data/d.safetensors")
