@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arith.cli import main
-from arith.convert import from_state_dicts, import_checkpoint, visual_state
+from arith.convert import from_state_dicts, import_checkpoint, import_state_dicts, visual_state
 from arith.models import Base, ImageEncoder, build_clip
 from arith.specs import ModelSpec
 from arith.taskvec import load_task_vector
@@ -311,8 +311,6 @@ def test_a_text_tower_or_a_task_vector_given_as_weights_is_named(clip, base):
 
 
 def test_a_linearized_checkpoints_tensors_outside_the_encoder_are_counted(clip, base):
-    from arith.convert import import_state_dicts
-
     sd, named = _linearized_checkpoint(clip)
     n = len(named)
     outside = sum(1 for k in named if not k.startswith("visual."))  # the CLIP parameters an ImageEncoder keeps
@@ -328,18 +326,12 @@ def test_a_tensor_changed_in_one_entry_counts_as_changed(clip, base):
     key = "visual.transformer.resblocks.0.mlp.c_fc.weight"
     ft = {k: v.clone() for k, v in clip.state_dict().items()}
     ft[key][0, 0] += 0.25
-    tv, rep = import_state_dicts_report(base, ft)
+    tv, rep = import_state_dicts(base, ft, task="dtd")
     assert rep["changed"] == 1 and key in tv.tensors
     expected = torch.zeros_like(ft[key])
     expected[0, 0] = ft[key][0, 0] - clip.state_dict()[key][0, 0]
     assert torch.equal(tv.tensors[key], expected)
     assert all(not t.any() for k, t in tv.tensors.items() if k != key)
-
-
-def import_state_dicts_report(base, ft, **kw):
-    from arith.convert import import_state_dicts
-
-    return import_state_dicts(base, ft, task="dtd", **kw)
 
 
 def test_a_pretrained_file_that_differs_from_theta0_in_its_last_tensor_is_refused(clip, base):
