@@ -126,19 +126,31 @@ st.caption("The papers' protocol: θ0 + α Σ_t τ_t for α ∈ {0, 0.05, …, 1
            + ("" if ctx.method == METHOD else f" Dotted, on demand: merged by {method_label(ctx.method)}, α up to "
                                               f"{get_merge_method(ctx.method).alpha_max:g}."))
 with guard("Task-addition sweep"):
+    selected = {m: names for m in ctx.modes if (names := [n for n in ctx.tasks if n in ex.catalog(m)])}
+    # the bundle's sweeps (and any this process swept) are drawn at once; another selection's is swept when asked,
+    # so that adding or removing a task does not hold the page for a sweep per mode
+    todo = [m for m, names in selected.items() if not ex.addition_ready(m, names)]
+    if todo:
+        offer = st.empty()  # the note and its button go once the sweeps are computed (not on the next run)
+        box = offer.container()
+        box.info(f"Not precomputed for this selection of tasks: {', '.join(map(mode_label, todo))} (21 values of α, "
+                 "each scored on the selected tasks' validation and test splits: about a second per task and mode for "
+                 "the embedded default on 2 CPU cores).", icon="⏳")
+        if box.button(f"Sweep α for {len(todo)} mode(s)", key="sweep_compute"):
+            offer.empty()
+            todo = []
     curves = {}
-    for m in ctx.modes:
-        names = [n for n in ctx.tasks if n in ex.catalog(m)]
-        if not names:
+    for m, names in selected.items():
+        if m in todo:
             continue
         bar = Progress(f"Sweeping α for {mode_label(m)}")
         try:
             curves[m] = ex.addition(m, names, progress=bar)
         finally:
             bar.done()
-    if not curves:
+    if not selected:
         st.info("Select at least one of the bundle's task vectors to see the sweep.")
-    else:
+    elif curves:
         metric = st.radio("Metric", ["normalized", "absolute"], horizontal=True, key="sweep_metric",
                           persist_state="session")
         alone = {}

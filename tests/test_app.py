@@ -91,6 +91,7 @@ def test_every_view_renders_on_the_bundle(new_app, page, bundle_dir):
     if page.endswith("arithmetic.py"):
         assert [m.label for m in at.metric][:2] == ["Absolute accuracy", "Normalized accuracy"]
         assert charts(at) == 3
+        assert not [b for b in at.button if b.key == "sweep_compute"]  # the stored sweeps: drawn, nothing to ask
     if page.endswith("disentanglement.py"):  # precomputed grids show at once: one heatmap per mode, no compute button
         assert charts(at) == 4
         assert not [b for b in at.button if b.key == "xi_compute"]
@@ -172,6 +173,9 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     # ... and for any other selection of tasks, computed only when asked
     at.sidebar.multiselect(key="w_tasks").set_value([STRIPES, QUADS]).run(timeout=120)
     clean(at)
+    if [b for b in at.button if b.key == "sweep_compute"]:  # not swept yet in this process: asked for first
+        at.button(key="sweep_compute").click().run(timeout=120)
+        clean(at)
     assert not engine.pairs_stored("full", [STRIPES, QUADS])
     assert not [c for c in at.get("plotly_chart") if "task hurt" in c.proto.spec]
     at.toggle(key="sweep_pairs").set_value(True).run(timeout=120)
@@ -185,6 +189,31 @@ def test_each_task_alone_is_drawn_on_demand_with_the_engines_interference(new_ap
     clean(at)
     assert at.toggle(key="sweep_pairs").value
     assert_heatmap(at, engine.pairs("full", [STRIPES, QUADS]))
+
+
+def test_a_sweep_the_bundle_does_not_store_is_computed_only_when_asked(new_app, engine):
+    import streamlit as st
+
+    st.cache_resource.clear()  # the app opens the bundle afresh: nothing swept in this process yet
+    at = new_app()
+    picked = [STRIPES, QUADS]
+    at.sidebar.multiselect(key="w_tasks").set_value(picked).run(timeout=120)
+    clean(at)
+    ex, modes = at.session_state["_ctx"].ex, at.session_state["_ctx"].modes
+    assert not any(ex.addition_ready(m, picked) for m in modes)  # changing the selection swept nothing
+    assert not [d for d in at.dataframe if "validation-chosen α" in d.value.columns]
+    assert any(i.value.startswith("Not precomputed for this selection of tasks") for i in at.info)
+    assert at.button(key="sweep_compute").label == f"Sweep α for {len(modes)} mode(s)"
+    at.button(key="sweep_compute").click().run(timeout=300)
+    clean(at)
+    sweep = table(at, "validation-chosen α")
+    assert list(sweep["mode"]) == [mode_label(m) for m in modes] and all(ex.addition_ready(m, picked) for m in modes)
+    assert list(sweep["validation-chosen α"]) == [engine.addition(m, picked)["alpha"] for m in modes]
+    assert list(sweep["absolute (%)"]) == pytest.approx([100 * engine.addition(m, picked)["absolute"] for m in modes])
+    # later runs draw the computed sweeps without asking again
+    at.sidebar.slider(key=f"w_coef::{STRIPES}").set_value(0.5).run(timeout=120)
+    clean(at)
+    assert not [b for b in at.button if b.key == "sweep_compute"] and len(table(at, "validation-chosen α")) == len(modes)
 
 
 def assert_heatmap(at, pairs):

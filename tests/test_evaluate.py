@@ -315,6 +315,17 @@ def test_explorer_serves_the_stored_alone_curve_and_computes_past_a_malformed_on
     assert fresh["interference"] == served["interference"]
 
 
+def test_addition_ready_says_whether_a_sweep_is_served_without_computing(bundle):
+    ex = Explorer(bundle)
+    sub = [TASKS[1], TASKS[0]]  # another selection, in any order
+    assert ex.addition_ready("attn") and ex.addition_ready("attn", list(reversed(TASKS)))  # the stored sweep
+    assert not ex.addition_ready("attn", sub) and not ex.addition_ready("attn", method="ties")
+    assert not ex.addition_ready("full", sub)
+    ex.addition("attn", sub)  # swept once ...
+    assert ex.addition_ready("attn", sub[::-1]) and serving_only(ex).addition("attn", sub)  # ... then served
+    assert not ex.addition_ready("full", sub)  # per mode
+
+
 def test_explorer_serves_the_stored_pair_costs_only_where_they_answer_the_request(bundle):
     import dataclasses
 
