@@ -33,7 +33,7 @@ import torch
 from .cli import _config_arg, _emit, arguments, command
 from .modes import MODES, get_mode
 from .specs import Meta
-from .taskvec import TaskVector, as_base, check_output_path, validate
+from .taskvec import FAR, TaskVector, as_base, check_output_path, validate
 
 WRAPPERS = ("module.", "_orig_mod.", "model.", "image_encoder.")
 NESTS = ("state_dict", "model", "module")  # {"state_dict": sd} (open_clip, Lightning), {"model": sd} (timm, DeiT)
@@ -41,7 +41,6 @@ RECIPE = ("it is probably a whole pickled module (the task-vectors / tangent-spa
           "unpickled here; convert it once offline to a state dict (README, 'Importing checkpoints')")
 ZIP = b"PK\x03\x04"  # what torch.save writes
 TEXT_KEYS = ("token_embedding.", "ln_final.", "text_projection")  # a CLIP text tower's own (open_clip names)
-FAR = 0.5  # ‖θ_t − θ0‖ above this fraction of ‖θ0‖ is no fine-tune of θ0 (one moves it a few percent)
 
 
 def read_checkpoint(path: str | Path) -> dict:

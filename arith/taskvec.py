@@ -29,6 +29,38 @@ class TaskVectorError(ValueError):
     """A task vector does not fit the base model or is malformed; the message names the key or field."""
 
 
+class MissingMetadata(TaskVectorError):
+    """A file lacks metadata fields (``keys``) that the caller can supply: task, mode, base model."""
+
+    def __init__(self, message: str, keys: Sequence[str]):
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
+# A fine-tune moves θ0 by a few percent, so a τ file within this fraction of ‖θ0‖ of θ0 itself is fine-tuned weights
+# θ_t offered as a vector, and weights this far or further from θ0 are no fine-tune of it (arith.convert).
+FAR = 0.5
+
+
+def check_not_weights(tensors: Mapping[str, torch.Tensor], base) -> None:
+    """Refuse tensors that are fine-tuned weights θ_t (or θ0 itself) rather than a task vector τ = θ_t − θ0: on the
+    base's keys they hold, ‖tensors − θ0‖ < FAR · ‖θ0‖, where a task vector sits about ‖θ0‖ away from θ0 (it is a
+    small difference, not weights).  Keys the base lacks and mis-shaped tensors are left to :func:`validate`."""
+    params = as_base(base).params
+    keys = [k for k, t in tensors.items() if k in params and tuple(t.shape) == tuple(params[k].shape)
+            and t.dtype in _TORCH_FLOAT]
+    # fp32 per tensor (torch.dist, no float64 copies): a threshold check, ~0.1 s for a ViT-B/32 vector on a CPU
+    ref = math.sqrt(sum(float(torch.linalg.vector_norm(params[k].float())) ** 2 for k in keys))
+    if not keys or not ref > 0:
+        return
+    near = math.sqrt(sum(float(torch.dist(tensors[k].float(), params[k].float())) ** 2 for k in keys)) / ref
+    if near < FAR:
+        raise TaskVectorError(f"these {len(keys)} tensors are within {near:.2g} × ‖θ0‖ of θ0's own: fine-tuned "
+                              "weights θ_t, not a task vector τ = θ_t − θ0 (which is a small difference, about ‖θ0‖ "
+                              "away from θ0). Load them as fine-tuned weights (the app's Upload page, or `python -m "
+                              "arith import`), which takes τ = θ_t − θ0")
+
+
 def library_versions() -> dict[str, str]:
     import open_clip
 
@@ -324,14 +356,21 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
         if given is not None:
             meta[key] = given
     meta.setdefault(Meta.FORMAT, FORMAT_VERSION)
-    missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
-    if missing:
-        raise TaskVectorError(f"metadata lacks {', '.join(missing)} (give the task and mode when uploading)")
     if meta[Meta.FORMAT] != FORMAT_VERSION:
         raise TaskVectorError(f"metadata {Meta.FORMAT}={meta[Meta.FORMAT]!r}: this version reads format {FORMAT_VERSION!r}")
+    # what the file is, before what it lacks: no task or mode given for it would make it a task vector
     kind = meta.get(Meta.KIND, "task_vector")
     if kind != "task_vector":
-        raise TaskVectorError(f"metadata {Meta.KIND}={kind!r}: not a task vector")
+        from .export import MERGED_KIND
+
+        hint = " (merged weights: load them as fine-tuned weights θ_t to take θ − θ0)" if kind == MERGED_KIND else ""
+        raise TaskVectorError(f"metadata {Meta.KIND}={kind!r}: not a task vector{hint}")
+    if not tensors:
+        raise TaskVectorError("the file holds no tensors")
+    check_not_weights(tensors, base)
+    missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
+    if missing:
+        raise MissingMetadata(f"metadata lacks {', '.join(missing)} (give the task and mode when uploading)", missing)
     if meta.get(Meta.MODE) not in MODES:
         raise TaskVectorError(f"metadata {Meta.MODE}={meta.get(Meta.MODE)!r}: unknown mode; known: {', '.join(MODES)}")
     claimed = meta.get(Meta.BASE)
@@ -339,7 +378,8 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
         raise TaskVectorError(f"metadata {Meta.BASE}={claimed!r}: this vector was made for another base model "
                               f"(this one is {base.id!r})")
     if not claimed:
-        raise TaskVectorError(f"metadata lacks {Meta.BASE}: cannot tell which base model this vector is for")
+        raise MissingMetadata(f"metadata lacks {Meta.BASE}: cannot tell which base model this vector is for",
+                              [Meta.BASE])
     for key in (Meta.STEPS, Meta.SEED):
         if key in meta and not re.fullmatch(r"\d+", meta[key]):
             raise TaskVectorError(f"metadata {key}={meta[key]!r} is not a non-negative integer")
@@ -348,8 +388,6 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
             float(meta[Meta.LR])
         except ValueError:
             raise TaskVectorError(f"metadata {Meta.LR}={meta[Meta.LR]!r} is not a number") from None
-    if not tensors:
-        raise TaskVectorError("the file holds no tensors")
 
     m = get_mode(meta[Meta.MODE])
     shapes = base.shapes
@@ -390,5 +428,5 @@ def load_task_vector(source, base, *, max_bytes: int = DEFAULT_MAX_BYTES, **over
     return validate(tensors, meta, base, **overrides)
 
 
-__all__ = ["TaskVector", "TaskVectorError", "SafetensorsError", "validate", "load_task_vector", "cosine_matrix",
-           "FLOAT_DTYPES", "library_versions"]
+__all__ = ["TaskVector", "TaskVectorError", "MissingMetadata", "SafetensorsError", "check_not_weights", "validate",
+           "load_task_vector", "cosine_matrix", "FLOAT_DTYPES", "library_versions"]

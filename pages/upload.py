@@ -9,7 +9,7 @@ from arith.convert import check_weights_metadata, import_state_dicts
 from arith.modes import MODES
 from arith.safefile import load_safetensors
 from arith.specs import Meta
-from arith.taskvec import load_task_vector, validate
+from arith.taskvec import MissingMetadata, load_task_vector, validate
 from ui.common import ROOT, message, readme_section
 from ui.state import (
     add_to_workspace,
@@ -100,7 +100,11 @@ for f in files or []:
             tv = validate(tensors, meta, base)
     except ValueError as e:
         refused[f.file_id] = options
-        new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": message(e)})
+        hint = ""  # the checkbox above answers what the file does not say
+        if isinstance(e, MissingMetadata) and Meta.BASE in e.keys and kind == VECTORS and not assume_base:
+            hint = (f" If it is a task vector for this bundle's base, tick *Files without `{Meta.BASE}` are for this "
+                    "base* above.")
+        new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": message(e) + hint})
         continue
     except Exception as e:  # a malformed upload must never show a traceback
         refused[f.file_id] = options
@@ -120,7 +124,7 @@ for f in files or []:
             if report.get("left_out") else "")
     new_results.append({"id": f.file_id, "file": f.name, "ok": True,
                         "message": f"{added}: {tv.task}, mode {tv.mode}, {len(tv.tensors)} tensors, "
-                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}{elsewhere}{left}"})
+                                   f"‖τ‖ = {tv.norm():.4g}; {selected_note(ctx, tv.mode)}.{elsewhere}{left}"})
 if new_results:
     fresh = {r["id"] for r in new_results}  # a file read again (other options) replaces its earlier message
     log[:] = new_results + [r for r in log if r.get("id") not in fresh]

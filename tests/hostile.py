@@ -171,5 +171,12 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
         # metadata that lies about the mode, the other way round: linear trains every tensor
         ("mode says linear, holds attention only", with_meta(**{Meta.MODE: "linear"}), "missing"),
         ("mode says mlp, holds attention", with_meta(**{Meta.MODE: "mlp"}), "does not train"),
+        # weights where a difference belongs: θ_t = θ0 + τ, θ0 itself, and the Export view's merged weights
+        ("fine-tuned weights offered as a task vector", save({k: base.params[k] + t for k, t in tensors.items()},
+                                                             metadata=meta), "not a task vector τ = θ_t − θ0"),
+        ("θ0 itself offered as a task vector", save({k: base.params[k].clone() for k in tensors}, metadata=meta),
+         "within 0 × ‖θ0‖"),
+        ("merged weights offered as a task vector", with_meta(**{Meta.KIND: "merged_model"}),
+         "load them as fine-tuned weights"),
     ]
     return cases

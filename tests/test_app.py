@@ -415,6 +415,9 @@ def _bad_files(bundle) -> dict[str, tuple[bytes, str]]:
         "no-metadata.safetensors": (st_save(good), "metadata lacks"),
         "other-base.safetensors": (st_save(good, metadata=other_meta), "another base model"),
         "empty.safetensors": (b"", "empty"),
+        # fine-tuned weights θ_t (θ0 + τ) where a task vector belongs: refused, pointing to the weights option
+        "theta-t.safetensors": (st_save({k: bundle.base.params[k] + t for k, t in good.items()}, metadata=meta),
+                                "fine-tuned weights θ_t, not a task vector"),
     }
 
 
@@ -434,6 +437,7 @@ def test_upload_accepts_valid_files_and_names_each_problem(new_app, bundle, engi
         msg = next(e for e in errors if e.startswith(f"{name}:"))
         assert fragment in msg, (name, msg)
     assert len(set(errors)) == len(errors)
+    assert [m.value for m in at.success] and all(m.value.endswith(".") for m in at.success)  # sentences, not run-ons
     ws = workspace(at)
     assert list(ws) == ["stripes-half"] and ws["stripes-half"].task == STRIPES
     assert torch.equal(ws["stripes-half"].tensors[next(iter(valid.tensors))], next(iter(valid.tensors.values())))
@@ -471,6 +475,7 @@ def test_files_without_metadata_take_the_chosen_task_and_mode(new_app, bundle):
     at.selectbox(key="upload_mode").set_value("mlp")
     at.file_uploader(key="upload_files").set_value(("bare.safetensors", st_save(dict(tv.tensors)), "x")).run()
     assert "lacks arith.base_model" in at.error[0].value and not workspace(at)  # which base: not assumed silently
+    assert "tick *Files without `arith.base_model` are for this base* above" in at.error[0].value  # and where to say it
     at.checkbox(key="upload_assume_base").check().run()
     assert [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
     assert not at.error and at.success  # the earlier refusal is gone once the file is accepted

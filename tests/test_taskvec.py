@@ -112,6 +112,31 @@ def test_a_header_listing_many_tiny_tensors_is_refused_by_its_length(base):
         load_task_vector(struct.pack("<Q", len(header)) + header.encode(), base)
 
 
+def test_weights_are_told_from_a_task_vector_by_their_distance_to_theta0(base):
+    """‖file − θ0‖ < 0.5 ‖θ0‖ on the keys the file holds: weights θ_t, refused as τ; a vector this far or further from
+    θ0 is a difference, however long (within a fine-tune's few percent of ‖θ0‖ or not)."""
+    from arith.taskvec import check_not_weights, validate
+
+    keys = sorted(valid_vector(base).tensors)
+    theta0 = {k: base.params[k] for k in keys}
+    norm0 = math.sqrt(sum(float(t.double().pow(2).sum()) for t in theta0.values()))
+    g = torch.Generator().manual_seed(0)
+    noise = {k: torch.randn(t.shape, generator=g) for k, t in theta0.items()}
+    unit = math.sqrt(sum(float(t.double().pow(2).sum()) for t in noise.values()))
+
+    def at(r: float, around_theta0: bool) -> dict:  # a direction of length r‖θ0‖, added to θ0 or on its own
+        return {k: (theta0[k] if around_theta0 else 0) + (r * norm0 / unit) * noise[k] for k in keys}
+
+    meta = valid_vector(base).metadata()
+    for r in (0.0, 0.05, 0.45):  # θ0 itself, a fine-tune, a large move: all weights
+        with pytest.raises(TaskVectorError, match=f"within {r:.2g} × ‖θ0‖ of θ0's own"):
+            validate(at(r, True), meta, base)
+    check_not_weights(at(0.55, True), base)  # past half of ‖θ0‖ from θ0: taken as a (huge) vector
+    for r in (0.001, 0.3, 2.0):  # vectors, short or long
+        assert validate(at(r, False), meta, base).numel > 0
+    check_not_weights({"no.such.key": torch.zeros(3)}, base)  # nothing of the base to compare with: left to validate
+
+
 def test_files_without_metadata_need_task_and_mode(base):
     from safetensors.torch import save
 
