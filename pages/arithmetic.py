@@ -9,7 +9,7 @@ from arith.metrics import summarize, untouched
 from arith.modes import is_linearized, source_of
 from arith.report import interference_curve, interference_per_task, interference_rows
 from ui import charts
-from ui.common import Progress, guard, pct
+from ui.common import Progress, guard, pct, points_delta
 from ui.state import METHOD, context, mode_label, request_view
 
 ctx = context()
@@ -59,14 +59,13 @@ with guard("Evaluating the edited model"):
 
     c1, c2, c3, c4, *c5 = st.columns(5 if left else 4)
     c1.metric("Absolute accuracy", pct(here["absolute"]), help="Mean test accuracy over the selected tasks (those at "
-              "λ = 0 included)",
-              delta=f"{100 * (here['absolute'] - zs_here['absolute']):+.1f} points vs zero-shot")
+              "λ = 0 included)", **points_delta(here["absolute"] - zs_here["absolute"]))
     c2.metric("Normalized accuracy", pct(here.get("normalized")),
               help="Mean over the selected tasks of accuracy / accuracy of the task's own fine-tuned model (same mode)")
     c3.metric("Zero-shot absolute", pct(zs_here["absolute"]), help="θ0 on the same tasks")
     c4.metric("All tasks, absolute", pct(res["absolute"]), help="Mean over every task of the bundle")
     if left:
-        c5[0].metric("Tasks at λ = 0", pct(left["absolute"]), delta=f"{100 * left['change']:+.1f} points vs zero-shot",
+        c5[0].metric("Tasks at λ = 0", pct(left["absolute"]), **points_delta(left["change"]),
                      help=f"Mean over the {len(left['tasks'])} tasks that no vector with λ ≠ 0 was trained on: what "
                           "they lose is the other vectors' leakage into them.")
     st.plotly_chart(charts.accuracy_bars(acc, zs, ft, tasks, mode), key="acc_bars")
@@ -189,7 +188,8 @@ with guard("Task-addition sweep"):
         st.dataframe(pd.DataFrame([{"mode": name, "validation-chosen α": c["alpha"],
                                     "absolute (%)": 100 * c["absolute"], "normalized (%)": 100 * c["normalized"]}
                                    for name, c in sweeps]), hide_index=True, key="sweep_table",
-                     column_config={"absolute (%)": st.column_config.NumberColumn(format="%.1f"),
+                     column_config={"validation-chosen α": st.column_config.NumberColumn(format="%.2f"),
+                                    "absolute (%)": st.column_config.NumberColumn(format="%.1f"),
                                     "normalized (%)": st.column_config.NumberColumn(format="%.1f")})
         if alone:
             st.markdown("**What the other vectors cost, along α**")
@@ -240,7 +240,9 @@ with guard("Task-addition sweep"):
 st.subheader("Task negation (forgetting)")
 st.caption("θ0 − λ τ_t for each task t in this mode, with λ chosen on the validation splits: the largest drop of task "
            "t's accuracy that keeps the other tasks (the control) at ≥ 95 % of their zero-shot accuracy. Test "
-           "accuracy at that λ; switch the sidebar's mode to compare modes.")
+           "accuracy at that λ; switch the sidebar's mode to compare modes. *Open* sets the task's coefficient in "
+           "the sidebar (θ0 + Σ λ_t τ_t) to −λ.")
+NEG_LAMBDA = "λ in θ0 − λ τ_t"
 with guard("Task negation"):
     own = ex.catalog(mode)
     targets = [t for t in ex.tasks if own.get(t) == t]  # the bundle's vector of each task
@@ -263,12 +265,12 @@ with guard("Task negation"):
                     bar.done()
     done = {t: r for t, r in ready.items() if r is not None}
     if done:
-        st.dataframe(pd.DataFrame([{"task": t, "λ (negated)": 0.0 - r["alpha"], "target (%)": 100 * r["target"],
+        st.dataframe(pd.DataFrame([{"task": t, NEG_LAMBDA: r["alpha"], "target (%)": 100 * r["target"],
                                     "target zero-shot (%)": 100 * r["zeroshot_target"], "control (%)": 100 * r["control"],
                                     "control zero-shot (%)": 100 * r["zeroshot_control"],
                                     "constraint met": r["constraint_met"]} for t, r in done.items()]),
                      hide_index=True, key="neg_table",
-                     column_config={"λ (negated)": st.column_config.NumberColumn(format="%.2f"),
+                     column_config={NEG_LAMBDA: st.column_config.NumberColumn(format="%.2f"),
                                     **{c: st.column_config.NumberColumn(format="%.1f") for c in (
                                         "target (%)", "target zero-shot (%)", "control (%)", "control zero-shot (%)")}})
         edge = [t for t, r in done.items() if r.get("curve") and r["alpha"] >= max(p["alpha"] for p in r["curve"])]
@@ -279,4 +281,4 @@ with guard("Task negation"):
         target = c1.selectbox("Negated model to open", list(done), key="neg_task", persist_state="session")
         c2.button("Open θ0 − λ τ", key="neg_open", width="stretch", on_click=request_view,
                   args=(mode, {target: 0.0 - done[target]["alpha"]}, METHOD),  # the protocol's model
-                  help="Selects just this task in the sidebar, at its negation λ: the views above then show that model.")
+                  help="Selects just this task in the sidebar, at coefficient −λ: the views above then show that model.")

@@ -85,7 +85,9 @@ with st.form("train_form", border=True, enter_to_submit=False):  # only the butt
     seed = c4.number_input("Seed", 0, 2**31 - 1, int(cfg0.seed), key=f"train_seed::{mode}", persist_state="session")
     c1, c2 = st.columns(2)
     train_n = c1.number_input("Training images (0 = all)", 0, 10_000_000, int(plan.get("train_n") or 0),
-                              key="train_n", persist_state="session")
+                              key="train_n", persist_state="session",
+                              help="At most this many of the task's training images (the bundle's recipe by default); "
+                                   "a task with fewer trains on all of its own.")
     name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name",
                          persist_state="session")
     st.caption(f"{recipe}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "

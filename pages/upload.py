@@ -145,7 +145,7 @@ store = workspace_store(base.id)
 if not store:
     st.caption("Empty: upload a file above or train a vector on the Train page.")
 else:
-    st.dataframe(pd.DataFrame([{"name": n, "task": e["vector"].task, "mode": e["vector"].mode,
+    st.dataframe(pd.DataFrame([{"name": n, "task": e["vector"].task, "mode": mode_label(e["vector"].mode),
                                 "tensors": len(e["vector"].tensors), "parameters": e["vector"].numel,
                                 "source": e["source"], "added": e["added"]} for n, e in store.items()]),
                  hide_index=True, key="ws_table")

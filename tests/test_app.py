@@ -228,10 +228,10 @@ def assert_heatmap(at, pairs):
 def test_negation_shows_the_bundles_results_and_opens_each_negated_model(new_app, engine):
     at = new_app()
     clean(at)
-    rows = table(at, "λ (negated)")
+    rows = table(at, "λ in θ0 − λ τ_t")
     assert list(rows["task"]) == engine.tasks
-    for t, lam in zip(rows["task"], rows["λ (negated)"]):  # the bundle's precomputed protocol, per task
-        assert lam == -engine.negation("attn", t)["alpha"]
+    for t, lam in zip(rows["task"], rows["λ in θ0 − λ τ_t"]):  # the bundle's precomputed protocol, per task
+        assert lam == engine.negation("attn", t)["alpha"] > 0  # λ of θ0 − λ τ_t, as the caption writes it
     neg = engine.negation("attn", COLOURS)
     at.sidebar.selectbox(key="w_method").set_value("ties").run()  # the protocol's model is task arithmetic's
     at.selectbox(key="neg_task").set_value(COLOURS).run()
@@ -254,17 +254,17 @@ def test_negation_missing_from_a_bundle_is_computed_on_demand(new_app, engine, c
     monkeypatch.setenv("ARITH_BUNDLE", str(copy))
     at = new_app()
     clean(at)
-    assert not [d for d in at.dataframe if "λ (negated)" in d.value.columns]
+    assert not [d for d in at.dataframe if "λ in θ0 − λ τ_t" in d.value.columns]
     at.button(key="neg_compute").click().run(timeout=300)
     clean(at)
     assert not [i for i in at.info if "Not precomputed" in i.value]  # gone in the run that computed them
-    rows = table(at, "λ (negated)")
+    rows = table(at, "λ in θ0 − λ τ_t")
     assert list(rows["task"]) == engine.tasks
-    for t, lam, target in zip(rows["task"], rows["λ (negated)"], rows["target (%)"]):  # the protocol, computed
+    for t, lam, target in zip(rows["task"], rows["λ in θ0 − λ τ_t"], rows["target (%)"]):  # the protocol, computed
         ref = engine.negation("attn", t)
-        assert lam == -ref["alpha"] and target == pytest.approx(100 * ref["target"])
+        assert lam == ref["alpha"] and target == pytest.approx(100 * ref["target"])
     at.run()  # kept: the next run shows them without offering to compute again
-    assert table(at, "λ (negated)").equals(rows) and not [b for b in at.button if b.key == "neg_compute"]
+    assert table(at, "λ in θ0 − λ τ_t").equals(rows) and not [b for b in at.button if b.key == "neg_compute"]
 
 
 def test_view_choices_persist_across_pages(new_app):
@@ -1006,10 +1006,10 @@ def test_a_view_is_chosen_like_a_mode_and_every_page_shows_it_beside_the_modes(n
     assert row["L2 norm"].iloc[0] == pytest.approx(mine.cut(get_mode("attn")).norm())
     specs = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
     heat = next(d for d in specs if d.get("type") == "heatmap")
-    assert "full@attn/half" in heat["x"] and "full/half" in heat["x"]
+    assert f"half · {mode_label('full@attn')}" in heat["x"] and f"half · {mode_label('full')}" in heat["x"]
     at.multiselect(key="vec_modes").set_value(["full@attn"]).run()  # the view alone still has the session's vector
     heat = next(d for d in (json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")) if d.get("type") == "heatmap")
-    assert sorted(heat["x"]) == sorted(f"full@attn/{n}" for n in (STRIPES, COLOURS, QUADS, "half"))
+    assert sorted(heat["x"]) == sorted(f"{n} · {mode_label('full@attn')}" for n in (STRIPES, COLOURS, QUADS, "half"))
     # training with a view current: the form opens on the view's source mode, and the new vector is shown, cut
     at.switch_page("pages/train.py").run()
     assert at.selectbox(key="train_mode").value == "full"

@@ -72,3 +72,17 @@ def test_addition_curves_mark_each_sweeps_own_validation_choice():
     assert sorted(s.x[0] for s in stars) == [0.35, 1.55]
     assert any("TIES-merging" in s.hovertemplate and s.x[0] == 1.55 for s in stars)
     assert [t.line.dash for t in fig.data if t.mode == "lines"] == ["dot"] and max(fig.data[-2].x) == 2.0
+
+
+def test_the_cosine_heatmap_names_vectors_as_the_rest_of_its_page_does():
+    fig = charts.cosine_heatmap(["attn/digits", "full/digits", "attn/mine"], [[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]])
+    names = ["digits · Attention-only", "digits · Full fine-tuning", "mine · Attention-only"]  # not "attn/digits"
+    assert list(fig.data[0].x) == list(fig.data[0].y) == names
+
+
+def test_the_xi_heatmap_hover_names_the_coefficients_as_its_axes_do():
+    res = {"alpha1": [-1.0, 0.0, 1.0], "alpha2": [-1.0, 0.0, 1.0], "tasks": ["a", "b"], "xi": [[0.0] * 3] * 3}
+    fig = charts.xi_heatmap(res, "xi", 1.0, "t", snap=snap)
+    cell = next(d for d in fig.data if d.name == "cell")
+    assert fig.layout.xaxis.title.text == "λ b" and fig.layout.yaxis.title.text == "λ a"
+    assert cell.hovertemplate.startswith("λ a=") and ", λ b=" in cell.hovertemplate and "α" not in cell.hovertemplate

@@ -119,3 +119,12 @@ def test_progress_is_clipped_to_one_and_shows_the_loss():
 def test_pct_honours_its_digits():
     assert common.pct(0.125, 2) == "12.50%" and common.pct(0.125) == "12.5%" and common.pct(None) == "—"
     assert common.as_percent(0.25) == 25.0 and common.as_percent(None) is None
+
+
+def test_a_change_that_rounds_to_zero_points_is_drawn_flat():
+    from ui.common import points_delta
+
+    assert points_delta(0.0123) == {"delta": "+1.2 points vs zero-shot"}  # Streamlit colours and arrows it by sign
+    assert points_delta(-0.05) == {"delta": "-5.0 points vs zero-shot"}
+    for flat in (0.0, 0.0004, -0.0004):  # "+0.0" would be a green rise, "-0.0" a red fall
+        assert points_delta(flat) == {"delta": "±0.0 points vs zero-shot", "delta_color": "off", "delta_arrow": "off"}

@@ -181,9 +181,10 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
     ``customdata`` is [ξ, λ1, λ2 a click sets, α1, α2].
 
     ``names``: the two vectors' names for the axes (default: the result's task names); ``snap``: the coefficient a
-    click sets for a grid value (the sliders' step), shown in the hover beside the cell's own α.  A grid taken at
+    click sets for a grid value (the sliders' step), shown in the hover beside the cell's own coefficients (λ, as on
+    the axes; at one length the axes are the grid's a and the hover still gives each λ).  A grid taken at
     one length (``res["length"]``, :meth:`arith.explore.Explorer.xi`) is drawn on its ``grid`` (a = 1: τ at that
-    length), so panels of modes whose vectors differ in length line up; the hover gives each cell's own α."""
+    length), so panels of modes whose vectors differ in length line up."""
     a1, a2 = list(res["alpha1"]), list(res["alpha2"])
     at_length = res.get("length") is not None and len(res.get("grid", ())) == len(a1) == len(a2)
     p1, p2 = (list(res["grid"]), list(res["grid"])) if at_length else (a1, a2)
@@ -206,7 +207,7 @@ def xi_heatmap(res: Mapping, variant: str, zmax: float, title: str, current: tup
                     marker=dict(symbol="square", size=max(6, int(320 / max(len(a1), len(a2)))), opacity=0.0,
                                 color="white"),
                     selected=dict(marker=dict(opacity=0.0)), unselected=dict(marker=dict(opacity=0.0)),
-                    hovertemplate=f"α {t1}=%{{customdata[3]:.2f}}, α {t2}=%{{customdata[4]:.2f}}<br>"
+                    hovertemplate=f"λ {t1}=%{{customdata[3]:.2f}}, λ {t2}=%{{customdata[4]:.2f}}<br>"
                                   f"ξ=%{{customdata[0]:.3f}}<br>%{{customdata[5]}}<extra></extra>")
     if current is not None:  # on the grid's own axes (a = λ / scale at a length); not drawn outside the grid
         c1, c2 = ((a[-1] / p[-1] if p[-1] else 1.0) for a, p in ((a1, p1), (a2, p2)))
@@ -301,9 +302,11 @@ def norm_profile(profiles: Mapping[str, Mapping[str, float]]) -> go.Figure:
 
 
 def cosine_heatmap(labels: Sequence[str], cosine: Sequence[Sequence[float]]) -> go.Figure:
-    """Cosine similarity of task vectors (labels ``mode/name``), symmetric colour range [−1, 1]."""
+    """Cosine similarity of task vectors (labels ``mode/name``, drawn as :func:`vector_label` reads them), symmetric
+    colour range [−1, 1]."""
+    labels = [vector_label(lab) for lab in labels]
     fig = go.Figure()
-    fig.add_heatmap(x=list(labels), y=list(labels), z=cosine, zmin=-1.0, zmax=1.0, colorscale="RdBu_r",
+    fig.add_heatmap(x=labels, y=labels, z=cosine, zmin=-1.0, zmax=1.0, colorscale="RdBu_r",
                     text=[[f"{v:.2f}" for v in row] for row in cosine], texttemplate="%{text}" if len(labels) <= 16 else None,
                     hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>", colorbar=dict(title="cos", thickness=12))
     fig.update_yaxes(autorange="reversed", scaleanchor="x")

@@ -91,8 +91,8 @@ CHOOSE_LAMBDAS = ("One λ per task on validation: up to 3 rounds, fewer if one c
 
 def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], method: str, preset: str, steps) -> dict | None:
     """Run a preset's ``steps`` ((progress label, name of an Explorer method taking ``(mode, tasks, progress=,
-    method=)``)) in turn on the selected bundle vectors merged by ``method``, each with a progress bar in the
-    sidebar; the last one's result, or None with the reason shown there."""
+    method=)``)) in turn on the selected bundle vectors merged by ``method``, each with a progress bar at the top of
+    the main page; the last one's result, or None with the reason shown in the sidebar."""
     in_bundle = [n for n in tasks if n in ex.catalog(mode)]
     if not in_bundle:
         sb.warning(f"{preset} needs at least one of the bundle's task vectors selected.")
@@ -100,7 +100,7 @@ def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], method: str, p
     res = None
     try:
         for label, name in steps:
-            bar = Progress(label, sb)
+            bar = Progress(label)  # on the main page, on top: the sidebar's button may be below its fold
             try:
                 res = getattr(ex, name)(mode, in_bundle, progress=bar, method=method)
             finally:
