@@ -335,7 +335,7 @@ def _vector(base, sd: Mapping, task: str, mode: str | None, pretrained: Mapping 
         tensors = {k: v for k, v in delta.items() if get_mode(mode).trains(k)}
         info["format"] = "state-dict pair" if pretrained is not None else "state dict against the base's θ0"
     meta = {Meta.BASE: base.id, Meta.MODE: mode, Meta.TASK: task, "arith.imported": json.dumps(info, sort_keys=True)}
-    tv = validate(tensors, meta, base)
+    tv = validate(tensors, meta, base, check_weights=False)  # τ = θ_t − θ0 was taken here (FAR checked the weights)
     # what τ leaves out: the checkpoint's other tensors (text tower, heads); with θ0's file, how many of them changed
     shared = [k for k in others if k in given_others]  # None: no θ0 file, or none of its keys to compare with
     left_changed = sum(not _same(others[k], given_others[k]) for k in shared) if shared else None

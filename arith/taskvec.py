@@ -45,15 +45,21 @@ FAR = 0.5
 def check_not_weights(tensors: Mapping[str, torch.Tensor], base) -> None:
     """Refuse tensors that are fine-tuned weights θ_t (or θ0 itself) rather than a task vector τ = θ_t − θ0: on the
     base's keys they hold, ‖tensors − θ0‖ < FAR · ‖θ0‖, where a task vector sits about ‖θ0‖ away from θ0 (it is a
-    small difference, not weights).  Keys the base lacks and mis-shaped tensors are left to :func:`validate`."""
+    small difference, not weights).  Keys the base lacks and mis-shaped tensors are left to :func:`validate`.
+
+    A vector that moves its tensors along θ0 by about their own size (a mode training only LayerNorm gains, say,
+    raising them by half) would be refused too; no registered mode's vectors come near (the embedded default's sit
+    at 1.00–1.02 × ‖θ0‖ from θ0), and vectors imported from weights skip this check (``validate(check_weights=False)``)."""
     params = as_base(base).params
     keys = [k for k, t in tensors.items() if k in params and tuple(t.shape) == tuple(params[k].shape)
             and t.dtype in _TORCH_FLOAT]
-    # fp32 per tensor (torch.dist, no float64 copies): a threshold check, ~0.1 s for a ViT-B/32 vector on a CPU
+    # fp32 per tensor (torch.dist, no float64 copies): a threshold check, ~0.1 s for a ViT-B/32 vector on a CPU; on
+    # θ0's device (the app's base may be on a GPU, an uploaded file is read to the CPU)
     ref = math.sqrt(sum(float(torch.linalg.vector_norm(params[k].float())) ** 2 for k in keys))
     if not keys or not ref > 0:
         return
-    near = math.sqrt(sum(float(torch.dist(tensors[k].float(), params[k].float())) ** 2 for k in keys)) / ref
+    near = math.sqrt(sum(float(torch.dist(tensors[k].to(params[k].device, torch.float32), params[k].float())) ** 2
+                         for k in keys)) / ref
     if near < FAR:
         raise TaskVectorError(f"these {len(keys)} tensors are within {near:.2g} × ‖θ0‖ of θ0's own: fine-tuned "
                               "weights θ_t, not a task vector τ = θ_t − θ0 (which is a small difference, about ‖θ0‖ "
@@ -338,7 +344,7 @@ def as_base(base):
 
 
 def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
-             *, task: str | None = None, mode: str | None = None) -> TaskVector:
+             *, task: str | None = None, mode: str | None = None, check_weights: bool = True) -> TaskVector:
     """Check tensors + metadata against ``base`` (an :class:`arith.models.Base`) and build a fp32 TaskVector.
 
     Refuses, naming the key or field: missing metadata, an unknown format version or mode, a base-model id that is
@@ -346,7 +352,8 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
     trains but the file lacks, wrong shapes, non-float dtypes and NaN/Inf values.  ``task``/``mode`` fill in what
     the metadata lacks (files written by other tools); one that contradicts the metadata is refused, not applied
     (a full vector read as linear would be scored as another model).  The base-model id cannot be filled in.
-    ``base`` may also be a loaded bundle (its θ0).
+    ``base`` may also be a loaded bundle (its θ0).  Fine-tuned weights offered as a vector are refused
+    (:func:`check_not_weights`) unless ``check_weights`` is False: the caller took τ = θ_t − θ0 itself.
     """
     base = as_base(base)
     meta = dict(meta)
@@ -363,11 +370,17 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
     if kind != "task_vector":
         from .export import MERGED_KIND
 
-        hint = " (merged weights: load them as fine-tuned weights θ_t to take θ − θ0)" if kind == MERGED_KIND else ""
+        hint = ""
+        if kind == MERGED_KIND:  # a linearized mode's merge is the linear model's point, not weights to subtract θ0 from
+            hint = (" (a linearized mode's merged weights are the linear model's point θ0 + δ: neither a task vector "
+                    "nor fine-tuned weights)"
+                    if meta.get("arith.linearized") == "true" else
+                    " (merged weights: load them as fine-tuned weights θ_t to take θ − θ0)")
         raise TaskVectorError(f"metadata {Meta.KIND}={kind!r}: not a task vector{hint}")
     if not tensors:
         raise TaskVectorError("the file holds no tensors")
-    check_not_weights(tensors, base)
+    if check_weights:
+        check_not_weights(tensors, base)
     missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
     if missing:
         raise MissingMetadata(f"metadata lacks {', '.join(missing)} (give the task and mode when uploading)", missing)

@@ -13,6 +13,9 @@
    and moved to the GPU beforehand (``gpu``); fp32, and under autocast (fp16 / bf16; τ stays fp32).  ``linear`` is timed cold
    (J τ_t computed) and warm (cached: a weighted sum).
 
+3. Upload: a task-vector file read to the CPU (as the app's Upload page reads one) and validated against θ0 on the
+   device, as the app's base is on a GPU: the checks that compare values with θ0 run across the two devices.
+
 Random weights, images and heads: the costs do not depend on the values.  Paste the table into BENCHMARKS.md
 with the card's name.
 """
@@ -39,7 +42,7 @@ from arith.heads import Head
 from arith.models import Base
 from arith.modes import get_mode
 from arith.specs import FinetuneConfig, ModelSpec
-from arith.taskvec import TaskVector
+from arith.taskvec import TaskVector, load_task_vector
 
 TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16}}
 
@@ -82,6 +85,17 @@ def _vectors(base: Base, mode: str, tasks: list[str], gen: torch.Generator) -> l
     keys = m.trainable_keys(base.params)
     return [TaskVector({k: 1e-3 * torch.randn(base.params[k].shape, generator=gen) for k in keys}, t, mode, base.id)
             for t in tasks]
+
+
+def upload_check(base: Base, gen: torch.Generator, mode: str = "full") -> dict:
+    """A task-vector file's bytes read and validated against ``base`` wherever it lives (the Upload page's path):
+    the file's tensors are on the CPU, θ0 may be on a GPU."""
+    blob = _vectors(base, mode, ["upload"], gen)[0].to_bytes()
+    t = time.perf_counter()
+    tv = load_task_vector(blob, base)
+    seconds = time.perf_counter() - t
+    assert tv.numel == sum(base.params[k].numel() for k in get_mode(mode).trainable_keys(base.params))
+    return {"mode": mode, "megabytes": len(blob) / 2**20, "base_device": str(base.device), "seconds": seconds}
 
 
 def slider_latency(base: Base, tasks: int, per_task: int, repeats: int, gen: torch.Generator,
@@ -166,7 +180,8 @@ def main(argv=None) -> dict:
     train = [] if args.no_finetune else [finetune_cost(base, m, args.batch_size, args.steps, args.warmup, gen)
                                          for m in ("full", "attn", "linear")]
     slider = slider_latency(base, args.tasks, args.per_task, args.repeats, gen, methods=list(dict.fromkeys(args.methods)))
-    res = {"info": info, "finetune": train, "slider": slider}
+    upload = upload_check(base, gen)
+    res = {"info": info, "finetune": train, "slider": slider, "upload": upload}
     print(f"{info['device']} · {info['model']} ({info['parameters']:,} visual parameters, "
           f"{info['image_size']}px) · torch {info['torch']} CUDA {info['cuda']}\n")
     if train:
@@ -181,6 +196,8 @@ def main(argv=None) -> dict:
     for r in slider:
         print(f"| {r['mode']} | {r['method']} | {r['vectors_on']} | {r['autocast']} | {r['first_call_s']:.3f} "
               f"| {r['median_s']:.3f} |")
+    print(f"\nupload: a {upload['mode']} vector file ({upload['megabytes']:.1f} MB) read and validated against θ0 on "
+          f"{upload['base_device']} in {upload['seconds']:.3f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return res

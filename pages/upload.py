@@ -1,5 +1,6 @@
 """View 5, upload: task vectors (safetensors) for the current base model join this session's workspace."""
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ from ui.state import (
 )
 
 EXAMPLE = ROOT / "assets" / "example-task-vector.safetensors"
+log = logging.getLogger("arith.app")
 
 ctx = context()
 ex = ctx.ex
@@ -47,6 +49,9 @@ if EXAMPLE.is_file():
                            help="A vector for the embedded default bundle; upload it back to try the workflow.")
     except ValueError:
         st.caption(f"The example file `{EXAMPLE.relative_to(ROOT)}` is for another base model (the embedded default).")
+    except Exception as e:  # the page goes on without the example
+        log.exception("checking the example task vector")
+        st.caption(f"The example file `{EXAMPLE.relative_to(ROOT)}` could not be checked ({type(e).__name__}: {e}).")
 
 VECTORS, WEIGHTS = "task vectors τ", "fine-tuned weights θ_t"
 kind = st.radio("The files hold", [VECTORS, WEIGHTS], horizontal=True, key="upload_kind", persist_state="session",
@@ -104,7 +109,8 @@ for f in files or []:
         if isinstance(e, MissingMetadata) and Meta.BASE in e.keys and kind == VECTORS and not assume_base:
             hint = (f" If it is a task vector for this bundle's base, tick *Files without `{Meta.BASE}` are for this "
                     "base* above.")
-        new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": message(e) + hint})
+        text = message(e) + (f".{hint}" if hint and not message(e).endswith(".") else hint)
+        new_results.append({"id": f.file_id, "file": f.name, "ok": False, "message": text})
         continue
     except Exception as e:  # a malformed upload must never show a traceback
         refused[f.file_id] = options

@@ -202,7 +202,7 @@ def test_a_sweep_the_bundle_does_not_store_is_computed_only_when_asked(new_app, 
     ex, modes = at.session_state["_ctx"].ex, at.session_state["_ctx"].modes
     assert not any(ex.addition_ready(m, picked) for m in modes)  # changing the selection swept nothing
     assert not [d for d in at.dataframe if "validation-chosen α" in d.value.columns]
-    assert any(i.value.startswith("Not precomputed for this selection of tasks") for i in at.info)
+    assert any(i.value.startswith(f"Not precomputed: {', '.join(map(mode_label, modes))}.") for i in at.info)
     assert at.button(key="sweep_compute").label == f"Sweep α for {len(modes)} mode(s)"
     at.button(key="sweep_compute").click().run(timeout=300)
     clean(at)
@@ -475,7 +475,8 @@ def test_files_without_metadata_take_the_chosen_task_and_mode(new_app, bundle):
     at.selectbox(key="upload_mode").set_value("mlp")
     at.file_uploader(key="upload_files").set_value(("bare.safetensors", st_save(dict(tv.tensors)), "x")).run()
     assert "lacks arith.base_model" in at.error[0].value and not workspace(at)  # which base: not assumed silently
-    assert "tick *Files without `arith.base_model` are for this base* above" in at.error[0].value  # and where to say it
+    assert "this vector is for. If it is a task vector for this bundle's base, tick *Files without `arith.base_model` " \
+           "are for this base* above." in at.error[0].value  # and where to say it, as a sentence of its own
     at.checkbox(key="upload_assume_base").check().run()
     assert [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]
     assert not at.error and at.success  # the earlier refusal is gone once the file is accepted

@@ -38,6 +38,7 @@ def test_gpu_check_smoke_run(tmp_path, capsys):
     lin = rows[("linear", ta, "fp32")]
     assert lin["median_s"] < lin["first_call_s"], "warm linear sliders are a weighted sum of cached J τ"
     assert "| slider evaluation, 8 × 16 images |" in capsys.readouterr().out
+    assert res["upload"]["base_device"] == "cpu" and res["upload"]["mode"] == "full"  # on a GPU: θ0 there, file here
 
 
 def test_gpu_build_check_smoke_run(tmp_path, capsys, monkeypatch):

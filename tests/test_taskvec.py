@@ -135,6 +135,19 @@ def test_weights_are_told_from_a_task_vector_by_their_distance_to_theta0(base):
     for r in (0.001, 0.3, 2.0):  # vectors, short or long
         assert validate(at(r, False), meta, base).numel > 0
     check_not_weights({"no.such.key": torch.zeros(3)}, base)  # nothing of the base to compare with: left to validate
+    assert validate(at(0.05, True), meta, base, check_weights=False).numel > 0  # a caller that took θ_t − θ0 itself
+
+
+def test_merged_weights_offered_as_a_vector_are_told_where_they_belong(base):
+    from safetensors.torch import save
+
+    from arith.export import MERGED_KIND
+
+    tv = valid_vector(base)
+    for linearized, says in (("false", "load them as fine-tuned weights"), ("true", "neither a task vector nor")):
+        meta = {**tv.metadata(), Meta.KIND: MERGED_KIND, "arith.linearized": linearized}
+        with pytest.raises(TaskVectorError, match=says):
+            load_task_vector(save(dict(tv.tensors), metadata=meta), base)
 
 
 def test_files_without_metadata_need_task_and_mode(base):
