@@ -52,6 +52,10 @@ def test_the_opening_alpha_is_the_bundles_snapped_to_the_slider_step():
     assert state.default_alpha(_Ex({"attn": {"alpha": 7.0}}), "attn") == 2.0
     for bad in ({"attn": {"alpha": math.nan}}, {"attn": {"alpha": "0.4"}}, {"mlp": {"alpha": 0.4}}, None):
         assert state.default_alpha(_Ex(bad), "attn") == state.DEFAULT_COEF
+    # a view has no sweep of its own: it opens at its source mode's α (links without coefficients, README tour)
+    stored = _Ex({"full": {"alpha": 0.4}, "linear": {"alpha": 0.35}})
+    assert state.default_alpha(stored, "full@attn") == 0.4 and state.default_alpha(stored, "linear@mlp") == 0.35
+    assert state.default_alpha(_Ex({"full": {"alpha": 0.4}, "full@attn": {"alpha": 0.7}}), "full@attn") == 0.7
 
 
 @pytest.mark.parametrize("value, delay", [("", 2.0), ("off", None), ("OFF", None), ("0.5", 0.5), ("-3", 0.0),

@@ -323,7 +323,9 @@ def pair_heatmap(pairs: Mapping) -> go.Figure:
     fig.add_heatmap(x=tasks, y=tasks, z=z, zmin=-top, zmax=top, colorscale="RdBu_r",
                     text=[["" if v is None else fixed(v) for v in row] for row in z], texttemplate="%{text}",
                     hovertemplate="%{y} with τ %{x} added: %{z:+.1f} points cost (negative: it helps)<extra></extra>",
-                    colorbar=dict(title="cost (points)<br>red: hurts<br>blue: helps", thickness=12))
+                    # the title runs along the bar: at its top the plotly toolbar covered it on hover
+                    colorbar=dict(title=dict(text="cost (points) · red: hurts · blue: helps", side="right"),
+                                  thickness=12))
     fig.update_xaxes(title=f"τ added (α = {pairs['alpha']:.2f})", showgrid=False)
     fig.update_yaxes(title="task hurt", autorange="reversed", showgrid=False)
     return _layout(fig, height=max(360, 34 * len(tasks) + 140))

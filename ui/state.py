@@ -371,8 +371,10 @@ def xi_click(point: Mapping, task1: str, task2: str) -> dict[str, float] | None:
 
 
 def default_alpha(ex: Explorer, mode: str) -> float:
-    """The opening coefficient: the bundle's validation-chosen α for ``mode`` when it ships one."""
-    a = (ex.result("addition") or {}).get(mode)
+    """The opening coefficient: the bundle's validation-chosen α for ``mode`` when it ships one (for a view, which
+    has no stored sweep, its source mode's: the vectors it is cut from)."""
+    stored = ex.result("addition") or {}
+    a = stored.get(mode) if mode in stored else stored.get(source_of(mode))
     a = a.get("alpha") if isinstance(a, dict) else None
     return snap(a) if isinstance(a, (int, float)) and math.isfinite(a) else DEFAULT_COEF
 
