@@ -151,6 +151,15 @@ def _table(rows: list[dict]) -> str:
     return pd.DataFrame(rows).to_string(index=False)
 
 
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null once writing to it has failed, so that Python's flush at exit does not fail again
+    with a second traceback (the recipe of Python's ``signal`` docs for SIGPIPE)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a captured stdout): nothing is flushed at exit
+        pass
+
+
 def _emit(args, result: dict, text: Callable[[dict], str]) -> None:
     print(json.dumps(result, indent=1, sort_keys=True) if args.json else text(result))
 
@@ -178,9 +187,10 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _vectors_arg(p):
+def _vectors_arg(p, named_for: str = "--coef"):
+    """``--vector [NAME=]FILE``; ``named_for``: the options that take a vector's name in this command."""
     p.add_argument("--vector", action="append", default=[], metavar="[NAME=]FILE",
-                   help="extra task-vector file (validated), named NAME for --coef, or after its task (then it "
+                   help=f"extra task-vector file (validated), named NAME for {named_for}, or after its task (then it "
                         "replaces the bundle's vector of that task)")
 
 
@@ -296,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     _, run, _ = COMMANDS[args.command]
     try:
-        return int(run(args) or 0)
+        code = int(run(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
+    except BrokenPipeError:  # the reader stopped reading (`| head`): nothing more to say, and nowhere to say it
+        _detach_stdout()
+        return 0
     except (ValueError, KeyError, OSError, RuntimeError) as e:  # OSError: a missing file, a directory, no permission
         # RuntimeError: torch's and open_clip's (no GPU driver, weights that cannot be downloaded, a model config
         # open_clip cannot build); $ARITH_DEBUG=1 re-raises it with its traceback, for a bug report
@@ -307,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             msg = next((line.strip() for line in msg.splitlines() if line.strip()), type(e).__name__)
             msg += " (ARITH_DEBUG=1 shows the traceback)"
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "error": msg}))
+            try:
+                print(json.dumps({"ok": False, "error": msg}), flush=True)
+            except OSError:  # stdout itself failed (a full disk): the message still goes to stderr
+                _detach_stdout()
         print(f"error: {msg}", file=sys.stderr)
         return 2

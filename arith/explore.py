@@ -244,13 +244,18 @@ class Explorer(Diagnostics):
                              + (f" and the views {', '.join(self.views)}" if self.views else "")) from None
         return {}
 
+    def require_vectors(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> None:
+        """A KeyError naming this bundle's modes and views when neither it nor ``extra`` has a vector of ``mode``:
+        :meth:`evaluate` answers θ0 for such a mode (a page may show one the workspace had), a command refuses it."""
+        if not self.catalog(mode, extra):
+            raise KeyError(f"this bundle has no {mode} task vectors; its modes: {', '.join(self.modes)}"
+                           + (f"; views: {', '.join(self.views)}" if self.views else ""))
+
     def _named(self, mode: str, names: Sequence[str], extra: Mapping[str, TaskVector] | None = None
                ) -> dict[str, TaskVector]:
         """The vectors of ``mode`` called ``names`` (:meth:`vectors`), or an error naming the ones it lacks."""
+        self.require_vectors(mode, extra)
         vs = self.vectors(mode, extra)
-        if not vs:
-            raise KeyError(f"this bundle has no {mode} task vectors; its modes: {', '.join(self.modes)}"
-                           + (f"; views: {', '.join(self.views)}" if self.views else ""))
         missing = [n for n in names if n not in vs]
         if missing:
             raise KeyError(f"no {mode} task vector named {missing}; have {sorted(vs)}{_elsewhere(missing, extra)}")

@@ -175,13 +175,14 @@ def _run(b, ev, mode, lr, cfg, tasks, data, reuse, progress_factory, vectors_dir
 
 
 def _args(p):
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--modes", nargs="+", default=["full", "attn", "linear", "mlp"])
-    p.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
+    p.add_argument("--bundle", required=True, help="the bundle whose recipe is swept (--save writes into it)")
+    p.add_argument("--modes", nargs="+", default=["full", "attn", "linear", "mlp"], help="default full attn linear mlp")
+    p.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3],
+                   help="candidate learning rates (default 1e-4 3e-4 1e-3)")
     p.add_argument("--tasks", nargs="+", help="tasks to sweep on (default: all)")
     p.add_argument("--steps", type=int, help="override the bundle's fine-tuning steps (the warm-up keeps its share "
                    "of them, as in finetune and the Train page)")
-    p.add_argument("--train-n", type=int)
+    p.add_argument("--train-n", type=int, help="training images per task (default: the bundle's recipe)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="fine-tuning fields that differ from the bundle's schedule, e.g. weight_decay=0")
     p.add_argument("--previous", nargs="+", metavar="JSON",

@@ -267,26 +267,32 @@ def _build_args(p):
                         "folder:PATH or NAME=PATH for an ImageFolder tree")
     p.add_argument("--task-folder", action="append", default=[], metavar="NAME=PATH",
                    help="add a custom task from an ImageFolder tree (repeatable)")
-    p.add_argument("--modes", nargs="+", default=["full", "attn", "linear"])
+    p.add_argument("--modes", nargs="+", default=["full", "attn", "linear"], help="fine-tuning modes (default full attn linear)")
     p.add_argument("--data-root", default=None, help="root folder of the data sets (default $ARITH_DATA_ROOT)")
     p.add_argument("--out", required=True, help="bundle directory to write (resumes if it exists)")
     p.add_argument("--name", help="bundle name (default: the directory name)")
-    p.add_argument("--steps", type=int, default=PAPER["steps"])
+    p.add_argument("--steps", type=int, default=PAPER["steps"],
+                   help=f"fine-tuning steps per task (default {PAPER['steps']}, the paper's)")
     p.add_argument("--batch-size", type=int, default=PAPER["batch_size"], help="global batch (split across torchrun ranks)")
-    p.add_argument("--lr", type=float, default=PAPER["lr"])
-    p.add_argument("--weight-decay", type=float, default=PAPER["weight_decay"])
-    p.add_argument("--warmup-steps", type=int, default=PAPER["warmup_steps"])
-    p.add_argument("--grad-clip", type=float, default=PAPER["grad_clip"])
+    p.add_argument("--lr", type=float, default=PAPER["lr"], help=f"peak learning rate, every mode (default {PAPER['lr']:g})")
+    p.add_argument("--weight-decay", type=float, default=PAPER["weight_decay"],
+                   help=f"AdamW's (default {PAPER['weight_decay']:g})")
+    p.add_argument("--warmup-steps", type=int, default=PAPER["warmup_steps"],
+                   help=f"linear warm-up, then cosine decay (default {PAPER['warmup_steps']})")
+    p.add_argument("--grad-clip", type=float, default=PAPER["grad_clip"],
+                   help=f"gradient-norm clip (default {PAPER['grad_clip']:g})")
     p.add_argument("--augment", choices=["auto", "on", "off"], default="auto",
                    help="training crops: open_clip's RandomResizedCrop for data sets on disk, pixel jitter for "
                         "synthetic tasks (auto: on when every task is on disk)")
     p.add_argument("--eval-n", type=int, default=256, help="validation/test images stored per task (the slider subset)")
     p.add_argument("--train-n", type=int, help="training images per task (default: all)")
-    p.add_argument("--xi-pairs", type=int, default=6)
-    p.add_argument("--xi-grid", type=int, default=15)
-    p.add_argument("--head", default="auto", choices=["auto", "zeroshot", "prototype"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=device_type, default="cuda" if _cuda() else "cpu")
+    p.add_argument("--xi-pairs", type=int, default=6, help="task pairs whose ξ grids are precomputed per mode (default 6)")
+    p.add_argument("--xi-grid", type=int, default=15, help="ξ grid points per axis over [−2, 2] (default 15)")
+    p.add_argument("--head", default="auto", choices=["auto", "zeroshot", "prototype"],
+                   help="frozen heads: CLIP zero-shot (class names × templates), class prototypes, or auto (zero-shot "
+                        "for pretrained weights with a text tower, else prototypes)")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--device", type=device_type, default="cuda" if _cuda() else "cpu", help="default cuda when present, else cpu")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default $ARITH_DATA_WORKERS or cores-1, ≤8)")
 
 
@@ -350,9 +356,9 @@ def _full_args(p):
     p.add_argument("--task-folder", action="append", default=[], metavar="NAME=PATH",
                    help="where a custom folder task's images are (default: the path recorded in the bundle)")
     p.add_argument("--tasks", nargs="+", help="tasks to evaluate (default: all)")
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", type=device_type, default="cuda" if _cuda() else "cpu")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="default test")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch (default 256)")
+    p.add_argument("--device", type=device_type, default="cuda" if _cuda() else "cpu", help="default cuda when present, else cpu")
     p.add_argument("--amp", choices=["fp16", "bf16"], help="autocast the forward passes (τ stays fp32; not in linear modes)")
     p.add_argument("--normalize", action="store_true", help="also evaluate each task's own fine-tuned model")
     _vectors_arg(p)

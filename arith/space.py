@@ -127,8 +127,9 @@ def _init_args(p):
     env = os.environ.get
     p.add_argument("--bundle", default=env("ARITH_BUNDLE"), help="bundle directory (default $ARITH_BUNDLE)")
     p.add_argument("--bundle-repo", default=env("ARITH_BUNDLE_REPO"), help="Hub repo to fetch it from ($ARITH_BUNDLE_REPO)")
-    p.add_argument("--repo-type", default=env("ARITH_BUNDLE_REPO_TYPE", "dataset"), choices=["dataset", "model", "space"])
-    p.add_argument("--revision", default=env("ARITH_BUNDLE_REVISION"))
+    p.add_argument("--repo-type", default=env("ARITH_BUNDLE_REPO_TYPE", "dataset"), choices=["dataset", "model", "space"],
+                   help="the Hub repo's type ($ARITH_BUNDLE_REPO_TYPE, default dataset)")
+    p.add_argument("--revision", default=env("ARITH_BUNDLE_REVISION"), help="branch, tag or commit ($ARITH_BUNDLE_REVISION)")
     p.add_argument("--model", default=env("ARITH_BASE_MODEL"), help="open_clip model whose weights to cache")
     p.add_argument("--pretrained", default=env("ARITH_BASE_PRETRAINED"), help="its pretrained tag, e.g. openai")
     p.add_argument("--weights", action="store_true", default=env("ARITH_FETCH_WEIGHTS", "0") == "1",

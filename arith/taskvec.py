@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ def check_not_weights(tensors: Mapping[str, torch.Tensor], base) -> None:
         return
     near = math.sqrt(sum(float(torch.dist(tensors[k].to(params[k].device, torch.float32), params[k].float())) ** 2
                          for k in keys)) / ref
+    if near < 1e-6:  # not a fine-tune of anything: no command would take a vector from it
+        raise TaskVectorError(f"these {len(keys)} tensors are θ0's own (the base model's weights), not a task vector")
     if near < FAR:
         raise TaskVectorError(f"these {len(keys)} tensors are within {near:.2g} × ‖θ0‖ of θ0's own: fine-tuned "
                               "weights θ_t, not a task vector τ = θ_t − θ0 (which is a small difference, about ‖θ0‖ "
@@ -310,13 +313,20 @@ class TaskVector:
 
 def check_output_path(path: str | Path) -> Path:
     """``path`` (``~`` expanded) as a task-vector file to write, or a ValueError when it cannot be one: a directory,
-    or a path under a file.  Commands check it before they train or convert, not after."""
+    a path under a file, or a folder that cannot be made or written to (its missing folders are made here).
+    Commands check it before they train or convert, not after."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a directory: give the task-vector file to write, e.g. {path / 'vector.safetensors'}")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{path}: {parent} is a file, not a directory")
+    try:  # the file is written beside a temporary one in this folder (save): it must exist and take new files
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot make its folder {path.parent} ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{path}: no permission to write there")
     return path
 
 

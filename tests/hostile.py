@@ -175,7 +175,7 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
         ("fine-tuned weights offered as a task vector", save({k: base.params[k] + t for k, t in tensors.items()},
                                                              metadata=meta), "not a task vector τ = θ_t − θ0"),
         ("θ0 itself offered as a task vector", save({k: base.params[k].clone() for k in tensors}, metadata=meta),
-         "within 0 × ‖θ0‖"),
+         "tensors are θ0's own (the base model's weights)"),
         ("merged weights offered as a task vector", with_meta(**{Meta.KIND: "merged_model"}),
          "load them as fine-tuned weights"),
     ]

@@ -39,6 +39,24 @@ def test_info_runs_as_a_module_without_weights():
     assert res["trainable"] == 28311552 and res["total"] == 87849216
 
 
+def test_a_reader_that_stops_reading_or_a_full_disk_gives_no_traceback(cli_bundle):
+    """`python -m arith table --json | head -1`: the pipe closes while the command writes."""
+    import os
+
+    for argv in (["info", "--model", "ViT-B-32", "--mode", "attn", "--json"],  # a short output: flushed at the end
+                 ["table", "--bundle", cli_bundle, "--per-task", "--json"]):
+        proc = subprocess.Popen([sys.executable, "-m", "arith", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # before the interpreter has started: every write meets a closed pipe
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0 and not err, err
+    if os.path.exists("/dev/full"):  # a write that fails (no space): one line on stderr, no traceback
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "arith", "table", "--bundle", cli_bundle, "--json"],
+                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_every_command_has_help(capsys):
     from arith.cli import COMMANDS, build_parser
 
@@ -48,6 +66,13 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert e.value.code == 0
         assert "--json" in capsys.readouterr().out
+    # README: "--help documents every option": no option without its help text
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {a.option_strings[-1]}" for name, p in sub.choices.items() for a in p._actions
+            if a.option_strings and not a.help]
+    assert not bare, bare
 
 
 def test_end_to_end(cli_bundle, capsys, tmp_path):
@@ -134,6 +159,9 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert set(ev2["accuracy"]) == set(TWO)
     assert ev2["untouched"]["tasks"] == [TWO[1]]  # the app's "Tasks at λ = 0": what the other vector leaks into it
     assert ev2["untouched"]["absolute"] == ev2["accuracy"][TWO[1]]
+    # a λ that rounds to 0 (4 decimals, what is evaluated) edits nothing: its task is not counted as edited
+    tiny = run(capsys, "evaluate", *b, "--mode", "attn", "--coef", f"{TWO[0]}=0.00001", "--coef", f"{TWO[1]}=1")
+    assert tiny["coefficients"][TWO[0]] == 0.0 and tiny["untouched"]["tasks"] == [TWO[0]]
 
 
 def test_errors_are_one_line_json(cli_bundle, capsys, tmp_path):
@@ -201,6 +229,7 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["cost", *b, "--task", "nosuch"], "task 'nosuch' is not in the bundle"),
         (["cost", *b, "--batch-size", "0"], "a batch size ≥ 1"),
         (["validate", attn_file, *b, "--mode", "nonsense"], "unknown mode 'nonsense'"),
+        (["evaluate", *b, "--mode", "attn_bias"], "this bundle has no attn_bias task vectors; its modes: full, attn"),
         (["info", *b, "--mode", "attn"], "not both"),
         (["evaluate", *b, "--vector", str(trunc), "--coef", f"{TASKS[0]}=1"], "trunc.safetensors"),
         (["evaluate", *b, "--vector", attn_file, "--vector", attn_file], f"two vectors named {TASKS[0]!r}"),
@@ -209,6 +238,7 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["finetune", *b, "--task", TASKS[0], "--seed", "-1", "--out", out], "seed must be non-negative"),
         (["finetune", *b, "--task", TASKS[0], "--lr", "inf", "--out", out], "lr must be a positive finite number"),
         (["finetune", *b, "--task", TASKS[0], "--out", str(tmp_path)], "is a directory: give the task-vector file"),
+        (["finetune", *b, "--task", TASKS[0], "--out", "/proc/nope/x.safetensors"], "cannot make its folder /proc/nope"),
         (["finetune", *b, "--task", TASKS[0], "--mode", "full", "--attn-bias", "--out", out], "--attn-bias adds"),
         (["finetune", *b, "--task", TASKS[0], "--train-n", "0", "--out", out], "--train-n must be a positive"),
         # torch's own errors: one line, and where to find the traceback

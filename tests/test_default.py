@@ -9,7 +9,7 @@ import torch
 from arith.cli import main
 from arith.data import get_task
 from arith.default import concepts as C
-from arith.default.build import QUICK, THREADS, build_default, intra_op_threads, with_lrs
+from arith.default.build import DEFAULT_BUNDLE, QUICK, THREADS, build_default, intra_op_threads, with_lrs
 from arith.default.pretrain import PretrainConfig, competition_mask, pretrain
 from arith.default.tasks import DEFAULT_TASKS, source_pool
 
@@ -111,6 +111,11 @@ def test_lr_overrides_replace_only_the_named_modes_learning_rate(capsys):
         main(["build-default", "--quick", "--lr", "full"])  # not MODE=LR: refused before anything is built
     assert main(["build-default", "--quick", "--out", "/nonexistent/x", "--lr", "full=1e-3", "--lr", "full=2e-3"]) == 2
     assert "more than once" in capsys.readouterr().err
+    # a test bundle never lands on the committed default: --quick without --out is refused before anything is built
+    before = {p: p.stat().st_mtime_ns for p in DEFAULT_BUNDLE.rglob("*")}
+    assert main(["build-default", "--quick"]) == 2
+    assert "name its directory with --out DIR" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in DEFAULT_BUNDLE.rglob("*")} == before
 
 
 def test_rebuild_with_another_lr_retrains_only_that_mode(quick, tmp_path):

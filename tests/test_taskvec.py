@@ -128,7 +128,9 @@ def test_weights_are_told_from_a_task_vector_by_their_distance_to_theta0(base):
         return {k: (theta0[k] if around_theta0 else 0) + (r * norm0 / unit) * noise[k] for k in keys}
 
     meta = valid_vector(base).metadata()
-    for r in (0.0, 0.05, 0.45):  # θ0 itself, a fine-tune, a large move: all weights
+    with pytest.raises(TaskVectorError, match="θ0's own \\(the base model's weights\\), not a task vector"):
+        validate(at(0.0, True), meta, base)  # θ0 itself
+    for r in (0.05, 0.45):  # a fine-tune, a large move: weights
         with pytest.raises(TaskVectorError, match=f"within {r:.2g} × ‖θ0‖ of θ0's own"):
             validate(at(r, True), meta, base)
     check_not_weights(at(0.55, True), base)  # past half of ‖θ0‖ from θ0: taken as a (huge) vector

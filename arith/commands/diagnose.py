@@ -9,14 +9,15 @@ from ..cli import _bar, _bundle_arg, _emit, _explorer, _load_extra, _mode_arg, _
 def _disentangle_args(p):
     _bundle_arg(p)
     _mode_arg(p)
-    p.add_argument("--tasks", nargs=2, required=True, metavar=("TASK1", "TASK2"))
+    p.add_argument("--tasks", nargs=2, required=True, metavar=("TASK1", "TASK2"),
+                   help="the pair: rows α1 of TASK1, columns α2 of TASK2")
     p.add_argument("--grid", type=int, default=15, help="grid points per axis (default 15)")
     p.add_argument("--range", type=float, default=2.0, help="α from -R to R (default 2)")
     p.add_argument("--length", type=float, metavar="L",
                    help="take both vectors at one length first, ‖τ‖ = L·‖θ0‖ (α = 1 is then that length), so modes "
                         "whose vectors differ in length compare at the same distance from θ0")
-    p.add_argument("--max-per-task", type=int)
-    _vectors_arg(p)
+    p.add_argument("--max-per-task", type=int, help="score ξ on the first N images of each task (default: all stored)")
+    _vectors_arg(p, named_for="--tasks")
 
 
 MAX_GRID = 101  # 10,201 cells: hours on a CPU already; a larger grid is a typo, not a request
@@ -44,8 +45,8 @@ def cmd_disentangle(args):
 def _kernel_args(p):
     _bundle_arg(p)
     _mode_arg(p)
-    p.add_argument("--task", required=True)
-    _vectors_arg(p)
+    p.add_argument("--task", required=True, help="the task vector (and its task's images) to check")
+    _vectors_arg(p, named_for="--task")
 
 
 @command("kernel", "kernel diagnostics: non-linear vs linearized model, restricted linearization")
@@ -88,7 +89,7 @@ def cmd_validate(args):
 def _similarity_args(p):
     _bundle_arg(p)
     p.add_argument("--modes", nargs="+", help="modes to include (default: all)")
-    _vectors_arg(p)
+    _vectors_arg(p, named_for="the similarity table's labels")
 
 
 @command("similarity", "cosine similarity between task vectors, within and across modes")

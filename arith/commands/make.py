@@ -50,17 +50,17 @@ def cmd_info(args):
 
 def _finetune_args(p):
     _bundle_arg(p)
-    p.add_argument("--task", required=True)
+    p.add_argument("--task", required=True, help="the task to fine-tune on (one of the bundle's, or --task-folder's)")
     _mode_arg(p)
     p.add_argument("--attn-bias", action="store_true", help="with --mode attn: also train the two attention biases")
     p.add_argument("--steps", type=int, help="default: the bundle's recipe for the mode; other step counts keep the "
                    "recipe's share of warm-up steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-size", type=int, help="default: the bundle's recipe for the mode")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the bundle's recipe for the mode)")
+    p.add_argument("--weight-decay", type=float, help="AdamW's decoupled decay (default: the recipe's)")
     p.add_argument("--warmup-steps", type=int, help="default: the recipe's, scaled with --steps")
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--grad-clip", type=float, help="gradient-norm clip (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="batch order and augmentation (default: the recipe's)")
     p.add_argument("--data-root", help="where the task's training data lives (real data sets; default "
                    "$ARITH_DATA_ROOT, else the path the build recorded)")
     p.add_argument("--task-folder", action="append", default=[], metavar="NAME=PATH",
@@ -135,9 +135,9 @@ def _cost_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--task", help="whose head and images to use (default: the first task)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", type=device_type, default="cpu")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20, after warm-up steps)")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64")
+    p.add_argument("--device", type=device_type, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, help="torch's intra-op threads for the measurement (default: torch's own)")
 
 

@@ -25,7 +25,7 @@ def _evaluate_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split (default test)")
     _method_arg(p, "merge method (default task_arithmetic: θ0 + Σ λ_t τ_t)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images of each task")
     _vectors_arg(p)
@@ -37,8 +37,10 @@ def cmd_evaluate(args):
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
     coefs = _parse_coefs(args.coef)
+    ex.require_vectors(args.mode, extra)  # not θ0's accuracies under a mode the bundle has no vectors of
     res = ex.evaluate(args.mode, coefs, args.split, extra=extra, method=args.method)
-    left = untouched(res["accuracy"], ex.zeroshot(args.split), coefs, ex.catalog(args.mode, extra))
+    # the λ evaluated (4 decimals): 1e-5 is λ = 0, and its task is one the vectors leave alone
+    left = untouched(res["accuracy"], ex.zeroshot(args.split), res["coefficients"], ex.catalog(args.mode, extra))
     if left:  # the app's "Tasks at λ = 0"
         res = {**res, "untouched": left}
 

@@ -240,9 +240,10 @@ def _lr_overrides(pairs: list[tuple[str, float]]) -> dict[str, float]:
 
 
 def _args(p):
-    p.add_argument("--out", default=str(DEFAULT_BUNDLE), help="bundle directory (default precomputed/default)")
-    p.add_argument("--quick", action="store_true", help="tiny bundle for tests (3 tasks, few steps, < 1 minute)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="bundle directory (default precomputed/default; --quick needs one of its own)")
+    p.add_argument("--quick", action="store_true", help="tiny bundle for tests (3 tasks, few steps, < 1 minute), "
+                                                        "written to --out")
+    p.add_argument("--seed", type=int, default=0, help="data, pre-training and fine-tuning seed (default 0, the committed one)")
     p.add_argument("--lr", action="append", default=[], metavar="MODE=LR", type=_mode_lr,
                    help="train MODE at LR instead of the recipe's (repeatable; e.g. --lr full=1e-3 for one shared lr)")
     p.add_argument("--threads", type=int, default=THREADS,
@@ -253,8 +254,11 @@ def _args(p):
 @command("build-default", "rebuild the embedded default bundle from offline sources (seeded, ~40 min on 2 cores)")
 @arguments(_args)
 def cmd_build_default(args):
+    if args.out is None and args.quick:  # a test bundle must not replace the committed one
+        raise ValueError("build-default --quick builds a tiny test bundle: name its directory with --out DIR (without "
+                         f"it the build would replace the embedded default in {DEFAULT_BUNDLE})")
     line = "python -m arith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = build_default(args.out, quick=args.quick, seed=args.seed, command_line=line, threads=args.threads,
+    out = build_default(args.out or DEFAULT_BUNDLE, quick=args.quick, seed=args.seed, command_line=line, threads=args.threads,
                         lrs=_lr_overrides(args.lr))
     from ..bundle import load_bundle
 
