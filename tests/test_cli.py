@@ -1,6 +1,7 @@
 """End to end through the CLI: build a 2-task bundle in every mode, then every command with --json."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,10 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
 
     ker = run(capsys, "kernel", *b, "--mode", "attn", "--task", TWO[1])
     assert 0 <= ker["at_1"]["agreement"] <= 1
+    assert main(["kernel", *b, "--mode", "attn", "--task", TWO[1]]) == 0  # the text: percent, as other commands print
+    lines = capsys.readouterr().out.splitlines()
+    header, first = re.findall(r"\S+(?: \(%\))?", lines[1]), lines[2].split()  # "agreement (%)" is one column
+    assert first[header.index("agreement (%)")] == f"{100 * ker['at_1']['agreement']:.1f}"
 
     sim = run(capsys, "similarity", *b)
     assert len(sim["all"]["labels"]) == 8

@@ -56,7 +56,28 @@ def cmd_kernel(args):
 
     ex = _explorer(args)
     res = ex.kernel(args.mode, args.task, extra=_load_extra(ex, args.vector, args.mode), progress=_bar("kernel"))
-    _emit(args, res, lambda r: _table([summary_row(r)]) + "\n" + _table(r["path"]))
+    _emit(args, res, lambda r: f"{r['task']} ({r['mode']}), f(θ0 + sτ) against f(θ0) + s·J(θ0)τ, test split\n"
+                               + _table(_kernel_rows([summary_row(r)])) + "\n\nalong s:\n" + _table(_kernel_rows(r["path"])))
+
+
+def _kernel_rows(rows: list[dict]) -> list[dict]:
+    """The kernel report's rows as the other commands print accuracies and agreements (percent); the relative
+    errors and the non-linear advantage ((acc_nonlinear − acc_linear) / (1 − 1/C), method.md §5) as fractions; the
+    task and mode left to the heading."""
+    def percent(k: str) -> bool:
+        return k.startswith("acc_") or k.endswith("agreement")
+
+    def cell(k: str, v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return v
+        if k == "s":
+            return f"{v:.2f}"
+        return f"{100 * v:.1f}" if percent(k) else f"{v:+.3f}" if "advantage" in k else f"{v:.3f}"
+
+    def name(k: str) -> str:
+        return f"{k} (%)" if percent(k) else k
+
+    return [{name(k): cell(k, v) for k, v in r.items() if k not in ("task", "mode")} for r in rows]
 
 
 def _validate_args(p):
