@@ -88,6 +88,8 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert zero["accuracy"] == run(capsys, "evaluate", *b, "--mode", "full")["accuracy"]  # both are θ0
 
     add = run(capsys, "addition", *b, "--mode", "attn")
+    assert main(["addition", *b, "--mode", "attn"]) == 0  # the text lists tasks in the bundle's order, as evaluate does
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == TWO != sorted(TWO)
     assert 0 <= add["alpha"] <= 1 and {"absolute", "normalized", "accuracy"} <= set(add)
     alone = run(capsys, "addition", *b, "--mode", "attn", "--alone")  # the same addition, plus each task alone
     gap = alone["interference"]

@@ -89,7 +89,9 @@ def cmd_addition(args):
                f"normalized {_pct(r['normalized'])}\n")
         i = r.get("interference")
         if i is None:
-            out += _table([{"task": t, "accuracy": _pct(a)} for t, a in r["accuracy"].items()])
+            acc = r["accuracy"]  # in the bundle's task order, as evaluate prints (stored results sort their keys)
+            order = [t for t in dict.fromkeys([*r.get("tasks", []), *acc]) if t in acc]
+            out += _table([{"task": t, "accuracy": _pct(acc[t])} for t in order])
         else:
             out += (f"at α={i['alpha']:.2f} (test): each task alone {_pct(i['alone_absolute'])}, merged "
                     f"{_pct(i['merged_absolute'])}; the other vectors cost {100 * i['cost_of_others']:.1f} points, "
