@@ -39,6 +39,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def read_manifest(root: Path) -> dict:
     """``root/manifest.json``, checked for the fields every reader relies on; :class:`BundleError` otherwise."""
     path = root / Files.MANIFEST
+    if not Path(root).exists():
+        raise BundleError(f"{root}: no such bundle directory")
+    if not Path(root).is_dir():
+        raise BundleError(f"{root} is a file, not a bundle directory")
     if not path.exists():
         raise BundleError(f"{path}: no manifest; not a bundle directory")
     try:

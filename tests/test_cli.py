@@ -180,6 +180,10 @@ def test_errors_are_one_line_json(cli_bundle, capsys, tmp_path):
     assert main(["evaluate", "--bundle", cli_bundle, "--coef", "nope=1", "--json"]) == 2
     assert "no attn task vector" in json.loads(capsys.readouterr().out)["error"]
     assert main(["evaluate", "--bundle", cli_bundle, "--coef", "oops", "--json"]) == 2
+    capsys.readouterr()
+    for where, says in ((tmp_path / "nope", "nope: no such bundle directory"), (bad, "bad.safetensors is a file, not a"),
+                        (tmp_path, "manifest.json: no manifest; not a bundle directory")):
+        assert main(["table", "--bundle", str(where)]) == 2 and says in capsys.readouterr().err
 
 
 def test_what_the_precomputed_results_answer_is_printed_without_torch(cli_bundle):
