@@ -132,10 +132,10 @@ with guard("Task-addition sweep"):
     if todo:
         offer = st.empty()  # the note and its button go once the sweeps are computed (not on the next run)
         box = offer.container()
-        box.info(f"Not precomputed: {', '.join(map(mode_label, todo))}. The bundle stores the sweep of its own modes "
-                 "over all of its tasks, scored on all of its images; another selection of tasks, a view or fewer "
-                 "images is swept here (21 values of α on the selected tasks' validation and test splits: about a "
-                 "second per task and mode for the embedded default on 2 CPU cores).", icon="⏳")
+        box.info(f"Not stored for this choice of tasks or mode: {', '.join(map(mode_label, todo))}. The bundle stores "
+                 "each of its modes' sweep over all of its tasks; this one scores 21 values of α on the selected tasks' "
+                 "validation and test splits (about a second per task and mode for the embedded default on 2 CPU "
+                 "cores).", icon="⏳")
         if box.button(f"Sweep α for {len(todo)} mode(s)", key="sweep_compute"):
             offer.empty()
             todo = []

@@ -202,7 +202,8 @@ def test_a_sweep_the_bundle_does_not_store_is_computed_only_when_asked(new_app, 
     ex, modes = at.session_state["_ctx"].ex, at.session_state["_ctx"].modes
     assert not any(ex.addition_ready(m, picked) for m in modes)  # changing the selection swept nothing
     assert not [d for d in at.dataframe if "validation-chosen α" in d.value.columns]
-    assert any(i.value.startswith(f"Not precomputed: {', '.join(map(mode_label, modes))}.") for i in at.info)
+    note = f"Not stored for this choice of tasks or mode: {', '.join(map(mode_label, modes))}."
+    assert any(i.value.startswith(note) for i in at.info)
     assert at.button(key="sweep_compute").label == f"Sweep α for {len(modes)} mode(s)"
     at.button(key="sweep_compute").click().run(timeout=300)
     clean(at)
