@@ -308,7 +308,7 @@ def cosine_heatmap(labels: Sequence[str], cosine: Sequence[Sequence[float]]) -> 
     fig = go.Figure()
     fig.add_heatmap(x=labels, y=labels, z=cosine, zmin=-1.0, zmax=1.0, colorscale="RdBu_r",
                     text=[[f"{v:.2f}" for v in row] for row in cosine], texttemplate="%{text}" if len(labels) <= 16 else None,
-                    hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>", colorbar=dict(title="cos", thickness=12))
+                    hovertemplate="%{y} vs %{x}: cos %{z:.3f}<extra></extra>", colorbar=dict(title="cos", thickness=12))
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
     return _layout(fig, height=max(360, 34 * len(labels) + 120))
 
