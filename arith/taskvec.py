@@ -49,13 +49,14 @@ def check_not_weights(tensors: Mapping[str, torch.Tensor], base) -> None:
     small difference, not weights).  Keys the base lacks and mis-shaped tensors are left to :func:`validate`.
 
     A vector that moves its tensors along θ0 by about their own size (a mode training only LayerNorm gains, say,
-    raising them by half) would be refused too; no registered mode's vectors come near (the embedded default's sit
-    at 1.00–1.02 × ‖θ0‖ from θ0), and vectors imported from weights skip this check (``validate(check_weights=False)``)."""
+    raising them by half) would be refused too; no registered mode's vectors come near (a fine-tune's τ is a few
+    percent of ‖θ0‖ long, so it sits about ‖θ0‖ from θ0); vectors imported from weights, and a bundle's own, skip this check
+    (``validate(check_weights=False)``)."""
     params = as_base(base).params
     keys = [k for k, t in tensors.items() if k in params and tuple(t.shape) == tuple(params[k].shape)
             and t.dtype in _TORCH_FLOAT]
-    # fp32 per tensor (torch.dist, no float64 copies): a threshold check, ~0.1 s for a ViT-B/32 vector on a CPU; on
-    # θ0's device (the app's base may be on a GPU, an uploaded file is read to the CPU)
+    # fp32 per tensor (torch.dist, no float64 copies: a threshold check needs no more), on θ0's device (the app's
+    # base may be on a GPU, an uploaded file is read to the CPU)
     ref = math.sqrt(sum(float(torch.linalg.vector_norm(params[k].float())) ** 2 for k in keys))
     if not keys or not ref > 0:
         return
