@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .examples import Examples, new_memo
 from .explore_diagnostics import Diagnostics, fresh
 from .index import BundleError, BundleIndex
 from .lru import LRU
@@ -63,12 +64,13 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Explorer(Diagnostics):
+class Explorer(Diagnostics, Examples):
     """Answers the questions the app asks about one bundle; thread-safe, never mutates the bundle.
 
     ``Explorer(bundle)`` wraps a loaded bundle; :meth:`open` reads a bundle directory's index and loads the rest
     when first needed.  Accuracies and the task-arithmetic protocols are here; ξ, kernel reports and vector
-    statistics come from :class:`~arith.explore_diagnostics.Diagnostics`."""
+    statistics come from :class:`~arith.explore_diagnostics.Diagnostics`, per-image predictions from
+    :class:`~arith.examples.Examples`."""
 
     def __init__(self, bundle: Bundle | None = None, max_per_task: int | None = None, cache_size: int = 512, *,
                  index: BundleIndex | None = None, loader: Callable[[], Bundle] | None = None,
@@ -87,6 +89,7 @@ class Explorer(Diagnostics):
         self._evaluators: dict[int | None, Evaluator] = {}
         self._lock = threading.Lock()
         self._memo = LRU(cache_size)
+        self._examples = new_memo()  # per-image answers: arrays, bounded in bytes too
 
     @classmethod
     def open(cls, root: str | Path, device: str = "cpu", max_per_task: int | None = None, verify: bool = True,
@@ -293,15 +296,23 @@ class Explorer(Diagnostics):
         own = _own(mode, extra)
         pre = self._precomputed_accuracy("finetuned", mode, split) if self.uses_all_images else None
         out = {}
-        for name, task in self.catalog(mode, extra).items():
-            if task not in self.tasks or (task in out and name != task):  # another vector of a covered task
-                continue
+        for task, name in self.alone_names(mode, extra).items():
             if pre and name in pre and name not in own:  # the bundle's own vector: its precomputed accuracy
                 out[task] = pre[name]
             else:
                 tv = self.vectors(mode, extra)[name]
                 out[task] = self._memoised(("ft", tv.uid, tv.task, split),  # a uid names content, not the task
                                            lambda tv=tv: self.evaluator().evaluate([tv], [1.0], split, [tv.task])[tv.task])
+        return out
+
+    def alone_names(self, mode: str, extra: Mapping[str, TaskVector] | None = None) -> dict[str, str]:
+        """Task -> the name of the vector whose single-task accuracy normalises it (:meth:`finetuned`), for the tasks
+        with evaluation data: a task's first vector of ``mode``, or the one named after the task when there are
+        several (a workspace vector named after a bundle task replaces the bundle's)."""
+        out = {}
+        for name, task in self.catalog(mode, extra).items():
+            if task in self.tasks and (task not in out or name == task):
+                out[task] = name
         return out
 
     @property
@@ -320,6 +331,19 @@ class Explorer(Diagnostics):
         taken to 4 decimals (:func:`round_coefs`, the cache key): what is computed is what the key says.
         ``normalized`` is None when an evaluated task has no vector of ``mode`` to normalise by.
         """
+        coefs = self._checked_coefs(mode, coefs, extra)
+        tasks = _selection(tasks) or list(self.tasks)
+        method = canonical_method(method)  # one cache key per request, however the spec was written
+        res = self._from_addition(mode, coefs, split, tasks, method, extra)
+        if res is None:
+            res = dict(self._computed(mode, coefs, split, tasks, method, extra))
+        res.update({"mode": mode, "split": split, "coefficients": {k: float(v) for k, v in coefs.items()}})
+        return res
+
+    def _checked_coefs(self, mode: str, coefs: Mapping[str, float], extra: Mapping[str, TaskVector] | None
+                       ) -> dict[str, float]:
+        """``coefs`` as computed (each λ to 4 decimals), or an error: not a mapping, a λ that is not a finite
+        number, a name that is no vector of ``mode``."""
         if not isinstance(coefs, Mapping):
             raise TypeError(f"coefficients are a mapping vector name -> λ, not a {type(coefs).__name__}")
         check_coefs(list(coefs.values()))
@@ -328,13 +352,14 @@ class Explorer(Diagnostics):
         unknown = sorted(set(coefs) - set(names))
         if unknown:
             raise KeyError(f"no {mode} task vector named {unknown}; have {sorted(names)}{_elsewhere(unknown, extra)}")
-        tasks = _selection(tasks) or list(self.tasks)
-        method = canonical_method(method)  # one cache key per request, however the spec was written
-        res = self._from_addition(mode, coefs, split, tasks, method, extra)
-        if res is None:
-            res = dict(self._computed(mode, coefs, split, tasks, method, extra))
-        res.update({"mode": mode, "split": split, "coefficients": {k: float(v) for k, v in coefs.items()}})
-        return res
+        return coefs
+
+    def _merge_order(self, coefs: Mapping[str, float], vs: Mapping[str, TaskVector]) -> list[str]:
+        """The vectors with λ ≠ 0: bundle tasks in the bundle's order, then workspace vectors (the order the
+        protocols add vectors in, so equal requests sum in the same order)."""
+        nonzero = {n for n, _ in round_coefs(coefs)}
+        return ([n for n in self.task_names if n in nonzero]
+                + [n for n in vs if n in nonzero and n not in self.task_names])
 
     def _computed(self, mode: str, coefs: Mapping[str, float], split: str, tasks: list[str], method: str,
                   extra: Mapping[str, TaskVector] | None) -> dict:
@@ -346,10 +371,7 @@ class Explorer(Diagnostics):
                tuple(sorted((n, tv.uid, tv.task) for n, tv in vs.items())))
 
         def compute():
-            nonzero = {n for n, _ in round_coefs(coefs)}
-            # bundle tasks in the bundle's order, then workspace vectors: the order the protocols add vectors in
-            names = [n for n in self.task_names if n in nonzero] + [n for n in vs if n in nonzero
-                                                                    and n not in self.task_names]
+            names = self._merge_order(coefs, vs)
             acc = self.evaluator().evaluate([vs[n] for n in names], [float(coefs[n]) for n in names], split, tasks,
                                             method)
             ft = self.finetuned(mode, split, extra)

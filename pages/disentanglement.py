@@ -1,4 +1,4 @@
-"""View 2, weight disentanglement: ξ(α1, α2) heatmaps for a pair of tasks, one per mode, on one colour scale."""
+"""View 3, weight disentanglement: ξ(α1, α2) heatmaps for a pair of tasks, one per mode, on one colour scale."""
 
 from functools import partial
 

@@ -1,19 +1,16 @@
-"""View 7, export and share: the merged weights (safetensors), the coefficient set (JSON), a link and a command."""
+"""View 8, export and share: the merged weights (safetensors), the coefficient set (JSON), a link and a command."""
 
 import json
-import re
-import shlex
 from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
-from arith.cli import DEFAULT_BUNDLE
 from arith.export import changed_vectors, coefficient_set, merged_safetensors, parse_coefficient_set
 from arith.merge import method_label
 from arith.modes import is_linearized
-from ui.common import ROOT, guard, message
-from ui.state import COEF_MAX, COEF_MIN, METHOD, beyond_sliders, context, link_params, mode_label, request_view
+from ui.common import guard, message
+from ui.state import COEF_MAX, COEF_MIN, METHOD, beyond_sliders, cli_command, context, link_params, mode_label, request_view
 
 ctx = context()
 ex = ctx.ex
@@ -104,24 +101,9 @@ url = url if not url or url.endswith("/") else url + "/"
 st.markdown("The sidebar's choices are mirrored in the address bar, so this link reproduces the view "
             "(workspace vectors are private to your session and do not travel with it):")
 st.code(f"{url}?{query}", language=None, wrap_lines=True)
-# the embedded default needs no --bundle wherever the command runs (not $ARITH_BUNDLE: that is this server's); another
-# bundle is named relative to the repository when it is inside it
-path = ctx.ref.path.resolve()
-bundle_arg = ("" if path == DEFAULT_BUNDLE.resolve() else
-              f" --bundle {shlex.quote(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))}")
-cmd = [f"python -m arith evaluate{bundle_arg} --mode {ctx.mode}"
-       + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]
-own: dict[str, str] = {}  # workspace vector -> the file it travels as: its name made a file name, one per vector
-for n in (n for n in ctx.coefs if ctx.is_workspace(n)):
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-.") or "vector"
-    f, i = f"{stem}.safetensors", 2
-    while f in own.values():
-        f, i = f"{stem}-{i}.safetensors", i + 1
-    own[n] = f
-cmd += [f"--vector {shlex.quote(f'{n}={f}')}" for n, f in own.items()]
-cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items()]
+cmd, own = cli_command(ctx, "evaluate")
 st.markdown("The same evaluation from the command line:")
-st.code(" \\\n  ".join(cmd), language="bash")
+st.code(cmd, language="bash")
 if own:
     st.caption("Workspace vectors join the command as files, under their names here (`--vector NAME=FILE`): save "
                "each one next to where you run it.")

@@ -1,4 +1,4 @@
-"""View 3, kernel behaviour: how close each fine-tuned model is to its linearization at θ0, per mode, and which
+"""View 4, kernel behaviour: how close each fine-tuned model is to its linearization at θ0, per mode, and which
 weights (attention vs MLP) behave like a kernel."""
 
 import pandas as pd

@@ -1,4 +1,4 @@
-"""View 6, train: fine-tune a task vector for a task and mode from the app; it joins the session's workspace."""
+"""View 7, train: fine-tune a task vector for a task and mode from the app; it joins the session's workspace."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""View 5, upload: task vectors (safetensors) for the current base model join this session's workspace."""
+"""View 6, upload: task vectors (safetensors) for the current base model join this session's workspace."""
 
 import logging
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""View 4, task vectors: norms, per-block norm profiles and cosine similarities across tasks and modes."""
+"""View 5, task vectors: norms, per-block norm profiles and cosine similarities across tasks and modes."""
 
 import pandas as pd
 import streamlit as st

@@ -30,6 +30,7 @@ from conftest import rewrite, tiny_base
 
 PAGES = {
     "pages/arithmetic.py": "Task arithmetic",
+    "pages/examples.py": "Examples",
     "pages/disentanglement.py": "Weight disentanglement",
     "pages/kernel.py": "Kernel behaviour",
     "pages/vectors.py": "Task vectors",
@@ -125,6 +126,44 @@ def test_shown_accuracies_are_the_engines(new_app, engine):
     # opens on the bundle's validation-chosen α in the paper's mode
     assert at.sidebar.selectbox(key="w_mode").value == "attn"
     assert set(coefs.values()) == {engine.bundle.results["addition"]["attn"]["alpha"]}
+
+
+def test_examples_page_shows_the_engines_predictions_of_the_sidebars_model(new_app, engine):
+    at = new_app()
+    coefs = {n: float(at.sidebar.slider(key=f"w_coef::{n}").value) for n in (STRIPES, COLOURS, QUADS)}
+    at.switch_page("pages/examples.py").run()
+    clean(at)
+    task = at.selectbox(key="examples_task").value
+    ref = engine.predictions("attn", coefs, task)
+    c, n = ref["counts"], ref["counts"]["n"]
+    assert metric(at, "Edited model") == f"{100 * c['merged'] / n:.1f}%"
+    assert metric(at, "Zero-shot (θ0)") == f"{100 * c['base'] / n:.1f}%"
+    assert (metric(at, "Fixed"), metric(at, "Broken")) == (str(c["fixed"]), str(c["broken"]))
+    assert metric(at, "Fine-tuned alone") == f"{100 * c['alone'] / n:.1f}%"
+    assert f"--task {task}" in at.code[0].value and all(f"--coef {k}={v:g}" in at.code[0].value
+                                                        for k, v in coefs.items() if v)
+
+    def shown() -> list[str]:  # the caption under each image starts with its class in bold
+        return [c.value for c in at.caption if c.value.startswith("**")]
+
+    assert len(shown()) == min(24, n)
+    for which, count in (("wrong", n - c["merged"]), ("changed", None)):
+        at.radio(key="examples_which").set_value(which).run()
+        clean(at)
+        cells = shown()
+        if count is not None:
+            assert len(cells) == min(24, count)
+        if which == "wrong":  # each caption's edited prediction is marked wrong
+            assert all(cell.split("  \n")[1].split()[-2] == "✗" for cell in cells), cells[:3]
+    at.toggle(key="examples_change").set_value(True).run()
+    clean(at)
+    # another task, and a λ of 0 everywhere: the edited model is θ0, nothing fixed or broken
+    at.selectbox(key="examples_task").set_value(QUADS).run()
+    for name in (STRIPES, COLOURS, QUADS):
+        at.sidebar.slider(key=f"w_coef::{name}").set_value(0.0).run()
+    clean(at)
+    assert (metric(at, "Fixed"), metric(at, "Broken")) == ("0", "0")
+    assert metric(at, "Edited model") == metric(at, "Zero-shot (θ0)")
 
 
 def test_moving_a_slider_changes_the_shown_accuracies(new_app, engine):

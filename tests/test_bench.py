@@ -32,6 +32,16 @@ def test_slider_benchmark_times_another_merge_method(bundle_dir, tmp_path):
         main(["--bundle", str(bundle_dir), "--method", "dare:seed=-1"])
 
 
+def test_on_demand_benchmark(bundle_dir, tmp_path):
+    from bench.on_demand import main
+
+    res = main(["--bundle", str(bundle_dir), "--modes", "attn", "linear", "--json", str(tmp_path / "o.json")])
+    assert set(res["sweep"]) == set(res["examples"]) == {"attn", "linear"}
+    assert all(set(s) == {1, 2} and min(s.values()) > 0 for s in res["sweep"].values())  # 3 tasks: 1 and 2 of them
+    assert all(set(e) == set(res["tasks"]) for e in res["examples"].values())
+    assert json.loads((tmp_path / "o.json").read_text())["tasks"] == res["tasks"]
+
+
 def test_diagnostics_benchmark(bundle_dir, tmp_path):
     from bench.diagnostics import main
 

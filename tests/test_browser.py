@@ -37,6 +37,7 @@ pytestmark = pytest.mark.browser
 
 VIEWS = [  # (url path, title, screenshot name), in the navigation's order
     ("", "Task arithmetic", "1-arithmetic"),
+    ("examples", "Examples", "1d-examples"),
     ("disentanglement", "Weight disentanglement", "2-disentanglement"),
     ("kernel", "Kernel behaviour", "3-kernel"),
     ("vectors", "Task vectors", "4-vectors"),
@@ -251,7 +252,7 @@ def test_training_can_be_cancelled_and_merged_weights_download(server, page, tmp
     _settle(page, "Train a task vector")
     assert selected.count() == tags  # a cancelled run adds nothing to the sidebar's tasks
 
-    page.locator('[data-testid="stSidebarNavLink"]').nth(6).click()
+    page.locator('[data-testid="stSidebarNavLink"]').filter(has_text="Export and share").click()
     _settle(page, "Export and share")
     with page.expect_download(timeout=120_000) as info:
         page.get_by_role("button", name="Download the merged weights").click()

@@ -337,3 +337,28 @@ def loss_curve(losses: Sequence[float]) -> go.Figure:
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="training loss")
     return _layout(fig, height=260)
+
+
+def confusion_heatmap(pred: Mapping, change: bool = False) -> go.Figure:
+    """The confusion matrix of :meth:`arith.explore.Explorer.predictions` (rows the true class, columns the
+    predicted one): the merged model's counts, or with ``change`` its counts minus θ0's on a colour range symmetric
+    about 0 (blue: the merge predicts this pair more often; on the diagonal, images it gets right that θ0 did not)."""
+    classes, merged, base = list(pred["classes"]), pred["confusion"], pred["confusion_base"]
+    if change:
+        z = [[m - b for m, b in zip(rm, rb)] for rm, rb in zip(merged, base)]
+        top = max((abs(v) for row in z for v in row), default=0) or 1
+        scale = dict(zmin=-top, zmax=top, colorscale="RdBu")
+        hover = "true %{y}, predicted %{x}: %{z:+d} images against θ0<extra></extra>"
+        title = "images, edited − θ0 · blue: more · red: fewer"
+    else:
+        z, scale = merged, dict(zmin=0, colorscale="Blues")
+        hover = "true %{y}, predicted %{x}: %{z} images<extra></extra>"
+        title = "images"
+    fig = go.Figure()
+    fig.add_heatmap(x=classes, y=classes, z=z, hovertemplate=hover, **scale,
+                    # counts written in the cells while they stay legible
+                    **({"texttemplate": "%{z}"} if len(classes) <= 16 else {}),
+                    colorbar=dict(title=dict(text=title, side="right"), thickness=12))
+    fig.update_xaxes(title="predicted class", showgrid=False, type="category")
+    fig.update_yaxes(title="true class", autorange="reversed", showgrid=False, type="category")
+    return _layout(fig, height=max(360, min(900, 26 * len(classes) + 140)))

@@ -94,3 +94,10 @@ def points_delta(change: float) -> dict:
     flat = text in ("+0.0", "-0.0")
     return {"delta": f"{'±0.0' if flat else text} points vs zero-shot",
             **({"delta_color": "off", "delta_arrow": "off"} if flat else {})}
+
+
+def pixels(image, size: int = 96):
+    """An image array [H, W, 3] enlarged by whole pixels to about ``size`` wide (a browser would blur a 32×32 image
+    it scales itself)."""
+    k = max(1, round(size / image.shape[1]))
+    return image.repeat(k, axis=0).repeat(k, axis=1)

@@ -25,6 +25,7 @@ class View:
 
 VIEWS = (  # in the navigation's order; the first is the default
     View("pages/arithmetic.py", "Task arithmetic", ":material/calculate:", "arithmetic", from_index=True),
+    View("pages/examples.py", "Examples", ":material/image_search:", "examples"),
     View("pages/disentanglement.py", "Weight disentanglement", ":material/grid_on:", "disentanglement"),
     View("pages/kernel.py", "Kernel behaviour", ":material/timeline:", "kernel"),
     View("pages/vectors.py", "Task vectors", ":material/explore:", "vectors"),

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -449,3 +451,27 @@ def link_params(ctx: Context, multiple_bundles: bool = True) -> dict[str, str | 
     for n, v in ctx.coefs.items():
         out[f"c.{n}"] = f"{v:g}"
     return out
+
+
+def cli_command(ctx: Context, command: str, *args: str) -> tuple[str, dict[str, str]]:
+    """The sidebar's edited model as a ``python -m arith COMMAND`` line (``args`` after the mode), and the workspace
+    vectors it names as files: vector name -> the file name it travels as (``--vector NAME=FILE``).  The embedded
+    default needs no ``--bundle`` wherever the command runs (not ``$ARITH_BUNDLE``: that is this server's); another
+    bundle is named relative to the repository when it is inside it."""
+    from arith.cli import DEFAULT_BUNDLE
+
+    path = ctx.ref.path.resolve()
+    bundle_arg = ("" if path == DEFAULT_BUNDLE.resolve() else
+                  f" --bundle {shlex.quote(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))}")
+    cmd = [f"python -m arith {command}{bundle_arg} --mode {ctx.mode}" + "".join(f" {a}" for a in args)
+           + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]
+    own: dict[str, str] = {}  # workspace vector -> the file it travels as: its name made a file name, one per vector
+    for n in (n for n in ctx.coefs if ctx.is_workspace(n)):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-.") or "vector"
+        f, i = f"{stem}.safetensors", 2
+        while f in own.values():
+            f, i = f"{stem}-{i}.safetensors", i + 1
+        own[n] = f
+    cmd += [f"--vector {shlex.quote(f'{n}={f}')}" for n, f in own.items()]
+    cmd += [f"--coef {shlex.quote(f'{n}={v:g}')}" for n, v in ctx.coefs.items()]
+    return " \\\n  ".join(cmd), own

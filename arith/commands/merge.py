@@ -1,5 +1,5 @@
 """Commands that merge task vectors and run the task-arithmetic protocols (method.md §3): ``evaluate``,
-``addition``, ``negation``, ``tune``."""
+``predict``, ``addition``, ``negation``, ``tune``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,51 @@ def cmd_evaluate(args):
         return out
 
     _emit(args, res, text)
+
+
+def _predict_args(p):
+    _evaluate_args(p)
+    p.add_argument("--task", required=True, help="the task whose images to predict")
+    p.add_argument("--top", type=int, default=5, help="how many of the merged model's most frequent confusions to "
+                                                       "list (default 5; 0: none)")
+
+
+@command("predict", "per-image predictions of θ0 + Σ λ_t τ_t on one task: images fixed and broken against θ0, "
+                    "the most frequent confusions")
+@arguments(_predict_args)
+def cmd_predict(args):
+    if args.top < 0:
+        raise ValueError(f"--top must be 0 or more, got {args.top}")
+    ex = _explorer(args, args.max_per_task)
+    extra = _load_extra(ex, args.vector, args.mode)
+    ex.require_vectors(args.mode, extra)
+    res = ex.predictions(args.mode, _parse_coefs(args.coef), args.task, args.split, extra=extra, method=args.method)
+
+    def text(r):
+        c, n = r["counts"], r["counts"]["n"]
+        out = (f"{r['mode']}, {r['task']} ({r['split']}, {n} images): θ0 {_pct(c['base'] / n)} % → merged "
+               f"{_pct(c['merged'] / n)} % ({100 * (c['merged'] - c['base']) / n:+.1f} points): {c['fixed']} images "
+               f"fixed, {c['broken']} broken")
+        if c["alone"] is not None:
+            out += f"; alone ({r['alone_vector']} at λ = 1) {_pct(c['alone'] / n)} %"
+        rows = confusions(r, args.top)
+        if rows:
+            out += f"\nthe merged model's most frequent confusions (of {n - c['merged']} wrong):\n" + _table(rows)
+        return out
+
+    _emit(args, res, text)
+
+
+def confusions(r: dict, top: int) -> list[dict]:
+    """The ``top`` most frequent (true, predicted) pairs off the diagonal of a :meth:`Explorer.predictions` answer's
+    confusion matrix, each with θ0's count of the same confusion."""
+    names, conf = r["classes"], r["confusion"]
+    base: dict[tuple[int, int], int] = {}
+    for y, p in zip(r["labels"], r["base"]):
+        base[y, p] = base.get((y, p), 0) + 1
+    pairs = sorted(((conf[i][j], i, j) for i in range(len(conf)) for j in range(len(conf)) if i != j and conf[i][j]),
+                   key=lambda x: (-x[0], x[1], x[2]))[:top]
+    return [{"true": names[i], "predicted": names[j], "images": k, "θ0": base.get((i, j), 0)} for k, i, j in pairs]
 
 
 def _addition_args(p):

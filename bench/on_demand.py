@@ -1,0 +1,63 @@
+"""Benchmark: what the app computes on request, beyond a slider move (``bench/slider.py``), on a bundle's tensors.
+
+* **α sweep** for a selection of tasks the bundle stores no sweep of (the Task-arithmetic view's *Sweep α* button,
+  :meth:`arith.explore.Explorer.addition`): 21 values of α, each on the validation and test splits of the selected
+  tasks, per mode, for the first 1, 2 and all tasks of the bundle.  The app's note says what this costs per task.
+* **Examples** for one task (the Examples view, :meth:`arith.explore.Explorer.predictions`): θ0, the merge at the
+  bundle's validation α over all its tasks and the task's own model, image by image, per mode and task.
+
+Every request runs on a fresh Explorer of the same loaded bundle (no memoised answer), after one warm-up request per
+mode (the first builds the evaluation tensors and θ0's shared activations once per process, as in the app), and is
+timed once: these are seconds, not milliseconds.  The bundle stores the sweep over all its tasks, so the largest
+selection timed is all tasks but the last.
+
+    python -m bench.on_demand --threads 2 --json bench/results/on_demand.json
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench._common import emit, machine, parser, set_threads, table
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--modes", nargs="+", help="modes to time (default: the bundle's)")
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads)
+
+    from arith.bundle import load_bundle
+    from arith.explore import Explorer
+
+    bundle = load_bundle(args.bundle)
+    modes = args.modes or list(bundle.vectors)
+    tasks = [t for t in bundle.tasks if t in bundle.data]
+    sizes = sorted({1, 2, len(tasks) - 1} - {0})
+    rows, res = [], {"machine": machine(), "threads": threads, "bundle": str(args.bundle), "tasks": tasks,
+                     "sweep": {}, "examples": {}}
+    for mode in modes:
+        fresh = lambda: Explorer(bundle)  # a new memo (and evaluator) per request
+        fresh().evaluate(mode, {tasks[0]: 0.5})  # warm-up: evaluation tensors, θ0's activations
+        alpha = (bundle.results.get("addition", {}).get(mode) or {}).get("alpha", 0.3)
+        for k in sizes:
+            t0 = time.perf_counter()
+            fresh().addition(mode, tasks[:k])
+            s = time.perf_counter() - t0
+            res["sweep"].setdefault(mode, {})[k] = s
+            rows.append({"mode": mode, "request": f"α sweep, {k} task(s)", "seconds": s, "per task": s / k})
+        per_task = []
+        for task in tasks:
+            t0 = time.perf_counter()
+            fresh().predictions(mode, {t: alpha for t in tasks}, task)
+            per_task.append(time.perf_counter() - t0)
+        res["examples"][mode] = dict(zip(tasks, per_task))
+        rows.append({"mode": mode, "request": f"examples, one task (mean of {len(tasks)})",
+                     "seconds": sum(per_task) / len(per_task), "per task": max(per_task)})
+    text = table(rows, ["mode", "request", "seconds", "per task"], floatfmt="{:.2f}")
+    emit(args, res, text + "\n(per task: seconds / tasks for a sweep; the slowest task for examples)")
+    return res
+
+
+if __name__ == "__main__":
+    main()

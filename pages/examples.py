@@ -1,0 +1,77 @@
+"""View 2, examples: what the edited model of the sidebar predicts on the test images of one task, against θ0 and the
+task's own fine-tuned model: the images it fixes and breaks (accuracy is their net) and the classes it confuses."""
+
+import shlex
+
+import streamlit as st
+
+from arith.examples import SHOWN, rows_where
+from ui import charts
+from ui.common import guard, pct, pixels, points_delta
+from ui.state import cli_command, context, mode_label
+
+ctx = context()
+ex = ctx.ex
+st.title("Examples")
+st.caption("The edited model of the sidebar on the test images of one task, image by image. A change of accuracy is "
+           "a net figure: the images the edit *fixes* (θ0 wrong, the edited model right) minus those it *breaks* "
+           "(θ0 right, the edited model wrong).")
+
+if not ex.tasks:
+    st.info("This bundle holds no evaluation images.")
+    st.stop()
+edited = ctx.eval_tasks()
+if st.session_state.get("examples_task") not in ex.tasks:
+    st.session_state["examples_task"] = edited[0] if edited else ex.tasks[0]
+task = st.selectbox("Task", ex.tasks, key="examples_task", persist_state="session",
+                    help="Any task of the bundle: one the edit leaves at λ = 0 shows what the other vectors do to it.")
+
+with guard("Predicting"):
+    r = ex.predictions(ctx.mode, ctx.coefs, task, "test", extra=ctx.extra(), method=ctx.method)
+    c, n = r["counts"], r["counts"]["n"]
+    lam = {k: v for k, v in r["coefficients"].items() if v}
+    st.caption(f"{mode_label(ctx.mode)}; " + ("λ: " + ", ".join(f"{k} {v:g}" for k, v in lam.items()) if lam
+                                              else "every λ is 0: the edited model is θ0") + f"; {n} test images.")
+
+    cols = st.columns(5 if c["alone"] is not None else 4)
+    cols[0].metric("Edited model", pct(c["merged"] / n), **points_delta((c["merged"] - c["base"]) / n),
+                   help="Test accuracy on this task")
+    cols[1].metric("Zero-shot (θ0)", pct(c["base"] / n))
+    cols[2].metric("Fixed", c["fixed"], help="Images θ0 gets wrong and the edited model right")
+    cols[3].metric("Broken", c["broken"], help="Images θ0 gets right and the edited model wrong")
+    if c["alone"] is not None:
+        cols[4].metric(f"{charts.alone_label(ctx.mode).capitalize()}", pct(c["alone"] / n),
+                       help=f"θ0 + τ ({r['alone_vector']}, λ = 1), the normaliser of normalized accuracy")
+
+    which = st.radio("Show", list(SHOWN), horizontal=True, key="examples_which", persist_state="session",
+                     format_func=lambda w: f"{w} ({len(rows_where(r, w))})", help=" · ".join(
+                         f"{w}: {d}" for w, d in SHOWN.items()))
+    rows = rows_where(r, which)
+    per_row = 8
+    count = st.select_slider("Images", [8, 16, 24, 32, 48, 64], value=24, key="examples_count",
+                             persist_state="session")
+    shown = rows[:count]
+    if not shown:
+        st.info(f"No image here is {SHOWN[which]}.")
+    else:
+        st.caption(f"The first {len(shown)} of {len(rows)}, in the split's order. Under each: its class, then the "
+                   "edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
+        images = ex.images(task, "test", shown)
+        names, y = r["classes"], r["labels"]
+        for start in range(0, len(shown), per_row):
+            for col, i, img in zip(st.columns(per_row), shown[start:start + per_row], images[start:start + per_row]):
+                mark = {True: "✓", False: "✗"}
+                col.image(pixels(img), width="content")
+                col.caption(f"**{names[y[i]]}**  \nedited: {names[r['merged'][i]]} {mark[r['merged'][i] == y[i]]} "
+                            f"{100 * r['confidence'][i]:.0f}%  \nθ0: {names[r['base'][i]]} {mark[r['base'][i] == y[i]]}")
+
+    st.subheader("Confusion matrix")
+    change = st.toggle("Against θ0", key="examples_change", persist_state="session",
+                       help="The edited model's counts minus θ0's: where the edit moves predictions")
+    st.plotly_chart(charts.confusion_heatmap(r, change=change), key="examples_confusion")
+    cmd, own = cli_command(ctx, "predict", f"--task {shlex.quote(task)}")
+    with st.expander("The same from the command line"):
+        st.code(cmd, language="bash")
+        if own:
+            st.caption("Workspace vectors join the command as files (`--vector NAME=FILE`): the *Export and share* "
+                       "page offers each one for download.")

@@ -1,0 +1,160 @@
+"""Per-image predictions (arith/examples.py, ``python -m arith predict``, the Examples page): the invariants that tie
+them to the accuracies every other view shows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from arith.bundle import load_bundle
+from arith.cli import main
+from arith.commands.merge import confusions
+from arith.examples import SHOWN, rows_where
+from arith.explore import Explorer
+from ui.common import pixels
+
+from conftest import MODES, TASKS
+
+STRIPES, COLOURS, QUADS = TASKS
+
+
+@pytest.fixture(scope="module")
+def ex(bundle_dir):
+    return Explorer(load_bundle(bundle_dir))
+
+
+def _check_counts(r: dict) -> None:
+    """Everything a prediction answer says about itself agrees."""
+    y, b, m = (np.array(r[k]) for k in ("labels", "base", "merged"))
+    c, n = r["counts"], len(y)
+    assert c["n"] == n == len(r["confidence"]) and c["base"] == (b == y).sum() and c["merged"] == (m == y).sum()
+    assert c["fixed"] == ((b != y) & (m == y)).sum() and c["broken"] == ((b == y) & (m != y)).sum()
+    assert c["merged"] - c["base"] == c["fixed"] - c["broken"]
+    for key, pred in (("confusion", m), ("confusion_base", b)):
+        conf = np.array(r[key])
+        assert conf.shape == (len(r["classes"]),) * 2 and conf.sum() == n
+        assert np.trace(conf) == (pred == y).sum()
+        assert (conf.sum(axis=1) == np.bincount(y, minlength=len(r["classes"]))).all()
+    assert all(1 / len(r["classes"]) - 1e-6 <= p <= 1 + 1e-6 for p in r["confidence"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_coefficients_predict_as_theta0_and_one_task_at_1_as_its_own_model(ex, mode):
+    r0 = ex.predictions(mode, {t: 0.0 for t in TASKS}, STRIPES)
+    assert r0["merged"] == r0["base"] and r0["counts"]["fixed"] == r0["counts"]["broken"] == 0
+    assert r0["confusion"] == r0["confusion_base"]
+    r1 = ex.predictions(mode, {STRIPES: 1.0}, STRIPES)
+    assert r1["alone_vector"] == STRIPES and r1["merged"] == r1["alone"]
+    assert r1["base"] == r0["base"] and r1["labels"] == r0["labels"]
+    for r in (r0, r1):
+        _check_counts(r)
+
+
+@pytest.mark.parametrize("mode", ["attn", "linear", "full@attn"])
+def test_counts_are_the_accuracies_the_other_views_show(ex, mode):
+    coefs = {STRIPES: 0.7, COLOURS: -0.4, QUADS: 1.3}
+    for task in TASKS:
+        r = ex.predictions(mode, coefs, task, "val")
+        _check_counts(r)
+        n = r["counts"]["n"]
+        # the accuracies are fp32 means: equal within 1e-6, far below one image (1 / n)
+        acc = ex.evaluate(mode, coefs, "val", tasks=[task])["accuracy"][task]
+        assert r["counts"]["merged"] / n == pytest.approx(acc, abs=1e-6)
+        assert r["counts"]["base"] / n == pytest.approx(ex.zeroshot("val")[task], abs=1e-6)
+        assert r["counts"]["alone"] / n == pytest.approx(ex.finetuned(mode, "val")[task], abs=1e-6)
+        assert r["classes"] == list(ex.bundle.tasks[task].classnames)
+        assert r["labels"] == ex.bundle.data[task]["val"].labels.tolist()
+
+
+def test_a_workspace_vector_named_after_the_task_is_its_own_model(ex):
+    tv = ex.vectors("attn")[COLOURS]
+    half = tv * 0.5  # keeps its task
+    mine = ex.predictions("attn", {COLOURS: 1.0}, COLOURS, extra={COLOURS: half})
+    other = ex.predictions("attn", {"mine": 1.0}, COLOURS, extra={"mine": half})
+    bundle = ex.predictions("attn", {COLOURS: 1.0}, COLOURS)
+    assert mine["alone_vector"] == COLOURS and mine["merged"] == mine["alone"]
+    assert other["alone_vector"] == COLOURS and other["alone"] == bundle["alone"]  # another name: the bundle's stays
+    assert other["merged"] == mine["merged"]  # the same vector, under two names
+    # the memo keeps the workspaces apart: the half-length vector's answer is not the bundle's
+    assert mine["confidence"] != bundle["confidence"]
+
+
+def test_answers_are_the_callers_own_and_bad_requests_are_named(ex):
+    r = ex.predictions("attn", {STRIPES: 1.0}, STRIPES)
+    r["merged"][0] = -1
+    r["counts"]["n"] = 0
+    again = ex.predictions("attn", {STRIPES: 1.0}, STRIPES)
+    assert again["merged"][0] != -1 and again["counts"]["n"] > 0
+    assert 0 < ex._examples.nbytes <= ex._examples.max_bytes  # the memo counts its arrays' bytes
+    with pytest.raises(KeyError, match="no evaluation images of task 'nope'"):
+        ex.predictions("attn", {}, "nope")
+    with pytest.raises(ValueError, match="split"):
+        ex.predictions("attn", {}, STRIPES, split="train")
+    with pytest.raises(KeyError, match="no attn task vector named"):
+        ex.predictions("attn", {"nope": 1.0}, STRIPES)
+    with pytest.raises(ValueError):
+        ex.predictions("attn", {STRIPES: float("nan")}, STRIPES)
+    with pytest.raises(TypeError):
+        ex.predictions("attn", [1.0], STRIPES)
+
+
+def test_images_are_the_predicted_ones_in_their_order(ex, bundle_dir):
+    r = ex.predictions("attn", {STRIPES: 1.0}, COLOURS)
+    all_images = ex.images(COLOURS)
+    src = ex.bundle.data[COLOURS]["test"].images
+    assert all_images.dtype == np.uint8 and all_images.shape == (len(r["labels"]), *src.shape[2:], 3)
+    assert (all_images == src.permute(0, 2, 3, 1).numpy()).all()
+    rows = [3, 0, 7]
+    assert (ex.images(COLOURS, "test", rows) == all_images[rows]).all()
+    all_images[0] = 0  # a copy: the bundle's images are not written to
+    assert torch.equal(ex.bundle.data[COLOURS]["test"].images, src) and src[0].any()
+    with pytest.raises(IndexError, match="no row"):
+        ex.images(COLOURS, "test", [len(r["labels"])])
+    sub = Explorer(load_bundle(bundle_dir), max_per_task=10)  # the subset in use, as the predictions
+    assert len(sub.images(COLOURS)) == len(sub.predictions("attn", {}, COLOURS)["labels"]) == 10
+
+
+def test_rows_where_picks_what_it_says(ex):
+    r = ex.predictions("attn", {STRIPES: 1.0, COLOURS: 1.0, QUADS: 1.0}, QUADS)
+    y, b, m = r["labels"], r["base"], r["merged"]
+    got = {w: rows_where(r, w) for w in SHOWN}
+    assert got["all"] == list(range(len(y)))
+    assert len(got["fixed"]) == r["counts"]["fixed"] and len(got["broken"]) == r["counts"]["broken"]
+    assert len(got["wrong"]) == len(y) - r["counts"]["merged"]
+    assert set(got["fixed"]) | set(got["broken"]) <= set(got["changed"])
+    assert all(m[i] != b[i] for i in got["changed"]) and all(m[i] != y[i] for i in got["wrong"])
+    with pytest.raises(ValueError, match="one of"):
+        rows_where(r, "right")
+
+
+def test_confusions_lists_the_largest_off_diagonal_cells_with_theta0s():
+    r = {"classes": ["a", "b", "c"], "labels": [0, 0, 0, 1, 1, 2], "base": [1, 1, 0, 1, 0, 2],
+         "confusion": [[1, 0, 2], [3, 0, 0], [0, 0, 0]]}
+    assert confusions(r, 5) == [{"true": "b", "predicted": "a", "images": 3, "θ0": 1},
+                                {"true": "a", "predicted": "c", "images": 2, "θ0": 0}]
+    assert confusions(r, 1) == confusions(r, 5)[:1] and confusions(r, 0) == []
+
+
+def test_predict_command(bundle_dir, capsys, ex):
+    argv = ["predict", "--bundle", str(bundle_dir), "--mode", "attn", "--task", COLOURS, "--coef", f"{STRIPES}=0.5",
+            "--coef", f"{COLOURS}=0.5"]
+    assert main([*argv, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ref = ex.predictions("attn", {STRIPES: 0.5, COLOURS: 0.5}, COLOURS)
+    assert res["counts"] == ref["counts"] and res["merged"] == ref["merged"] and res["confusion"] == ref["confusion"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    c = ref["counts"]
+    assert f"{c['fixed']} images fixed, {c['broken']} broken" in text
+    assert f"θ0 {100 * c['base'] / c['n']:.1f} % → merged {100 * c['merged'] / c['n']:.1f} %" in text
+    for bad, msg in ((["--top", "-1"], "--top must be 0 or more"), (["--split", "val", "--task", "nope"], "nope")):
+        assert main([*argv, *bad]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_pixels_enlarges_by_whole_pixels():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    big = pixels(img, size=9)
+    assert big.shape == (6, 9, 3) and (big[::3, ::3] == img).all() and (big[2, 8] == img[0, 2]).all()
+    assert pixels(img, size=1).shape == img.shape
