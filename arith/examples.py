@@ -12,6 +12,8 @@ answer is built anew for its caller.
 
 from __future__ import annotations
 
+import copy
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -51,8 +53,9 @@ class Examples:
         prediction under the task's frozen head); ``counts``: ``n``, ``base``/``merged``/``alone`` correct,
         ``fixed`` (θ0 wrong, the merge right) and ``broken`` (θ0 right, the merge wrong), so that ``merged`` −
         ``base`` = ``fixed`` − ``broken``; ``confusion`` and ``confusion_base``: the merged model's and θ0's counts,
-        rows the true class, columns the predicted one.  Coefficients are checked and rounded as :meth:`evaluate`
-        does.
+        rows the true class, columns the predicted one; ``per_class``: over the classes with images here, their
+        ``classes``, ``n`` images and the ``base``, ``merged`` and ``alone`` accuracies.  Coefficients are checked
+        and rounded as :meth:`evaluate` does.
         """
         self._check_task(task, split)
         coefs = self._checked_coefs(mode, coefs, extra)
@@ -74,6 +77,7 @@ class Examples:
         # the memo holds arrays (a real bundle's task may have 20,000 images and 397 classes); the caller gets lists
         out = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in hit.items()}
         out.update({"counts": dict(hit["counts"]), "classes": list(hit["classes"]), "task": task, "mode": mode,
+                    "per_class": copy.deepcopy(hit["per_class"]),
                     "split": split, "method": method, "coefficients": {k: float(v) for k, v in coefs.items()},
                     "alone_vector": alone})
         return out
@@ -103,10 +107,22 @@ class Examples:
         def ints(t):
             return t.int().cpu().numpy()
 
-        return {"classes": tuple(self.index.tasks[task].classnames), "labels": ints(labels), "base": ints(base),
+        # accuracy per class, over the classes with images here: right / images of the class
+        names = tuple(self.index.tasks[task].classnames)
+        per = torch.bincount(labels, minlength=c)
+        seen = [i for i in range(c) if per[i] > 0]
+
+        def per_class(pred):
+            right = torch.bincount(labels[pred == labels], minlength=c)
+            return [float(right[i]) / float(per[i]) for i in seen]
+
+        return {"classes": names, "labels": ints(labels), "base": ints(base),
                 "merged": ints(merged), "alone": None if own is None else ints(own),
                 "confidence": confidence.float().cpu().numpy(), "counts": counts, "confusion": confusion(merged),
-                "confusion_base": confusion(base)}
+                "confusion_base": confusion(base),
+                "per_class": {"classes": [names[i] for i in seen], "n": [int(per[i]) for i in seen],
+                              "base": per_class(base), "merged": per_class(merged),
+                              "alone": None if own is None else per_class(own)}}
 
     def images(self, task: str, split: str = "test", rows: Sequence[int] | None = None) -> np.ndarray:
         """uint8 [n, H, W, 3] copies of ``task``'s evaluation images in ``split`` (those in use: the first
@@ -114,6 +130,10 @@ class Examples:
         self._check_task(task, split)
         images = self.bundle.data[task][split].head(self.max_per_task).images
         if rows is not None:
+            rows = list(rows)
+            odd = [r for r in rows if isinstance(r, bool) or not isinstance(r, numbers.Integral)]
+            if odd:
+                raise TypeError(f"image rows are whole numbers, not {odd[0]!r}")
             rows = [int(r) for r in rows]
             bad = [r for r in rows if not 0 <= r < len(images)]
             if bad:
@@ -124,8 +144,8 @@ class Examples:
 
 
 # which images a page or command lists: (label, what it holds)
-SHOWN = {"all": "every image", "fixed": "θ0 wrong, the merge right", "broken": "θ0 right, the merge wrong",
-         "wrong": "the merge wrong", "changed": "the merge predicts another class than θ0"}
+SHOWN = {"all": "every image", "fixed": "θ0 wrong, the edited model right", "broken": "θ0 right, the edited model wrong",
+         "wrong": "the edited model wrong", "changed": "the edited model predicts another class than θ0"}
 
 
 def rows_where(pred: Mapping, which: str = "all") -> list[int]:

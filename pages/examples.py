@@ -52,7 +52,7 @@ with guard("Predicting"):
                              persist_state="session")
     shown = rows[:count]
     if not shown:
-        st.info(f"No image here is {SHOWN[which]}.")
+        st.info(f"No {which} images ({SHOWN[which]}).")
     else:
         st.caption(f"The first {len(shown)} of {len(rows)}, in the split's order. Under each: its class, then the "
                    "edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
@@ -64,6 +64,13 @@ with guard("Predicting"):
                 col.image(pixels(img), width="content")
                 col.caption(f"**{names[y[i]]}**  \nedited: {names[r['merged'][i]]} {mark[r['merged'][i] == y[i]]} "
                             f"{100 * r['confidence'][i]:.0f}%  \nθ0: {names[r['base'][i]]} {mark[r['base'][i] == y[i]]}")
+
+    st.subheader("Per class")
+    pc = r["per_class"]
+    st.plotly_chart(charts.accuracy_bars(dict(zip(pc["classes"], pc["merged"])), dict(zip(pc["classes"], pc["base"])),
+                                         dict(zip(pc["classes"], pc["alone"] or [])), pc["classes"], ctx.mode),
+                    key="examples_per_class")
+    st.caption("Test accuracy per class: bars the edited model, black lines θ0, diamonds the task's own model.")
 
     st.subheader("Confusion matrix")
     change = st.toggle("Against θ0", key="examples_change", persist_state="session",

@@ -8,6 +8,7 @@ another.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 
@@ -164,6 +165,26 @@ def test_examples_page_shows_the_engines_predictions_of_the_sidebars_model(new_a
     clean(at)
     assert (metric(at, "Fixed"), metric(at, "Broken")) == ("0", "0")
     assert metric(at, "Edited model") == metric(at, "Zero-shot (θ0)")
+
+
+def test_examples_command_reproduces_the_page_on_a_servers_image_subset(new_app, monkeypatch, capsys):
+    """With ARITH_MAX_PER_TASK the page scores the first N images of each task; its command must say so."""
+    import shlex
+
+    from arith.cli import main
+
+    monkeypatch.setenv("ARITH_MAX_PER_TASK", "10")
+    at = new_app()
+    at.switch_page("pages/examples.py").run()
+    clean(at)
+    cmd = at.code[0].value
+    assert "--max-per-task 10" in cmd and "256" not in cmd
+    argv = shlex.split(cmd.replace("\\\n", " "))[3:]  # after "python -m arith"
+    assert main([*argv, "--bundle", os.environ["ARITH_BUNDLE"], "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    c = res["counts"]
+    assert c["n"] == 10 and (metric(at, "Fixed"), metric(at, "Broken")) == (str(c["fixed"]), str(c["broken"]))
+    assert metric(at, "Edited model") == f"{100 * c['merged'] / 10:.1f}%"
 
 
 def test_moving_a_slider_changes_the_shown_accuracies(new_app, engine):

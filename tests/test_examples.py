@@ -37,6 +37,14 @@ def _check_counts(r: dict) -> None:
         assert np.trace(conf) == (pred == y).sum()
         assert (conf.sum(axis=1) == np.bincount(y, minlength=len(r["classes"]))).all()
     assert all(1 / len(r["classes"]) - 1e-6 <= p <= 1 + 1e-6 for p in r["confidence"])
+    pc = r["per_class"]  # per class: the diagonal over the row sums, for the classes with images
+    conf = np.array(r["confusion"])
+    seen = [i for i in range(len(r["classes"])) if conf[i].sum()]
+    assert pc["classes"] == [r["classes"][i] for i in seen] and pc["n"] == [conf[i].sum() for i in seen]
+    assert pc["merged"] == pytest.approx([conf[i, i] / conf[i].sum() for i in seen])
+    assert sum(a * k for a, k in zip(pc["base"], pc["n"])) == pytest.approx(c["base"])
+    if r["alone"] is not None:
+        assert sum(a * k for a, k in zip(pc["alone"], pc["n"])) == pytest.approx(c["alone"])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -111,8 +119,13 @@ def test_images_are_the_predicted_ones_in_their_order(ex, bundle_dir):
     assert torch.equal(ex.bundle.data[COLOURS]["test"].images, src) and src[0].any()
     with pytest.raises(IndexError, match="no row"):
         ex.images(COLOURS, "test", [len(r["labels"])])
-    sub = Explorer(load_bundle(bundle_dir), max_per_task=10)  # the subset in use, as the predictions
+    sub = Explorer(load_bundle(bundle_dir), max_per_task=10)  # the subset in use, as the predictions: the first 10
     assert len(sub.images(COLOURS)) == len(sub.predictions("attn", {}, COLOURS)["labels"]) == 10
+    assert (sub.images(COLOURS) == src[:10].permute(0, 2, 3, 1).numpy()).all()
+    for odd in ([1.7], [True], ["1"]):
+        with pytest.raises(TypeError, match="whole numbers"):
+            ex.images(COLOURS, "test", odd)
+    assert (ex.images(COLOURS, "test", [np.int64(2)]) == ex.images(COLOURS, "test", [2])).all()
 
 
 def test_rows_where_picks_what_it_says(ex):
@@ -151,6 +164,19 @@ def test_predict_command(bundle_dir, capsys, ex):
     for bad, msg in ((["--top", "-1"], "--top must be 0 or more"), (["--split", "val", "--task", "nope"], "nope")):
         assert main([*argv, *bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_alpha_sets_every_bundle_vector_of_the_mode_and_coef_overrides_it(bundle_dir, capsys, ex):
+    def evaluate(*extra):
+        assert main(["evaluate", "--bundle", str(bundle_dir), "--mode", "attn", *extra, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert evaluate("--alpha", "0.5")["coefficients"] == {t: 0.5 for t in TASKS}
+    got = evaluate("--alpha", "0.5", "--coef", f"{QUADS}=-1")
+    assert got["coefficients"] == {STRIPES: 0.5, COLOURS: 0.5, QUADS: -1.0}
+    assert got["accuracy"] == ex.evaluate("attn", {STRIPES: 0.5, COLOURS: 0.5, QUADS: -1.0})["accuracy"]
+    assert main(["evaluate", "--bundle", str(bundle_dir), "--alpha", "inf"]) == 2
+    assert "--alpha must be a finite number" in capsys.readouterr().err
 
 
 def test_pixels_enlarges_by_whole_pixels():

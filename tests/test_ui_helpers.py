@@ -132,3 +132,13 @@ def test_a_change_that_rounds_to_zero_points_is_drawn_flat():
     assert points_delta(-0.05) == {"delta": "-5.0 points vs zero-shot"}
     for flat in (0.0, 0.0004, -0.0004):  # "+0.0" would be a green rise, "-0.0" a red fall
         assert points_delta(flat) == {"delta": "±0.0 points vs zero-shot", "delta_color": "off", "delta_arrow": "off"}
+
+
+def test_accuracy_bars_label_every_name_even_numbers():
+    """A digit task's classes "0" … "9" as the x axis: categories, each labelled (plotly would read them as numbers
+    and label every other one)."""
+    from ui.charts import accuracy_bars
+
+    names = [str(i) for i in range(10)]
+    fig = accuracy_bars({n: 0.5 for n in names}, {n: 0.4 for n in names}, {}, names, "attn")
+    assert fig.layout.xaxis.type == "category" and list(fig.data[0].x) == names

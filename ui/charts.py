@@ -89,6 +89,7 @@ def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finet
                     mode="markers", name=f"{alone_label(mode)} ({mode_label(mode)})",
                     marker=dict(symbol="diamond", size=11, color="#222", line=dict(width=1, color="white")),
                     hovertemplate=f"%{{x}}, {alone_label(mode)}: %{{y:.1f}} %<extra></extra>")
+    fig.update_xaxes(type="category")  # names such as "0" … "9" (a digit task's classes) are labels, not numbers
     fig.update_yaxes(title="accuracy (%)", range=[0, 105])
     return _layout(fig)
 
@@ -342,7 +343,8 @@ def loss_curve(losses: Sequence[float]) -> go.Figure:
 def confusion_heatmap(pred: Mapping, change: bool = False) -> go.Figure:
     """The confusion matrix of :meth:`arith.explore.Explorer.predictions` (rows the true class, columns the
     predicted one): the merged model's counts, or with ``change`` its counts minus θ0's on a colour range symmetric
-    about 0 (blue: the merge predicts this pair more often; on the diagonal, images it gets right that θ0 did not)."""
+    about 0 (blue: the merge predicts this pair more often; on the diagonal, the change in a class's correct images,
+    fixed − broken)."""
     classes, merged, base = list(pred["classes"]), pred["confusion"], pred["confusion_base"]
     if change:
         z = [[m - b for m, b in zip(rm, rb)] for rm, rb in zip(merged, base)]

@@ -464,7 +464,9 @@ def cli_command(ctx: Context, command: str, *args: str) -> tuple[str, dict[str, 
     bundle_arg = ("" if path == DEFAULT_BUNDLE.resolve() else
                   f" --bundle {shlex.quote(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))}")
     cmd = [f"python -m arith {command}{bundle_arg} --mode {ctx.mode}" + "".join(f" {a}" for a in args)
-           + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")]
+           + (f" --method {shlex.quote(ctx.method)}" if ctx.method != METHOD else "")
+           # the images in use: a server's ARITH_MAX_PER_TASK evaluates the first N of each task
+           + ("" if ctx.ex.uses_all_images else f" --max-per-task {ctx.ex.max_per_task}")]
     own: dict[str, str] = {}  # workspace vector -> the file it travels as: its name made a file name, one per vector
     for n in (n for n in ctx.coefs if ctx.is_workspace(n)):
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-.") or "vector"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..cli import (
     _bar,
     _bundle_arg,
@@ -25,6 +27,9 @@ def _evaluate_args(p):
     _bundle_arg(p)
     _mode_arg(p)
     p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
+    p.add_argument("--alpha", type=float, metavar="A",
+                   help="λ = A for every task vector of the bundle in --mode (task addition's shared α); --coef then "
+                        "sets single λs")
     p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split (default test)")
     _method_arg(p, "merge method (default task_arithmetic: θ0 + Σ λ_t τ_t)")
     p.add_argument("--max-per-task", type=int, help="evaluate on the first N images of each task")
@@ -36,9 +41,8 @@ def _evaluate_args(p):
 def cmd_evaluate(args):
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
-    coefs = _parse_coefs(args.coef)
     ex.require_vectors(args.mode, extra)  # not θ0's accuracies under a mode the bundle has no vectors of
-    res = ex.evaluate(args.mode, coefs, args.split, extra=extra, method=args.method)
+    res = ex.evaluate(args.mode, _coefs(args, ex, extra), args.split, extra=extra, method=args.method)
     # the λ evaluated (4 decimals): 1e-5 is λ = 0, and its task is one the vectors leave alone
     left = untouched(res["accuracy"], ex.zeroshot(args.split), res["coefficients"], ex.catalog(args.mode, extra))
     if left:  # the app's "Tasks at λ = 0"
@@ -54,6 +58,16 @@ def cmd_evaluate(args):
         return out
 
     _emit(args, res, text)
+
+
+def _coefs(args, ex, extra) -> dict[str, float]:
+    """``--alpha`` for the bundle's vectors of ``--mode``, then ``--coef`` (which may name any vector)."""
+    coefs = {}
+    if args.alpha is not None:
+        if not math.isfinite(args.alpha):
+            raise ValueError(f"--alpha must be a finite number, got {args.alpha}")
+        coefs = {n: args.alpha for n in ex.catalog(args.mode, extra) if n in ex.task_names}
+    return {**coefs, **_parse_coefs(args.coef)}
 
 
 def _predict_args(p):
@@ -72,7 +86,7 @@ def cmd_predict(args):
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
     ex.require_vectors(args.mode, extra)
-    res = ex.predictions(args.mode, _parse_coefs(args.coef), args.task, args.split, extra=extra, method=args.method)
+    res = ex.predictions(args.mode, _coefs(args, ex, extra), args.task, args.split, extra=extra, method=args.method)
 
     def text(r):
         c, n = r["counts"], r["counts"]["n"]
