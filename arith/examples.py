@@ -148,12 +148,24 @@ SHOWN = {"all": "every image", "fixed": "θ0 wrong, the edited model right", "br
          "wrong": "the edited model wrong", "changed": "the edited model predicts another class than θ0"}
 
 
-def rows_where(pred: Mapping, which: str = "all") -> list[int]:
-    """The rows of a :meth:`Examples.predictions` answer that are ``which`` (a key of :data:`SHOWN`)."""
+# the order they are listed in: (label, what it is)
+ORDERS = {"split": "the split's order", "confident": "the edited model's most confident first",
+          "unsure": "the edited model's least confident first"}
+
+
+def rows_where(pred: Mapping, which: str = "all", order: str = "split") -> list[int]:
+    """The rows of a :meth:`Examples.predictions` answer that are ``which`` (a key of :data:`SHOWN`), in ``order``
+    (a key of :data:`ORDERS`: by the edited model's probability of its prediction, ties in the split's order).
+    Wrong images, most confident first, are the edited model's confident mistakes."""
     if which not in SHOWN:
         raise ValueError(f"which images: one of {', '.join(SHOWN)}, not {which!r}")
-    y, b, m = pred["labels"], pred["base"], pred["merged"]
+    if order not in ORDERS:
+        raise ValueError(f"order: one of {', '.join(ORDERS)}, not {order!r}")
+    y, b, m, p = pred["labels"], pred["base"], pred["merged"], pred["confidence"]
     keep = {"all": lambda i: True, "fixed": lambda i: b[i] != y[i] and m[i] == y[i],
             "broken": lambda i: b[i] == y[i] and m[i] != y[i], "wrong": lambda i: m[i] != y[i],
             "changed": lambda i: m[i] != b[i]}[which]
-    return [i for i in range(len(y)) if keep(i)]
+    rows = [i for i in range(len(y)) if keep(i)]
+    if order != "split":
+        rows.sort(key=lambda i: -p[i] if order == "confident" else p[i])  # stable: ties keep the split's order
+    return rows

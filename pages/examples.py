@@ -1,11 +1,13 @@
 """View 2, examples: what the edited model of the sidebar predicts on the test images of one task, against θ0 and the
-task's own fine-tuned model: the images it fixes and breaks (accuracy is their net) and the classes it confuses."""
+task's own fine-tuned model: the images it fixes and breaks (accuracy is their net), the same under every mode, and
+per class, the classes it confuses."""
 
 import shlex
 
+import pandas as pd
 import streamlit as st
 
-from arith.examples import SHOWN, rows_where
+from arith.examples import ORDERS, SHOWN, rows_where
 from ui import charts
 from ui.common import guard, pct, pixels, points_delta
 from ui.state import cli_command, context, mode_label
@@ -46,15 +48,21 @@ with guard("Predicting"):
     which = st.radio("Show", list(SHOWN), horizontal=True, key="examples_which", persist_state="session",
                      format_func=lambda w: f"{w} ({len(rows_where(r, w))})", help=" · ".join(
                          f"{w}: {d}" for w, d in SHOWN.items()))
-    rows = rows_where(r, which)
+    left, right = st.columns(2)
+    order = left.radio("Order", list(ORDERS), horizontal=True, key="examples_order", persist_state="session",
+                       format_func=lambda o: {"split": "split", "confident": "most confident",
+                                              "unsure": "least confident"}[o],
+                       help="By the edited model's probability of its prediction: *wrong*, most confident first, "
+                            "lists its confident mistakes")
+    count = right.select_slider("Images", [8, 16, 24, 32, 48, 64], value=24, key="examples_count",
+                                persist_state="session")
+    rows = rows_where(r, which, order)
     per_row = 8
-    count = st.select_slider("Images", [8, 16, 24, 32, 48, 64], value=24, key="examples_count",
-                             persist_state="session")
     shown = rows[:count]
     if not shown:
         st.info(f"No {which} images ({SHOWN[which]}).")
     else:
-        st.caption(f"The first {len(shown)} of {len(rows)}, in the split's order. Under each: its class, then the "
+        st.caption(f"The first {len(shown)} of {len(rows)}, in {ORDERS[order]}. Under each: its class, then the "
                    "edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
         images = ex.images(task, "test", shown)
         names, y = r["classes"], r["labels"]
@@ -64,6 +72,20 @@ with guard("Predicting"):
                 col.image(pixels(img), width="content")
                 col.caption(f"**{names[y[i]]}**  \nedited: {names[r['merged'][i]]} {mark[r['merged'][i] == y[i]]} "
                             f"{100 * r['confidence'][i]:.0f}%  \nθ0: {names[r['base'][i]]} {mark[r['base'][i] == y[i]]}")
+
+    st.subheader("The same coefficients under every mode")
+    table = []
+    for m in ctx.modes:
+        rm = ex.predictions(m, ctx.coefs_in(m), task, "test", extra=ctx.extra(m), method=ctx.method)
+        cm = rm["counts"]
+        table.append({"mode": mode_label(m), "edited (%)": 100 * cm["merged"] / cm["n"], "fixed": cm["fixed"],
+                      "broken": cm["broken"],
+                      "own model (%)": None if cm["alone"] is None else 100 * cm["alone"] / cm["n"]})
+    st.dataframe(pd.DataFrame(table), hide_index=True, key="examples_modes",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in ("edited (%)",
+                                                                                           "own model (%)")})
+    st.caption(f"{task} under each mode's own task vectors at the coefficients above: what the edit fixes and breaks "
+               "on this task, mode by mode.")
 
     st.subheader("Per class")
     pc = r["per_class"]

@@ -157,7 +157,13 @@ def test_examples_page_shows_the_engines_predictions_of_the_sidebars_model(new_a
         if which == "wrong":  # each caption's edited prediction is marked wrong
             assert all(cell.split("  \n")[1].split()[-2] == "✗" for cell in cells), cells[:3]
     at.toggle(key="examples_change").set_value(True).run()
+    at.radio(key="examples_order").set_value("confident").run()
     clean(at)
+    modes = table(at, "fixed")  # the same coefficients under every mode: each mode's own answer
+    for m, row in zip(["full", "attn", "linear", "mlp"], modes.to_dict("records")):
+        cm = engine.predictions(m, coefs, task)["counts"]
+        assert (row["fixed"], row["broken"]) == (cm["fixed"], cm["broken"])
+        assert row["edited (%)"] == pytest.approx(100 * cm["merged"] / cm["n"])
     # another task, and a λ of 0 everywhere: the edited model is θ0, nothing fixed or broken
     at.selectbox(key="examples_task").set_value(QUADS).run()
     for name in (STRIPES, COLOURS, QUADS):

@@ -139,6 +139,13 @@ def test_rows_where_picks_what_it_says(ex):
     assert all(m[i] != b[i] for i in got["changed"]) and all(m[i] != y[i] for i in got["wrong"])
     with pytest.raises(ValueError, match="one of"):
         rows_where(r, "right")
+    p = r["confidence"]
+    for which in SHOWN:  # the orders are the same rows, sorted by confidence, ties in the split's order
+        sure, unsure = rows_where(r, which, "confident"), rows_where(r, which, "unsure")
+        assert sorted(sure) == sorted(unsure) == got[which]
+        assert sure == sorted(got[which], key=lambda i: (-p[i], i)) and unsure == sorted(got[which], key=lambda i: (p[i], i))
+    with pytest.raises(ValueError, match="order"):
+        rows_where(r, "all", "random")
 
 
 def test_confusions_lists_the_largest_off_diagonal_cells_with_theta0s():
