@@ -6,7 +6,9 @@ invariants, recomputed afresh:
 - coefficient 0 gives the zero-shot accuracies the build stored (every mode; for ``linear`` through f_lin);
 - one task at coefficient 1 gives the single-task accuracies the build stored;
 - the linearized model at zero offset has the base model's features (max |Δ| reported);
-- the stored linear cache (f(θ0; x), J τ) matches a fresh computation.
+- the stored linear cache (f(θ0; x), J τ) matches a fresh computation;
+- the Examples view's per-image answer (``Explorer.predictions``, on the device) at one task's λ = 1 is that task's
+  own model, and its counts agree with the stored single-task accuracy.
 
 Prints the build's stages (minutes) and each check; exits 1 when a check fails.  What a Space user does with
 real weights and data, minus the download (``--model ViT-B-32 --pretrained openai`` there).
@@ -85,6 +87,17 @@ def checks(out: Path, device: str) -> list[dict]:
         worst = max(((fresh[k] - v).abs().max() / v.abs().max().clamp_min(1e-12)).item()
                     for k, v in cache.items() if k != "__rows__")
         rows.append({"check": "linear cache = fresh f(θ0), J τ", "ok": worst <= 1e-4, "detail": f"max relative |Δ| {worst:.3g}"})
+    # the Examples view's per-image answers, on the device: the task's own vector at λ = 1 is its fine-tuned model
+    from arith.explore import Explorer
+
+    ex = Explorer.open(out, device=device)
+    for mode, vs in b.vectors.items():
+        t = next(iter(vs))
+        p = ex.predictions(mode, {t: 1.0}, t)
+        c = p["counts"]
+        rows.append({"check": f"{mode}: Examples at λ = 1 = stored single-task ({t})", "detail": c,
+                     "ok": p["merged"] == p["alone"] and abs(c["merged"] / c["n"] - stored["finetuned"][mode]["test"][t])
+                     < 1e-6 and c["merged"] - c["base"] == c["fixed"] - c["broken"]})
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return rows

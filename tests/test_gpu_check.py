@@ -48,7 +48,8 @@ def test_gpu_build_check_smoke_run(tmp_path, capsys, monkeypatch):
 
     res = main(["--device", "cpu", "--model-config", "tiny", "--steps", "2", "--json", str(tmp_path / "b.json")])
     names = [r["check"] for r in res["checks"]]
-    assert res["ok"] and len(names) == 9 and "linear: f_lin(θ0) = f(θ0)" in names
+    assert res["ok"] and len(names) == 12 and "linear: f_lin(θ0) = f(θ0)" in names
+    assert sum(n.endswith(")") and "Examples at λ = 1" in n for n in names) == 3  # one per mode
     assert [k for k, _ in res["stages"]] == ["task data", "fine-tuning", "precompute"]
     assert "FAIL" not in capsys.readouterr().out
 
