@@ -142,7 +142,6 @@ class Examples:
         return images.permute(0, 2, 3, 1).cpu().numpy().copy()
 
 
-
 # which images a page or command lists: (label, what it holds)
 SHOWN = {"all": "every image", "fixed": "θ0 wrong, the edited model right", "broken": "θ0 right, the edited model wrong",
          "wrong": "the edited model wrong", "changed": "the edited model predicts another class than θ0"}

@@ -4,7 +4,8 @@
   :meth:`arith.explore.Explorer.addition`): 21 values of α, each on the validation and test splits of the selected
   tasks, per mode, for the first 1, 2 and all tasks of the bundle.  The app's note says what this costs per task.
 * **Examples** for one task (the Examples view, :meth:`arith.explore.Explorer.predictions`): θ0, the merge at the
-  bundle's validation α over all its tasks and the task's own model, image by image, per mode and task.
+  bundle's validation α over all its tasks and the task's own model, image by image, per mode and task; and the
+  view's whole request, every mode for one task (its table of modes), with the memos emptied for each task.
 
 Every request runs on one Explorer per mode with its memos emptied first (no memoised answer), as a request the app
 has not seen before: its evaluator stays warm, as the app's does, after one untimed warm-up sweep of the last task
@@ -64,6 +65,21 @@ def main(argv=None) -> dict:
         res["examples"][mode] = dict(zip(tasks, per_task))
         rows.append({"mode": mode, "request": f"examples, one task (mean of {len(tasks)})",
                      "seconds": sum(per_task) / len(per_task), "per task": max(per_task)})
+    # the view itself: one task under every mode (its table), with the memos emptied and the evaluator warm
+    ex = Explorer(bundle)
+    for mode in modes:
+        ex.predictions(mode, {}, tasks[-1])  # warm-up
+    view = []
+    for task in tasks[:-1]:
+        ex._memo, ex._examples = LRU(ex._memo.maxsize), new_memo()
+        t0 = time.perf_counter()
+        for mode in modes:
+            alpha = (bundle.results.get("addition", {}).get(mode) or {}).get("alpha", 0.3)
+            ex.predictions(mode, {t: alpha for t in tasks}, task)
+        view.append(time.perf_counter() - t0)
+    res["examples_view"] = dict(zip(tasks, view))
+    rows.append({"mode": "every mode", "request": f"examples view, one task (mean of {len(view)})",
+                 "seconds": sum(view) / len(view), "per task": max(view)})
     text = table(rows, ["mode", "request", "seconds", "per task"], floatfmt="{:.2f}")
     emit(args, res, text + "\n(per task: seconds / tasks for a sweep; the slowest task for examples)")
     return res

@@ -8,9 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from arith.examples import ORDERS, SHOWN, rows_where
+from arith.merge import method_label
 from ui import charts
-from ui.common import guard, pct, pixels, points_delta
-from ui.state import cli_command, context, mode_label
+from ui.common import guard, pixels, points_delta
+from ui.state import METHOD, cli_command, context, mode_label
 
 ctx = context()
 ex = ctx.ex
@@ -32,17 +33,22 @@ with guard("Predicting"):
     r = ex.predictions(ctx.mode, ctx.coefs, task, "test", extra=ctx.extra(), method=ctx.method)
     c, n = r["counts"], r["counts"]["n"]
     lam = {k: v for k, v in r["coefficients"].items() if v}
-    st.caption(f"{mode_label(ctx.mode)}; " + ("λ: " + ", ".join(f"{k} {v:g}" for k, v in lam.items()) if lam
-                                              else "every λ is 0: the edited model is θ0") + f"; {n} test images.")
+    st.caption(f"{mode_label(ctx.mode)}"
+               + ("" if ctx.method == METHOD else f", merged by {method_label(ctx.method)}") + "; "
+               + ("λ: " + ", ".join(f"{k} {v:g}" for k, v in lam.items()) if lam
+                  else "every λ is 0: the edited model is θ0") + f"; {n} test images.")
+
+    def share(k: int) -> str:  # k of the n images in percent, written as the tables below write it
+        return f"{charts.fixed(100 * k / n)}%"
 
     cols = st.columns(5 if c["alone"] is not None else 4)
-    cols[0].metric("Edited model", pct(c["merged"] / n), **points_delta((c["merged"] - c["base"]) / n),
+    cols[0].metric("Edited model", share(c["merged"]), **points_delta((c["merged"] - c["base"]) / n),
                    help="Test accuracy on this task")
-    cols[1].metric("Zero-shot (θ0)", pct(c["base"] / n))
+    cols[1].metric("Zero-shot (θ0)", share(c["base"]))
     cols[2].metric("Fixed", c["fixed"], help="Images θ0 gets wrong and the edited model right")
     cols[3].metric("Broken", c["broken"], help="Images θ0 gets right and the edited model wrong")
     if c["alone"] is not None:
-        cols[4].metric(f"{charts.alone_label(ctx.mode).capitalize()}", pct(c["alone"] / n),
+        cols[4].metric(f"{charts.alone_label(ctx.mode).capitalize()}", share(c["alone"]),
                        help=f"θ0 + τ ({r['alone_vector']}, λ = 1), the normaliser of normalized accuracy")
 
     which = st.radio("Show", list(SHOWN), horizontal=True, key="examples_which", persist_state="session",
@@ -74,9 +80,11 @@ with guard("Predicting"):
                             f"{100 * r['confidence'][i]:.0f}%  \nθ0: {names[r['base'][i]]} {mark[r['base'][i] == y[i]]}")
 
     st.subheader("The same coefficients under every mode")
-    table = []
+    table, skipped = [], set()  # skipped: selected vectors some mode lacks (λ = 0 there)
     for m in ctx.modes:
-        rm = ex.predictions(m, ctx.coefs_in(m), task, "test", extra=ctx.extra(m), method=ctx.method)
+        coefs = ctx.coefs_in(m)
+        skipped.update(k for k, v in ctx.coefs.items() if v and k not in coefs)
+        rm = ex.predictions(m, coefs, task, "test", extra=ctx.extra(m), method=ctx.method)
         cm = rm["counts"]
         table.append({"mode": mode_label(m), "edited (%)": 100 * cm["merged"] / cm["n"], "fixed": cm["fixed"],
                       "broken": cm["broken"],
@@ -85,14 +93,17 @@ with guard("Predicting"):
                  column_config={c: st.column_config.NumberColumn(format="%.1f") for c in ("edited (%)",
                                                                                            "own model (%)")})
     st.caption(f"{task} under each mode's own task vectors at the coefficients above: what the edit fixes and breaks "
-               "on this task, mode by mode.")
+               "on this task, mode by mode."
+               + (f" Not in every mode (λ = 0 there): {', '.join(sorted(skipped))}." if skipped else ""))
 
     st.subheader("Per class")
     pc = r["per_class"]
     st.plotly_chart(charts.accuracy_bars(dict(zip(pc["classes"], pc["merged"])), dict(zip(pc["classes"], pc["base"])),
                                          dict(zip(pc["classes"], pc["alone"] or [])), pc["classes"], ctx.mode),
                     key="examples_per_class")
-    st.caption("Test accuracy per class: bars the edited model, black lines θ0, diamonds the task's own model.")
+    st.caption("Test accuracy per class: bars the edited model, black lines θ0, diamonds the task's own model."
+               + ("" if len(pc["classes"]) == len(r["classes"]) else f" {len(r['classes']) - len(pc['classes'])} "
+                  f"of the {len(r['classes'])} classes have no image among the {n} in use and are left out."))
 
     st.subheader("Confusion matrix")
     change = st.toggle("Against θ0", key="examples_change", persist_state="session",

@@ -137,10 +137,10 @@ def test_examples_page_shows_the_engines_predictions_of_the_sidebars_model(new_a
     task = at.selectbox(key="examples_task").value
     ref = engine.predictions("attn", coefs, task)
     c, n = ref["counts"], ref["counts"]["n"]
-    assert metric(at, "Edited model") == f"{100 * c['merged'] / n:.1f}%"
-    assert metric(at, "Zero-shot (θ0)") == f"{100 * c['base'] / n:.1f}%"
+    assert metric(at, "Edited model") == f"{fixed(100 * c['merged'] / n)}%"
+    assert metric(at, "Zero-shot (θ0)") == f"{fixed(100 * c['base'] / n)}%"
     assert (metric(at, "Fixed"), metric(at, "Broken")) == (str(c["fixed"]), str(c["broken"]))
-    assert metric(at, "Fine-tuned alone") == f"{100 * c['alone'] / n:.1f}%"
+    assert metric(at, "Fine-tuned alone") == f"{fixed(100 * c['alone'] / n)}%"
     assert f"--task {task}" in at.code[0].value and all(f"--coef {k}={v:g}" in at.code[0].value
                                                         for k, v in coefs.items() if v)
 
@@ -190,7 +190,7 @@ def test_examples_command_reproduces_the_page_on_a_servers_image_subset(new_app,
     res = json.loads(capsys.readouterr().out)
     c = res["counts"]
     assert c["n"] == 10 and (metric(at, "Fixed"), metric(at, "Broken")) == (str(c["fixed"]), str(c["broken"]))
-    assert metric(at, "Edited model") == f"{100 * c['merged'] / 10:.1f}%"
+    assert metric(at, "Edited model") == f"{fixed(100 * c['merged'] / 10)}%"
 
 
 def test_moving_a_slider_changes_the_shown_accuracies(new_app, engine):

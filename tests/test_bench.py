@@ -39,6 +39,7 @@ def test_on_demand_benchmark(bundle_dir, tmp_path):
     assert set(res["sweep"]) == set(res["examples"]) == {"attn", "linear"}
     assert all(set(s) == {1, 2} and min(s.values()) > 0 for s in res["sweep"].values())  # 3 tasks: 1 and 2 of them
     assert all(set(e) == set(res["tasks"]) for e in res["examples"].values())
+    assert set(res["examples_view"]) == set(res["tasks"][:-1])
     assert json.loads((tmp_path / "o.json").read_text())["tasks"] == res["tasks"]
 
 

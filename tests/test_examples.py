@@ -163,11 +163,12 @@ def test_predict_command(bundle_dir, capsys, ex):
     res = json.loads(capsys.readouterr().out)
     ref = ex.predictions("attn", {STRIPES: 0.5, COLOURS: 0.5}, COLOURS)
     assert res["counts"] == ref["counts"] and res["merged"] == ref["merged"] and res["confusion"] == ref["confusion"]
+    assert res["confusions"] == confusions(ref, 5)  # --top's list, in the JSON too
     assert main(argv) == 0
     text = capsys.readouterr().out
     c = ref["counts"]
     assert f"{c['fixed']} images fixed, {c['broken']} broken" in text
-    assert f"θ0 {100 * c['base'] / c['n']:.1f} % → merged {100 * c['merged'] / c['n']:.1f} %" in text
+    assert f"θ0 {100 * c['base'] / c['n']:.1f} % → edited {100 * c['merged'] / c['n']:.1f} %" in text
     for bad, msg in ((["--top", "-1"], "--top must be 0 or more"), (["--split", "val", "--task", "nope"], "nope")):
         assert main([*argv, *bad]) == 2
         assert msg in capsys.readouterr().err
@@ -184,6 +185,23 @@ def test_alpha_sets_every_bundle_vector_of_the_mode_and_coef_overrides_it(bundle
     assert got["accuracy"] == ex.evaluate("attn", {STRIPES: 0.5, COLOURS: 0.5, QUADS: -1.0})["accuracy"]
     assert main(["evaluate", "--bundle", str(bundle_dir), "--alpha", "inf"]) == 2
     assert "--alpha must be a finite number" in capsys.readouterr().err
+
+
+def test_alpha_with_no_vector_named_after_a_bundle_task_is_refused(bundle_dir, capsys, ex, tmp_path):
+    """A mode only --vector files have (named otherwise): --alpha would set nothing and print θ0's accuracies."""
+    from arith.modes import get_mode
+    from arith.taskvec import TaskVector
+
+    params = ex.bundle.base.params
+    keys = get_mode("attn_bias").trainable_keys(params)
+    tv = TaskVector({k: 1e-3 * torch.ones_like(params[k]) for k in keys}, COLOURS, "attn_bias", ex.bundle.base.id)
+    path = tv.save(tmp_path / "ab.safetensors")
+    for command in (["evaluate"], ["predict", "--task", COLOURS]):
+        argv = [*command, "--bundle", str(bundle_dir), "--mode", "attn_bias", "--vector", f"ab={path}"]
+        assert main([*argv, "--alpha", "0.5"]) == 2
+        assert "--alpha: no attn_bias task vector is named after a bundle task" in capsys.readouterr().err
+        assert main([*argv, "--coef", "ab=0.5", "--json"]) == 0  # named, it counts
+        assert json.loads(capsys.readouterr().out)["coefficients"] == {"ab": 0.5}
 
 
 def test_pixels_enlarges_by_whole_pixels():

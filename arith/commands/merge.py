@@ -28,11 +28,11 @@ def _evaluate_args(p):
     _mode_arg(p)
     p.add_argument("--coef", action="append", default=[], metavar="TASK=VALUE", help="coefficient λ of a task vector")
     p.add_argument("--alpha", type=float, metavar="A",
-                   help="λ = A for every task vector of the bundle in --mode (task addition's shared α); --coef then "
-                        "sets single λs")
+                   help="λ = A for every task vector named after a bundle task in --mode (task addition's shared α; a "
+                        "--vector FILE that replaces a bundle task's vector included); --coef then sets single λs")
     p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split (default test)")
     _method_arg(p, "merge method (default task_arithmetic: θ0 + Σ λ_t τ_t)")
-    p.add_argument("--max-per-task", type=int, help="evaluate on the first N images of each task")
+    p.add_argument("--max-per-task", type=int, metavar="N", help="evaluate on the first N images of each task")
     _vectors_arg(p)
 
 
@@ -67,14 +67,17 @@ def _coefs(args, ex, extra) -> dict[str, float]:
         if not math.isfinite(args.alpha):
             raise ValueError(f"--alpha must be a finite number, got {args.alpha}")
         coefs = {n: args.alpha for n in ex.catalog(args.mode, extra) if n in ex.task_names}
+        if not coefs:
+            raise ValueError(f"--alpha: no {args.mode} task vector is named after a bundle task; give the files' λ "
+                             "with --coef NAME=VALUE")
     return {**coefs, **_parse_coefs(args.coef)}
 
 
 def _predict_args(p):
     _evaluate_args(p)
-    p.add_argument("--task", required=True, help="the task whose images to predict")
-    p.add_argument("--top", type=int, default=5, help="how many of the merged model's most frequent confusions to "
-                                                       "list (default 5; 0: none)")
+    p.add_argument("--task", required=True, help="the task whose evaluation images to predict (a task of the bundle)")
+    p.add_argument("--top", type=int, default=5, metavar="N",
+                   help="how many of the edited model's most frequent confusions to list (default 5; 0: none)")
 
 
 @command("predict", "per-image predictions of θ0 + Σ λ_t τ_t on one task: images fixed and broken against θ0, "
@@ -87,17 +90,18 @@ def cmd_predict(args):
     extra = _load_extra(ex, args.vector, args.mode)
     ex.require_vectors(args.mode, extra)
     res = ex.predictions(args.mode, _coefs(args, ex, extra), args.task, args.split, extra=extra, method=args.method)
+    res["confusions"] = confusions(res, args.top)
 
     def text(r):
         c, n = r["counts"], r["counts"]["n"]
-        out = (f"{r['mode']}, {r['task']} ({r['split']}, {n} images): θ0 {_pct(c['base'] / n)} % → merged "
+        out = (f"{r['mode']}, {r['task']} ({r['split']}, {n} images): θ0 {_pct(c['base'] / n)} % → edited "
                f"{_pct(c['merged'] / n)} % ({100 * (c['merged'] - c['base']) / n:+.1f} points): {c['fixed']} images "
                f"fixed, {c['broken']} broken")
         if c["alone"] is not None:
             out += f"; alone ({r['alone_vector']} at λ = 1) {_pct(c['alone'] / n)} %"
-        rows = confusions(r, args.top)
-        if rows:
-            out += f"\nthe merged model's most frequent confusions (of {n - c['merged']} wrong):\n" + _table(rows)
+        if r["confusions"]:
+            out += (f"\nthe edited model's most frequent confusions (of {n - c['merged']} wrong):\n"
+                    + _table(r["confusions"]))
         return out
 
     _emit(args, res, text)
