@@ -42,7 +42,7 @@ with guard("Predicting"):
         return f"{charts.fixed(100 * k / n)}%"
 
     cols = st.columns(5 if c["alone"] is not None else 4)
-    cols[0].metric("Edited model", share(c["merged"]), **points_delta((c["merged"] - c["base"]) / n),
+    cols[0].metric("Edited model", share(c["merged"]), **points_delta((c["merged"] - c["base"]) / n, "θ0"),
                    help="Test accuracy on this task")
     cols[1].metric("Zero-shot (θ0)", share(c["base"]))
     cols[2].metric("Fixed", c["fixed"], help="Images θ0 gets wrong and the edited model right")
@@ -63,7 +63,8 @@ with guard("Predicting"):
     count = right.select_slider("Images", [8, 16, 24, 32, 48, 64], value=24, key="examples_count",
                                 persist_state="session")
     rows = rows_where(r, which, order)
-    per_row = 8
+    names, y = r["classes"], r["labels"]
+    per_row = 8 if max(map(len, names)) <= 8 else 6  # long class names ("priority road") wrap less in wider cells
     shown = rows[:count]
     if not shown:
         st.info(f"No {which} images ({SHOWN[which]}).")
@@ -71,7 +72,6 @@ with guard("Predicting"):
         st.caption(f"The first {len(shown)} of {len(rows)}, in {ORDERS[order]}. Under each: its class, then the "
                    "edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
         images = ex.images(task, "test", shown)
-        names, y = r["classes"], r["labels"]
         for start in range(0, len(shown), per_row):
             for col, i, img in zip(st.columns(per_row), shown[start:start + per_row], images[start:start + per_row]):
                 mark = {True: "✓", False: "✗"}

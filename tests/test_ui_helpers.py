@@ -130,6 +130,7 @@ def test_a_change_that_rounds_to_zero_points_is_drawn_flat():
 
     assert points_delta(0.0123) == {"delta": "+1.2 points vs zero-shot"}  # Streamlit colours and arrows it by sign
     assert points_delta(-0.05) == {"delta": "-5.0 points vs zero-shot"}
+    assert points_delta(0.0123, "θ0") == {"delta": "+1.2 points vs θ0"}
     for flat in (0.0, 0.0004, -0.0004):  # "+0.0" would be a green rise, "-0.0" a red fall
         assert points_delta(flat) == {"delta": "±0.0 points vs zero-shot", "delta_color": "off", "delta_arrow": "off"}
 
@@ -142,3 +143,6 @@ def test_accuracy_bars_label_every_name_even_numbers():
     names = [str(i) for i in range(10)]
     fig = accuracy_bars({n: 0.5 for n in names}, {n: 0.4 for n in names}, {}, names, "attn")
     assert fig.layout.xaxis.type == "category" and list(fig.data[0].x) == names
+    letters = [chr(65 + i) for i in range(26)]  # θ0's marks narrow with many bars, and keep their width for few
+    many = accuracy_bars({n: 0.5 for n in letters}, {n: 0.4 for n in letters}, {}, letters, "attn")
+    assert many.data[1].marker.size < fig.data[1].marker.size == 44

@@ -83,7 +83,9 @@ def accuracy_bars(acc: Mapping[str, float], zeroshot: Mapping[str, float], finet
                 text=[fixed(100 * acc[t]) for t in tasks], textposition="inside", insidetextanchor="middle",
                 hovertemplate="%{x}, edited model: %{y:.1f} %<extra></extra>")
     fig.add_scatter(x=tasks, y=[_p(zeroshot.get(t)) for t in tasks], mode="markers", name="zero-shot θ0",
-                    marker=dict(symbol="line-ew-open", size=44, color="#333", line=dict(width=3, color="#333")),
+                    # a bar's width at 8 tasks; narrower with many bars (a task's 26 classes), not over the next one
+                    marker=dict(symbol="line-ew-open", size=min(44, 600 // max(1, len(tasks))), color="#333",
+                                line=dict(width=3, color="#333")),
                     hovertemplate="%{x}, zero-shot θ0: %{y:.1f} %<extra></extra>")
     fig.add_scatter(x=[t for t in tasks if t in finetuned], y=[_p(finetuned[t]) for t in tasks if t in finetuned],
                     mode="markers", name=f"{alone_label(mode)} ({mode_label(mode)})",

@@ -87,12 +87,13 @@ def as_percent(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
-def points_delta(change: float) -> dict:
-    """``st.metric`` delta arguments for a change of accuracy (a fraction) in points: ``+1.2 points vs zero-shot``,
-    in grey and without an arrow when it rounds to 0.0 (Streamlit would draw "+0.0" as a green rise)."""
+def points_delta(change: float, against: str = "zero-shot") -> dict:
+    """``st.metric`` delta arguments for a change of accuracy (a fraction) in points: ``+1.2 points vs zero-shot``
+    (``against`` names the reference), in grey and without an arrow when it rounds to 0.0 (Streamlit would draw
+    "+0.0" as a green rise)."""
     text = f"{100 * change:+.1f}"
     flat = text in ("+0.0", "-0.0")
-    return {"delta": f"{'±0.0' if flat else text} points vs zero-shot",
+    return {"delta": f"{'±0.0' if flat else text} points vs {against}",
             **({"delta_color": "off", "delta_arrow": "off"} if flat else {})}
 
 
