@@ -168,3 +168,20 @@ def rows_where(pred: Mapping, which: str = "all", order: str = "split") -> list[
     if order != "split":
         rows.sort(key=lambda i: -p[i] if order == "confident" else p[i])  # stable: ties keep the split's order
     return rows
+
+
+def prediction_rows(pred: Mapping) -> list[dict]:
+    """A :meth:`Examples.predictions` answer as one row per image (its row in the split's images in use, the class
+    names, whether each model is right, the edited model's confidence): the table a CSV file holds."""
+    names, y = pred["classes"], pred["labels"]
+    alone = pred["alone"]
+    rows = []
+    for i, label in enumerate(y):
+        b, m = pred["base"][i], pred["merged"][i]
+        row = {"image": i, "class": names[label], "theta0": names[b], "edited": names[m],
+               "edited_confidence": round(float(pred["confidence"][i]), 6),
+               "change": "fixed" if b != label and m == label else "broken" if b == label and m != label else ""}
+        if alone is not None:
+            row["own_model"] = names[alone[i]]
+        rows.append(row)
+    return rows

@@ -7,7 +7,7 @@ import shlex
 import pandas as pd
 import streamlit as st
 
-from arith.examples import ORDERS, SHOWN, rows_where
+from arith.examples import ORDERS, SHOWN, prediction_rows, rows_where
 from arith.merge import method_label
 from ui import charts
 from ui.common import guard, pixels, points_delta
@@ -109,6 +109,10 @@ with guard("Predicting"):
     change = st.toggle("Against θ0", key="examples_change", persist_state="session",
                        help="The edited model's counts minus θ0's: where the edit moves predictions")
     st.plotly_chart(charts.confusion_heatmap(r, change=change), key="examples_confusion")
+    st.download_button("Download the predictions (CSV)", lambda: pd.DataFrame(prediction_rows(r)).to_csv(index=False),
+                       file_name=f"predictions-{task}-{ctx.mode}.csv", mime="text/csv", key="examples_csv",
+                       on_click="ignore", help="One row per test image: its class, θ0's, the edited model's (with its "
+                                               "probability) and the task's own model's prediction, fixed or broken")
     cmd, own = cli_command(ctx, "predict", f"--task {shlex.quote(task)}")
     with st.expander("The same from the command line"):
         st.code(cmd, language="bash")

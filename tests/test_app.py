@@ -148,6 +148,7 @@ def test_examples_page_shows_the_engines_predictions_of_the_sidebars_model(new_a
         return [c.value for c in at.caption if c.value.startswith("**")]
 
     assert len(shown()) == min(24, n)
+    assert [b.proto.label for b in at.get("download_button")] == ["Download the predictions (CSV)"]
     for which, count in (("wrong", n - c["merged"]), ("changed", None)):
         at.radio(key="examples_which").set_value(which).run()
         clean(at)

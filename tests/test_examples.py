@@ -148,6 +148,31 @@ def test_rows_where_picks_what_it_says(ex):
         rows_where(r, "all", "random")
 
 
+def test_prediction_rows_are_the_answer_image_by_image(ex, bundle_dir, tmp_path, capsys):
+    from arith.examples import prediction_rows
+
+    r = ex.predictions("attn", {STRIPES: 1.0, COLOURS: 1.0}, STRIPES)
+    rows = prediction_rows(r)
+    names = r["classes"]
+    assert [row["image"] for row in rows] == list(range(r["counts"]["n"]))
+    assert [row["class"] for row in rows] == [names[y] for y in r["labels"]]
+    assert [row["edited"] for row in rows] == [names[m] for m in r["merged"]]
+    assert [row["own_model"] for row in rows] == [names[a] for a in r["alone"]]
+    assert sum(row["change"] == "fixed" for row in rows) == r["counts"]["fixed"]
+    assert sum(row["change"] == "broken" for row in rows) == r["counts"]["broken"]
+    assert "own_model" not in prediction_rows({**r, "alone": None})[0]
+    # the command writes the same rows as CSV
+    import pandas as pd
+
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--bundle", str(bundle_dir), "--mode", "attn", "--task", STRIPES, "--coef", f"{STRIPES}=1",
+                 "--coef", f"{COLOURS}=1", "--csv", str(out)]) == 0
+    capsys.readouterr()
+    assert pd.read_csv(out, keep_default_na=False).to_dict("records") == pd.DataFrame(rows).to_dict("records")
+    assert main(["predict", "--bundle", str(bundle_dir), "--task", STRIPES, "--csv", str(tmp_path)]) == 2
+    assert "not a file in an existing folder" in capsys.readouterr().err
+
+
 def test_confusions_lists_the_largest_off_diagonal_cells_with_theta0s():
     r = {"classes": ["a", "b", "c"], "labels": [0, 0, 0, 1, 1, 2], "base": [1, 1, 0, 1, 0, 2],
          "confusion": [[1, 0, 2], [3, 0, 0], [0, 0, 0]]}

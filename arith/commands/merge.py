@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 from ..cli import (
     _bar,
@@ -78,6 +80,8 @@ def _predict_args(p):
     p.add_argument("--task", required=True, help="the task whose evaluation images to predict (a task of the bundle)")
     p.add_argument("--top", type=int, default=5, metavar="N",
                    help="how many of the edited model's most frequent confusions to list (default 5; 0: none)")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per image to FILE (CSV: class, θ0's, the edited "
+                                                  "model's and the own model's prediction, confidence, fixed or broken)")
 
 
 @command("predict", "per-image predictions of θ0 + Σ λ_t τ_t on one task: images fixed and broken against θ0, "
@@ -86,11 +90,20 @@ def _predict_args(p):
 def cmd_predict(args):
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}")
+    if args.csv and (Path(args.csv).expanduser().is_dir() or not Path(args.csv).expanduser().parent.is_dir()):
+        raise ValueError(f"--csv {args.csv}: not a file in an existing folder")
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
     ex.require_vectors(args.mode, extra)
     res = ex.predictions(args.mode, _coefs(args, ex, extra), args.task, args.split, extra=extra, method=args.method)
     res["confusions"] = confusions(res, args.top)
+    if args.csv:
+        import pandas as pd
+
+        from ..examples import prediction_rows
+
+        pd.DataFrame(prediction_rows(res)).to_csv(args.csv, index=False)
+        print(f"(one row per image written to {args.csv})", file=sys.stderr)
 
     def text(r):
         c, n = r["counts"], r["counts"]["n"]
