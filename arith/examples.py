@@ -171,8 +171,9 @@ def rows_where(pred: Mapping, which: str = "all", order: str = "split") -> list[
 
 
 def prediction_rows(pred: Mapping) -> list[dict]:
-    """A :meth:`Examples.predictions` answer as one row per image (its row in the split's images in use, the class
-    names, whether each model is right, the edited model's confidence): the table a CSV file holds."""
+    """A :meth:`Examples.predictions` answer as one row per image: its row among the split's images in use, its class,
+    θ0's, the edited model's (with its probability) and the own model's predicted class by name, and ``fixed`` or
+    ``broken`` against θ0.  The table a CSV file holds."""
     names, y = pred["classes"], pred["labels"]
     alone = pred["alone"]
     rows = []

@@ -90,20 +90,21 @@ def _predict_args(p):
 def cmd_predict(args):
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}")
-    if args.csv and (Path(args.csv).expanduser().is_dir() or not Path(args.csv).expanduser().parent.is_dir()):
+    csv = Path(args.csv).expanduser() if args.csv else None
+    if csv is not None and (csv.is_dir() or not csv.parent.is_dir()):
         raise ValueError(f"--csv {args.csv}: not a file in an existing folder")
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
     ex.require_vectors(args.mode, extra)
     res = ex.predictions(args.mode, _coefs(args, ex, extra), args.task, args.split, extra=extra, method=args.method)
     res["confusions"] = confusions(res, args.top)
-    if args.csv:
+    if csv is not None:
         import pandas as pd
 
         from ..examples import prediction_rows
 
-        pd.DataFrame(prediction_rows(res)).to_csv(args.csv, index=False)
-        print(f"(one row per image written to {args.csv})", file=sys.stderr)
+        pd.DataFrame(prediction_rows(res)).to_csv(csv, index=False)
+        print(f"(one row per image written to {csv})", file=sys.stderr)
 
     def text(r):
         c, n = r["counts"], r["counts"]["n"]
