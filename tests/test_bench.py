@@ -43,6 +43,20 @@ def test_on_demand_benchmark(bundle_dir, tmp_path):
     assert json.loads((tmp_path / "o.json").read_text())["tasks"] == res["tasks"]
 
 
+def test_churn_study_counts_add_up_to_the_stored_addition(bundle_dir, tmp_path):
+    from arith.bundle import load_bundle
+    from bench.churn import main
+
+    res = main(["--bundle", str(bundle_dir), "--json", str(tmp_path / "c.json")])
+    stored = load_bundle(bundle_dir).results["addition"]
+    zs = load_bundle(bundle_dir).results["accuracy"]["zeroshot"]["test"]
+    for mode, r in res["modes"].items():
+        per = r["per_task"]
+        assert r["alpha"] == stored[mode]["alpha"] and r["fixed"] == sum(c["fixed"] for c in per.values())
+        for t, c in per.items():  # fixed − broken is the stored addition's change over zero-shot, per task
+            assert (c["fixed"] - c["broken"]) / c["n"] == pytest.approx(stored[mode]["accuracy"][t] - zs[t], abs=1e-6)
+
+
 def test_diagnostics_benchmark(bundle_dir, tmp_path):
     from bench.diagnostics import main
 
