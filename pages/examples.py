@@ -54,23 +54,29 @@ with guard("Predicting"):
     which = st.radio("Show", list(SHOWN), horizontal=True, key="examples_which", persist_state="session",
                      format_func=lambda w: f"{w} ({len(rows_where(r, w))})", help=" · ".join(
                          f"{w}: {d}" for w, d in SHOWN.items()))
-    left, right = st.columns(2)
+    left, middle, right = st.columns([2, 2, 1])
     order = left.radio("Order", list(ORDERS), horizontal=True, key="examples_order", persist_state="session",
                        format_func=lambda o: {"split": "split", "confident": "most confident",
                                               "unsure": "least confident"}[o],
                        help="By the edited model's probability of its prediction: *wrong*, most confident first, "
                             "lists its confident mistakes")
-    count = right.select_slider("Images", [8, 16, 24, 32, 48, 64], value=24, key="examples_count",
-                                persist_state="session")
+    count = middle.select_slider("Images", [8, 16, 24, 32, 48, 64], value=24, key="examples_count",
+                                 persist_state="session")
     rows = rows_where(r, which, order)
+    pages = max(1, -(-len(rows) // count))
+    # a page beyond the last (another filter, more images a page) is the last
+    st.session_state["examples_page"] = min(max(1, int(st.session_state.get("examples_page", 1))), pages)
+    page = right.number_input("Page", min_value=1, max_value=pages, step=1, key="examples_page",
+                              help=f"{pages} page(s) of {count} images")
     names, y = r["classes"], r["labels"]
     per_row = 8 if max(map(len, names)) <= 8 else 6  # long class names ("priority road") wrap less in wider cells
-    shown = rows[:count]
+    first = (page - 1) * count
+    shown = rows[first:first + count]
     if not shown:
         st.info(f"No {which} images ({SHOWN[which]}).")
     else:
-        st.caption(f"The first {len(shown)} of {len(rows)}, in {ORDERS[order]}. Under each: its class, then the "
-                   "edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
+        st.caption(f"Images {first + 1}–{first + len(shown)} of {len(rows)}, in {ORDERS[order]}. Under each: its class, "
+                   "then the edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
         images = ex.images(task, "test", shown)
         for start in range(0, len(shown), per_row):
             for col, i, img in zip(st.columns(per_row), shown[start:start + per_row], images[start:start + per_row]):

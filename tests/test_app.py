@@ -148,9 +148,14 @@ def test_examples_page_shows_the_engines_predictions_of_the_sidebars_model(new_a
         return [c.value for c in at.caption if c.value.startswith("**")]
 
     assert len(shown()) == min(24, n)
+    first_page = shown()
+    pages = -(-n // 24)
+    at.number_input(key="examples_page").set_value(pages).run()  # the last page: the rest of the images
+    assert len(shown()) == n - 24 * (pages - 1) and shown() != first_page
+    assert f"Images {24 * (pages - 1) + 1}–{n} of {n}" in " ".join(c.value for c in at.caption)
     assert [b.proto.label for b in at.get("download_button")] == ["Download the predictions (CSV)"]
     for which, count in (("wrong", n - c["merged"]), ("changed", None)):
-        at.radio(key="examples_which").set_value(which).run()
+        at.radio(key="examples_which").set_value(which).run()  # fewer images: the page moves back within them
         clean(at)
         cells = shown()
         if count is not None:
