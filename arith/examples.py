@@ -176,12 +176,11 @@ def prediction_rows(pred: Mapping) -> list[dict]:
     ``broken`` against θ0.  The table a CSV file holds."""
     names, y = pred["classes"], pred["labels"]
     alone = pred["alone"]
+    change = {i: which for which in ("fixed", "broken") for i in rows_where(pred, which)}
     rows = []
     for i, label in enumerate(y):
-        b, m = pred["base"][i], pred["merged"][i]
-        row = {"image": i, "class": names[label], "theta0": names[b], "edited": names[m],
-               "edited_confidence": round(float(pred["confidence"][i]), 6),
-               "change": "fixed" if b != label and m == label else "broken" if b == label and m != label else ""}
+        row = {"image": i, "class": names[label], "theta0": names[pred["base"][i]], "edited": names[pred["merged"][i]],
+               "edited_confidence": round(float(pred["confidence"][i]), 6), "change": change.get(i, "")}
         if alone is not None:
             row["own_model"] = names[alone[i]]
         rows.append(row)

@@ -40,6 +40,10 @@ def main(argv=None) -> dict:
     modes = args.modes or list(bundle.vectors)
     tasks = [t for t in bundle.tasks if t in bundle.data]
     sizes = sorted({1, 2, len(tasks) - 1} - {0})
+
+    def alpha_of(mode: str) -> float:  # the bundle's validation-chosen α, as the app's opening view uses
+        return (bundle.results.get("addition", {}).get(mode) or {}).get("alpha", 0.3)
+
     rows, res = [], {"machine": machine(), "threads": threads, "bundle": str(args.bundle), "tasks": tasks,
                      "sweep": {}, "examples": {}}
     for mode in modes:
@@ -50,7 +54,7 @@ def main(argv=None) -> dict:
             return ex
 
         fresh().addition(mode, tasks[-1:])  # warm-up, on a task no timed sweep uses
-        alpha = (bundle.results.get("addition", {}).get(mode) or {}).get("alpha", 0.3)
+        alpha = alpha_of(mode)
         for k in sizes:
             t0 = time.perf_counter()
             fresh().addition(mode, tasks[:k])
@@ -74,8 +78,7 @@ def main(argv=None) -> dict:
         ex._memo, ex._examples = LRU(ex._memo.maxsize), new_memo()
         t0 = time.perf_counter()
         for mode in modes:
-            alpha = (bundle.results.get("addition", {}).get(mode) or {}).get("alpha", 0.3)
-            ex.predictions(mode, {t: alpha for t in tasks}, task)
+            ex.predictions(mode, {t: alpha_of(mode) for t in tasks}, task)
         view.append(time.perf_counter() - t0)
     res["examples_view"] = dict(zip(tasks, view))
     rows.append({"mode": "every mode", "request": f"examples view, one task (mean of {len(view)})",

@@ -78,9 +78,9 @@ with guard("Predicting"):
         st.caption(f"Images {first + 1}–{first + len(shown)} of {len(rows)}, in {ORDERS[order]}. Under each: its class, "
                    "then the edited model's prediction with its probability, and θ0's; ✓ right, ✗ wrong.")
         images = ex.images(task, "test", shown)
+        mark = {True: "✓", False: "✗"}
         for start in range(0, len(shown), per_row):
             for col, i, img in zip(st.columns(per_row), shown[start:start + per_row], images[start:start + per_row]):
-                mark = {True: "✓", False: "✗"}
                 col.image(pixels(img), width="content")
                 col.caption(f"**{names[y[i]]}**  \nedited: {names[r['merged'][i]]} {mark[r['merged'][i] == y[i]]} "
                             f"{100 * r['confidence'][i]:.0f}%  \nθ0: {names[r['base'][i]]} {mark[r['base'][i] == y[i]]}")
