@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import Split
 from .heads import Head, heads_from_tensors, heads_to_tensors
-from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, finetune_config, read_manifest, sha256_file
+from .index import BUNDLE_FORMAT, EVAL_SPLITS, BundleError, BundleIndex, finetune_config, read_manifest, recipe, sha256_file
 from .models import Base, fingerprint
 from .safefile import SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Files, FinetuneConfig, Meta, ModelSpec, Provenance, TaskInfo
@@ -81,6 +81,10 @@ class Bundle:
     def finetune_config(self, mode: str) -> FinetuneConfig | None:
         """The fine-tuning config the ``mode`` vectors were trained with (None when not recorded)."""
         return finetune_config(self.manifest, mode)
+
+    def recipe(self, mode: str) -> tuple[FinetuneConfig, str]:
+        """The recipe to fine-tune ``mode`` with, and where it comes from (:func:`arith.index.recipe`)."""
+        return recipe(self.manifest, mode)
 
     def evaluator(self, max_per_task: int | None = None, device=None, linear_cache: bool = True, **kw):
         """An :class:`arith.evaluate.Evaluator` on this bundle's evaluation splits, linear caches installed (unless
@@ -223,8 +227,11 @@ class BundleWriter:
         """Write ``tv`` as ``vectors/<mode>/<task>.safetensors`` and list it; ``config``: the recipe it was trained
         with (recorded per mode in the manifest)."""
         rel = Files.vector(tv.mode, tv.task)
-        path = self.root / rel
-        tv.save(path)
+        path = self.root / rel  # not tv.save: that refuses a bundle's own files, which the writer alone may replace
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(tv.to_bytes())
+        os.replace(tmp, path)
         self._record(rel)
         if tv.mode not in self.manifest["modes"]:
             self.manifest["modes"].append(tv.mode)

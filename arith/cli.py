@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +195,23 @@ def _vectors_arg(p, named_for: str = "--coef"):
                         "replaces the bundle's vector of that task)")
 
 
+def missing_flags(e: Exception, file: str | None = None) -> str:
+    """For a file lacking metadata (:class:`arith.taskvec.MissingMetadata`), what ``validate`` takes to fill it in:
+    `` (--task T, --mode M)`` for validate's own errors, or, given the ``file``, the validate command line that writes
+    a copy holding it ('' for any other error)."""
+    from .specs import Meta
+
+    flags = {Meta.TASK: "--task T", Meta.MODE: "--mode M", Meta.BASE: "--assume-base"}
+    keys = getattr(e, "keys", ())  # MissingMetadata's fields
+    asks = [flags[k] for k in keys if k in flags] if isinstance(keys, tuple) else []
+    if not asks:
+        return ""
+    if file is None:
+        return f" ({', '.join(asks)})"
+    return (f" (if it is a task vector for this bundle's base, `python -m arith validate {file} {' '.join(asks)} "
+            "--out FIXED.safetensors` writes a copy holding that metadata)")
+
+
 def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
     """Task-vector files given on the command line, checked against the bundle's base (loads its tensors) and, with
     ``mode``, against it: a file of another mode would join nothing the command looks at (a view, ``full@attn``,
@@ -210,7 +228,7 @@ def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:
         try:
             tv = load_task_vector(f, base)
         except ValueError as e:  # name the file: a command may be given several
-            raise ValueError(str(e) if f in str(e) else f"{f}: {e}") from None
+            raise ValueError((str(e) if f in str(e) else f"{f}: {e}") + missing_flags(e, f)) from None
         if mode is not None and tv.mode != source_of(mode):
             raise ValueError(f"{f}: a {tv.mode} task vector, but --mode {mode} uses {source_of(mode)} vectors "
                              f"(pass --mode {tv.mode} to use it)")
@@ -300,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _ARGV[:] = argv
+    # torch's forward-mode AD scripts its own decompositions on first use and warns that torch.jit.script is
+    # deprecated: torch's business, not the user's (the command-line program sets this, not the library)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     args, unknown = build_parser(plugins=command_name not in COMMANDS).parse_known_args(argv)
     if unknown:  # the subcommand's usage and name, as argparse gives for its other usage errors
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -9,6 +9,7 @@ one) before torch is even imported; :func:`arith.bundle.load_bundle` then builds
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -34,6 +35,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def bundle_file_at(path: str | Path) -> tuple[Path, str] | None:
+    """(bundle root, file name in its manifest) when ``path`` is one of a bundle's own files (its manifest, or a file
+    the manifest lists with its checksum), else None.  Writing over such a file by hand leaves the bundle unloadable
+    (its size or sha256 no longer matches), so commands refuse it as an output; other files beside a bundle's are
+    harmless (loading reads only the listed ones)."""
+    path = Path(path).expanduser().resolve()
+    for root in path.parents:
+        manifest = root / Files.MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError, RecursionError):
+            return None  # not a readable manifest: no bundle to protect here
+        if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
+            return None
+        rel = path.relative_to(root).as_posix()
+        return (root, rel) if rel == Files.MANIFEST or rel in (m.get("files") or {}) else None
+    return None
 
 
 def read_manifest(root: Path) -> dict:
@@ -145,6 +167,23 @@ def finetune_config(manifest: Mapping[str, Any], mode: str) -> FinetuneConfig | 
     return FinetuneConfig.from_dict(cfg) if cfg else None
 
 
+def recipe(manifest: Mapping[str, Any], mode: str) -> tuple[FinetuneConfig, str]:
+    """The recipe to fine-tune ``mode`` with on this bundle (its ``mode`` field set to it), and where it comes from, as
+    a phrase: the bundle's own recipe for the mode; else that of the mode it borrows from (:attr:`Mode.recipe_from`,
+    attn_bias: attn's); else the first recipe the bundle records (steps, batch and learning rate at the bundle's
+    scale); else the engine's defaults (``FinetuneConfig``'s: the paper's recipe for real CLIP).  The CLI's finetune,
+    the Train page and lr-sweep all start from it, so one mode never gets two recipes."""
+    from .modes import get_mode
+
+    recorded = [m for m in manifest.get("modes", []) if manifest.get("finetune", {}).get(m)]
+    for other in dict.fromkeys((mode, get_mode(mode).recipe_from, *recorded[:1])):  # in this order, each once
+        cfg = finetune_config(manifest, other) if other else None
+        if cfg is not None:
+            source = f"the bundle's recipe for {other}" + ("" if other == mode else f" (it has none for {mode})")
+            return dataclasses.replace(cfg, mode=mode), source
+    return FinetuneConfig(mode=mode), f"the engine's defaults (the bundle records no recipe for {mode})"
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -220,6 +259,10 @@ class BundleIndex:
     def finetune_config(self, mode: str) -> FinetuneConfig | None:
         """The fine-tuning config the bundle's ``mode`` vectors were trained with (None when not recorded)."""
         return finetune_config(self.manifest, mode)
+
+    def recipe(self, mode: str) -> tuple[FinetuneConfig, str]:
+        """The recipe to fine-tune ``mode`` with, and where it comes from (:func:`recipe`)."""
+        return recipe(self.manifest, mode)
 
     @property
     def evaluation_tasks(self) -> list[str]:

@@ -88,7 +88,7 @@ def lr_sweep(bundle_dir, modes, lrs, tasks=None, steps=None, train_n=None, progr
     # every (mode, lr, seed) cell first, with the earlier run that answers it: nothing trains before all are known
     cells = []
     for mode in modes:
-        recipe = b.finetune_config(mode) or FinetuneConfig(mode=mode)
+        recipe = b.recipe(mode)[0]
         base_cfg = (recipe.with_steps(steps) if steps else recipe).to_dict()  # the warm-up keeps its share
         base_cfg.update(overrides)
         own_seed = base_cfg["seed"]

@@ -159,9 +159,11 @@ def parse_method(spec: str) -> tuple[MergeMethod, dict[str, float | int | str]]:
     seen: set[str] = set()
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, raw = (x.strip() for x in item.partition("="))
+        if not known:
+            raise ValueError(f"merge method {name!r} takes no options (got {item!r}); write {name} alone")
         if not eq or key not in known:
-            have = ", ".join(known) if known else "none"
-            raise ValueError(f"merge method {name!r} has no option {key!r} (options: {have}); write {name}:option=value")
+            raise ValueError(f"merge method {name!r} has no option {key!r} (options: {', '.join(known)}); "
+                             f"write {name}:option=value")
         if key in seen:
             raise ValueError(f"option {key!r} is given twice in {spec!r}")
         seen.add(key)

@@ -33,6 +33,8 @@ class Mode:
     part: what the patterns select, as a short noun ("attention"), for the label of a view that cuts to it.
     kernel_subset: the name under which the kernel diagnostics linearize τ restricted to these tensors (method.md §5:
         attention weights against MLP weights against all of τ); empty: no such restricted linearization.
+    recipe_from: the mode whose recipe a bundle's fine-tuning uses for this one when it records none of its own (a
+        variant trains as its parent does: attn_bias as attn); empty: the bundle's first recipe (:func:`arith.index.recipe`).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Mode:
     description: str = ""
     part: str = ""
     kernel_subset: str = ""
+    recipe_from: str = ""
 
     @cached_property
     def _regex(self) -> re.Pattern:
@@ -93,7 +96,7 @@ register_mode(Mode("attn", "Attention-only", ATTN_WEIGHTS,
                    part="attention", kernel_subset="attention"))
 register_mode(Mode("attn_bias", "Attention-only + biases", ATTN_WEIGHTS + ATTN_BIASES,
                    description="attention weights and their two biases (the `attn` switch)",
-                   part="attention + biases"))
+                   part="attention + biases", recipe_from="attn"))
 register_mode(Mode("linear", "Linearized (NTK)", ALL, linearized=True,
                    description="first-order Taylor model at θ0, all parameters (Ortiz-Jimenez et al. 2023)"))
 register_mode(Mode("mlp", "MLP-only", MLP_WEIGHTS,

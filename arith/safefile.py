@@ -41,7 +41,8 @@ class SafetensorsError(ValueError):
 
 def _sniff(prefix: bytes) -> str | None:
     if prefix.startswith(b"PK\x03\x04"):
-        return "a zip archive (what torch.save writes), not safetensors; it is never unpickled here"
+        return ("a zip archive (what torch.save writes), not safetensors; it is never unpickled here (a checkpoint of "
+                "fine-tuned weights? `python -m arith import` converts it, reading it with weights_only=True)")
     if prefix[:1] == b"\x80" and prefix[1:2] in {b"\x02", b"\x03", b"\x04", b"\x05"}:
         return "a Python pickle, not safetensors; it is never unpickled here"
     if prefix.startswith(b"\x1f\x8b"):
@@ -157,6 +158,8 @@ def read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int = DE
         path = Path(source).expanduser()
         if path.is_dir():
             raise SafetensorsError(f"{path} is a directory, not a safetensors file")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")  # not errno's "[Errno 2] No such file or directory: …"
         size = path.stat().st_size
         if size > max_bytes:
             raise SafetensorsError(f"{path.name} is {size} bytes, over the {max_bytes}-byte limit")

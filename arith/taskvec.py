@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
+from .index import bundle_file_at
 from .modes import MODES, Mode, get_mode
 from .safefile import DEFAULT_MAX_BYTES, FLOAT_DTYPES, SafetensorsError, load_safetensors
 from .specs import FORMAT_VERSION, Meta
@@ -235,13 +236,14 @@ class TaskVector:
     def __neg__(self) -> TaskVector:
         return self.scale(-1.0)
 
-    def cut(self, part: Mode) -> TaskVector:
-        """τ with every entry outside the tensors ``part`` trains set to 0: a mode view's vector
+    def cut(self, part: Mode | str) -> TaskVector:
+        """τ with every entry outside the tensors ``part`` (a mode, or its name) trains set to 0: a mode view's vector
         (:class:`arith.modes.ModeView`, e.g. full fine-tuning's τ cut to the attention weights).  It stays a vector of
         τ's mode (a linearized one is still evaluated as the linear model, with the tangent on the kept tensors only);
         the kept tensors are τ's own, not copies, and its ``uid`` names (τ's uid, part) without hashing them.  τ itself
         when the part holds all of τ's tensors.  Memoised on τ (one object per part, living as long as τ does: a
         session's vector and its cuts go together), so the caches keyed by the cut's uid keep hitting."""
+        part = get_mode(part) if isinstance(part, str) else part
         cuts = self.__dict__.setdefault("_cuts", {})
         if part.name in cuts:
             return cuts[part.name]
@@ -312,13 +314,20 @@ class TaskVector:
         return path
 
 
-def check_output_path(path: str | Path) -> Path:
-    """``path`` (``~`` expanded) as a task-vector file to write, or a ValueError when it cannot be one: a directory,
-    a path under a file, or a folder that cannot be made or written to (its missing folders are made here).
+def check_output_path(path: str | Path, what: str = "task-vector file") -> Path:
+    """``path`` (``~`` expanded) as a ``what`` to write, or a ValueError when it cannot be one: a directory, a path
+    under a file, one of a bundle's own files (:func:`arith.index.bundle_file_at`: overwriting it would leave the
+    bundle unloadable), or a folder that cannot be made or written to (its missing folders are made here).
     Commands check it before they train or convert, not after."""
     path = Path(path).expanduser()
     if path.is_dir():
-        raise ValueError(f"{path} is a directory: give the task-vector file to write, e.g. {path / 'vector.safetensors'}")
+        example = path / ("vector.safetensors" if what == "task-vector file" else "out")
+        raise ValueError(f"{path} is a directory: give the {what} to write, e.g. {example}")
+    owned = bundle_file_at(path)
+    if owned is not None:
+        root, rel = owned
+        raise ValueError(f"{path} is the bundle {root}'s own {rel} (its manifest records the file's checksum, so "
+                         f"writing over it would leave the bundle unloadable): write the {what} elsewhere")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{path}: {parent} is a file, not a directory")
@@ -355,14 +364,18 @@ def as_base(base):
 
 
 def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
-             *, task: str | None = None, mode: str | None = None, check_weights: bool = True) -> TaskVector:
+             *, task: str | None = None, mode: str | None = None, assume_base: bool = False,
+             check_weights: bool = True) -> TaskVector:
     """Check tensors + metadata against ``base`` (an :class:`arith.models.Base`) and build a fp32 TaskVector.
 
     Refuses, naming the key or field: missing metadata, an unknown format version or mode, a base-model id that is
     not ``base.id``, keys the base does not have, keys the mode does not train (metadata that lies), keys the mode
     trains but the file lacks, wrong shapes, non-float dtypes and NaN/Inf values.  ``task``/``mode`` fill in what
     the metadata lacks (files written by other tools); one that contradicts the metadata is refused, not applied
-    (a full vector read as linear would be scored as another model).  The base-model id cannot be filled in.
+    (a full vector read as linear would be scored as another model).  The base-model id is never filled in from a
+    string: ``assume_base`` takes a file that names no base as made for ``base`` (vectors written by other tools; its
+    keys, shapes and values are checked all the same, but not which checkpoint it was fine-tuned from), while a file
+    naming another base is refused as before.
     ``base`` may also be a loaded bundle (its θ0).  Fine-tuned weights offered as a vector are refused
     (:func:`check_not_weights`) unless ``check_weights`` is False: the caller took τ = θ_t − θ0 itself.
     """
@@ -394,10 +407,11 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
         check_not_weights(tensors, base)
     missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
     if missing:
-        raise MissingMetadata(f"metadata lacks {', '.join(missing)} (give the task and mode when uploading)", missing)
+        raise MissingMetadata(f"metadata lacks {', '.join(missing)}: give the task and mode it was fine-tuned for",
+                              missing)
     if meta.get(Meta.MODE) not in MODES:
         raise TaskVectorError(f"metadata {Meta.MODE}={meta.get(Meta.MODE)!r}: unknown mode; known: {', '.join(MODES)}")
-    claimed = meta.get(Meta.BASE)
+    claimed = meta.get(Meta.BASE) or (base.id if assume_base else None)
     if claimed and claimed != base.id:
         raise TaskVectorError(f"metadata {Meta.BASE}={claimed!r}: this vector was made for another base model "
                               f"(this one is {base.id!r})")

@@ -62,11 +62,7 @@ task = c1.selectbox("Task", tasks, key="train_task", persist_state="session")
 if st.session_state.get("train_mode") not in modes:
     st.session_state["train_mode"] = source if source in modes else "attn"
 mode = c2.selectbox("Mode", modes, key="train_mode", persist_state="session", format_func=mode_label)
-own = b.finetune_config(mode)
-cfg0 = own or next((b.finetune_config(m) for m in b.modes if b.finetune_config(m)), None) or FinetuneConfig(mode=mode)
-recipe = (f"Bundle recipe for {mode_label(mode)}" if own else
-          f"The bundle has no recipe for {mode_label(mode)}; {mode_label(cfg0.mode)}'s" if cfg0.mode != mode else
-          f"The bundle has no recipe for {mode_label(mode)}; the engine's defaults")
+cfg0, recipe = b.recipe(mode)  # the recipe `python -m arith finetune` starts from, and where it comes from
 plan = b.manifest.get("plan", {})
 
 with st.form("train_form", border=True, enter_to_submit=False):  # only the button starts a run
@@ -90,7 +86,7 @@ with st.form("train_form", border=True, enter_to_submit=False):  # only the butt
                                    "a task with fewer trains on all of its own.")
     name = c2.text_input("Name in the workspace", "", placeholder=f"{task} ({mode}, trained)", key="train_name",
                          persist_state="session")
-    st.caption(f"{recipe}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
+    st.caption(f"{recipe[0].upper()}{recipe[1:]}: {cfg0.steps} steps, lr {cfg0.lr:g}, batch {cfg0.batch_size}, "
                f"weight decay {cfg0.weight_decay:g}, warm-up {cfg0.warmup_steps} (the same share of other step counts), "
                f"gradient clip {cfg0.grad_clip:g}. "
                f"Runs on {b.base.device}.")

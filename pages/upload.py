@@ -100,9 +100,7 @@ for f in files or []:
             for key, value in ((Meta.TASK, task_override), (Meta.MODE, mode_override)):
                 if value != FROM_FILE:
                     meta.setdefault(key, value)
-            if assume_base:
-                meta.setdefault(Meta.BASE, base.id)
-            tv = validate(tensors, meta, base)
+            tv = validate(tensors, meta, base, assume_base=assume_base)
     except ValueError as e:
         refused[f.file_id] = options
         hint = ""  # the checkbox above answers what the file does not say

@@ -601,7 +601,13 @@ def test_the_train_form_follows_the_chosen_modes_recipe_and_selects_in_that_mode
     clean(at)
     assert at.number_input(key="train_lr::full").value == pytest.approx(bundle.finetune_config("full").lr)
     assert not [n for n in at.number_input if n.key == "train_lr::attn"]  # one set of fields per mode
-    assert any(c.value.startswith(f"Bundle recipe for {mode_label('full')}") for c in at.caption)
+    assert any(c.value.startswith("The bundle's recipe for full:") for c in at.caption)
+    # a mode the bundle has no recipe for: the one `python -m arith finetune` uses too (arith.index.recipe), named
+    at.selectbox(key="train_mode").set_value("attn_bias").run()
+    cfg, source = bundle.recipe("attn_bias")
+    assert at.number_input(key="train_lr::attn_bias").value == pytest.approx(cfg.lr)
+    assert any(c.value.startswith("The bundle's recipe for attn (it has none for attn_bias):") for c in at.caption)
+    at.selectbox(key="train_mode").set_value("full").run()
     at.button(key="train_cancel").click().run()
     assert any(w.value == "No training is running." for w in at.warning)
     train_quads(at, "full", 2, "quads-full")

@@ -157,7 +157,7 @@ def test_end_to_end(cli_bundle, capsys, tmp_path):
     assert (trained.steps, trained.warmup_steps) == (3, 1)
     bias = run(capsys, "finetune", *b, "--task", TWO[0], "--mode", "attn_bias", "--attn-bias", "--steps", "1",
                "--out", str(tmp_path / "bias.safetensors"))  # the flag names the mode already given: fine
-    assert bias["mode"] == "attn_bias"
+    assert bias["mode"] == "attn_bias" and bias["recipe"] == "the bundle's recipe for attn (it has none for attn_bias)"
     assert main(["finetune", *b, "--task", TWO[0], "--mode", "attn", "--steps", "3", "--warmup-steps", "3",
                  "--out", str(tmp_path / "no.safetensors")]) == 2
     assert "leaves no step after the warm-up" in capsys.readouterr().err
@@ -184,6 +184,38 @@ def test_errors_are_one_line_json(cli_bundle, capsys, tmp_path):
     for where, says in ((tmp_path / "nope", "nope: no such bundle directory"), (bad, "bad.safetensors is a file, not a"),
                         (tmp_path, "manifest.json: no manifest; not a bundle directory")):
         assert main(["table", "--bundle", str(where)]) == 2 and says in capsys.readouterr().err
+
+
+def test_a_file_without_metadata_is_read_once_validate_writes_it_a_copy(cli_bundle, tmp_path, capsys):
+    """Vectors written by other tools carry no arith metadata: validate names the flags that fill it in, and with
+    --out writes a copy that every command then reads as it is (the Upload page's pickers do the same in the app)."""
+    from safetensors.torch import save_file
+
+    from arith.bundle import load_bundle
+
+    b = ["--bundle", cli_bundle]
+    tv = load_bundle(cli_bundle).vectors["attn"][TWO[0]]
+    raw = tmp_path / "raw.safetensors"
+    save_file({k: t.contiguous() for k, t in tv.tensors.items()}, str(raw))  # tensors only, no metadata
+    assert main(["validate", str(raw), *b]) == 2
+    assert "lacks arith.task, arith.mode: give the task and mode it was fine-tuned for (--task T, --mode M)" in \
+        capsys.readouterr().out
+    assert main(["validate", str(raw), *b, "--task", TWO[0], "--mode", "attn"]) == 2
+    assert "lacks arith.base_model" in capsys.readouterr().out
+    assert main(["evaluate", *b, "--vector", str(raw)]) == 2  # the other commands point at the command that fixes it
+    assert f"`python -m arith validate {raw} --task T --mode M --out FIXED.safetensors`" in capsys.readouterr().err
+    fixed = tmp_path / "fixed.safetensors"
+    res = run(capsys, "validate", str(raw), *b, "--task", TWO[0], "--mode", "attn", "--assume-base", "--out", str(fixed))
+    assert res["ok"] and res["out"] == str(fixed) and res["base_model"] == tv.base_id
+    mine = run(capsys, "evaluate", *b, "--vector", f"mine={fixed}", "--coef", "mine=1")
+    own = run(capsys, "evaluate", *b, "--coef", f"{TWO[0]}=1")
+    assert mine["accuracy"] == own["accuracy"]  # the same tensors: the same model
+    assert main(["validate", str(raw), *b, "--task", TWO[0], "--mode", "attn", "--assume-base",
+                 "--out", str(Path(cli_bundle) / "vectors" / "attn" / f"{TWO[0]}.safetensors")]) == 2
+    assert "own vectors/attn" in capsys.readouterr().err
+    gone = tmp_path / "gone.safetensors"  # a file that is not there is invalid, in the same shape as any other
+    assert main(["validate", str(gone), *b, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out) == {"ok": False, "file": str(gone), "error": f"{gone}: no such file"}
 
 
 def test_what_the_precomputed_results_answer_is_printed_without_torch(cli_bundle):
@@ -252,6 +284,11 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         (["finetune", *b, "--task", TASKS[0], "--out", "/proc/nope/x.safetensors"], "cannot make its folder /proc/nope"),
         (["finetune", *b, "--task", TASKS[0], "--mode", "full", "--attn-bias", "--out", out], "--attn-bias adds"),
         (["finetune", *b, "--task", TASKS[0], "--train-n", "0", "--out", out], "--train-n must be a positive"),
+        # a bundle's own files are never outputs: overwritten, the bundle would no longer load
+        (["finetune", *b, "--task", TASKS[0], "--out", str(bundle.root / "vectors" / "attn" / f"{TASKS[0]}.safetensors")],
+         f"own vectors/attn/{TASKS[0]}.safetensors"),
+        (["import", *b, "--finetuned", attn_file, "--task", TASKS[0], "--out", str(bundle.root / "base.safetensors")],
+         "own base.safetensors"),
         # torch's own errors: one line, and where to find the traceback
         (["info", "--config", json.dumps({"embed_dim": 32, "vision_cfg": {"width": -5}})], "ARITH_DEBUG=1 shows"),
     ]
@@ -262,6 +299,9 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
         assert code == 2 and want in said, (argv, code, said)
         assert "Traceback" not in said
     assert not Path(out).exists() and not list(tmp_path.glob("*.tmp"))
+    from arith.index import verify_files  # the bundle's own files are as they were
+
+    verify_files(bundle.root, bundle.manifest)
 
 
 def test_an_error_from_a_dataloader_worker_prints_as_its_last_line():

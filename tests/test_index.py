@@ -267,3 +267,36 @@ def test_an_oversized_safetensors_header_is_refused_before_it_is_read(tmp_path):
     path.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}")
     with pytest.raises(BundleError, match=f"header of {MAX_HEADER_BYTES + 1} bytes"):
         split_sizes(path, "data/d.safetensors")
+
+
+def test_one_recipe_per_mode_with_where_it_comes_from():
+    """The CLI's finetune, the Train page and lr-sweep start from :func:`arith.index.recipe`: the mode's own recipe,
+    else its parent's (attn_bias: attn's), else the bundle's first, else the engine's defaults; each says which."""
+    from arith.index import recipe
+    from arith.specs import FinetuneConfig
+
+    m = {"modes": ["full", "attn"], "finetune": {"full": FinetuneConfig(mode="full", lr=1e-3, steps=50).to_dict(),
+                                                 "attn": FinetuneConfig(mode="attn", lr=2e-3, steps=60).to_dict()}}
+    cfg, source = recipe(m, "attn")
+    assert (cfg.mode, cfg.lr, cfg.steps, source) == ("attn", 2e-3, 60, "the bundle's recipe for attn")
+    cfg, source = recipe(m, "attn_bias")  # trains attn's tensors and two biases: attn's recipe, not full's
+    assert (cfg.mode, cfg.lr, cfg.steps) == ("attn_bias", 2e-3, 60)
+    assert source == "the bundle's recipe for attn (it has none for attn_bias)"
+    cfg, source = recipe(m, "mlp")  # no parent: the bundle's first recipe, at the bundle's scale
+    assert (cfg.mode, cfg.lr, cfg.steps, source) == ("mlp", 1e-3, 50, "the bundle's recipe for full (it has none for mlp)")
+    cfg, source = recipe({"modes": []}, "attn_bias")
+    assert cfg == FinetuneConfig(mode="attn_bias") and source.startswith("the engine's defaults")
+    with pytest.raises(ValueError, match="unknown mode"):
+        recipe(m, "atn")
+
+
+def test_a_bundles_own_files_are_told_from_files_beside_them(bundle_dir, tmp_path):
+    """Outputs are refused only where they would overwrite what the manifest lists (arith.taskvec.check_output_path)."""
+    from arith.index import bundle_file_at
+
+    rel = next(r for r in json.loads((bundle_dir / "manifest.json").read_text())["files"] if r.startswith("vectors/"))
+    assert bundle_file_at(bundle_dir / rel) == (bundle_dir.resolve(), rel)
+    assert bundle_file_at(bundle_dir / "manifest.json") == (bundle_dir.resolve(), "manifest.json")
+    assert bundle_file_at(bundle_dir / "notes.csv") is None  # beside the bundle's files: loading never reads it
+    assert bundle_file_at(bundle_dir / "vectors" / "attn" / "mine.safetensors") is None
+    assert bundle_file_at(tmp_path / "x.safetensors") is None

@@ -146,7 +146,8 @@ def test_method_specs_are_canonical_and_checked():
     assert method_label("ties:density=0.5,scope=vector") == "TIES-merging (density 0.5, trim over vector)"
     assert method_label("task_arithmetic") == "Task arithmetic" and not is_method(3)
     for spec, msg in [("nope", "unknown merge method 'nope'"), ("ties:k=3", "has no option 'k'"),
-                      ("task_arithmetic:density=0.5", "options: none"), ("ties:density", "has no option 'density'"),
+                      ("task_arithmetic:density=0.5", "'task_arithmetic' takes no options"),
+                      ("ties:density", "has no option 'density'"),
                       ("ties:density=0", r"must lie in \(0, 1\]"), ("ties:density=1.5", r"\(0, 1\]"),
                       ("ties:density=nan", r"\(0, 1\]"), ("ties:density=a", "must be a number"),
                       ("ties:scope=layer", "one of tensor, vector"), ("ties:density=0.3,density=0.4", "given twice")]:

@@ -161,6 +161,15 @@ def test_files_without_metadata_need_task_and_mode(base):
         load_task_vector(blob, base)
     again = load_task_vector(blob, base, task="mine", mode="attn")
     assert again.task == "mine" and again.mode == "attn"
+    # no base named: refused unless the caller vouches for it; one naming another base is refused even then
+    bare = save(dict(tv.tensors), metadata={Meta.TASK: "mine", Meta.MODE: "attn"})
+    with pytest.raises(TaskVectorError, match=f"lacks {Meta.BASE}"):
+        load_task_vector(bare, base)
+    assumed = load_task_vector(bare, base, assume_base=True)
+    assert assumed.base_id == base.id and all(torch.equal(assumed.tensors[k], t) for k, t in tv.tensors.items())
+    other = save(dict(tv.tensors), metadata={Meta.TASK: "mine", Meta.MODE: "attn", Meta.BASE: "someone:else"})
+    with pytest.raises(TaskVectorError, match="made for another base"):
+        load_task_vector(other, base, assume_base=True)
 
 
 def test_arithmetic_and_norms(base):

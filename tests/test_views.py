@@ -54,6 +54,9 @@ def test_a_cut_keeps_the_parts_own_tensors_and_names_itself(bundle):
     fresh = TaskVector(dict(tv.tensors), tv.task, tv.mode, tv.base_id)  # equal content, nothing memoised
     assert cut.uid != tv.uid and cut.uid == fresh.cut(ATTN).uid != tv.cut(get_mode("mlp")).uid
     assert fresh.cut(ATTN) is not cut and tv.cut(ATTN) is cut  # memoised on the vector it was cut from
+    assert tv.cut("attn") is cut  # a mode's name is the mode
+    with pytest.raises(ValueError, match="unknown mode 'atn'"):
+        tv.cut("atn")
     # DARE draws a cut's masks as its source's: DARE of full@attn is the attention part of DARE of full
     k = next(iter(cut.tensors))
     assert torch.equal(cut.dare_mask(0.5, 3, k), tv.dare_mask(0.5, 3, k))

@@ -3,7 +3,19 @@
 
 from __future__ import annotations
 
-from ..cli import _bar, _bundle_arg, _emit, _explorer, _load_extra, _mode_arg, _table, _vectors_arg, arguments, command
+from ..cli import (
+    _bar,
+    _bundle_arg,
+    _emit,
+    _explorer,
+    _load_extra,
+    _mode_arg,
+    _table,
+    _vectors_arg,
+    arguments,
+    command,
+    missing_flags,
+)
 
 
 def _disentangle_args(p):
@@ -85,26 +97,37 @@ def _validate_args(p):
     _bundle_arg(p)
     p.add_argument("--task", help="task name, for files without our metadata")
     p.add_argument("--mode", help="mode, for files without our metadata")
+    p.add_argument("--assume-base", action="store_true",
+                   help="a file that names no base model (arith.base_model) is for the bundle's θ0: its keys, shapes "
+                        "and values are still checked, but not which checkpoint it was fine-tuned from")
+    p.add_argument("--out", help="also write the checked vector there, with its metadata (task, mode, base model), "
+                                 "so that every command and the app read it without these options")
 
 
-@command("validate", "check a task-vector file against a bundle's base model")
+@command("validate", "check a task-vector file against a bundle's base model (and, with --out, write a copy holding "
+                     "the metadata a file written by other tools lacks)")
 @arguments(_validate_args)
 def cmd_validate(args):
     from ..bundle import load_bundle
     from ..modes import get_mode
-    from ..taskvec import load_task_vector
+    from ..taskvec import check_output_path, load_task_vector
 
     if args.mode:
         get_mode(args.mode)  # a mistyped --mode is the flag's fault, not the file's
+    out = check_output_path(args.out) if args.out else None
     b = load_bundle(args.bundle)
     try:
-        tv = load_task_vector(args.file, b.base, task=args.task, mode=args.mode)
-    except ValueError as e:
-        _emit(args, {"ok": False, "file": args.file, "error": str(e)}, lambda r: f"invalid: {r['error']}")
+        tv = load_task_vector(args.file, b.base, task=args.task, mode=args.mode, assume_base=args.assume_base)
+    except (ValueError, OSError) as e:  # a file that is not there, or cannot be read, is invalid too
+        _emit(args, {"ok": False, "file": args.file, "error": str(e) + missing_flags(e)},
+              lambda r: f"invalid: {r['error']}")
         return 2
     res = {"ok": True, "file": args.file, "task": tv.task, "mode": tv.mode, "base_model": tv.base_id,
            "keys": len(tv.tensors), "parameters": tv.numel, "norm": tv.norm()}
-    _emit(args, res, lambda r: f"ok: {r['task']} ({r['mode']}), {r['keys']} tensors, ‖τ‖ = {r['norm']:.4g}")
+    if out is not None:
+        res["out"] = str(tv.save(out))
+    _emit(args, res, lambda r: f"ok: {r['task']} ({r['mode']}), {r['keys']} tensors, ‖τ‖ = {r['norm']:.4g}"
+                               + (f"; written with its metadata to {r['out']}" if "out" in r else ""))
 
 
 def _similarity_args(p):

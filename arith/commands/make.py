@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from ..cli import _bar, _bundle_arg, _config_arg, _emit, _mode_arg, _pct, _table, arguments, command, device_type
 from ..specs import PRECOMPUTED
 
 
 def _info_args(p):
-    p.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 (no weights are downloaded)")
+    p.add_argument("--model", help="open_clip model name, e.g. ViT-L-14 (default, without --config or --bundle: "
+                                   "ViT-B-32, the paper's; no weights are downloaded)")
     p.add_argument("--config", help="inline open_clip model config: a JSON file or string")
     p.add_argument("--mode", help="one mode (default: all modes)")
     p.add_argument("--bundle", help="report on a bundle instead: its base, tasks, modes and files")
@@ -93,7 +95,9 @@ def cmd_finetune(args):
     mode = "attn_bias" if args.attn_bias else args.mode
     if args.task not in b.tasks:
         raise ValueError(f"task {args.task!r} is not in the bundle; it has {b.task_names}")
-    recipe = b.finetune_config(mode) or b.finetune_config(args.mode) or FinetuneConfig()
+    recipe, source = b.recipe(mode)  # the Train page's too
+    if not source.startswith(f"the bundle's recipe for {mode}"):  # borrowed: say so, the numbers come from elsewhere
+        print(f"finetune: {source}", file=sys.stderr)
     if args.steps is not None:  # the recipe over fewer or more steps, its warm-up keeping its share (as the Train page)
         recipe = recipe.with_steps(args.steps)
     if args.warmup_steps is not None and args.warmup_steps >= recipe.steps:
@@ -126,7 +130,7 @@ def cmd_finetune(args):
     out = {"task": args.task, "mode": mode, "out": args.out, "steps": cfg.steps, "lr": cfg.lr, "seconds": res.seconds,
            "seconds_per_step": res.seconds_per_step, "final_loss": res.losses[-1], "norm": res.vector.norm(),
            "accuracy": acc, "zeroshot": {s: ev.zeroshot(s, [args.task])[args.task] for s in ("val", "test")},
-           "processes": processes, "batch_size": cfg.batch_size}
+           "processes": processes, "batch_size": cfg.batch_size, "recipe": source}
     _emit(args, out, lambda r: f"{mode}/{args.task}: {cfg.steps} steps in {r['seconds']:.1f}s; "
                                f"test accuracy {_pct(acc['test'])} (zero-shot {_pct(r['zeroshot']['test'])}); {args.out}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 from ..cli import (
     _bar,
@@ -90,9 +89,9 @@ def _predict_args(p):
 def cmd_predict(args):
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}")
-    csv = Path(args.csv).expanduser() if args.csv else None
-    if csv is not None and (csv.is_dir() or not csv.parent.is_dir()):
-        raise ValueError(f"--csv {args.csv}: not a file in an existing folder")
+    from ..taskvec import check_output_path
+
+    csv = check_output_path(args.csv, "CSV file") if args.csv else None  # before the predictions, not after
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
     ex.require_vectors(args.mode, extra)
