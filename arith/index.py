@@ -104,6 +104,11 @@ def require_core_files(manifest: dict) -> None:
                               "build? the same build command resumes it)")
 
 
+# what to do about a listed file that no longer matches the manifest
+RESTORE = ("restore it from where the bundle came from: the embedded default with `git checkout -- precomputed/default`"
+           " or `python -m arith build-default`")
+
+
 def verify_files(root: Path, manifest: dict, hashes: bool = True) -> None:
     """Every file the manifest lists exists with its recorded size and sha256 (``hashes=False``: its size only, a
     stat per file); refuses naming the file."""
@@ -114,9 +119,10 @@ def verify_files(root: Path, manifest: dict, hashes: bool = True) -> None:
         if not path.is_file():
             raise BundleError(f"{rel}: listed in the manifest but missing")
         if path.stat().st_size != entry.get("bytes"):
-            raise BundleError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} (damaged?)")
+            raise BundleError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} (damaged or "
+                              f"edited; {RESTORE})")
         if hashes and sha256_file(path) != entry.get("sha256"):
-            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited)")
+            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited; {RESTORE})")
 
 
 def read_results(root: Path, manifest: dict) -> dict[str, Any]:

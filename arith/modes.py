@@ -66,6 +66,9 @@ def register_mode(mode: Mode, *, replace: bool = False) -> Mode:
     offers it.  A name already registered is refused unless ``replace`` (re-running a notebook cell)."""
     if mode.name in MODES and not replace:
         raise ValueError(f"mode {mode.name!r} is already registered (replace=True replaces it)")
+    if mode.recipe_from and mode.recipe_from not in MODES:  # checked here, not when a run first needs a recipe
+        raise ValueError(f"mode {mode.name!r}: recipe_from {mode.recipe_from!r} is not a registered mode; known: "
+                         f"{', '.join(MODES)}")
     MODES[mode.name] = mode
     return mode
 

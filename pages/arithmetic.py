@@ -126,13 +126,18 @@ st.caption("The papers' protocol: θ0 + α Σ_t τ_t for α ∈ {0, 0.05, …, 1
                                               f"{get_merge_method(ctx.method).alpha_max:g}."))
 with guard("Task-addition sweep"):
     selected = {m: names for m in ctx.modes if (names := [n for n in ctx.tasks if n in ex.catalog(m)])}
+    if outside := [n for n in ctx.tasks if ctx.is_workspace(n)]:
+        st.caption(f"The sweeps add the bundle's vectors of the selected tasks; {', '.join(outside)} (workspace) "
+                   "not among them.")
     # the bundle's sweeps (and any this process swept) are drawn at once; another selection's is swept when asked,
     # so that adding or removing a task does not hold the page for a sweep per mode
     todo = [m for m, names in selected.items() if not ex.addition_ready(m, names)]
     if todo:
         offer = st.empty()  # the note and its button go once the sweeps are computed (not on the next run)
         box = offer.container()
-        box.info(f"Not stored for this choice of tasks or mode: {', '.join(map(mode_label, todo))}. The bundle stores "
+        why = ("this choice of tasks or mode" if ex.uses_all_images else
+               f"the first {ex.max_per_task} images per task that this server scores")
+        box.info(f"Not stored for {why}: {', '.join(map(mode_label, todo))}. The bundle stores "
                  "each of its modes' sweep over all of its tasks; this one scores 21 values of α on the selected tasks' "
                  "validation and test splits (about a second per task and mode for the embedded default on 2 CPU "
                  "cores).", icon="⏳")
@@ -255,7 +260,9 @@ with guard("Task negation"):
     if missing:
         offer = st.empty()  # the note and its button go once the λ are computed (not on the next run)
         box = offer.container()
-        box.info(f"Not precomputed in {mode_label(mode)}: {', '.join(missing)} (21 values of λ each, on validation).")
+        subset = "" if ex.uses_all_images else f" on the first {ex.max_per_task} images per task that this server scores"
+        box.info(f"Not precomputed in {mode_label(mode)}{subset}: {', '.join(missing)} (21 values of λ each, on "
+                 "validation).")
         if box.button(f"Compute negation for {len(missing)} task(s)", key="neg_compute"):
             offer.empty()
             for t in missing:

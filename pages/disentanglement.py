@@ -40,10 +40,15 @@ if st.session_state.get("xi_t1") not in names:
     st.session_state["xi_t1"] = first[0]
 c1, c2, c3 = st.columns([2, 2, 3])
 t1 = c1.selectbox("Task 1 (rows, α1)", names, key="xi_t1", persist_state="session")
-others = [n for n in names if n != t1]
+task_of = ex.catalog(ctx.mode, ctx.extra())  # vector name -> its task
+others = [n for n in names if task_of[n] != task_of[t1]]  # ξ scores each vector on its own task's images: two tasks
+if not others:
+    st.info(f"ξ needs two vectors of different tasks: every other vector here is of {task_of[t1]!r}, as {t1!r} is.")
+    st.stop()
 if st.session_state.get("xi_t2") not in others:
     st.session_state["xi_t2"] = first[1] if first[1] in others else others[0]
-t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2", persist_state="session")
+t2 = c2.selectbox("Task 2 (columns, α2)", others, key="xi_t2", persist_state="session",
+                  help=f"The vectors of tasks other than {task_of[t1]!r} (Task 1's): ξ compares two tasks.")
 with c3:
     rep = st.toggle("Representation level", key="xi_rep", persist_state="session",
                     help="Heads dropped: ξ counts 1 − cos between the encoder outputs instead of changed predictions.")

@@ -14,13 +14,24 @@ st.caption("τ_t = θ_t − θ0 on the tensors each mode trains. Workspace vecto
            "are included.")
 
 
-def keep_valid(key: str, options: list[str]) -> None:
-    """A choice kept for the session (``persist_state``) loses what is no longer offered (a removed vector, a mode)."""
-    if key in st.session_state:
-        st.session_state[key] = [o for o in st.session_state[key] if o in options]
+def keep_valid(key: str, options: list[str], *, join_new: bool = False, refill: list[str] | None = None) -> None:
+    """A choice kept for the session (``persist_state``) loses what is no longer offered (a removed vector, a mode).
+    ``join_new``: options offered since the last visit join it (a view or mode chosen in the sidebar meanwhile, as
+    the first visit shows every mode); ``refill``: what a choice left with nothing by that starts again from."""
+    seen = st.session_state.get(f"{key}::offered")
+    st.session_state[f"{key}::offered"] = list(options)
+    if key not in st.session_state:
+        return
+    had = st.session_state[key]
+    kept = [o for o in had if o in options]
+    if join_new and seen is not None:
+        kept += [o for o in options if o not in seen and o not in kept]
+    if had and not kept and refill is not None:
+        kept = list(refill)
+    st.session_state[key] = kept
 
 
-keep_valid("vec_modes", ctx.modes)
+keep_valid("vec_modes", ctx.modes, join_new=True)
 modes = st.multiselect("Modes", ctx.modes, default=None if "vec_modes" in st.session_state else ctx.modes,
                        format_func=mode_label, key="vec_modes", persist_state="session")
 if not modes:
@@ -45,9 +56,11 @@ with guard("Norms"):
     first = ctx.tasks[0] if ctx.tasks else None
     default = [lab for lab in labels if lab.split("/", 1)[1] in ctx.tasks and lab.startswith(f"{ctx.mode}/")
                or lab.split("/", 1)[1] == first] or labels[:4]
-    keep_valid("vec_profile", labels)
+    keep_valid("vec_profile", labels, refill=default)
     chosen = st.multiselect("Vectors", labels, default=None if "vec_profile" in st.session_state else default,
                             key="vec_profile", persist_state="session", format_func=charts.vector_label)
+    if not chosen:
+        st.info("Choose at least one vector to draw its profile.")
     profiles = {lab: stats[lab.split("/", 1)[0]][lab.split("/", 1)[1]]["blocks"] for lab in chosen}
     st.plotly_chart(charts.norm_profile(profiles), key="vec_profile_chart")
     st.caption("L2 norm of τ per transformer block (resblocks.i) and per top-level module (conv1, proj, ...). "

@@ -197,6 +197,10 @@ def test_examples_command_reproduces_the_page_on_a_servers_image_subset(new_app,
     c = res["counts"]
     assert c["n"] == 10 and (metric(at, "Fixed"), metric(at, "Broken")) == (str(c["fixed"]), str(c["broken"]))
     assert metric(at, "Edited model") == f"{fixed(100 * c['merged'] / 10)}%"
+    # every page says that its numbers are the subset's (the sidebar), and why nothing stored is shown
+    assert any("scores the first 10 images of each task" in i.value for i in at.sidebar.info)
+    at.switch_page("pages/arithmetic.py").run()
+    assert any("the first 10 images per task that this server scores" in i.value for i in at.info)
 
 
 def test_moving_a_slider_changes_the_shown_accuracies(new_app, engine):
@@ -361,6 +365,16 @@ def test_view_choices_persist_across_pages(new_app):
         clean(at)
         assert check() == {"pages/vectors.py": (["attn", "mlp"], ["mlp/" + COLOURS]), "pages/kernel.py": COLOURS,
                            "pages/disentanglement.py": True, "pages/arithmetic.py": "absolute"}[page], page
+    # a view chosen in the sidebar meanwhile joins the kept choice, as every mode joins it on a first visit
+    at.sidebar.selectbox(key="w_mode").set_value("full@attn").run()
+    at.switch_page("pages/vectors.py").run()
+    clean(at)
+    assert at.multiselect(key="vec_modes").value == ["attn", "mlp", "full@attn"]
+    at.multiselect(key="vec_modes").set_value(["full@attn"]).run()  # the profile's only vector (mlp's) goes ...
+    clean(at)
+    assert at.multiselect(key="vec_profile").value and not any("Choose at least one" in i.value for i in at.info)
+    at.multiselect(key="vec_profile").set_value([]).run()  # ... and one emptied on purpose says what to do
+    assert any("Choose at least one vector" in i.value for i in at.info)
 
 
 def test_mode_switch_and_task_selection(new_app, engine):
@@ -464,6 +478,22 @@ def test_the_same_vector_uploaded_twice_is_kept_once(new_app, bundle):
     at.file_uploader(key="upload_files").set_value(("half-again.safetensors", blob, "x")).run()
     assert list(workspace(at)) == ["half"]
     assert any("half-again.safetensors: already in the workspace as 'half'" in s.value for s in at.success)
+
+
+def test_presets_and_sweeps_say_that_workspace_vectors_took_no_part(new_app, bundle):
+    """The validation α and the α sweeps are the bundle's vectors' (stored or swept): a selected workspace vector is
+    set to that α too, and the page says it was not part of choosing it."""
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    at.file_uploader(key="upload_files").set_value(("half.safetensors",
+                                                    bundle.vectors["attn"][COLOURS].scale(0.5).to_bytes(), "x")).run()
+    at.switch_page("pages/arithmetic.py").run()
+    assert "half" in at.sidebar.multiselect(key="w_tasks").value
+    assert any("half (workspace) not among them" in c.value for c in at.caption)
+    at.sidebar.button(key="w_preset_alpha").click().run()
+    clean(at)
+    assert any("chosen on the bundle's vectors only: half (workspace)" in i.value for i in at.sidebar.info)
+    assert coefs_in_url(at)["half"] == bundle.results["addition"]["attn"]["alpha"]
 
 
 # -- upload -------------------------------------------------------------------------------------------------------
@@ -852,6 +882,21 @@ def test_disentanglement_computes_missing_grids(new_app):
     at.toggle(key="xi_rep").set_value(True).run()  # the representation variant: same grids, no recomputation
     clean(at)
     assert charts(at) == 4 and not [b for b in at.button if b.key == "xi_compute"]
+
+
+def test_xi_offers_only_pairs_of_two_tasks(new_app, bundle):
+    """A workspace vector of Task 1's own task is no partner: ξ scores each vector on its own task's images."""
+    at = new_app()
+    at.switch_page("pages/upload.py").run()
+    blob = bundle.vectors["attn"][COLOURS].scale(0.5).to_bytes()
+    at.file_uploader(key="upload_files").set_value(("half.safetensors", blob, "x")).run()
+    at.switch_page("pages/disentanglement.py").run()
+    at.selectbox(key="xi_t1").set_value(COLOURS).run()
+    clean(at)
+    assert "half" not in at.selectbox(key="xi_t2").options and STRIPES in at.selectbox(key="xi_t2").options
+    at.selectbox(key="xi_t1").set_value("half").run()
+    assert COLOURS not in at.selectbox(key="xi_t2").options
+    clean(at)
 
 
 def test_xi_click_maps_rows_to_task1_and_columns_to_task2():

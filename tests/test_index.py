@@ -288,6 +288,10 @@ def test_one_recipe_per_mode_with_where_it_comes_from():
     assert cfg == FinetuneConfig(mode="attn_bias") and source.startswith("the engine's defaults")
     with pytest.raises(ValueError, match="unknown mode"):
         recipe(m, "atn")
+    from arith.modes import Mode, register_mode
+
+    with pytest.raises(ValueError, match="recipe_from 'fulll' is not a registered mode"):
+        register_mode(Mode("ln_typo", "LN", (r"x",), recipe_from="fulll"))
 
 
 def test_a_bundles_own_files_are_told_from_files_beside_them(bundle_dir, tmp_path):

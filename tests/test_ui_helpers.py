@@ -122,6 +122,8 @@ def test_progress_is_clipped_to_one_and_shows_the_loss():
 
 def test_pct_honours_its_digits():
     assert common.pct(0.125, 2) == "12.50%" and common.pct(0.125) == "12.5%" and common.pct(None) == "—"
+    # a tie rounds as the tables' "%.1f" does in the browser (away from zero), not to even as Python's format does
+    assert common.pct(0.5625) == "56.3%" and common.pct(0.8125) == "81.3%" and common.pct(0.81249) == "81.2%"
     assert common.as_percent(0.25) == 25.0 and common.as_percent(None) is None
 
 

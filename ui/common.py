@@ -78,8 +78,11 @@ class Progress:
 
 
 def pct(x: float | None, digits: int = 1) -> str:
-    """A fraction in [0, 1] as a percentage string; '—' for None."""
-    return "—" if x is None else f"{100 * x:.{digits}f}%"
+    """A fraction in [0, 1] as a percentage string; '—' for None.  Rounded as the tables beside it are
+    (:func:`ui.charts.fixed`: 0.5625 is 56.3%, not Python's 56.2%)."""
+    from .charts import fixed
+
+    return "—" if x is None else f"{fixed(100 * x, digits)}%"
 
 
 def as_percent(x: float | None) -> float | None:

@@ -108,6 +108,9 @@ def _on_validation(sb, ex: Explorer, mode: str, tasks: list[str], method: str, p
     except (ValueError, KeyError) as e:
         sb.error(message(e))
         return None
+    if left := [n for n in tasks if n not in in_bundle]:  # the sweeps are the bundle's vectors': say who was not in
+        sb.info(f"{preset} was chosen on the bundle's vectors only: {', '.join(left)} (workspace) took no part in "
+                "choosing it.")
     return res
 
 
@@ -195,6 +198,10 @@ def sidebar() -> Context | None:
     if not probe.modes:
         st.error(f"The bundle {ref.label!r} has no task vectors.")
         return None
+    if not ex.uses_all_images:  # every page's numbers: say once, where every page shows it
+        sb.info(f"This server scores the first {ex.max_per_task} images of each task's splits (`ARITH_MAX_PER_TASK`): "
+                "every number is computed on them, so it differs from the bundle's stored results over all images, "
+                "which are not used.", icon="✂️")
     modes = probe.modes + ex.views  # the views last: the modes' vectors cut to a part, computed when chosen
     apply = ss.pop(S_APPLY, None)
     if apply and apply["mode"] in modes:
