@@ -240,7 +240,7 @@ def test_training_can_be_cancelled_and_merged_weights_download(server, page, tmp
     page.get_by_role("option", name="Full fine-tuning").click()
     _settle(page, "Train a task vector")
     shown = page.get_by_label("Learning rate").input_value()
-    recipe = page.get_by_text("Bundle recipe for Full fine-tuning").inner_text()
+    recipe = page.get_by_text("The bundle's recipe for full:").inner_text()
     assert float(shown) != 0.0123 and f"lr {float(shown):g}," in recipe, (shown, recipe)
     steps = page.get_by_label("Steps")
     steps.fill("100000")
