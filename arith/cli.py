@@ -12,16 +12,18 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from .extensions import load_extensions
+from .index import EMBEDDED_DEFAULT
 from .memory import keep_freed_memory
 from .merge import MERGE_METHODS, canonical_method
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "precomputed" / "default"
+DEFAULT_BUNDLE = EMBEDDED_DEFAULT  # precomputed/default
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}  # name -> (add_arguments, run, help)
 # the core commands (arith/commands/), registered by importing them; they import no tensor library until they run
 CORE = ("arith.commands.make", "arith.commands.merge", "arith.commands.diagnose")
@@ -208,8 +210,8 @@ def missing_flags(e: Exception, file: str | None = None) -> str:
         return ""
     if file is None:
         return f" ({', '.join(asks)})"
-    return (f" (if it is a task vector for this bundle's base, `python -m arith validate {file} {' '.join(asks)} "
-            "--out FIXED.safetensors` writes a copy holding that metadata)")
+    return (f" (if it is a task vector for this bundle's base, `python -m arith validate {shlex.quote(file)} "
+            f"{' '.join(asks)} --out FIXED.safetensors` writes a copy holding that metadata)")
 
 
 def _load_extra(ex, files: list[str], mode: str | None = None) -> dict:

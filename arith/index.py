@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,8 +42,19 @@ def bundle_file_at(path: str | Path) -> tuple[Path, str] | None:
     """(bundle root, file name in its manifest) when ``path`` is one of a bundle's own files (its manifest, or a file
     the manifest lists with its checksum), else None.  Writing over such a file by hand leaves the bundle unloadable
     (its size or sha256 no longer matches), so commands refuse it as an output; other files beside a bundle's are
-    harmless (loading reads only the listed ones)."""
-    path = Path(path).expanduser().resolve()
+    harmless (loading reads only the listed ones).  A write replaces the path as given (a temporary file renamed onto
+    it), so the path is looked at as written (``..`` folded), with its folder's links followed, and fully resolved:
+    a bundle file reached through a link to a folder, or a link in a bundle pointing elsewhere, counts too."""
+    given = Path(path).expanduser()
+    for where in dict.fromkeys((Path(os.path.abspath(given)), given.parent.resolve() / given.name, given.resolve())):
+        found = _listed_in_bundle(where)
+        if found is not None:
+            return found
+    return None
+
+
+def _listed_in_bundle(path: Path) -> tuple[Path, str] | None:
+    """:func:`bundle_file_at` for one absolute path: the nearest folder above it holding a manifest decides."""
     for root in path.parents:
         manifest = root / Files.MANIFEST
         if not manifest.is_file():
@@ -54,7 +66,7 @@ def bundle_file_at(path: str | Path) -> tuple[Path, str] | None:
         if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
             return None
         rel = path.relative_to(root).as_posix()
-        return (root, rel) if rel == Files.MANIFEST or rel in (m.get("files") or {}) else None
+        return (root.resolve(), rel) if rel == Files.MANIFEST or rel in (m.get("files") or {}) else None
     return None
 
 
@@ -104,9 +116,15 @@ def require_core_files(manifest: dict) -> None:
                               "build? the same build command resumes it)")
 
 
-# what to do about a listed file that no longer matches the manifest
-RESTORE = ("restore it from where the bundle came from: the embedded default with `git checkout -- precomputed/default`"
-           " or `python -m arith build-default`")
+# the embedded default's folder: its files come back from git, or from its build command
+EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "precomputed" / "default"
+
+
+def restore_hint(root: Path) -> str:
+    """What to do about a bundle file that is missing or no longer matches the manifest."""
+    if Path(root).resolve() == EMBEDDED_DEFAULT:
+        return "restore the embedded default: `git checkout -- precomputed/default`, or `python -m arith build-default`"
+    return "restore the bundle from where it came from, or rebuild it"
 
 
 def verify_files(root: Path, manifest: dict, hashes: bool = True) -> None:
@@ -117,12 +135,12 @@ def verify_files(root: Path, manifest: dict, hashes: bool = True) -> None:
         if ".." in Path(rel).parts or Path(rel).is_absolute():
             raise BundleError(f"{rel}: file path escapes the bundle directory")
         if not path.is_file():
-            raise BundleError(f"{rel}: listed in the manifest but missing")
+            raise BundleError(f"{rel}: listed in the manifest but missing ({restore_hint(root)})")
         if path.stat().st_size != entry.get("bytes"):
             raise BundleError(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} (damaged or "
-                              f"edited; {RESTORE})")
+                              f"edited; {restore_hint(root)})")
         if hashes and sha256_file(path) != entry.get("sha256"):
-            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited; {RESTORE})")
+            raise BundleError(f"{rel}: sha256 does not match the manifest (damaged or edited; {restore_hint(root)})")
 
 
 def read_results(root: Path, manifest: dict) -> dict[str, Any]:

@@ -314,15 +314,14 @@ class TaskVector:
         return path
 
 
-def check_output_path(path: str | Path, what: str = "task-vector file") -> Path:
-    """``path`` (``~`` expanded) as a ``what`` to write, or a ValueError when it cannot be one: a directory, a path
-    under a file, one of a bundle's own files (:func:`arith.index.bundle_file_at`: overwriting it would leave the
-    bundle unloadable), or a folder that cannot be made or written to (its missing folders are made here).
-    Commands check it before they train or convert, not after."""
+def check_output_path(path: str | Path, what: str = "task-vector file", example: str = "vector.safetensors") -> Path:
+    """``path`` (``~`` expanded) as a ``what`` to write, or a ValueError when it cannot be one: a directory (the
+    message suggests ``example`` in it), a path under a file, one of a bundle's own files
+    (:func:`arith.index.bundle_file_at`: overwriting it would leave the bundle unloadable), or a folder that cannot
+    be made or written to (its missing folders are made here).  Commands check it before they train or convert."""
     path = Path(path).expanduser()
     if path.is_dir():
-        example = path / ("vector.safetensors" if what == "task-vector file" else "out")
-        raise ValueError(f"{path} is a directory: give the {what} to write, e.g. {example}")
+        raise ValueError(f"{path} is a directory: give the {what} to write, e.g. {path / example}")
     owned = bundle_file_at(path)
     if owned is not None:
         root, rel = owned
@@ -405,19 +404,18 @@ def validate(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], base,
         raise TaskVectorError("the file holds no tensors")
     if check_weights:
         check_not_weights(tensors, base)
-    missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)]
+    claimed = meta.get(Meta.BASE) or (base.id if assume_base else None)
+    # every field the caller must supply, named at once (one error per field would ask for them one at a time)
+    missing = [k for k in (Meta.TASK, Meta.MODE) if not meta.get(k)] + ([] if claimed else [Meta.BASE])
     if missing:
-        raise MissingMetadata(f"metadata lacks {', '.join(missing)}: give the task and mode it was fine-tuned for",
-                              missing)
+        why = [w for w, keys in (("which task and mode it was fine-tuned for", {Meta.TASK, Meta.MODE}),
+                                 ("which base model it is for", {Meta.BASE})) if keys & set(missing)]
+        raise MissingMetadata(f"metadata lacks {', '.join(missing)}: cannot tell {' nor '.join(why)}", missing)
     if meta.get(Meta.MODE) not in MODES:
         raise TaskVectorError(f"metadata {Meta.MODE}={meta.get(Meta.MODE)!r}: unknown mode; known: {', '.join(MODES)}")
-    claimed = meta.get(Meta.BASE) or (base.id if assume_base else None)
-    if claimed and claimed != base.id:
+    if claimed != base.id:
         raise TaskVectorError(f"metadata {Meta.BASE}={claimed!r}: this vector was made for another base model "
                               f"(this one is {base.id!r})")
-    if not claimed:
-        raise MissingMetadata(f"metadata lacks {Meta.BASE}: cannot tell which base model this vector is for",
-                              [Meta.BASE])
     for key in (Meta.STEPS, Meta.SEED):
         if key in meta and not re.fullmatch(r"\d+", meta[key]):
             raise TaskVectorError(f"metadata {key}={meta[key]!r} is not a non-negative integer")

@@ -31,7 +31,7 @@ def probe(bundle_dir: str, mode: str, overrides: dict, train_n: int | None = Non
 
     b = load_bundle(bundle_dir, verify=False)
     plan = b.manifest.get("plan", {})
-    cfg = FinetuneConfig.from_dict({**b.finetune_config(mode).to_dict(), **overrides})
+    cfg = FinetuneConfig.from_dict({**b.recipe(mode)[0].to_dict(), **overrides})
     heads = {t: Head(b.heads[t].weight, head_scale) if head_scale else b.heads[t] for t in b.task_names}
     train = {t: get_task(t).load("train", size=b.base.image_size, n=train_n or plan.get("train_n"),
                                  seed=plan.get("seed", 0), root=plan.get("data_root")) for t in b.task_names}

@@ -578,7 +578,8 @@ def test_files_without_metadata_take_the_chosen_task_and_mode(new_app, bundle):
     at.selectbox(key="upload_mode").set_value("mlp")
     at.file_uploader(key="upload_files").set_value(("bare.safetensors", st_save(dict(tv.tensors)), "x")).run()
     assert "lacks arith.base_model" in at.error[0].value and not workspace(at)  # which base: not assumed silently
-    assert "this vector is for. If it is a task vector for this bundle's base, tick *Files without `arith.base_model` " \
+    assert "which base model it is for. If it is a task vector for this bundle's base, tick *Files without " \
+           "`arith.base_model` " \
            "are for this base* above." in at.error[0].value  # and where to say it, as a sentence of its own
     at.checkbox(key="upload_assume_base").check().run()
     assert [(v.task, v.mode) for v in workspace(at).values()] == [(COLOURS, "mlp")]

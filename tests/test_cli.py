@@ -197,15 +197,17 @@ def test_a_file_without_metadata_is_read_once_validate_writes_it_a_copy(cli_bund
     tv = load_bundle(cli_bundle).vectors["attn"][TWO[0]]
     raw = tmp_path / "raw.safetensors"
     save_file({k: t.contiguous() for k, t in tv.tensors.items()}, str(raw))  # tensors only, no metadata
-    assert main(["validate", str(raw), *b]) == 2
-    assert "lacks arith.task, arith.mode: give the task and mode it was fine-tuned for (--task T, --mode M)" in \
-        capsys.readouterr().out
+    assert main(["validate", str(raw), *b]) == 2  # every field it lacks, named at once, with the flags that give them
+    assert ("lacks arith.task, arith.mode, arith.base_model: cannot tell which task and mode it was fine-tuned for nor "
+            "which base model it is for (--task T, --mode M, --assume-base)") in capsys.readouterr().out
     assert main(["validate", str(raw), *b, "--task", TWO[0], "--mode", "attn"]) == 2
-    assert "lacks arith.base_model" in capsys.readouterr().out
+    assert "lacks arith.base_model: cannot tell which base model it is for (--assume-base)" in capsys.readouterr().out
     assert main(["evaluate", *b, "--vector", str(raw)]) == 2  # the other commands point at the command that fixes it
-    assert f"`python -m arith validate {raw} --task T --mode M --out FIXED.safetensors`" in capsys.readouterr().err
-    fixed = tmp_path / "fixed.safetensors"
-    res = run(capsys, "validate", str(raw), *b, "--task", TWO[0], "--mode", "attn", "--assume-base", "--out", str(fixed))
+    hint = re.search(r"`python -m arith (validate [^`]*)`", capsys.readouterr().err).group(1)
+    assert hint == f"validate {raw} --task T --mode M --assume-base --out FIXED.safetensors"
+    fixed = tmp_path / "fixed.safetensors"  # the hint, run as it reads
+    res = run(capsys, *hint.replace("--task T", f"--task {TWO[0]}").replace("--mode M", "--mode attn")
+              .replace("FIXED.safetensors", str(fixed)).split(), *b)
     assert res["ok"] and res["out"] == str(fixed) and res["base_model"] == tv.base_id
     mine = run(capsys, "evaluate", *b, "--vector", f"mine={fixed}", "--coef", "mine=1")
     own = run(capsys, "evaluate", *b, "--coef", f"{TWO[0]}=1")

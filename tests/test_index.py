@@ -284,6 +284,8 @@ def test_one_recipe_per_mode_with_where_it_comes_from():
     assert source == "the bundle's recipe for attn (it has none for attn_bias)"
     cfg, source = recipe(m, "mlp")  # no parent: the bundle's first recipe, at the bundle's scale
     assert (cfg.mode, cfg.lr, cfg.steps, source) == ("mlp", 1e-3, 50, "the bundle's recipe for full (it has none for mlp)")
+    only = {"modes": ["attn_bias"], "finetune": {"attn_bias": FinetuneConfig(mode="attn_bias", lr=5e-4).to_dict()}}
+    assert recipe(only, "attn")[1] == "the bundle's recipe for attn_bias (it has none for attn)"  # a prefix is no match
     cfg, source = recipe({"modes": []}, "attn_bias")
     assert cfg == FinetuneConfig(mode="attn_bias") and source.startswith("the engine's defaults")
     with pytest.raises(ValueError, match="unknown mode"):
@@ -304,3 +306,23 @@ def test_a_bundles_own_files_are_told_from_files_beside_them(bundle_dir, tmp_pat
     assert bundle_file_at(bundle_dir / "notes.csv") is None  # beside the bundle's files: loading never reads it
     assert bundle_file_at(bundle_dir / "vectors" / "attn" / "mine.safetensors") is None
     assert bundle_file_at(tmp_path / "x.safetensors") is None
+    assert bundle_file_at(bundle_dir / "vectors" / ".." / "manifest.json") == (bundle_dir.resolve(), "manifest.json")
+
+
+def test_links_do_not_hide_a_bundles_own_files(copy, tmp_path):
+    """A write replaces the path it is given: a listed file that is a link elsewhere, or one reached through a
+    linked folder, is still the bundle's (writing there would leave it unloadable)."""
+    from arith.index import bundle_file_at
+
+    rel = next(r for r in json.loads((copy / "manifest.json").read_text())["files"] if r.startswith("vectors/"))
+    outside = tmp_path / "elsewhere.safetensors"
+    (copy / rel).rename(outside)
+    (copy / rel).symlink_to(outside)  # the listed file is a link to a file outside the bundle
+    assert bundle_file_at(copy / rel) == (copy.resolve(), rel)
+    folder = tmp_path / "vectors-elsewhere"
+    (copy / "vectors").rename(folder)
+    (copy / "vectors").symlink_to(folder, target_is_directory=True)  # the folder is a link
+    assert bundle_file_at(copy / rel) == (copy.resolve(), rel)
+    link = tmp_path / "link-to-bundle"
+    link.symlink_to(copy, target_is_directory=True)  # the bundle reached through a link to it
+    assert bundle_file_at(link / "manifest.json") == (copy.resolve(), "manifest.json")

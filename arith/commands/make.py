@@ -96,8 +96,6 @@ def cmd_finetune(args):
     if args.task not in b.tasks:
         raise ValueError(f"task {args.task!r} is not in the bundle; it has {b.task_names}")
     recipe, source = b.recipe(mode)  # the Train page's too
-    if not source.startswith(f"the bundle's recipe for {mode}"):  # borrowed: say so, the numbers come from elsewhere
-        print(f"finetune: {source}", file=sys.stderr)
     if args.steps is not None:  # the recipe over fewer or more steps, its warm-up keeping its share (as the Train page)
         recipe = recipe.with_steps(args.steps)
     if args.warmup_steps is not None and args.warmup_steps >= recipe.steps:
@@ -116,6 +114,8 @@ def cmd_finetune(args):
     root = data_root_setting(args.data_root, b.manifest.get("plan", {}).get("data_root"))  # flag, variable, recorded
     register_folder_tasks(b, parse_task_folders(args.task_folder), tasks=[args.task], root=root)
     with D.session(args.device):  # under torchrun: one process group for the run; a no-op otherwise
+        if source != f"the bundle's recipe for {mode}" and D.is_main():  # borrowed: say whose numbers these are
+            print(f"finetune: {source}", file=sys.stderr)
         device = D.device_for(args.device)
         base = b.base if device == "cpu" else b.base.to(device)
         train = get_task(args.task).load("train", size=base.image_size, n=args.train_n, seed=cfg.seed, root=root)

@@ -91,7 +91,7 @@ def cmd_predict(args):
         raise ValueError(f"--top must be 0 or more, got {args.top}")
     from ..taskvec import check_output_path
 
-    csv = check_output_path(args.csv, "CSV file") if args.csv else None  # before the predictions, not after
+    csv = check_output_path(args.csv, "CSV file", "predictions.csv") if args.csv else None  # before the predictions, not after
     ex = _explorer(args, args.max_per_task)
     extra = _load_extra(ex, args.vector, args.mode)
     ex.require_vectors(args.mode, extra)
