@@ -127,7 +127,7 @@ def corpus(base) -> list[tuple[str, bytes, str]]:
         ("negative dimension", edit_header(lambda h: h[first].__setitem__("shape", [-1, 4])), "non-negative"),
         ("trailing bytes", good + b"\x00" * 8, "trailing"),
         ("pickle renamed .safetensors", pickle.dumps(tensors), "pickle"),
-        ("torch.save zip renamed .safetensors", buf.getvalue(), "zip"),
+        ("torch.save zip renamed .safetensors", buf.getvalue(), "`python -m arith import` converts it"),
         ("plain zip", zbuf.getvalue(), "zip"),
         ("metadata not strings", edit_header(lambda h: h.__setitem__("__metadata__", {"a": 1})), "strings"),
         ("wrong shape", with_tensors(**{k0u: torch.zeros(3, 3)}), "shape"),

@@ -170,7 +170,7 @@ def test_prediction_rows_are_the_answer_image_by_image(ex, bundle_dir, tmp_path,
     capsys.readouterr()
     assert pd.read_csv(out, keep_default_na=False).to_dict("records") == pd.DataFrame(rows).to_dict("records")
     assert main(["predict", "--bundle", str(bundle_dir), "--task", STRIPES, "--csv", str(tmp_path)]) == 2
-    assert "is a directory: give the CSV file to write" in capsys.readouterr().err
+    assert f"is a directory: give the CSV file to write, e.g. {tmp_path / 'predictions.csv'}" in capsys.readouterr().err
     # a bundle's own file is never an output: overwriting it would leave the bundle unloadable
     manifest = bundle_dir / "manifest.json"
     before = manifest.read_bytes()

@@ -65,7 +65,14 @@ def test_a_truncated_file_is_refused_by_its_size(copy):
     rel = Files.data(TASKS[0])
     blob = (copy / rel).read_bytes()
     (copy / rel).write_bytes(blob[:-10])
-    with pytest.raises(BundleError, match=rf"^{rel}: .* bytes, the manifest says"):
+    with pytest.raises(BundleError, match=rf"^{rel}: .* bytes, the manifest says") as e:
+        load_bundle(copy)
+    assert "restore the bundle from where it came from, or rebuild it" in str(e.value)  # not the default's advice
+    from arith.index import EMBEDDED_DEFAULT, restore_hint
+
+    assert "git checkout -- precomputed/default" in restore_hint(EMBEDDED_DEFAULT)  # the default comes back from git
+    (copy / rel).unlink()
+    with pytest.raises(BundleError, match=rf"^{rel}: listed in the manifest but missing \(restore the bundle"):
         load_bundle(copy)
 
 
