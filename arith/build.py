@@ -27,6 +27,7 @@ from .kernel import kernel_report
 from .models import Base
 from .modes import get_mode
 from .protocols import alone_curve, pair_costs, task_addition, task_negation
+from .realsets import folder_fingerprint
 from .specs import PRECOMPUTED, Files, FinetuneConfig, Provenance, TaskInfo, _JsonRecord
 from .taskvec import cosine_matrix, library_versions
 
@@ -243,9 +244,12 @@ def build_signature(plan: BuildPlan, sources) -> dict:
         root = data_root_setting(plan.data_root)  # one folder however it is named (the flag or the variable, ~, a
         root = str(Path(root).expanduser().resolve()) if root else None  # trailing slash, a symlink)
     sig = {**legacy_signature(plan, sources), "data_root": root}
-    folders = {s.name: {"path": s.path, "classes": list(s.classnames)} for s in sources if getattr(s, "path", None)}
-    if folders:  # a custom folder task is its folder and classes, not only its name (absent otherwise: the
-        sig["folders"] = folders  # default's signature stays as it was)
+    # a custom folder task is its folder, classes and image files, not only its name (absent otherwise: the
+    # default's signature stays as it was); the files: a folder that changed since would move images between splits
+    folders = {s.name: {"path": s.path, "classes": list(s.classnames), "files": folder_fingerprint(Path(s.path))}
+               for s in sources if getattr(s, "path", None)}
+    if folders:
+        sig["folders"] = folders
     return sig
 
 

@@ -108,6 +108,11 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     for s in sources.values():  # a data set that is not where it should be: refused before anything is written
         if hasattr(s, "splits"):
             s.splits(root)
+        # a bundle written inside a folder task's tree would become one of its class folders on the next read
+        folder = Path(s.path).resolve() if getattr(s, "path", None) else None
+        if folder is not None and (folder == Path(out).resolve() or folder in Path(out).resolve().parents):
+            raise ValueError(f"--out {out} is inside the folder of task {s.name!r} ({folder}): the bundle's own "
+                             "files would be read as a class of its images; write the bundle elsewhere")
     infos = [s.info() for s in sources.values()]
     size = base.image_size
     writer = None

@@ -8,6 +8,7 @@ the data set, and documented ones otherwise (:data:`LAYOUTS`).  The registry tha
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -339,6 +340,16 @@ def _folder_catalogs(path: Path, name: str) -> dict[str, Catalog]:
     whole = _folder_catalog(path, classes, name)
     train, test = fixed_test_holdout(len(whole), name, 0.2)
     return {"train": _subset(whole, train, f"{path} (80 %)"), "test": _subset(whole, test, f"{path} (fixed 20 %)")}
+
+
+def folder_fingerprint(path: Path) -> str:
+    """sha256 over the image files of a folder task's tree (each one's path below ``path`` and its size): a build
+    resumed after the folder gained, lost or replaced images must start over, since its stored test images were
+    drawn from the old list and could now fall in the training split."""
+    h = hashlib.sha256()
+    for p in _image_files(Path(path)):
+        h.update(f"{p.relative_to(path).as_posix()}\t{p.stat().st_size}\n".encode())
+    return h.hexdigest()
 
 
 def folder_classes(path: Path) -> tuple[str, ...]:

@@ -323,3 +323,29 @@ def test_finetune_reads_the_data_where_the_build_recorded_it(built, tmp_path):
     """No --data-root and no $ARITH_DATA_ROOT (the env fixture unsets it): the path the build recorded."""
     res = cli(*_finetune(built[0], "mnist", tmp_path / "v.safetensors"))
     assert res["task"] == "mnist" and (tmp_path / "v.safetensors").is_file()
+
+
+def test_a_folder_whose_images_changed_signs_another_build(tmp_path, monkeypatch):
+    """A resumed build keeps earlier files only under the same signature: a folder task that gained, lost or replaced
+    images since must not keep test images drawn from the old list (they could now fall in the training split)."""
+    from arith.build import BuildPlan, build_signature
+    from arith.datasets import folder_task
+
+    folder = make_folder(tmp_path / "petals", classes=("daisy", "tulip"), per_class=6)
+    plan = BuildPlan(name="p", tasks=["petals"], modes=["attn"])
+    monkeypatch.delitem(TASKS, "petals", raising=False)
+    first = build_signature(plan, [folder_task(folder)])
+    assert build_signature(plan, [folder_task(folder)]) == first  # nothing changed: the same build, resumed
+    make_folder(folder, classes=("daisy", "tulip"), per_class=8, seed=3)  # two more images per class (and new pixels)
+    grown = build_signature(plan, [folder_task(folder)])
+    assert grown["folders"]["petals"]["classes"] == first["folders"]["petals"]["classes"] and grown != first
+    (folder / "tulip" / "7.png").unlink()
+    assert build_signature(plan, [folder_task(folder)]) not in (first, grown)
+
+
+def test_a_bundle_is_never_written_inside_a_folder_tasks_images(tmp_path, capsys, monkeypatch):
+    folder = make_folder(tmp_path / "buds", classes=("daisy", "tulip"), per_class=6)
+    monkeypatch.delitem(TASKS, "buds", raising=False)
+    out = folder / "bundle"
+    assert main([*build_args(tmp_path, out, [f"folder:{folder}"], ["attn"]), "--json"]) == 2
+    assert "is inside the folder of task 'buds'" in capsys.readouterr().out and not out.exists()
