@@ -335,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing more to say, and nowhere to say it
         _detach_stdout()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: one line, not torch's and the DataLoader's tracebacks
+        if os.environ.get("ARITH_DEBUG"):
+            raise
+        again = (" (files already written are kept: the same command resumes)"
+                 if args.command in ("build-bundle", "build-default") else "")
+        print(f"\ninterrupted{again}", file=sys.stderr)
+        return 130  # the shell's code for a command stopped by SIGINT
     except (ValueError, KeyError, OSError, RuntimeError) as e:  # OSError: a missing file, a directory, no permission
         # RuntimeError: torch's and open_clip's (no GPU driver, weights that cannot be downloaded, a model config
         # open_clip cannot build); $ARITH_DEBUG=1 re-raises it with its traceback, for a bug report

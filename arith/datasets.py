@@ -275,7 +275,12 @@ def register_folder_tasks(bundle, overrides: dict[str, str] | None = None, tasks
                     new = name not in TASKS
                     # registered earlier in this process (another bundle, another session): the same folder gives
                     # the task itself, another one is refused, named
-                    task = folder_task(paths[name], name)
+                    try:
+                        task = folder_task(paths[name], name)
+                    except FileNotFoundError as e:  # the recorded folder is gone: say how to point at its new place
+                        if name in (overrides or {}) or Path(paths[name]).expanduser().exists():
+                            raise
+                        raise FileNotFoundError(f"{e} (moved? --task-folder {name}=NEWPATH gives its new place)") from None
                     if new:
                         done.append(name)
                     if task.classnames != tuple(bundle.tasks[name].classnames):

@@ -306,6 +306,22 @@ def test_bad_input_gets_a_one_line_error_and_status_2(bundle, capsys, tmp_path):
     verify_files(bundle.root, bundle.manifest)
 
 
+def test_ctrl_c_prints_one_line_and_the_shells_code(cli_bundle, capsys, monkeypatch):
+    import arith.cli
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    arith.cli._load(arith.cli.PLUGINS)  # build-bundle's module registers it
+    for name in ("table", "build-bundle"):
+        add, _, help_ = arith.cli.COMMANDS[name]
+        monkeypatch.setitem(arith.cli.COMMANDS, name, (add, stopped, help_))
+    assert main(["table", "--bundle", cli_bundle]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert main(["build-bundle", "--config", "{}", "--tasks", "mnist", "--out", "x"]) == 130
+    assert "the same command resumes" in capsys.readouterr().err
+
+
 def test_an_error_from_a_dataloader_worker_prints_as_its_last_line():
     from arith.cli import _one_line
 

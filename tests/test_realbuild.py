@@ -160,7 +160,7 @@ def test_a_build_recorded_with_the_old_signature_is_resumed(built, data, tmp_pat
     assert "folders" in json.loads((out / "manifest.json").read_text())["signature"]
 
 
-def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
+def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch, capsys):
     """The bundle records where a folder task's images were; --task-folder says where they are now."""
     out = _recorded_at(built, tmp_path, tmp_path / "gone" / "blooms")
     moved = tmp_path / "elsewhere" / "flowers"
@@ -168,7 +168,8 @@ def test_finetune_finds_a_moved_folder_task(built, data, tmp_path, monkeypatch):
     monkeypatch.delitem(TASKS, "blooms")  # a fresh process: the task is registered from the bundle, not the build
     args = ["finetune", "--bundle", str(out), "--task", "blooms", "--mode", "attn", "--steps", "2", "--batch-size", "4",
             "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "v.safetensors")]
-    assert main([*args, "--json"]) == 2  # the recorded path is gone: a one-line error
+    assert main([*args, "--json"]) == 2  # the recorded path is gone: a one-line error, saying what to do
+    assert "(moved? --task-folder blooms=NEWPATH gives its new place)" in capsys.readouterr().out
     monkeypatch.delitem(TASKS, "blooms", raising=False)
     res = cli(*args, "--task-folder", f"blooms={moved}")
     assert res["task"] == "blooms" and (tmp_path / "v.safetensors").is_file()
