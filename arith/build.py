@@ -260,6 +260,18 @@ def legacy_signature(plan: BuildPlan, sources) -> dict:
             "train_n": plan.train_n, "head": plan.head, "data_root": plan.data_root}
 
 
+def open_writer(out: str | Path, plan: BuildPlan, base: Base, infos: list[TaskInfo], sources, log: Log) -> BundleWriter:
+    """The writer of a build into ``out``, keeping what an earlier build of the same base and signature wrote there
+    (and saying when it starts over instead)."""
+    sources = list(sources)
+    writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
+    if writer.replaced_base is not None:  # its files are dropped already; the signature below finds nothing to drop
+        log(f"build: {out} holds a bundle of another base model ({writer.replaced_base}); starting over")
+    if writer.start_over_unless(build_signature(plan, sources), legacy_signature(plan, sources)):
+        log(f"build: {out} holds a build of other data or settings; starting over")
+    return writer
+
+
 def build_bundle(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, tokenizer=None,
                  heads: dict[str, Head] | None = None, log: Log = _stderr, progress_factory=None,
                  command: str = "", extra_results: dict | None = None, stopwatch: Stopwatch | None = None) -> Path:
@@ -290,9 +302,7 @@ def _prepare(out, base: Base, plan: BuildPlan, heads, clip, tokenizer, log: Log,
     """The bundle's base, evaluation data, heads and extra results (each kept when a resumed build has it)."""
     sources = [get_task(t) for t in plan.tasks]
     infos = [s.info() for s in sources]
-    writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
-    if writer.start_over_unless(build_signature(plan, sources), legacy_signature(plan, sources)):
-        log(f"build: {out} holds a build of other data or settings; starting over")
+    writer = open_writer(out, plan, base, infos, sources, log)
     if not writer.has(Files.BASE):
         writer.put_base(base)
     size, root = base.image_size, plan.data_root

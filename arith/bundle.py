@@ -138,7 +138,9 @@ class BundleWriter:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         old = read_manifest(self.root) if (self.root / Files.MANIFEST).exists() else {}
-        if old.get("base", {}).get("id") != base_id:  # a different base: nothing old can be kept
+        # a different base: nothing old can be kept (``replaced_base`` names the one whose bundle is started over)
+        self.replaced_base = old.get("base", {}).get("id") if old and old.get("base", {}).get("id") != base_id else None
+        if self.replaced_base is not None:
             old = {}
         self.manifest = {
             "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "name": name, "description": description,

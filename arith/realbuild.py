@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .build import BuildPlan, Log, Stopwatch, build_signature, cpu_capability, legacy_signature, make_heads, precompute
+from .build import BuildPlan, Log, Stopwatch, cpu_capability, make_heads, open_writer, precompute
 from .bundle import BundleWriter, load_bundle
 from .cli import _bar, _config_arg, _cuda, _emit, _load_extra, _parse_coefs, _pct, _table, arguments, command, device_type
 from .data import data_root_setting, get_task
@@ -118,9 +118,7 @@ def build_real(out: str | Path, base: Base, plan: BuildPlan, *, clip=None, token
     writer = None
     with watch.stage("task data"):  # evaluation splits and heads (rank 0; the others wait at the barrier)
         if main:
-            writer = BundleWriter(out, plan.name, base.spec, base.id, infos, plan.description)
-            if writer.start_over_unless(build_signature(plan, sources.values()), legacy_signature(plan, sources.values())):
-                log(f"build: {out} holds a build of other data or settings; starting over")
+            writer = open_writer(out, plan, base, infos, sources.values(), log)
             if not writer.has(Files.BASE):
                 writer.put_base(base)
             records = {}

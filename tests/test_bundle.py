@@ -112,3 +112,20 @@ def test_one_head_shared_by_two_tasks_is_written_and_read_back(bundle, tmp_path)
     got = heads_from_tensors(load_file(str(tmp_path / "s" / Files.HEADS)), [t0, t1], bundle.base.embed_dim)
     assert torch.equal(got[t0].weight, bundle.heads[t0].weight)
     assert torch.equal(got[t1].weight, bundle.heads[t0].weight)
+
+
+def test_a_build_into_another_base_models_bundle_says_it_starts_over(copy):
+    """A build keeps nothing of a bundle of another θ0, and says so (it used to replace it without a word)."""
+    from arith.build import BuildPlan, open_writer
+    from arith.data import get_task
+
+    from conftest import tiny_base
+
+    old = json.loads((copy / "manifest.json").read_text())["base"]["id"]
+    said, other = [], tiny_base(seed=1)
+    sources = [get_task(t) for t in TASKS]
+    writer = open_writer(copy, BuildPlan(name="tiny", tasks=TASKS, modes=MODES), other, [s.info() for s in sources],
+                         sources, said.append)
+    assert other.id != old and writer.replaced_base == old
+    assert said == [f"build: {copy} holds a bundle of another base model ({old}); starting over"]
+    assert writer.manifest["files"] == {} and writer.manifest["base"]["id"] == other.id
